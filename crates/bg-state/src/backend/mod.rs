@@ -1,0 +1,7 @@
+//! The store backends.
+
+#[cfg(feature = "file")]
+pub mod file;
+pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;

@@ -1,0 +1,198 @@
+-- Every change bluegreen makes to an app in Redis, as one atomic script.
+--
+-- KEYS[1] state hash   bg:{app}:state
+-- KEYS[2] history      bg:{app}:history   (a capped stream, field "e" = JSON event)
+-- KEYS[3] gates hash   bg:{app}:gates     (gate id -> JSON presence)
+-- KEYS[4], KEYS[5]     optional legacy keys lb-status-<blue id>, lb-status-<green id>
+-- ARGV[1] operation, ARGV[2] change channel, ARGV[3] history cap, then per operation.
+--
+-- Every check happens before the first write: a refused call writes nothing.
+-- Optional string arguments are passed as "" for "none".
+-- Reply: { status, detail, now_ms, field, value, field, value, ... } where the
+-- pairs are the state hash after the call (or the gates hash for presence).
+
+local S, H, G = KEYS[1], KEYS[2], KEYS[3]
+local op, channel, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function num(n) return string.format('%d', n) end
+local function opt(s) if s == '' then return nil end return s end
+local function field(f)
+  local v = redis.call('HGET', S, f)
+  if v == false then return nil end
+  return v
+end
+
+local function reply(status, detail, key, extra)
+  local r = { status, detail or '', num(now) }
+  local all = redis.call('HGETALL', key or S)
+  for i = 1, #all do r[#r + 1] = all[i] end
+  for i = 1, #(extra or {}) do r[#r + 1] = extra[i] end
+  return r
+end
+
+-- Refuse to build on a state hash we cannot read: report it, touch nothing.
+local function corrupt()
+  local g, a = field('generation'), field('active')
+  if g == nil and a == nil then return nil end
+  if g == nil or not string.match(g, '^[1-9][0-9]*$') then return reply('corrupt', 'generation') end
+  if a ~= 'blue' and a ~= 'green' then return reply('corrupt', 'active') end
+  return nil
+end
+
+local function set_opt(f, v)
+  if v == '' then redis.call('HDEL', S, f) else redis.call('HSET', S, f, v) end
+end
+
+local function live_lease()
+  local exp = tonumber(field('lease_expires') or '0') or 0
+  if exp > now then return field('lease_fence') end
+  return nil
+end
+
+-- The lease rule shared by switches and deploy records.
+local function check_fence(fence, force)
+  if force == '1' then return nil end
+  local live = live_lease()
+  if fence ~= '' then
+    if live ~= nil and live == fence then return nil end
+    return reply('stale_fence', live or '')
+  end
+  if live ~= nil then return reply('lease_held', '') end
+  return nil
+end
+
+local function event(e)
+  redis.call('XADD', H, 'MAXLEN', cap, '*', 'e', cjson.encode(e))
+end
+
+local function mirror()
+  if #KEYS >= 5 then
+    local blue = field('active') == 'blue'
+    redis.call('SET', KEYS[4], blue and '1' or '0')
+    redis.call('SET', KEYS[5], blue and '0' or '1')
+  end
+end
+
+local function publish()
+  redis.call('PUBLISH', channel, field('generation') or '')
+end
+
+if op == 'read' then
+  return reply('ok')
+
+elseif op == 'init' then
+  -- 4 active, 5 actor, 6 reason, 7 force, 8 min generation
+  local bad = corrupt(); if bad then return bad end
+  local exists = field('generation') ~= nil
+  if exists and ARGV[7] ~= '1' then return reply('already_init') end
+  local held = math.max(tonumber(field('high_water') or '0') or 0, tonumber(field('generation') or '0'))
+  local gen = math.max(held + 1, tonumber(ARGV[8]))
+  redis.call('HSET', S, 'active', ARGV[4], 'generation', num(gen), 'high_water', num(gen),
+    'lc_actor', ARGV[5], 'lc_at', num(now), 'lc_forced', ARGV[7])
+  set_opt('lc_reason', ARGV[6])
+  redis.call('HDEL', S, 'lc_request', 'lc_fence')
+  event({ generation = gen, at_ms = now, actor = ARGV[5], forced = ARGV[7] == '1',
+    reason = opt(ARGV[6]), event = 'init', active = ARGV[4] })
+  mirror(); publish()
+  return reply('ok')
+
+elseif op == 'switch' then
+  -- 4 to, 5 actor, 6 reason, 7 expect, 8 fence, 9 request id, 10 force, 11 rollback
+  local bad = corrupt(); if bad then return bad end
+  if field('generation') == nil then return reply('not_init') end
+  local to, expect, fence, rid = ARGV[4], ARGV[7], ARGV[8], ARGV[9]
+  local active, gen = field('active'), tonumber(field('generation'))
+  if active == to then
+    if rid ~= '' and field('lc_request') == rid then return reply('unchanged') end
+    if fence ~= '' and field('lc_fence') == fence and (expect == '' or tonumber(expect) + 1 == gen) then
+      return reply('unchanged')
+    end
+  end
+  if expect ~= '' and tonumber(expect) ~= gen then return reply('conflict', expect) end
+  if active == to then return reply('unchanged') end
+  local refused = check_fence(fence, ARGV[10]); if refused then return refused end
+  gen = gen + 1
+  local high = math.max(gen, tonumber(field('high_water') or '0') or 0)
+  redis.call('HSET', S, 'active', to, 'generation', num(gen), 'high_water', num(high),
+    'lc_actor', ARGV[5], 'lc_at', num(now), 'lc_forced', ARGV[10])
+  set_opt('lc_reason', ARGV[6]); set_opt('lc_request', rid); set_opt('lc_fence', fence)
+  event({ generation = gen, at_ms = now, actor = ARGV[5], forced = ARGV[10] == '1',
+    reason = opt(ARGV[6]), event = (ARGV[11] == '1') and 'rollback' or 'switch', from = active, to = to })
+  mirror(); publish()
+  return reply('ok')
+
+elseif op == 'deploy' then
+  -- 4 colour, 5 version, 6 phase, 7 actor, 8 fence, 9 force
+  local bad = corrupt(); if bad then return bad end
+  if field('generation') == nil then return reply('not_init') end
+  local colour = ARGV[4]
+  if field('active') == colour then return reply('deploy_live') end
+  local refused = check_fence(ARGV[8], ARGV[9]); if refused then return refused end
+  redis.call('HSET', S, colour .. '_version', ARGV[5], colour .. '_phase', ARGV[6],
+    colour .. '_at', num(now), colour .. '_actor', ARGV[7])
+  event({ generation = tonumber(field('generation')), at_ms = now, actor = ARGV[7], forced = ARGV[9] == '1',
+    event = 'deploy', colour = colour, version = ARGV[5], phase = ARGV[6] })
+  publish()
+  return reply('ok')
+
+elseif op == 'acquire' then
+  -- 4 holder, 5 ttl ms
+  local live = live_lease()
+  local expires = num(now + tonumber(ARGV[5]))
+  if live ~= nil then
+    if field('lease_holder') ~= ARGV[4] then return reply('lease_held') end
+    redis.call('HSET', S, 'lease_expires', expires)
+    return reply('ok')
+  end
+  local seq = (tonumber(field('fence_seq') or '0') or 0) + 1
+  redis.call('HSET', S, 'fence_seq', num(seq), 'lease_holder', ARGV[4], 'lease_fence', num(seq),
+    'lease_acquired', num(now), 'lease_expires', expires)
+  return reply('ok')
+
+elseif op == 'renew' then
+  -- 4 fence, 5 ttl ms
+  local live = live_lease()
+  if live == nil or live ~= ARGV[4] then return reply('stale_fence', live or '') end
+  redis.call('HSET', S, 'lease_expires', num(now + tonumber(ARGV[5])))
+  return reply('ok')
+
+elseif op == 'release' then
+  -- 4 fence
+  local live = live_lease()
+  if live == nil or live ~= ARGV[4] then return reply('not_released') end
+  redis.call('HDEL', S, 'lease_holder', 'lease_fence', 'lease_acquired', 'lease_expires')
+  return reply('released')
+
+elseif op == 'break' then
+  -- 4 actor, 5 reason
+  local live = live_lease()
+  if live == nil then return reply('none') end
+  local broken = { 'broken_holder', field('lease_holder'), 'broken_fence', live,
+    'broken_acquired', field('lease_acquired'), 'broken_expires', field('lease_expires') }
+  redis.call('HDEL', S, 'lease_holder', 'lease_fence', 'lease_acquired', 'lease_expires')
+  event({ generation = tonumber(field('generation') or '0') or 0, at_ms = now, actor = ARGV[4],
+    forced = true, reason = opt(ARGV[5]), event = 'lease_broken', holder = broken[2], fence = tonumber(live) })
+  return reply('broken', '', S, broken)
+
+elseif op == 'presence' then
+  -- 4 gate id, 5 presence JSON, 6 ttl ms
+  local p = cjson.decode(ARGV[5])
+  p.seen_at_ms = now
+  p.expires_at_ms = now + tonumber(ARGV[6])
+  local all = redis.call('HGETALL', G)
+  for i = 1, #all, 2 do
+    local ok, old = pcall(cjson.decode, all[i + 1])
+    if not ok or type(old) ~= 'table' or (tonumber(old.expires_at_ms) or 0) <= now then
+      redis.call('HDEL', G, all[i])
+    end
+  end
+  redis.call('HSET', G, ARGV[4], cjson.encode(p))
+  return reply('ok', '', G)
+
+elseif op == 'presences' then
+  return reply('ok', '', G)
+end
+
+return redis.error_reply('bluegreen: unknown operation ' .. tostring(op))

@@ -1,0 +1,451 @@
+//! The rules of every operation, on one app's record held in process.
+//!
+//! The memory and file backends keep an [`AppRecord`] per app and run these
+//! functions under their lock; the Redis backend runs the same rules as Lua
+//! scripts. Every function checks everything before it mutates anything, so
+//! a refused call leaves the record as it was.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{
+    AppName, Event, EventKind, LastChange, Lease, Millis, Presence, State,
+};
+use crate::store::{BreakLease, DeployRecord, InitRequest, LeaseRequest, SwitchOutcome, SwitchRequest};
+use crate::model::Deployment;
+
+/// Everything a store keeps for one app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AppRecord {
+    #[serde(default)]
+    pub state: Option<State>,
+    /// The highest generation this record ever held.
+    #[serde(default)]
+    pub high_water: u64,
+    /// The last fence issued.
+    #[serde(default)]
+    pub fence_seq: u64,
+    #[serde(default)]
+    pub lease: Option<Lease>,
+    /// Oldest first.
+    #[serde(default)]
+    pub history: VecDeque<Event>,
+    #[serde(default)]
+    pub gates: BTreeMap<String, Presence>,
+}
+
+/// What an operation did to the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Nothing changed.
+    None,
+    /// Changed, but not the state gates follow (a lease, a presence).
+    Quiet,
+    /// The state changed: persist and notify.
+    Notify,
+}
+
+pub(crate) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl AppRecord {
+    fn live_lease(&self, now: Millis) -> Option<&Lease> {
+        self.lease.as_ref().filter(|l| l.expires_at_ms > now)
+    }
+
+    fn push_event(&mut self, event: Event, cap: usize) {
+        self.history.push_back(event);
+        while self.history.len() > cap {
+            self.history.pop_front();
+        }
+    }
+
+    /// The lease rule shared by switches and deploy records.
+    fn check_fence(&self, app: &AppName, fence: Option<u64>, force: bool, now: Millis) -> Result<()> {
+        if force {
+            return Ok(());
+        }
+        let live = self.live_lease(now);
+        match (fence, live) {
+            (Some(f), Some(l)) if l.fence == f => Ok(()),
+            (Some(f), live) => Err(Error::StaleFence {
+                app: app.clone(),
+                presented: f,
+                current: live.map(|l| l.fence),
+            }),
+            (None, Some(l)) => Err(Error::LeaseHeld {
+                app: app.clone(),
+                holder: l.holder.clone(),
+                fence: l.fence,
+                expires_at_ms: l.expires_at_ms,
+            }),
+            (None, None) => Ok(()),
+        }
+    }
+
+    pub fn get(&self) -> Option<State> {
+        self.state.clone()
+    }
+
+    pub fn init(&mut self, app: &AppName, req: &InitRequest, now: Millis, cap: usize) -> Result<(State, Effect)> {
+        req.validate()?;
+        let old = self.state.as_ref();
+        if let (Some(current), false) = (old, req.force) {
+            return Err(Error::AlreadyInitialised {
+                current: Box::new(current.clone()),
+            });
+        }
+        let held = self.high_water.max(old.map_or(0, |s| s.generation));
+        let generation = (held + 1).max(req.min_generation.unwrap_or(1));
+        let state = State {
+            app: app.clone(),
+            active: req.active,
+            generation,
+            last_change: LastChange {
+                actor: req.actor.clone(),
+                at_ms: now,
+                reason: req.reason.clone(),
+                forced: req.force,
+                request_id: None,
+                fence: None,
+            },
+            blue: old.and_then(|s| s.blue.clone()),
+            green: old.and_then(|s| s.green.clone()),
+        };
+        self.push_event(
+            Event {
+                generation,
+                at_ms: now,
+                actor: req.actor.clone(),
+                forced: req.force,
+                reason: req.reason.clone(),
+                kind: EventKind::Init { active: req.active },
+            },
+            cap,
+        );
+        self.high_water = generation;
+        self.state = Some(state.clone());
+        Ok((state, Effect::Notify))
+    }
+
+    pub fn switch(&mut self, app: &AppName, req: &SwitchRequest, now: Millis, cap: usize) -> Result<(SwitchOutcome, Effect)> {
+        req.validate()?;
+        let Some(current) = self.state.as_ref() else {
+            return Err(Error::NotInitialised { app: app.clone() });
+        };
+        let unchanged = || SwitchOutcome {
+            state: current.clone(),
+            changed: false,
+        };
+        if is_retry_of_last(current, req) {
+            return Ok((unchanged(), Effect::None));
+        }
+        if let Some(expected) = req.expect_generation
+            && expected != current.generation
+        {
+            return Err(Error::Conflict {
+                expected,
+                current: Box::new(current.clone()),
+            });
+        }
+        if current.active == req.to {
+            return Ok((unchanged(), Effect::None));
+        }
+        self.check_fence(app, req.fence, req.force, now)?;
+
+        let from = current.active;
+        let generation = current.generation + 1;
+        let mut state = current.clone();
+        state.active = req.to;
+        state.generation = generation;
+        state.last_change = LastChange {
+            actor: req.actor.clone(),
+            at_ms: now,
+            reason: req.reason.clone(),
+            forced: req.force,
+            request_id: req.request_id.clone(),
+            fence: req.fence,
+        };
+        let kind = if req.rollback {
+            EventKind::Rollback { from, to: req.to }
+        } else {
+            EventKind::Switch { from, to: req.to }
+        };
+        self.push_event(
+            Event {
+                generation,
+                at_ms: now,
+                actor: req.actor.clone(),
+                forced: req.force,
+                reason: req.reason.clone(),
+                kind,
+            },
+            cap,
+        );
+        self.high_water = self.high_water.max(generation);
+        self.state = Some(state.clone());
+        Ok((SwitchOutcome { state, changed: true }, Effect::Notify))
+    }
+
+    pub fn record_deploy(&mut self, app: &AppName, rec: &DeployRecord, now: Millis, cap: usize) -> Result<(State, Effect)> {
+        rec.validate()?;
+        let Some(current) = self.state.as_ref() else {
+            return Err(Error::NotInitialised { app: app.clone() });
+        };
+        if current.active == rec.colour {
+            return Err(Error::DeployToLive {
+                app: app.clone(),
+                colour: rec.colour,
+            });
+        }
+        self.check_fence(app, rec.fence, rec.force, now)?;
+        let mut state = current.clone();
+        *state.deployment_mut(rec.colour) = Some(Deployment {
+            version: rec.version.clone(),
+            phase: rec.phase,
+            at_ms: now,
+            actor: rec.actor.clone(),
+        });
+        self.push_event(
+            Event {
+                generation: state.generation,
+                at_ms: now,
+                actor: rec.actor.clone(),
+                forced: rec.force,
+                reason: None,
+                kind: EventKind::Deploy {
+                    colour: rec.colour,
+                    version: rec.version.clone(),
+                    phase: rec.phase,
+                },
+            },
+            cap,
+        );
+        self.state = Some(state.clone());
+        Ok((state, Effect::Notify))
+    }
+
+    pub fn history(&self, limit: usize) -> Vec<Event> {
+        self.history.iter().rev().take(limit).cloned().collect()
+    }
+
+    pub fn acquire_lease(&mut self, app: &AppName, req: &LeaseRequest, now: Millis) -> Result<(Lease, Effect)> {
+        req.validate()?;
+        let expires_at_ms = now.saturating_add(ms(req.ttl));
+        if let Some(live) = self.live_lease(now) {
+            if live.holder != req.holder {
+                return Err(Error::LeaseHeld {
+                    app: app.clone(),
+                    holder: live.holder.clone(),
+                    fence: live.fence,
+                    expires_at_ms: live.expires_at_ms,
+                });
+            }
+            let mut lease = live.clone();
+            lease.expires_at_ms = expires_at_ms;
+            self.lease = Some(lease.clone());
+            return Ok((lease, Effect::Quiet));
+        }
+        self.fence_seq += 1;
+        let lease = Lease {
+            holder: req.holder.clone(),
+            fence: self.fence_seq,
+            acquired_at_ms: now,
+            expires_at_ms,
+        };
+        self.lease = Some(lease.clone());
+        Ok((lease, Effect::Quiet))
+    }
+
+    pub fn renew_lease(&mut self, app: &AppName, fence: u64, ttl: Duration, now: Millis) -> Result<(Lease, Effect)> {
+        crate::store::check_ttl(ttl)?;
+        match self.live_lease(now) {
+            Some(l) if l.fence == fence => {
+                let mut lease = l.clone();
+                lease.expires_at_ms = now.saturating_add(ms(ttl));
+                self.lease = Some(lease.clone());
+                Ok((lease, Effect::Quiet))
+            }
+            live => Err(Error::StaleFence {
+                app: app.clone(),
+                presented: fence,
+                current: live.map(|l| l.fence),
+            }),
+        }
+    }
+
+    pub fn release_lease(&mut self, fence: u64, now: Millis) -> (bool, Effect) {
+        match self.live_lease(now) {
+            Some(l) if l.fence == fence => {
+                self.lease = None;
+                (true, Effect::Quiet)
+            }
+            _ => (false, Effect::None),
+        }
+    }
+
+    pub fn lease(&self, now: Millis) -> Option<Lease> {
+        self.live_lease(now).cloned()
+    }
+
+    pub fn break_lease(&mut self, req: &BreakLease, now: Millis, cap: usize) -> Result<(Option<Lease>, Effect)> {
+        req.validate()?;
+        let Some(broken) = self.live_lease(now).cloned() else {
+            return Ok((None, Effect::None));
+        };
+        self.lease = None;
+        self.push_event(
+            Event {
+                generation: self.state.as_ref().map_or(0, |s| s.generation),
+                at_ms: now,
+                actor: req.actor.clone(),
+                forced: true,
+                reason: req.reason.clone(),
+                kind: EventKind::LeaseBroken {
+                    holder: broken.holder.clone(),
+                    fence: broken.fence,
+                },
+            },
+            cap,
+        );
+        Ok((Some(broken), Effect::Quiet))
+    }
+
+    pub fn report_presence(&mut self, mut presence: Presence, ttl: Duration, now: Millis) -> Result<((), Effect)> {
+        presence.validate()?;
+        crate::store::check_ttl(ttl)?;
+        presence.seen_at_ms = now;
+        presence.expires_at_ms = now.saturating_add(ms(ttl));
+        self.gates.retain(|_, p| p.expires_at_ms > now);
+        self.gates.insert(presence.gate_id.clone(), presence);
+        Ok(((), Effect::Quiet))
+    }
+
+    pub fn presences(&self, now: Millis) -> Vec<Presence> {
+        self.gates
+            .values()
+            .filter(|p| p.expires_at_ms > now)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Whether `req` repeats the switch that produced `current`.
+fn is_retry_of_last(current: &State, req: &SwitchRequest) -> bool {
+    let last = &current.last_change;
+    if current.active != req.to {
+        return false;
+    }
+    let same_request = req.request_id.is_some() && last.request_id == req.request_id;
+    let same_fence = req.fence.is_some()
+        && last.fence == req.fence
+        && req
+            .expect_generation
+            .is_none_or(|e| e.checked_add(1) == Some(current.generation));
+    same_request || same_fence
+}
+
+/// Milliseconds since the Unix epoch by this process's clock.
+pub(crate) fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| ms(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::Colour;
+
+    fn app() -> AppName {
+        AppName::new("prop").unwrap()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Init(bool, bool, Option<u64>),
+        Switch(bool, Option<u64>, bool, Option<u64>),
+        Deploy(bool),
+        Acquire(bool),
+        Release(u64),
+        Break,
+        Tick(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (any::<bool>(), any::<bool>(), proptest::option::of(1u64..50)).prop_map(|(a, f, m)| Op::Init(a, f, m)),
+            (any::<bool>(), proptest::option::of(1u64..20), any::<bool>(), proptest::option::of(1u64..6))
+                .prop_map(|(c, e, f, fence)| Op::Switch(c, e, f, fence)),
+            any::<bool>().prop_map(Op::Deploy),
+            any::<bool>().prop_map(Op::Acquire),
+            (1u64..6).prop_map(Op::Release),
+            Just(Op::Break),
+            (0u64..2000).prop_map(Op::Tick),
+        ]
+    }
+
+    fn colour(b: bool) -> Colour {
+        if b { Colour::Blue } else { Colour::Green }
+    }
+
+    proptest! {
+        /// Whatever sequence of calls arrives, the generation never goes
+        /// down, moves by exactly one per change of the live colour, a refused
+        /// call changes nothing, and fences only grow.
+        #[test]
+        fn invariants_hold(ops in proptest::collection::vec(op(), 1..80)) {
+            let app = app();
+            let mut rec = AppRecord::default();
+            let mut now = 1_000u64;
+            for op in ops {
+                let before = rec.clone();
+                let result: Result<Effect> = match op {
+                    Op::Init(a, force, min) => {
+                        let mut req = InitRequest::new(colour(a), "p").force(force);
+                        req.min_generation = min;
+                        rec.init(&app, &req, now, 10).map(|(_, e)| e)
+                    }
+                    Op::Switch(c, expect, force, fence) => {
+                        let mut req = SwitchRequest::new(colour(c), "p").force(force);
+                        req.expect_generation = expect;
+                        req.fence = fence;
+                        rec.switch(&app, &req, now, 10).map(|(_, e)| e)
+                    }
+                    Op::Deploy(c) => rec
+                        .record_deploy(&app, &DeployRecord::new(colour(c), "v1", crate::model::DeployPhase::Deploying, "p"), now, 10)
+                        .map(|(_, e)| e),
+                    Op::Acquire(h) => rec
+                        .acquire_lease(&app, &LeaseRequest::new(if h { "a" } else { "b" }, Duration::from_millis(500)), now)
+                        .map(|(_, e)| e),
+                    Op::Release(f) => Ok(rec.release_lease(f, now).1),
+                    Op::Break => rec.break_lease(&BreakLease { actor: "p".into(), reason: None }, now, 10).map(|(_, e)| e),
+                    Op::Tick(d) => { now += d; Ok(Effect::None) }
+                };
+                match result {
+                    Err(_) | Ok(Effect::None) => prop_assert_eq!(&rec, &before),
+                    Ok(_) => {}
+                }
+                prop_assert!(rec.history.len() <= 10);
+                prop_assert!(rec.fence_seq >= before.fence_seq);
+                if let (Some(b), Some(a)) = (&before.state, &rec.state) {
+                    prop_assert!(a.generation >= b.generation);
+                    if a.active != b.active {
+                        let forced_init = matches!(rec.history.back().map(|e| &e.kind), Some(EventKind::Init { .. }));
+                        prop_assert!(forced_init || a.generation == b.generation + 1);
+                    }
+                }
+                if let Some(s) = &rec.state {
+                    prop_assert!(s.generation <= rec.high_water);
+                    prop_assert!(s.generation >= 1);
+                }
+            }
+        }
+    }
+}

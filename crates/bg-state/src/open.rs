@@ -1,0 +1,193 @@
+//! Opening a store from a URL.
+
+use std::sync::Arc;
+#[cfg(feature = "file")]
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::store::{ColourStore, DEFAULT_HISTORY_CAP};
+
+/// Settings for [`open_with`] that a URL does not carry.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// Events kept per app.
+    pub history_cap: usize,
+    /// How often a file store's subscriptions look at the file.
+    #[cfg(feature = "file")]
+    pub file_poll_interval: Duration,
+    /// Timeouts and the legacy mirror of the Redis store.
+    #[cfg(feature = "redis")]
+    pub redis: crate::RedisOptions,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            history_cap: DEFAULT_HISTORY_CAP,
+            #[cfg(feature = "file")]
+            file_poll_interval: crate::backend::file::DEFAULT_POLL_INTERVAL,
+            #[cfg(feature = "redis")]
+            redis: crate::RedisOptions::default(),
+        }
+    }
+}
+
+const SCHEMES: &str = "memory://, file:///absolute/path, redis://[:password@]host[:port][/db] or rediss://…";
+
+/// Opens the store a URL names, with default options.
+///
+/// | URL | store |
+/// | --- | --- |
+/// | `memory://` | a new, empty [`crate::MemoryStore`] (this process only) |
+/// | `file:///var/lib/bluegreen/state.json` | a [`crate::FileStore`] (feature `file`) |
+/// | `redis://host:6379/0`, `rediss://…` | a [`crate::RedisStore`] (feature `redis`) |
+///
+/// No connection is made here: a Redis store connects on first use, so a
+/// service can start while Redis is down.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for an empty or malformed URL, an unknown scheme,
+/// or a backend this build does not include. Passwords never appear in the
+/// message.
+pub fn open(url: &str) -> Result<Arc<dyn ColourStore>> {
+    open_with(url, &OpenOptions::default())
+}
+
+/// As [`open`], with options.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(Error::invalid("url", format!("the store URL is empty; expected {SCHEMES}")));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(Error::invalid(
+            "url",
+            format!("{:?} is not a store URL; expected {SCHEMES}", shown(url)),
+        ));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "memory" => {
+            if !rest.is_empty() && rest != "/" {
+                return Err(Error::invalid(
+                    "url",
+                    format!("memory:// takes nothing after it, got {:?}", shown(url)),
+                ));
+            }
+            Ok(Arc::new(crate::MemoryStore::with_history_cap(opts.history_cap)))
+        }
+        "file" => open_file(url, opts),
+        "redis" | "rediss" => open_redis(url, opts),
+        other => Err(Error::invalid(
+            "url",
+            format!("unknown store scheme {:?}; expected {SCHEMES}", crate::model::shorten(other)),
+        )),
+    }
+}
+
+/// The URL as it may be shown: without a password.
+fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => crate::model::shorten(url),
+        Err(_) if url.contains('@') => "<URL with credentials, not shown>".to_owned(),
+        Err(_) => crate::model::shorten(url),
+    }
+}
+
+#[cfg(feature = "file")]
+fn open_file(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| Error::invalid("url", format!("{:?} is malformed: {e}", shown(url))))?;
+    let path = parsed.to_file_path().map_err(|()| {
+        Error::invalid(
+            "url",
+            format!("{:?} does not name a local file; expected file:///absolute/path", shown(url)),
+        )
+    })?;
+    if parsed.path().ends_with('/') {
+        return Err(Error::invalid(
+            "url",
+            format!("{:?} names a directory; name the state file", shown(url)),
+        ));
+    }
+    Ok(Arc::new(crate::FileStore::with_options(
+        path,
+        opts.history_cap,
+        opts.file_poll_interval,
+    )?))
+}
+
+#[cfg(not(feature = "file"))]
+fn open_file(_: &str, _: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+    Err(Error::invalid("url", "this build has no file store (feature \"file\")"))
+}
+
+#[cfg(feature = "redis")]
+fn open_redis(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+    let redis = crate::RedisOptions {
+        history_cap: opts.history_cap,
+        ..opts.redis.clone()
+    };
+    Ok(Arc::new(crate::RedisStore::with_options(url, redis)?))
+}
+
+#[cfg(not(feature = "redis"))]
+fn open_redis(_: &str, _: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+    Err(Error::invalid("url", "this build has no Redis store (feature \"redis\")"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(url: &str) -> String {
+        match open(url) {
+            Ok(s) => panic!("{url:?} opened a {} store", s.backend()),
+            Err(e) => {
+                assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn opens_by_scheme() {
+        assert_eq!(open("memory://").unwrap().backend(), "memory");
+        let dir = tempfile::tempdir().unwrap();
+        let file = format!("file://{}/state.json", dir.path().display());
+        assert_eq!(open(&file).unwrap().backend(), "file");
+    }
+
+    #[tokio::test]
+    async fn opens_redis_lazily() {
+        // Nothing listens on port 1; opening must still succeed without a round trip.
+        assert_eq!(open("redis://127.0.0.1:1/0").unwrap().backend(), "redis");
+        assert_eq!(open("rediss://127.0.0.1:1/0").unwrap().backend(), "redis");
+    }
+
+    #[test]
+    fn rejects_bad_urls_clearly() {
+        assert!(err("").contains("empty"));
+        assert!(err("localhost:6379").contains("is not a store URL"));
+        assert!(err("postgres://db").contains("unknown store scheme \"postgres\""));
+        assert!(err("memory://x").contains("takes nothing"));
+        assert!(err("file://remotehost/x.json").contains("does not name a local file"));
+        assert!(err("file:///nonexistent-dir-bg/state.json").contains("does not exist"));
+        assert!(err("file:///tmp/").contains("names a directory"));
+    }
+
+    #[test]
+    fn never_shows_a_password() {
+        let msg = err("redis://:hunter2-secret@[bad/0");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let msg = err("nope://user:hunter2-secret@host/");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+}
