@@ -136,7 +136,11 @@ pub async fn init_rules(store: &dyn ColourStore) {
         Error::AlreadyInitialised { current } => assert_eq!(*current, s),
         other => panic!("expected AlreadyInitialised, got {other:?}"),
     }
-    assert_eq!(store.get(&app).await.unwrap(), Some(s), "a refused init changed state");
+    assert_eq!(
+        store.get(&app).await.unwrap(),
+        Some(s),
+        "a refused init changed state"
+    );
 
     let forced = store
         .init(&app, InitRequest::new(Colour::Green, "ops").force(true))
@@ -147,13 +151,20 @@ pub async fn init_rules(store: &dyn ColourStore) {
     let events = store.history(&app, 10).await.unwrap();
     assert_eq!(events.len(), 2);
     assert!(events[0].forced);
-    assert!(matches!(events[0].kind, EventKind::Init { active: Colour::Green }));
+    assert!(matches!(
+        events[0].kind,
+        EventKind::Init {
+            active: Colour::Green
+        }
+    ));
     assert_eq!(events[0].generation, 2);
 
     let floored = store
         .init(
             &app,
-            InitRequest::new(Colour::Blue, "ops").force(true).min_generation(40),
+            InitRequest::new(Colour::Blue, "ops")
+                .force(true)
+                .min_generation(40),
         )
         .await
         .unwrap();
@@ -161,15 +172,23 @@ pub async fn init_rules(store: &dyn ColourStore) {
     let above = store
         .init(
             &app,
-            InitRequest::new(Colour::Blue, "ops").force(true).min_generation(3),
+            InitRequest::new(Colour::Blue, "ops")
+                .force(true)
+                .min_generation(3),
         )
         .await
         .unwrap();
-    assert_eq!(above.generation, 41, "a floor below the current generation must not lower it");
+    assert_eq!(
+        above.generation, 41,
+        "a floor below the current generation must not lower it"
+    );
 
     let fresh = fresh_app("init-floor");
     let s = store
-        .init(&fresh, InitRequest::new(Colour::Green, "restore").min_generation(17))
+        .init(
+            &fresh,
+            InitRequest::new(Colour::Green, "restore").min_generation(17),
+        )
         .await
         .unwrap();
     assert_eq!((s.active, s.generation), (Colour::Green, 17));
@@ -247,16 +266,19 @@ pub async fn switch_compare_and_swap(store: &dyn ColourStore) {
     assert_eq!(store.history(&app, 100).await.unwrap().len(), before);
 
     let back = store
-        .switch(
-            &app,
-            SwitchRequest::new(Colour::Blue, "ops").rollback(true),
-        )
+        .switch(&app, SwitchRequest::new(Colour::Blue, "ops").rollback(true))
         .await
         .unwrap();
     assert_eq!(back.state.generation, 3);
     let last = &store.history(&app, 1).await.unwrap()[0];
     assert!(
-        matches!(last.kind, EventKind::Rollback { from: Colour::Green, to: Colour::Blue }),
+        matches!(
+            last.kind,
+            EventKind::Rollback {
+                from: Colour::Green,
+                to: Colour::Blue
+            }
+        ),
         "{last:?}"
     );
 }
@@ -270,7 +292,10 @@ pub async fn switch_retries_are_recognised(store: &dyn ColourStore) {
         .request_id("job-77-switch");
     let first = store.switch(&app, req.clone()).await.unwrap();
     assert!(first.changed);
-    assert_eq!(first.state.last_change.request_id.as_deref(), Some("job-77-switch"));
+    assert_eq!(
+        first.state.last_change.request_id.as_deref(),
+        Some("job-77-switch")
+    );
     let again = store.switch(&app, req).await.unwrap();
     assert!(!again.changed, "a retry must not switch twice");
     assert_eq!(again.state, first.state);
@@ -314,7 +339,13 @@ pub async fn deploy_records(store: &dyn ColourStore) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::DeployToLive { colour: Colour::Blue, .. }),
+        matches!(
+            err,
+            Error::DeployToLive {
+                colour: Colour::Blue,
+                ..
+            }
+        ),
         "{err:?}"
     );
     let s = store
@@ -326,7 +357,10 @@ pub async fn deploy_records(store: &dyn ColourStore) {
         .unwrap();
     assert_eq!(s.generation, 1);
     let d = s.green.clone().expect("green deployment recorded");
-    assert_eq!((d.version.as_str(), d.phase), ("v2", DeployPhase::Deploying));
+    assert_eq!(
+        (d.version.as_str(), d.phase),
+        ("v2", DeployPhase::Deploying)
+    );
     assert_eq!(d.actor, "ci");
     assert_eq!(s.blue, None);
 
@@ -340,11 +374,21 @@ pub async fn deploy_records(store: &dyn ColourStore) {
     assert_eq!(s.green.as_ref().unwrap().phase, DeployPhase::Deployed);
     assert_eq!(store.get(&app).await.unwrap(), Some(s.clone()));
     let events = store.history(&app, 2).await.unwrap();
+    assert!(
+        matches!(
+            &events[0].kind,
+            EventKind::Deploy { colour: Colour::Green, version, phase: DeployPhase::Deployed } if version == "v2"
+        ),
+        "{:?}",
+        events[0]
+    );
     assert!(matches!(
-        &events[0].kind,
-        EventKind::Deploy { colour: Colour::Green, version, phase: DeployPhase::Deployed } if version == "v2"
-    ), "{:?}", events[0]);
-    assert!(matches!(events[1].kind, EventKind::Deploy { phase: DeployPhase::Deploying, .. }));
+        events[1].kind,
+        EventKind::Deploy {
+            phase: DeployPhase::Deploying,
+            ..
+        }
+    ));
 
     // Versions survive switches.
     let out = store
@@ -360,7 +404,10 @@ pub async fn deploy_records(store: &dyn ColourStore) {
         .unwrap();
     let rec = DeployRecord::new(Colour::Blue, "v3", DeployPhase::Deploying, "p2");
     let err = store.record_deploy(&app, rec.clone()).await.unwrap_err();
-    assert!(matches!(err, Error::LeaseHeld { ref holder, .. } if holder == "p1"), "{err:?}");
+    assert!(
+        matches!(err, Error::LeaseHeld { ref holder, .. } if holder == "p1"),
+        "{err:?}"
+    );
     let err = store
         .record_deploy(&app, rec.clone().fence(lease.fence + 1))
         .await
@@ -400,7 +447,10 @@ pub async fn lease_rules(store: &dyn ColourStore) {
         .acquire_lease(&app, LeaseRequest::new("pipeline-a", ttl))
         .await
         .unwrap();
-    assert_eq!(again.fence, a.fence, "re-acquiring as the holder keeps the fence");
+    assert_eq!(
+        again.fence, a.fence,
+        "re-acquiring as the holder keeps the fence"
+    );
     assert!(again.expires_at_ms >= a.expires_at_ms);
 
     let err = store
@@ -428,16 +478,26 @@ pub async fn lease_rules(store: &dyn ColourStore) {
         .unwrap_err();
     assert!(matches!(err, Error::LeaseHeld { .. }), "{err:?}");
     let err = store
-        .switch(&app, SwitchRequest::new(Colour::Green, "old").fence(a.fence + 7))
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Green, "old").fence(a.fence + 7),
+        )
         .await
         .unwrap_err();
     assert!(
         matches!(err, Error::StaleFence { presented, current: Some(c), .. } if presented == a.fence + 7 && c == a.fence),
         "{err:?}"
     );
-    assert_eq!(store.get(&app).await.unwrap().unwrap().generation, 1, "refused switches changed state");
+    assert_eq!(
+        store.get(&app).await.unwrap().unwrap().generation,
+        1,
+        "refused switches changed state"
+    );
     let out = store
-        .switch(&app, SwitchRequest::new(Colour::Green, "pipeline-a").fence(a.fence))
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Green, "pipeline-a").fence(a.fence),
+        )
         .await
         .unwrap();
     assert_eq!(out.state.last_change.fence, Some(a.fence));
@@ -454,18 +514,33 @@ pub async fn lease_rules(store: &dyn ColourStore) {
     assert_eq!(renewed.fence, a.fence);
     let err = store.renew_lease(&app, a.fence + 1, ttl).await.unwrap_err();
     assert!(matches!(err, Error::StaleFence { .. }), "{err:?}");
-    assert!(!store.release_lease(&app, a.fence + 1).await.unwrap(), "released someone else's lease");
+    assert!(
+        !store.release_lease(&app, a.fence + 1).await.unwrap(),
+        "released someone else's lease"
+    );
     assert!(store.lease(&app).await.unwrap().is_some());
     assert!(store.release_lease(&app, a.fence).await.unwrap());
-    assert!(!store.release_lease(&app, a.fence).await.unwrap(), "release is idempotent");
+    assert!(
+        !store.release_lease(&app, a.fence).await.unwrap(),
+        "release is idempotent"
+    );
     assert_eq!(store.lease(&app).await.unwrap(), None);
     let err = store.renew_lease(&app, a.fence, ttl).await.unwrap_err();
-    assert!(matches!(err, Error::StaleFence { current: None, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::StaleFence { current: None, .. }),
+        "{err:?}"
+    );
     let err = store
-        .switch(&app, SwitchRequest::new(Colour::Green, "late").fence(a.fence))
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Green, "late").fence(a.fence),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::StaleFence { .. }), "a released fence still switched: {err:?}");
+    assert!(
+        matches!(err, Error::StaleFence { .. }),
+        "a released fence still switched: {err:?}"
+    );
 
     let b = store
         .acquire_lease(&app, LeaseRequest::new("pipeline-b", ttl))
@@ -485,7 +560,10 @@ pub async fn lease_rules(store: &dyn ColourStore) {
         .await
         .unwrap()
         .expect("a lease was held");
-    assert_eq!((broken.holder.as_str(), broken.fence), ("pipeline-b", b.fence));
+    assert_eq!(
+        (broken.holder.as_str(), broken.fence),
+        ("pipeline-b", b.fence)
+    );
     assert_eq!(store.lease(&app).await.unwrap(), None);
     let last = &store.history(&app, 1).await.unwrap()[0];
     assert_eq!(last.actor, "ops");
@@ -496,7 +574,13 @@ pub async fn lease_rules(store: &dyn ColourStore) {
         "{last:?}"
     );
     let none = store
-        .break_lease(&app, BreakLease { actor: "ops".into(), reason: None })
+        .break_lease(
+            &app,
+            BreakLease {
+                actor: "ops".into(),
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(none, None);
@@ -506,7 +590,10 @@ pub async fn lease_rules(store: &dyn ColourStore) {
 pub async fn lease_expiry(store: &dyn ColourStore) {
     let app = initialised(store, "expiry", Colour::Blue).await;
     let a = store
-        .acquire_lease(&app, LeaseRequest::new("killed-job", Duration::from_millis(300)))
+        .acquire_lease(
+            &app,
+            LeaseRequest::new("killed-job", Duration::from_millis(300)),
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(450)).await;
@@ -522,7 +609,10 @@ pub async fn lease_expiry(store: &dyn ColourStore) {
         .unwrap();
     assert!(b.fence > a.fence);
     let err = store
-        .switch(&app, SwitchRequest::new(Colour::Blue, "killed-job").fence(a.fence))
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Blue, "killed-job").fence(a.fence),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::StaleFence { .. }), "{err:?}");
@@ -555,27 +645,69 @@ pub async fn bad_input_changes_nothing(store: &dyn ColourStore) {
     let before = store.get(&app).await.unwrap();
     let long = "x".repeat(crate::MAX_NAME_LEN + 1);
     let refusals = [
-        store.switch(&app, SwitchRequest::new(Colour::Green, "")).await.err(),
-        store.switch(&app, SwitchRequest::new(Colour::Green, long.as_str())).await.err(),
-        store.switch(&app, SwitchRequest::new(Colour::Green, "a\nb")).await.err(),
-        store.switch(&app, SwitchRequest::new(Colour::Green, "t").expect_generation(0)).await.err(),
         store
-            .switch(&app, SwitchRequest::new(Colour::Green, "t").expect_generation(crate::MAX_GENERATION + 1))
+            .switch(&app, SwitchRequest::new(Colour::Green, ""))
             .await
             .err(),
         store
-            .record_deploy(&app, DeployRecord::new(Colour::Green, "", DeployPhase::Deploying, "t"))
+            .switch(&app, SwitchRequest::new(Colour::Green, long.as_str()))
             .await
             .err(),
         store
-            .record_deploy(&app, DeployRecord::new(Colour::Green, "v 1", DeployPhase::Deploying, "t"))
+            .switch(&app, SwitchRequest::new(Colour::Green, "a\nb"))
             .await
             .err(),
-        store.init(&app, InitRequest::new(Colour::Green, "t").force(true).min_generation(0)).await.err(),
-        store.acquire_lease(&app, LeaseRequest::new("h", Duration::ZERO)).await.err(),
-        store.acquire_lease(&app, LeaseRequest::new("", Duration::from_secs(1))).await.err(),
         store
-            .report_presence(&app, Presence::new("", Colour::Blue, "v1", 1), Duration::from_secs(1))
+            .switch(
+                &app,
+                SwitchRequest::new(Colour::Green, "t").expect_generation(0),
+            )
+            .await
+            .err(),
+        store
+            .switch(
+                &app,
+                SwitchRequest::new(Colour::Green, "t").expect_generation(crate::MAX_GENERATION + 1),
+            )
+            .await
+            .err(),
+        store
+            .record_deploy(
+                &app,
+                DeployRecord::new(Colour::Green, "", DeployPhase::Deploying, "t"),
+            )
+            .await
+            .err(),
+        store
+            .record_deploy(
+                &app,
+                DeployRecord::new(Colour::Green, "v 1", DeployPhase::Deploying, "t"),
+            )
+            .await
+            .err(),
+        store
+            .init(
+                &app,
+                InitRequest::new(Colour::Green, "t")
+                    .force(true)
+                    .min_generation(0),
+            )
+            .await
+            .err(),
+        store
+            .acquire_lease(&app, LeaseRequest::new("h", Duration::ZERO))
+            .await
+            .err(),
+        store
+            .acquire_lease(&app, LeaseRequest::new("", Duration::from_secs(1)))
+            .await
+            .err(),
+        store
+            .report_presence(
+                &app,
+                Presence::new("", Colour::Blue, "v1", 1),
+                Duration::from_secs(1),
+            )
             .await
             .err(),
     ];
@@ -594,29 +726,47 @@ pub async fn bad_input_changes_nothing(store: &dyn ColourStore) {
 pub async fn presence(store: &dyn ColourStore) {
     let app = initialised(store, "presence", Colour::Blue).await;
     store
-        .report_presence(&app, Presence::new("gate-b1", Colour::Blue, "v1", 1), Duration::from_secs(30))
+        .report_presence(
+            &app,
+            Presence::new("gate-b1", Colour::Blue, "v1", 1),
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
     store
-        .report_presence(&app, Presence::new("gate-g1", Colour::Green, "v2", 1), Duration::from_millis(300))
+        .report_presence(
+            &app,
+            Presence::new("gate-g1", Colour::Green, "v2", 1),
+            Duration::from_millis(300),
+        )
         .await
         .unwrap();
     let seen = store.presences(&app).await.unwrap();
     let ids: Vec<_> = seen.iter().map(|p| p.gate_id.as_str()).collect();
     assert_eq!(ids, ["gate-b1", "gate-g1"]);
     let g = &seen[1];
-    assert_eq!((g.colour, g.service_version.as_str(), g.applied_generation), (Colour::Green, "v2", 1));
+    assert_eq!(
+        (g.colour, g.service_version.as_str(), g.applied_generation),
+        (Colour::Green, "v2", 1)
+    );
     assert!(g.seen_at_ms > 0 && g.expires_at_ms > g.seen_at_ms);
 
     // A newer report replaces the old one.
     store
-        .report_presence(&app, Presence::new("gate-b1", Colour::Blue, "v1", 2), Duration::from_secs(30))
+        .report_presence(
+            &app,
+            Presence::new("gate-b1", Colour::Blue, "v1", 2),
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(450)).await;
     let seen = store.presences(&app).await.unwrap();
     assert_eq!(seen.len(), 1, "the lapsed report must be gone: {seen:?}");
-    assert_eq!((seen[0].gate_id.as_str(), seen[0].applied_generation), ("gate-b1", 2));
+    assert_eq!(
+        (seen[0].gate_id.as_str(), seen[0].applied_generation),
+        ("gate-b1", 2)
+    );
 }
 
 /// A subscriber hears of a switch.
@@ -679,13 +829,24 @@ pub async fn compare_and_swap_race(stores: &[Arc<dyn ColourStore>], writers: usi
         all.extend(t.await.expect("writer panicked"));
     }
     let unique: BTreeSet<u64> = all.iter().copied().collect();
-    assert_eq!(unique.len(), all.len(), "two writers committed the same generation");
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "two writers committed the same generation"
+    );
     assert!(!all.is_empty(), "no writer ever won");
     let expected: BTreeSet<u64> = (2..=1 + all.len() as u64).collect();
-    assert_eq!(unique, expected, "successful generations are not contiguous");
+    assert_eq!(
+        unique, expected,
+        "successful generations are not contiguous"
+    );
     let last = stores[0].get(&app).await.unwrap().unwrap();
     assert_eq!(last.generation, 1 + all.len() as u64);
     // Every success alternated the colour, so parity says who is live.
-    let expect_active = if all.len() % 2 == 0 { Colour::Blue } else { Colour::Green };
+    let expect_active = if all.len() % 2 == 0 {
+        Colour::Blue
+    } else {
+        Colour::Green
+    };
     assert_eq!(last.active, expect_active);
 }

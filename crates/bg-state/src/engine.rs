@@ -11,11 +11,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{
-    AppName, Event, EventKind, LastChange, Lease, Millis, Presence, State,
-};
-use crate::store::{BreakLease, DeployRecord, InitRequest, LeaseRequest, SwitchOutcome, SwitchRequest};
 use crate::model::Deployment;
+use crate::model::{AppName, Event, EventKind, LastChange, Lease, Millis, Presence, State};
+use crate::store::{
+    BreakLease, DeployRecord, InitRequest, LeaseRequest, SwitchOutcome, SwitchRequest,
+};
 
 /// Everything a store keeps for one app.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +65,13 @@ impl AppRecord {
     }
 
     /// The lease rule shared by switches and deploy records.
-    fn check_fence(&self, app: &AppName, fence: Option<u64>, force: bool, now: Millis) -> Result<()> {
+    fn check_fence(
+        &self,
+        app: &AppName,
+        fence: Option<u64>,
+        force: bool,
+        now: Millis,
+    ) -> Result<()> {
         if force {
             return Ok(());
         }
@@ -91,7 +97,13 @@ impl AppRecord {
         self.state.clone()
     }
 
-    pub fn init(&mut self, app: &AppName, req: &InitRequest, now: Millis, cap: usize) -> Result<(State, Effect)> {
+    pub fn init(
+        &mut self,
+        app: &AppName,
+        req: &InitRequest,
+        now: Millis,
+        cap: usize,
+    ) -> Result<(State, Effect)> {
         req.validate()?;
         let old = self.state.as_ref();
         if let (Some(current), false) = (old, req.force) {
@@ -132,7 +144,13 @@ impl AppRecord {
         Ok((state, Effect::Notify))
     }
 
-    pub fn switch(&mut self, app: &AppName, req: &SwitchRequest, now: Millis, cap: usize) -> Result<(SwitchOutcome, Effect)> {
+    pub fn switch(
+        &mut self,
+        app: &AppName,
+        req: &SwitchRequest,
+        now: Millis,
+        cap: usize,
+    ) -> Result<(SwitchOutcome, Effect)> {
         req.validate()?;
         let Some(current) = self.state.as_ref() else {
             return Err(Error::NotInitialised { app: app.clone() });
@@ -188,10 +206,22 @@ impl AppRecord {
         );
         self.high_water = self.high_water.max(generation);
         self.state = Some(state.clone());
-        Ok((SwitchOutcome { state, changed: true }, Effect::Notify))
+        Ok((
+            SwitchOutcome {
+                state,
+                changed: true,
+            },
+            Effect::Notify,
+        ))
     }
 
-    pub fn record_deploy(&mut self, app: &AppName, rec: &DeployRecord, now: Millis, cap: usize) -> Result<(State, Effect)> {
+    pub fn record_deploy(
+        &mut self,
+        app: &AppName,
+        rec: &DeployRecord,
+        now: Millis,
+        cap: usize,
+    ) -> Result<(State, Effect)> {
         rec.validate()?;
         let Some(current) = self.state.as_ref() else {
             return Err(Error::NotInitialised { app: app.clone() });
@@ -233,7 +263,12 @@ impl AppRecord {
         self.history.iter().rev().take(limit).cloned().collect()
     }
 
-    pub fn acquire_lease(&mut self, app: &AppName, req: &LeaseRequest, now: Millis) -> Result<(Lease, Effect)> {
+    pub fn acquire_lease(
+        &mut self,
+        app: &AppName,
+        req: &LeaseRequest,
+        now: Millis,
+    ) -> Result<(Lease, Effect)> {
         req.validate()?;
         let expires_at_ms = now.saturating_add(ms(req.ttl));
         if let Some(live) = self.live_lease(now) {
@@ -261,7 +296,13 @@ impl AppRecord {
         Ok((lease, Effect::Quiet))
     }
 
-    pub fn renew_lease(&mut self, app: &AppName, fence: u64, ttl: Duration, now: Millis) -> Result<(Lease, Effect)> {
+    pub fn renew_lease(
+        &mut self,
+        app: &AppName,
+        fence: u64,
+        ttl: Duration,
+        now: Millis,
+    ) -> Result<(Lease, Effect)> {
         crate::store::check_ttl(ttl)?;
         match self.live_lease(now) {
             Some(l) if l.fence == fence => {
@@ -292,7 +333,12 @@ impl AppRecord {
         self.live_lease(now).cloned()
     }
 
-    pub fn break_lease(&mut self, req: &BreakLease, now: Millis, cap: usize) -> Result<(Option<Lease>, Effect)> {
+    pub fn break_lease(
+        &mut self,
+        req: &BreakLease,
+        now: Millis,
+        cap: usize,
+    ) -> Result<(Option<Lease>, Effect)> {
         req.validate()?;
         let Some(broken) = self.live_lease(now).cloned() else {
             return Ok((None, Effect::None));
@@ -315,7 +361,12 @@ impl AppRecord {
         Ok((Some(broken), Effect::Quiet))
     }
 
-    pub fn report_presence(&mut self, mut presence: Presence, ttl: Duration, now: Millis) -> Result<((), Effect)> {
+    pub fn report_presence(
+        &mut self,
+        mut presence: Presence,
+        ttl: Duration,
+        now: Millis,
+    ) -> Result<((), Effect)> {
         presence.validate()?;
         crate::store::check_ttl(ttl)?;
         presence.seen_at_ms = now;
@@ -380,8 +431,14 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (any::<bool>(), any::<bool>(), proptest::option::of(1u64..50)).prop_map(|(a, f, m)| Op::Init(a, f, m)),
-            (any::<bool>(), proptest::option::of(1u64..20), any::<bool>(), proptest::option::of(1u64..6))
+            (any::<bool>(), any::<bool>(), proptest::option::of(1u64..50))
+                .prop_map(|(a, f, m)| Op::Init(a, f, m)),
+            (
+                any::<bool>(),
+                proptest::option::of(1u64..20),
+                any::<bool>(),
+                proptest::option::of(1u64..6)
+            )
                 .prop_map(|(c, e, f, fence)| Op::Switch(c, e, f, fence)),
             any::<bool>().prop_map(Op::Deploy),
             any::<bool>().prop_map(Op::Acquire),

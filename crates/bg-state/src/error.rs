@@ -56,7 +56,9 @@ pub enum Error {
     },
 
     /// Someone else holds the deploy lease.
-    #[error("the deploy lease of app {app} is held by {holder} until {expires_at_ms} (ms since epoch)")]
+    #[error(
+        "the deploy lease of app {app} is held by {holder} until {expires_at_ms} (ms since epoch)"
+    )]
     LeaseHeld {
         /// The app.
         app: AppName,

@@ -65,7 +65,10 @@ impl FromStr for Colour {
             "green" => Ok(Colour::Green),
             _ => Err(InvalidInput::new(
                 "colour",
-                format!("{:?} is not a colour: expected \"blue\" or \"green\"", shorten(s)),
+                format!(
+                    "{:?} is not a colour: expected \"blue\" or \"green\"",
+                    shorten(s)
+                ),
             )
             .into()),
         }
@@ -90,23 +93,22 @@ impl AppName {
         let problem = if name.is_empty() {
             Some("is empty".to_owned())
         } else if name.len() > 63 {
-            Some(format!("is {} characters long; at most 63 are allowed", name.len()))
+            Some(format!(
+                "is {} characters long; at most 63 are allowed",
+                name.len()
+            ))
         } else if !name.as_bytes()[0].is_ascii_lowercase() && !name.as_bytes()[0].is_ascii_digit() {
             Some("must start with a lowercase letter or a digit".to_owned())
         } else {
             name.chars()
                 .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-'))
-                .map(|c| {
-                    format!("contains {c:?}; only a-z, 0-9, '.', '_' and '-' are allowed")
-                })
+                .map(|c| format!("contains {c:?}; only a-z, 0-9, '.', '_' and '-' are allowed"))
         };
         match problem {
             None => Ok(AppName(name)),
-            Some(p) => Err(InvalidInput::new(
-                "app",
-                format!("app name {:?} {p}", shorten(&name)),
-            )
-            .into()),
+            Some(p) => {
+                Err(InvalidInput::new("app", format!("app name {:?} {p}", shorten(&name))).into())
+            }
         }
     }
 
@@ -385,7 +387,10 @@ mod tests {
         assert_eq!(" GREEN ".parse::<Colour>().unwrap(), Colour::Green);
         let err = "purple".parse::<Colour>().unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)));
-        assert!(err.to_string().contains("\"purple\" is not a colour"), "{err}");
+        assert!(
+            err.to_string().contains("\"purple\" is not a colour"),
+            "{err}"
+        );
         assert_eq!(Colour::Blue.other(), Colour::Green);
     }
 

@@ -33,7 +33,8 @@ impl Default for OpenOptions {
     }
 }
 
-const SCHEMES: &str = "memory://, file:///absolute/path, redis://[:password@]host[:port][/db] or rediss://…";
+const SCHEMES: &str =
+    "memory://, file:///absolute/path, redis://[:password@]host[:port][/db] or rediss://…";
 
 /// Opens the store a URL names, with default options.
 ///
@@ -61,7 +62,10 @@ pub fn open(url: &str) -> Result<Arc<dyn ColourStore>> {
 pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
     let url = url.trim();
     if url.is_empty() {
-        return Err(Error::invalid("url", format!("the store URL is empty; expected {SCHEMES}")));
+        return Err(Error::invalid(
+            "url",
+            format!("the store URL is empty; expected {SCHEMES}"),
+        ));
     }
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(Error::invalid(
@@ -77,13 +81,18 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> 
                     format!("memory:// takes nothing after it, got {:?}", shown(url)),
                 ));
             }
-            Ok(Arc::new(crate::MemoryStore::with_history_cap(opts.history_cap)))
+            Ok(Arc::new(crate::MemoryStore::with_history_cap(
+                opts.history_cap,
+            )))
         }
         "file" => open_file(url, opts),
         "redis" | "rediss" => open_redis(url, opts),
         other => Err(Error::invalid(
             "url",
-            format!("unknown store scheme {:?}; expected {SCHEMES}", crate::model::shorten(other)),
+            format!(
+                "unknown store scheme {:?}; expected {SCHEMES}",
+                crate::model::shorten(other)
+            ),
         )),
     }
 }
@@ -108,7 +117,10 @@ fn open_file(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
     let path = parsed.to_file_path().map_err(|()| {
         Error::invalid(
             "url",
-            format!("{:?} does not name a local file; expected file:///absolute/path", shown(url)),
+            format!(
+                "{:?} does not name a local file; expected file:///absolute/path",
+                shown(url)
+            ),
         )
     })?;
     if parsed.path().ends_with('/') {
@@ -126,7 +138,10 @@ fn open_file(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
 
 #[cfg(not(feature = "file"))]
 fn open_file(_: &str, _: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
-    Err(Error::invalid("url", "this build has no file store (feature \"file\")"))
+    Err(Error::invalid(
+        "url",
+        "this build has no file store (feature \"file\")",
+    ))
 }
 
 #[cfg(feature = "redis")]
@@ -140,7 +155,10 @@ fn open_redis(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
 
 #[cfg(not(feature = "redis"))]
 fn open_redis(_: &str, _: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
-    Err(Error::invalid("url", "this build has no Redis store (feature \"redis\")"))
+    Err(Error::invalid(
+        "url",
+        "this build has no Redis store (feature \"redis\")",
+    ))
 }
 
 #[cfg(test)]

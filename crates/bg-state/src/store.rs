@@ -457,7 +457,10 @@ impl DeployRecord {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_text("version", &self.version, MAX_VERSION_LEN)?;
         if self.version.chars().any(char::is_whitespace) {
-            return Err(Error::invalid("version", "version must not contain whitespace"));
+            return Err(Error::invalid(
+                "version",
+                "version must not contain whitespace",
+            ));
         }
         check_number("fence", self.fence)
     }

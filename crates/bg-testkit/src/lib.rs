@@ -87,7 +87,10 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.stop();
-        Err(format!("redis-server did not answer within 10 s: {}", self.log()))
+        Err(format!(
+            "redis-server did not answer within 10 s: {}",
+            self.log()
+        ))
     }
 
     fn ping(&self) -> bool {

@@ -250,15 +250,13 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| {
-            Err(Error::Unavailable {
-                backend: "file",
-                message: format!("file operation did not complete: {e}"),
-                retryable: false,
-            })
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(Error::Unavailable {
+            backend: "file",
+            message: format!("file operation did not complete: {e}"),
+            retryable: false,
         })
+    })
 }
 
 #[async_trait]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::{Client, RedisError, RetryMethod, Script};
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 
 use crate::engine::ms;
 use crate::error::{Error, Result};
@@ -123,7 +123,9 @@ pub struct RedisStore {
 
 struct Inner {
     client: Client,
-    conn: ConnectionManager,
+    /// Made on first use, inside the caller's runtime (the manager spawns
+    /// its reconnect task), so opening a store needs no runtime.
+    conn: OnceCell<ConnectionManager>,
     opts: RedisOptions,
     /// The URL with any password removed, for messages.
     shown: String,
@@ -192,20 +194,16 @@ impl RedisStore {
         let client = Client::open(url).map_err(|e| {
             Error::invalid(
                 "url",
-                format!("{shown} is not a usable Redis URL: {}", e.detail().unwrap_or("malformed")),
+                format!(
+                    "{shown} is not a usable Redis URL: {}",
+                    e.detail().unwrap_or("malformed")
+                ),
             )
         })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(opts.connect_timeout))
-            .set_response_timeout(Some(opts.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(opts.connect_timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| unavailable(&e))?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 client,
-                conn,
+                conn: OnceCell::new(),
                 opts: RedisOptions {
                     history_cap: opts.history_cap.max(1),
                     ..opts
@@ -215,15 +213,29 @@ impl RedisStore {
         })
     }
 
+    async fn conn(&self) -> Result<ConnectionManager> {
+        let inner = &self.inner;
+        inner
+            .conn
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(inner.opts.connect_timeout))
+                    .set_response_timeout(Some(inner.opts.response_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(inner.opts.connect_timeout);
+                ConnectionManager::new_lazy_with_config(inner.client.clone(), config)
+                    .map_err(|e| unavailable(&e))
+            })
+            .await
+            .cloned()
+    }
+
     fn deadline(&self) -> Duration {
         self.inner.opts.connect_timeout + self.inner.opts.response_timeout
     }
 
     /// Runs a command under the overall deadline.
-    async fn bounded<T>(
-        &self,
-        fut: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T> {
+    async fn bounded<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
         match tokio::time::timeout(self.deadline(), fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(unavailable(&e)),
@@ -247,7 +259,7 @@ impl RedisStore {
         for a in args {
             inv.arg(a);
         }
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.conn().await?;
         let raw: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
         Reply::parse(app, raw)
     }
@@ -263,7 +275,10 @@ impl RedisStore {
             "not_init" => Error::NotInitialised { app: app.clone() },
             "corrupt" => Error::corrupt(
                 format!("redis {}: bg:{{{app}}}:state", self.inner.shown),
-                format!("field {:?} is missing or garbage; left untouched", reply.detail),
+                format!(
+                    "field {:?} is missing or garbage; left untouched",
+                    reply.detail
+                ),
             ),
             "already_init" => match self.state_of(app, reply) {
                 Ok(s) => Error::AlreadyInitialised {
@@ -442,9 +457,9 @@ fn parse_lease(f: &HashMap<String, String>, prefix: &str, now: u64) -> Result<Op
         return Ok(None);
     };
     let num = |k: &str| -> Result<u64> {
-        get(k)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::corrupt("lease", format!("field {prefix}{k} is missing or garbage")))
+        get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
+            Error::corrupt("lease", format!("field {prefix}{k} is missing or garbage"))
+        })
     };
     let lease = Lease {
         holder: holder.clone(),
@@ -462,7 +477,7 @@ impl ColourStore for RedisStore {
     }
 
     async fn get(&self, app: &AppName) -> Result<Option<State>> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.conn().await?;
         let key = format!("bg:{{{}}}:state", app.as_str());
         let fields: HashMap<String, String> = self
             .bounded(redis::cmd("HGETALL").arg(&key).query_async(&mut conn))
@@ -492,7 +507,9 @@ impl ColourStore for RedisStore {
             req.to.to_string(),
             req.actor.clone(),
             opt(req.reason.as_deref()),
-            req.expect_generation.map(|g| g.to_string()).unwrap_or_default(),
+            req.expect_generation
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
             req.fence.map(|g| g.to_string()).unwrap_or_default(),
             opt(req.request_id.as_deref()),
             flag(req.force),
@@ -504,7 +521,11 @@ impl ColourStore for RedisStore {
                 state: self.state_of(app, &reply)?,
                 changed: reply.status == "ok",
             }),
-            "stale_fence" => Err(Self::stale_fence(app, req.fence.unwrap_or_default(), &reply)),
+            "stale_fence" => Err(Self::stale_fence(
+                app,
+                req.fence.unwrap_or_default(),
+                &reply,
+            )),
             _ => Err(self.refusal(app, &reply)),
         }
     }
@@ -522,7 +543,11 @@ impl ColourStore for RedisStore {
         let reply = self.run(app, "deploy", &args).await?;
         match reply.status.as_str() {
             "ok" => self.state_of(app, &reply),
-            "stale_fence" => Err(Self::stale_fence(app, rec.fence.unwrap_or_default(), &reply)),
+            "stale_fence" => Err(Self::stale_fence(
+                app,
+                rec.fence.unwrap_or_default(),
+                &reply,
+            )),
             _ => Err(self.refusal(app, &reply)),
         }
     }
@@ -531,7 +556,7 @@ impl ColourStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.conn().await?;
         let key = format!("bg:{{{}}}:history", app.as_str());
         let entries: Vec<(String, HashMap<String, String>)> = self
             .bounded(
@@ -549,7 +574,9 @@ impl ColourStore for RedisStore {
             .map(|(id, f)| {
                 f.get("e")
                     .and_then(|json| serde_json::from_str(json).ok())
-                    .ok_or_else(|| Error::corrupt(format!("{key} entry {id}"), "not a bluegreen event"))
+                    .ok_or_else(|| {
+                        Error::corrupt(format!("{key} entry {id}"), "not a bluegreen event")
+                    })
             })
             .collect()
     }
@@ -594,7 +621,8 @@ impl ColourStore for RedisStore {
     ) -> Result<()> {
         presence.validate()?;
         crate::store::check_ttl(ttl)?;
-        let json = serde_json::to_string(&presence).map_err(|e| Error::invalid("presence", e.to_string()))?;
+        let json = serde_json::to_string(&presence)
+            .map_err(|e| Error::invalid("presence", e.to_string()))?;
         let args = [presence.gate_id.clone(), json, ms(ttl).to_string()];
         self.run(app, "presence", &args).await.map(|_| ())
     }

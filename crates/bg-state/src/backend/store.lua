@@ -38,6 +38,22 @@ local function corrupt()
   if g == nil and a == nil then return nil end
   if g == nil or not string.match(g, '^[1-9][0-9]*$') then return reply('corrupt', 'generation') end
   if a ~= 'blue' and a ~= 'green' then return reply('corrupt', 'active') end
+  local function digits(f, optional)
+    local v = field(f)
+    if v == nil then return optional end
+    return string.match(v, '^[0-9]+$') ~= nil
+  end
+  if field('lc_actor') == nil then return reply('corrupt', 'lc_actor') end
+  if not digits('lc_at', false) then return reply('corrupt', 'lc_at') end
+  if not digits('lc_fence', true) then return reply('corrupt', 'lc_fence') end
+  for _, c in ipairs({ 'blue', 'green' }) do
+    if field(c .. '_version') ~= nil then
+      local phase = field(c .. '_phase')
+      if phase ~= 'deploying' and phase ~= 'deployed' then return reply('corrupt', c .. '_phase') end
+      if not digits(c .. '_at', false) then return reply('corrupt', c .. '_at') end
+      if field(c .. '_actor') == nil then return reply('corrupt', c .. '_actor') end
+    end
+  end
   return nil
 end
 

@@ -1,0 +1,27 @@
+//! Every backend against the conformance suite, plus what only one backend
+//! can get wrong: a corrupt file, a paused or killed Redis, the legacy mirror.
+
+mod file;
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bg_state::ColourStore;
+use bg_state::conformance::Config;
+
+/// A small cap keeps the history check quick; short waits keep the suite fast.
+const HISTORY_CAP: usize = 20;
+
+fn config() -> Config {
+    Config {
+        history_cap: HISTORY_CAP,
+        notify_within: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+fn shared<S: ColourStore + 'static>(s: S) -> Arc<dyn ColourStore> {
+    Arc::new(s)
+}

@@ -1,0 +1,348 @@
+use std::time::{Duration, Instant};
+
+use bg_state::conformance::run_all;
+use bg_state::{
+    AppName, Colour, ColourStore, Error, InitRequest, LegacyMirror, RedisOptions, RedisStore,
+    SwitchRequest,
+};
+use bg_testkit::RedisServer;
+
+use super::{HISTORY_CAP, config, shared};
+
+fn options() -> RedisOptions {
+    RedisOptions {
+        connect_timeout: Duration::from_millis(300),
+        response_timeout: Duration::from_millis(300),
+        history_cap: HISTORY_CAP,
+        mirror: None,
+    }
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    let server = RedisServer::start();
+    // Separate stores have separate connections: the race crosses them.
+    let stores = [
+        shared(RedisStore::with_options(&server.url(), options()).unwrap()),
+        shared(RedisStore::with_options(&server.url(), options()).unwrap()),
+        shared(RedisStore::with_options(&server.url(), options()).unwrap()),
+    ];
+    run_all(&stores, &config()).await;
+}
+
+#[tokio::test]
+async fn keys_share_the_apps_hash_tag() {
+    let server = RedisServer::start();
+    let store = RedisStore::with_options(&server.url(), options()).unwrap();
+    let app = AppName::new("chat.ws").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    store
+        .report_presence(
+            &app,
+            bg_state::Presence::new("g1", Colour::Blue, "v1", 1),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let mut conn = raw(&server).await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "bg:{chat.ws}:gates",
+            "bg:{chat.ws}:history",
+            "bg:{chat.ws}:state"
+        ]
+    );
+}
+
+/// Calls during an outage fail fast with a retryable error, and the same
+/// store works again once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_server_times_out_then_recovers() {
+    let server = RedisServer::start();
+    let store = RedisStore::with_options(&server.url(), options()).unwrap();
+    let app = AppName::new("paused").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+
+    // The request id makes the retry safe: a switch sent into the pause may
+    // be executed when the server thaws, and its retry is then recognised.
+    let switch = || {
+        SwitchRequest::new(Colour::Green, "t")
+            .expect_generation(1)
+            .request_id("job-1-switch")
+    };
+    server.pause();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), store.switch(&app, switch()))
+            .await
+            .expect("a call to a paused Redis hung")
+            .unwrap_err();
+        assert!(err.is_retryable(), "attempt {attempt}: {err:?}");
+        eprintln!(
+            "paused server: attempt {attempt} failed after {:?}: {err}",
+            started.elapsed()
+        );
+    }
+    server.resume();
+
+    let out = retry(|| store.switch(&app, switch())).await;
+    assert_eq!(out.state.active, Colour::Green);
+    assert_eq!(out.state.generation, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_fails_fast_and_a_restart_is_reconnected() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::with_options(&server.url(), options()).unwrap();
+    let app = AppName::new("killed").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+    let mut sub = store.subscribe(&app).await.unwrap();
+
+    server.kill();
+    let err = tokio::time::timeout(Duration::from_secs(10), store.get(&app))
+        .await
+        .expect("a call to a dead Redis hung")
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(matches!(
+        err,
+        Error::Unavailable {
+            backend: "redis",
+            ..
+        }
+    ));
+
+    server.restart();
+    // Restarted empty: the state is gone, which callers must see as such.
+    let state = retry(|| store.get(&app)).await;
+    assert_eq!(state, None);
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t").min_generation(5))
+        .await
+        .unwrap();
+
+    // The subscription reconnects on its own and hears changes again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut heard_switch = false;
+    while Instant::now() < deadline && !heard_switch {
+        store
+            .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+            .await
+            .unwrap();
+        if let Ok(Some(change)) = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await
+        {
+            heard_switch = change.generation.is_none() || change.generation >= Some(6);
+        }
+    }
+    assert!(
+        heard_switch,
+        "the subscription did not come back after the restart"
+    );
+}
+
+async fn retry<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the store did not recover: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn corrupt_state_is_reported_and_left_alone() {
+    let server = RedisServer::start();
+    let store = RedisStore::with_options(&server.url(), options()).unwrap();
+    let mut conn = raw(&server).await;
+    let cases: [(&str, &[(&str, &str)]); 5] = [
+        ("garbage-gen", &[("generation", "lots"), ("active", "blue")]),
+        ("bad-colour", &[("generation", "3"), ("active", "purple")]),
+        ("no-active", &[("generation", "3")]),
+        ("no-actor", &[("generation", "3"), ("active", "blue")]),
+        (
+            "bad-deploy",
+            &[
+                ("generation", "3"),
+                ("active", "blue"),
+                ("lc_actor", "ops"),
+                ("lc_at", "1"),
+                ("green_version", "v1"),
+                ("green_phase", "sideways"),
+            ],
+        ),
+    ];
+    for (name, fields) in cases {
+        let app = AppName::new(name).unwrap();
+        let key = format!("bg:{{{name}}}:state");
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg(fields)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let before: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+
+        let err = store.get(&app).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{name}: {err:?}");
+        assert!(err.to_string().contains(&key), "{name}: {err}");
+        let switched = store
+            .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+            .await;
+        let forced = store
+            .init(&app, InitRequest::new(Colour::Green, "t").force(true))
+            .await;
+        assert!(
+            matches!(switched, Err(Error::Corrupt { .. })),
+            "{name}: {switched:?}"
+        );
+        assert!(
+            matches!(forced, Err(Error::Corrupt { .. })),
+            "{name}: {forced:?}"
+        );
+        let after: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(before, after, "{name}: a corrupt hash was written to");
+    }
+
+    let app = AppName::new("bad-history").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("bg:{bad-history}:history")
+        .arg("*")
+        .arg("e")
+        .arg("{nonsense")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store.history(&app, 10).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+}
+
+/// The hand-made design's keys follow every change, in the same script.
+#[tokio::test]
+async fn legacy_mirror_follows_every_change() {
+    let server = RedisServer::start();
+    let opts = RedisOptions {
+        mirror: Some(LegacyMirror::new("alfa", "beta").unwrap()),
+        ..options()
+    };
+    let store = RedisStore::with_options(&server.url(), opts).unwrap();
+    let app = AppName::new("legacy").unwrap();
+    let mut conn = raw(&server).await;
+    let mut legacy = async || -> (String, String) {
+        redis::cmd("MGET")
+            .arg("lb-status-alfa")
+            .arg("lb-status-beta")
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    };
+
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    assert_eq!(legacy().await, ("1".into(), "0".into()));
+    store
+        .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+    assert_eq!(legacy().await, ("0".into(), "1".into()));
+    // A refused switch leaves them alone.
+    store
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Blue, "t").expect_generation(1),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(legacy().await, ("0".into(), "1".into()));
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t").force(true))
+        .await
+        .unwrap();
+    assert_eq!(legacy().await, ("1".into(), "0".into()));
+
+    for (blue, green) in [("", "beta"), ("alfa", "alfa"), ("al fa", "beta")] {
+        let err = LegacyMirror::new(blue, green).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    }
+}
+
+#[test]
+fn passwords_never_show() {
+    let store = RedisStore::open("redis://:hunter2-secret@127.0.0.1:1/0").unwrap();
+    let shown = format!("{store:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let err = RedisStore::open("redis://:hunter2-secret@127.0.0.1:notaport/0").unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_not_retryable() {
+    let server = RedisServer::start();
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("right-password-123")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("redis://:wrong-password-456@127.0.0.1:{}/0", server.port());
+    let store = RedisStore::with_options(&url, options()).unwrap();
+    let err = store.get(&AppName::new("auth").unwrap()).await.unwrap_err();
+    assert!(!err.to_string().contains("wrong-password-456"), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                retryable: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
