@@ -637,6 +637,7 @@ pub async fn history_is_bounded(store: &dyn ColourStore, cap: usize) {
     assert!(all.windows(2).all(|w| w[0].generation > w[1].generation));
     assert_eq!(store.history(&app, 3).await.unwrap(), all[..3].to_vec());
     assert!(store.history(&app, 0).await.unwrap().is_empty());
+    assert_eq!(store.history(&app, usize::MAX).await.unwrap(), all);
 }
 
 /// Bad input is refused with `InvalidInput` and changes nothing.

@@ -404,7 +404,7 @@ fn is_retry_of_last(current: &State, req: &SwitchRequest) -> bool {
 pub(crate) fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| ms(d))
+        .map_or(0, ms)
 }
 
 #[cfg(test)]

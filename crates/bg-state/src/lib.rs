@@ -81,7 +81,7 @@ pub use backend::redis::{LegacyMirror, RedisOptions, RedisStore};
 pub use error::{Error, InvalidInput, Result};
 pub use model::{
     Actor, AppName, Change, Colour, DeployPhase, Deployment, Event, EventKind, LastChange, Lease,
-    Millis, Presence, State,
+    Millis, Presence, State, format_millis,
 };
 pub use open::{OpenOptions, open, open_with};
 #[cfg(any(test, feature = "mock"))]

@@ -365,6 +365,30 @@ pub struct Change {
     pub generation: Option<u64>,
 }
 
+/// `ms` as an RFC 3339 UTC time, e.g. `2026-11-27T15:04:05.123Z`.
+#[must_use]
+pub fn format_millis(ms: Millis) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
+    let z = i64::try_from(days).unwrap_or(i64::MAX / 2) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 /// Shortens user input quoted back in an error message.
 pub(crate) fn shorten(s: &str) -> String {
     const MAX: usize = 64;
@@ -422,6 +446,14 @@ mod tests {
     fn app_name_deserialisation_validates() {
         assert!(serde_json::from_str::<AppName>("\"ok\"").is_ok());
         assert!(serde_json::from_str::<AppName>("\"Not Ok\"").is_err());
+    }
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(format_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(format_millis(1_795_791_845_123), "2026-11-27T15:04:05.123Z");
+        assert_eq!(format_millis(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
     }
 
     #[test]

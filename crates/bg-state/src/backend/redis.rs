@@ -565,7 +565,7 @@ impl ColourStore for RedisStore {
                     .arg("+")
                     .arg("-")
                     .arg("COUNT")
-                    .arg(limit)
+                    .arg(limit.min(self.inner.opts.history_cap))
                     .query_async(&mut conn),
             )
             .await?;

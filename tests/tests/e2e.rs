@@ -1,0 +1,3 @@
+//! End-to-end tests: real processes against real stores.
+
+mod processes;
