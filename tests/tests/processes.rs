@@ -15,7 +15,10 @@ const ROUNDS: usize = 100;
 async fn race(url: &str) {
     let store = bg_state::open(url).unwrap();
     let app = AppName::new("race").unwrap();
-    store.init(&app, InitRequest::new(Colour::Blue, "test")).await.unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "test"))
+        .await
+        .unwrap();
 
     let children: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -43,13 +46,25 @@ async fn race(url: &str) {
         );
     }
     let unique: BTreeSet<u64> = won.iter().copied().collect();
-    assert_eq!(unique.len(), won.len(), "two processes committed one generation");
+    assert_eq!(
+        unique.len(),
+        won.len(),
+        "two processes committed one generation"
+    );
     assert!(!won.is_empty());
-    assert_eq!(unique, (2..=1 + won.len() as u64).collect(), "lost or skipped generations");
+    assert_eq!(
+        unique,
+        (2..=1 + won.len() as u64).collect(),
+        "lost or skipped generations"
+    );
     let last = store.get(&app).await.unwrap().unwrap();
     assert_eq!(last.generation, 1 + won.len() as u64);
     let history = store.history(&app, usize::MAX).await.unwrap();
-    assert_eq!(history.len(), 1 + won.len(), "every switch is in the history once");
+    assert_eq!(
+        history.len(),
+        1 + won.len(),
+        "every switch is in the history once"
+    );
 }
 
 #[tokio::test]

@@ -11,8 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bg_state::{
-    AppName, DeployPhase, DeployRecord, Error, EventKind, InitRequest, LeaseRequest,
-    SwitchRequest,
+    AppName, DeployPhase, DeployRecord, Error, EventKind, InitRequest, LeaseRequest, SwitchRequest,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -54,11 +53,17 @@ async fn run(url: &str) -> Result<(), Error> {
 
     // Pipeline A takes the deploy lease; pipeline B, started a moment later, is told to wait.
     let lease = store
-        .acquire_lease(&app, LeaseRequest::new("pipeline-a", Duration::from_secs(30)))
+        .acquire_lease(
+            &app,
+            LeaseRequest::new("pipeline-a", Duration::from_secs(30)),
+        )
         .await?;
     println!("pipeline-a holds the lease, fence {}", lease.fence);
     if let Err(e) = store
-        .acquire_lease(&app, LeaseRequest::new("pipeline-b", Duration::from_secs(30)))
+        .acquire_lease(
+            &app,
+            LeaseRequest::new("pipeline-b", Duration::from_secs(30)),
+        )
         .await
     {
         println!("pipeline-b refused: {e}");

@@ -27,8 +27,12 @@ async fn main() -> ExitCode {
     };
     for _ in 0..rounds {
         let result = async {
-            let seen = store.get(&app).await?.ok_or(Error::NotInitialised { app: app.clone() })?;
-            let req = SwitchRequest::new(seen.idle(), name.as_str()).expect_generation(seen.generation);
+            let seen = store
+                .get(&app)
+                .await?
+                .ok_or(Error::NotInitialised { app: app.clone() })?;
+            let req =
+                SwitchRequest::new(seen.idle(), name.as_str()).expect_generation(seen.generation);
             store.switch(&app, req).await
         }
         .await;
