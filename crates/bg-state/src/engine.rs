@@ -93,6 +93,26 @@ impl AppRecord {
         }
     }
 
+    /// Makes `state` current after a change of the live colour, recording
+    /// its last change as an event.
+    fn commit(&mut self, state: State, kind: EventKind, cap: usize) -> State {
+        let last = &state.last_change;
+        self.push_event(
+            Event {
+                generation: state.generation,
+                at_ms: last.at_ms,
+                actor: last.actor.clone(),
+                forced: last.forced,
+                reason: last.reason.clone(),
+                kind,
+            },
+            cap,
+        );
+        self.high_water = self.high_water.max(state.generation);
+        self.state = Some(state.clone());
+        state
+    }
+
     pub fn get(&self) -> Option<State> {
         self.state.clone()
     }
@@ -128,20 +148,8 @@ impl AppRecord {
             blue: old.and_then(|s| s.blue.clone()),
             green: old.and_then(|s| s.green.clone()),
         };
-        self.push_event(
-            Event {
-                generation,
-                at_ms: now,
-                actor: req.actor.clone(),
-                forced: req.force,
-                reason: req.reason.clone(),
-                kind: EventKind::Init { active: req.active },
-            },
-            cap,
-        );
-        self.high_water = generation;
-        self.state = Some(state.clone());
-        Ok((state, Effect::Notify))
+        let kind = EventKind::Init { active: req.active };
+        Ok((self.commit(state, kind, cap), Effect::Notify))
     }
 
     pub fn switch(
@@ -193,19 +201,7 @@ impl AppRecord {
         } else {
             EventKind::Switch { from, to: req.to }
         };
-        self.push_event(
-            Event {
-                generation,
-                at_ms: now,
-                actor: req.actor.clone(),
-                forced: req.force,
-                reason: req.reason.clone(),
-                kind,
-            },
-            cap,
-        );
-        self.high_water = self.high_water.max(generation);
-        self.state = Some(state.clone());
+        let state = self.commit(state, kind, cap);
         Ok((
             SwitchOutcome {
                 state,
