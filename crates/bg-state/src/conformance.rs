@@ -403,6 +403,10 @@ pub async fn deploy_records(store: &dyn ColourStore) {
         .await
         .unwrap();
     let rec = DeployRecord::new(Colour::Blue, "v3", DeployPhase::Deploying, "p2");
+    let (state_before, history_before) = (
+        store.get(&app).await.unwrap(),
+        store.history(&app, 100).await.unwrap(),
+    );
     let err = store.record_deploy(&app, rec.clone()).await.unwrap_err();
     assert!(
         matches!(err, Error::LeaseHeld { ref holder, .. } if holder == "p1"),
@@ -413,6 +417,16 @@ pub async fn deploy_records(store: &dyn ColourStore) {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::StaleFence { .. }), "{err:?}");
+    assert_eq!(
+        store.get(&app).await.unwrap(),
+        state_before,
+        "a refused deploy record changed state"
+    );
+    assert_eq!(
+        store.history(&app, 100).await.unwrap(),
+        history_before,
+        "a refused deploy record was recorded"
+    );
     let s = store
         .record_deploy(&app, rec.clone().fence(lease.fence))
         .await
@@ -510,8 +524,13 @@ pub async fn lease_rules(store: &dyn ColourStore) {
     assert!(store.history(&app, 1).await.unwrap()[0].forced);
 
     // Renew, release, and fences only grow.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let renewed = store.renew_lease(&app, a.fence, ttl).await.unwrap();
     assert_eq!(renewed.fence, a.fence);
+    assert!(
+        renewed.expires_at_ms > again.expires_at_ms,
+        "renewing did not extend the lease"
+    );
     let err = store.renew_lease(&app, a.fence + 1, ttl).await.unwrap_err();
     assert!(matches!(err, Error::StaleFence { .. }), "{err:?}");
     assert!(
@@ -788,9 +807,7 @@ pub async fn notifications(store: &dyn ColourStore, within: Duration) {
         .expect("no change notification in time")
         .expect("subscription ended");
     assert_eq!(change.app, app, "a change of another app was delivered");
-    if let Some(g) = change.generation {
-        assert_eq!(g, 2);
-    }
+    assert_eq!(change.generation, Some(2));
 }
 
 /// Many writers, each switching to the colour not live at its read with

@@ -133,6 +133,7 @@ impl AppRecord {
         }
         let held = self.high_water.max(old.map_or(0, |s| s.generation));
         let generation = (held + 1).max(req.min_generation.unwrap_or(1));
+        check_ceiling(generation)?;
         let state = State {
             app: app.clone(),
             active: req.active,
@@ -185,6 +186,7 @@ impl AppRecord {
 
         let from = current.active;
         let generation = current.generation + 1;
+        check_ceiling(generation)?;
         let mut state = current.clone();
         state.active = req.to;
         state.generation = generation;
@@ -281,7 +283,10 @@ impl AppRecord {
             self.lease = Some(lease.clone());
             return Ok((lease, Effect::Quiet));
         }
-        self.fence_seq += 1;
+        // Fences follow the clock as well as the counter, so that even after
+        // the store lost its data a new fence is above every one issued before.
+        self.fence_seq = (self.fence_seq + 1).max(now);
+        check_ceiling(self.fence_seq)?;
         let lease = Lease {
             holder: req.holder.clone(),
             fence: self.fence_seq,
@@ -379,6 +384,17 @@ impl AppRecord {
             .cloned()
             .collect()
     }
+}
+
+/// Refuses to go past [`crate::MAX_GENERATION`].
+fn check_ceiling(n: u64) -> Result<()> {
+    if n > crate::MAX_GENERATION {
+        return Err(Error::invalid(
+            "generation",
+            format!("{n} would exceed the maximum {}", crate::MAX_GENERATION),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `req` repeats the switch that produced `current`.
@@ -487,11 +503,15 @@ mod tests {
                 }
                 prop_assert!(rec.history.len() <= 10);
                 prop_assert!(rec.fence_seq >= before.fence_seq);
+                prop_assert!(rec.high_water >= before.high_water, "the high-water mark went down");
                 if let (Some(b), Some(a)) = (&before.state, &rec.state) {
                     prop_assert!(a.generation >= b.generation);
-                    if a.active != b.active {
-                        let forced_init = matches!(rec.history.back().map(|e| &e.kind), Some(EventKind::Init { .. }));
-                        prop_assert!(forced_init || a.generation == b.generation + 1);
+                    let forced_init = matches!(rec.history.back().map(|e| &e.kind), Some(EventKind::Init { .. }))
+                        && rec.history != before.history;
+                    if forced_init {
+                        prop_assert!(a.generation > b.generation, "a forced init did not go above");
+                    } else if a.active != b.active {
+                        prop_assert!(a.generation == b.generation + 1);
                     }
                 }
                 if let Some(s) = &rec.state {

@@ -18,9 +18,11 @@ pub const MAX_REASON_LEN: usize = 1000;
 pub const MAX_VERSION_LEN: usize = 128;
 /// Longest accepted request id.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
-/// The highest generation or fence a store accepts: 2^53 - 1, so that every
-/// backend (Redis scripts count in doubles) represents it exactly.
-pub const MAX_GENERATION: u64 = (1 << 53) - 1;
+/// The highest generation or fence a store accepts or reaches: 10^14 - 1, so
+/// that every backend represents it exactly (Redis scripts count in doubles
+/// and encode JSON numbers with 14 significant digits). At one switch a
+/// millisecond that is three thousand years away.
+pub const MAX_GENERATION: u64 = 99_999_999_999_999;
 /// History entries a store keeps per app unless configured otherwise.
 pub const DEFAULT_HISTORY_CAP: usize = 1000;
 

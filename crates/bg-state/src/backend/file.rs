@@ -21,6 +21,11 @@ use crate::store::{
 
 const FORMAT: &str = "bluegreen-state/1";
 
+/// How long an operation waits for another process's lock before it fails
+/// with a retryable [`Error::Unavailable`] (a process stopped while holding
+/// the lock must not hang every other).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often a subscription looks at the file unless told otherwise.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -170,9 +175,30 @@ impl Inner {
             .write(true)
             .open(&self.lock_path)
             .map_err(|e| self.io_error("cannot open lock file", &self.lock_path, &e))?;
-        file.lock()
-            .map_err(|e| self.io_error("cannot lock", &self.lock_path, &e))?;
-        Ok(file)
+        let deadline = std::time::Instant::now() + LOCK_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Unavailable {
+                        backend: "file",
+                        message: format!(
+                            "{} stayed locked by another process for {LOCK_TIMEOUT:?}",
+                            self.lock_path.display()
+                        ),
+                        retryable: true,
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(self.io_error("cannot lock", &self.lock_path, &e));
+                }
+            }
+        }
     }
 
     fn load(&self) -> Result<Doc> {

@@ -84,8 +84,14 @@ impl MemoryStore {
         let (value, generation, effect) = {
             let mut apps = self.apps();
             let rec = apps.entry(app.clone()).or_default();
-            let (value, effect) = f(rec, now_ms(), self.inner.history_cap)?;
-            (value, rec.state.as_ref().map(|s| s.generation), effect)
+            let result = f(rec, now_ms(), self.inner.history_cap);
+            let generation = rec.state.as_ref().map(|s| s.generation);
+            if result.is_err() && *rec == AppRecord::default() {
+                // A refused call on an unknown app leaves nothing behind.
+                apps.remove(app);
+            }
+            let (value, effect) = result?;
+            (value, generation, effect)
         };
         if effect == Effect::Notify {
             // No receivers is fine: nobody is watching.

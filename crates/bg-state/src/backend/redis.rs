@@ -52,10 +52,15 @@ impl Default for RedisOptions {
 /// change, so services still running the hand-made health check keep working
 /// during a migration.
 ///
+/// The legacy keys carry no app name, so a mirror belongs to one app: the
+/// other apps in the same store do not touch them.
+///
 /// **Single-node Redis only** (Sentinel included): the legacy keys cannot
 /// share the app's hash slot, so a Redis Cluster would refuse the script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyMirror {
+    /// The one app whose live colour the legacy keys follow.
+    pub app: AppName,
     /// The hand-made id of the blue instance (e.g. `alfa`).
     pub blue_id: String,
     /// The hand-made id of the green instance (e.g. `beta`).
@@ -63,12 +68,17 @@ pub struct LegacyMirror {
 }
 
 impl LegacyMirror {
-    /// Mirror onto `lb-status-<blue_id>` and `lb-status-<green_id>`.
+    /// Mirror `app`'s live colour onto `lb-status-<blue_id>` and
+    /// `lb-status-<green_id>`.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] unless both ids are 1 to 64 characters of
     /// `A-Z a-z 0-9 . _ -` and differ.
-    pub fn new(blue_id: impl Into<String>, green_id: impl Into<String>) -> Result<Self> {
+    pub fn new(
+        app: AppName,
+        blue_id: impl Into<String>,
+        green_id: impl Into<String>,
+    ) -> Result<Self> {
         let (blue_id, green_id) = (blue_id.into(), green_id.into());
         for id in [&blue_id, &green_id] {
             let ok = !id.is_empty()
@@ -89,7 +99,11 @@ impl LegacyMirror {
         if blue_id == green_id {
             return Err(Error::invalid("mirror", "the two legacy ids must differ"));
         }
-        Ok(LegacyMirror { blue_id, green_id })
+        Ok(LegacyMirror {
+            app,
+            blue_id,
+            green_id,
+        })
     }
 
     /// The legacy key of `colour`.
@@ -146,6 +160,10 @@ pub(crate) fn redact(url: &str) -> String {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
+            // Query parameters can carry credentials too (`?pass=`).
+            if u.query().is_some() {
+                u.set_query(Some("…"));
+            }
             u.to_string()
         }
         Err(_) => "<unparseable redis URL>".to_owned(),
@@ -186,6 +204,13 @@ impl RedisStore {
     /// As [`RedisStore::open`].
     pub fn with_options(url: &str, opts: RedisOptions) -> Result<Self> {
         let shown = redact(url);
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("redis" | "rediss")) {
+            return Err(Error::invalid(
+                "url",
+                format!("{shown} is not a redis:// or rediss:// URL"),
+            ));
+        }
         if url.starts_with("rediss://") {
             // rustls needs a process-wide crypto provider; ring builds quickly
             // and needs no C toolchain beyond cc. Another one installed first wins.
@@ -250,12 +275,13 @@ impl RedisStore {
         inv.key(format!("bg:{{{tag}}}:state"))
             .key(format!("bg:{{{tag}}}:history"))
             .key(format!("bg:{{{tag}}}:gates"));
-        if let Some(m) = &self.inner.opts.mirror {
+        if let Some(m) = self.inner.opts.mirror.as_ref().filter(|m| m.app == *app) {
             inv.key(m.key(Colour::Blue)).key(m.key(Colour::Green));
         }
         inv.arg(op)
             .arg(channel(app))
-            .arg(self.inner.opts.history_cap);
+            .arg(self.inner.opts.history_cap)
+            .arg(crate::MAX_GENERATION);
         for a in args {
             inv.arg(a);
         }
@@ -629,12 +655,18 @@ impl ColourStore for RedisStore {
 
     async fn presences(&self, app: &AppName) -> Result<Vec<Presence>> {
         let reply = self.run(app, "presences", &[]).await?;
-        let mut out: Vec<Presence> = reply
-            .fields
-            .values()
-            .filter_map(|json| serde_json::from_str::<Presence>(json).ok())
-            .filter(|p| p.expires_at_ms > reply.now)
-            .collect();
+        let mut out = Vec::new();
+        for (gate, json) in &reply.fields {
+            let p: Presence = serde_json::from_str(json).map_err(|_| {
+                Error::corrupt(
+                    format!("bg:{{{app}}}:gates field {:?}", crate::model::shorten(gate)),
+                    "not a bluegreen presence report",
+                )
+            })?;
+            if p.expires_at_ms > reply.now {
+                out.push(p);
+            }
+        }
         out.sort_by(|a, b| a.gate_id.cmp(&b.gate_id));
         Ok(out)
     }

@@ -4,7 +4,8 @@
 -- KEYS[2] history      bg:{app}:history   (a capped stream, field "e" = JSON event)
 -- KEYS[3] gates hash   bg:{app}:gates     (gate id -> JSON presence)
 -- KEYS[4], KEYS[5]     optional legacy keys lb-status-<blue id>, lb-status-<green id>
--- ARGV[1] operation, ARGV[2] change channel, ARGV[3] history cap, then per operation.
+-- ARGV[1] operation, ARGV[2] change channel, ARGV[3] history cap, ARGV[4] highest
+-- generation or fence allowed, then per operation.
 --
 -- Every check happens before the first write: a refused call writes nothing.
 -- Optional string arguments are passed as "" for "none".
@@ -12,7 +13,7 @@
 -- pairs are the state hash after the call (or the gates hash for presence).
 
 local S, H, G = KEYS[1], KEYS[2], KEYS[3]
-local op, channel, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local op, channel, cap, ceiling = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -32,17 +33,28 @@ local function reply(status, detail, key, extra)
   return r
 end
 
--- Refuse to build on a state hash we cannot read: report it, touch nothing.
+-- Refuse to build on keys we cannot read: report, touch nothing. Checked
+-- before the first write of every operation, because Redis does not undo a
+-- script's earlier writes when a later command fails.
 local function corrupt()
-  local g, a = field('generation'), field('active')
-  if g == nil and a == nil then return nil end
-  if g == nil or not string.match(g, '^[1-9][0-9]*$') then return reply('corrupt', 'generation') end
-  if a ~= 'blue' and a ~= 'green' then return reply('corrupt', 'active') end
+  local types = { [H] = 'stream', [G] = 'hash', [S] = 'hash' }
+  for key, want in pairs(types) do
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= 'none' and t ~= want then return reply('corrupt', key .. ' is a ' .. t) end
+  end
   local function digits(f, optional)
     local v = field(f)
     if v == nil then return optional end
     return string.match(v, '^[0-9]+$') ~= nil
   end
+  for _, f in ipairs({ 'high_water', 'fence_seq', 'lease_fence', 'lease_acquired', 'lease_expires' }) do
+    if not digits(f, true) then return reply('corrupt', f) end
+  end
+  if field('lease_holder') ~= nil and field('lease_fence') == nil then return reply('corrupt', 'lease_fence') end
+  local g, a = field('generation'), field('active')
+  if g == nil and a == nil then return nil end
+  if g == nil or not string.match(g, '^[1-9][0-9]*$') then return reply('corrupt', 'generation') end
+  if a ~= 'blue' and a ~= 'green' then return reply('corrupt', 'active') end
   if field('lc_actor') == nil then return reply('corrupt', 'lc_actor') end
   if not digits('lc_at', false) then return reply('corrupt', 'lc_at') end
   if not digits('lc_fence', true) then return reply('corrupt', 'lc_fence') end
@@ -99,26 +111,27 @@ if op == 'read' then
   return reply('ok')
 
 elseif op == 'init' then
-  -- 4 active, 5 actor, 6 reason, 7 force, 8 min generation
+  -- 5 active, 6 actor, 7 reason, 8 force, 9 min generation
   local bad = corrupt(); if bad then return bad end
   local exists = field('generation') ~= nil
-  if exists and ARGV[7] ~= '1' then return reply('already_init') end
+  if exists and ARGV[8] ~= '1' then return reply('already_init') end
   local held = math.max(tonumber(field('high_water') or '0') or 0, tonumber(field('generation') or '0'))
-  local gen = math.max(held + 1, tonumber(ARGV[8]))
-  redis.call('HSET', S, 'active', ARGV[4], 'generation', num(gen), 'high_water', num(gen),
-    'lc_actor', ARGV[5], 'lc_at', num(now), 'lc_forced', ARGV[7])
-  set_opt('lc_reason', ARGV[6])
+  local gen = math.max(held + 1, tonumber(ARGV[9]))
+  if gen > ceiling then return reply('exhausted', num(gen)) end
+  redis.call('HSET', S, 'active', ARGV[5], 'generation', num(gen), 'high_water', num(gen),
+    'lc_actor', ARGV[6], 'lc_at', num(now), 'lc_forced', ARGV[8])
+  set_opt('lc_reason', ARGV[7])
   redis.call('HDEL', S, 'lc_request', 'lc_fence')
-  event({ generation = gen, at_ms = now, actor = ARGV[5], forced = ARGV[7] == '1',
-    reason = opt(ARGV[6]), event = 'init', active = ARGV[4] })
+  event({ generation = gen, at_ms = now, actor = ARGV[6], forced = ARGV[8] == '1',
+    reason = opt(ARGV[7]), event = 'init', active = ARGV[5] })
   mirror(); publish()
   return reply('ok')
 
 elseif op == 'switch' then
-  -- 4 to, 5 actor, 6 reason, 7 expect, 8 fence, 9 request id, 10 force, 11 rollback
+  -- 5 to, 6 actor, 7 reason, 8 expect, 9 fence, 10 request id, 11 force, 12 rollback
   local bad = corrupt(); if bad then return bad end
   if field('generation') == nil then return reply('not_init') end
-  local to, expect, fence, rid = ARGV[4], ARGV[7], ARGV[8], ARGV[9]
+  local to, expect, fence, rid = ARGV[5], ARGV[8], ARGV[9], ARGV[10]
   local active, gen = field('active'), tonumber(field('generation'))
   if active == to then
     if rid ~= '' and field('lc_request') == rid then return reply('unchanged') end
@@ -128,75 +141,84 @@ elseif op == 'switch' then
   end
   if expect ~= '' and tonumber(expect) ~= gen then return reply('conflict', expect) end
   if active == to then return reply('unchanged') end
-  local refused = check_fence(fence, ARGV[10]); if refused then return refused end
+  local refused = check_fence(fence, ARGV[11]); if refused then return refused end
   gen = gen + 1
+  if gen > ceiling then return reply('exhausted', num(gen)) end
   local high = math.max(gen, tonumber(field('high_water') or '0') or 0)
   redis.call('HSET', S, 'active', to, 'generation', num(gen), 'high_water', num(high),
-    'lc_actor', ARGV[5], 'lc_at', num(now), 'lc_forced', ARGV[10])
-  set_opt('lc_reason', ARGV[6]); set_opt('lc_request', rid); set_opt('lc_fence', fence)
-  event({ generation = gen, at_ms = now, actor = ARGV[5], forced = ARGV[10] == '1',
-    reason = opt(ARGV[6]), event = (ARGV[11] == '1') and 'rollback' or 'switch', from = active, to = to })
+    'lc_actor', ARGV[6], 'lc_at', num(now), 'lc_forced', ARGV[11])
+  set_opt('lc_reason', ARGV[7]); set_opt('lc_request', rid); set_opt('lc_fence', fence)
+  event({ generation = gen, at_ms = now, actor = ARGV[6], forced = ARGV[11] == '1',
+    reason = opt(ARGV[7]), event = (ARGV[12] == '1') and 'rollback' or 'switch', from = active, to = to })
   mirror(); publish()
   return reply('ok')
 
 elseif op == 'deploy' then
-  -- 4 colour, 5 version, 6 phase, 7 actor, 8 fence, 9 force
+  -- 5 colour, 6 version, 7 phase, 8 actor, 9 fence, 10 force
   local bad = corrupt(); if bad then return bad end
   if field('generation') == nil then return reply('not_init') end
-  local colour = ARGV[4]
+  local colour = ARGV[5]
   if field('active') == colour then return reply('deploy_live') end
-  local refused = check_fence(ARGV[8], ARGV[9]); if refused then return refused end
-  redis.call('HSET', S, colour .. '_version', ARGV[5], colour .. '_phase', ARGV[6],
-    colour .. '_at', num(now), colour .. '_actor', ARGV[7])
-  event({ generation = tonumber(field('generation')), at_ms = now, actor = ARGV[7], forced = ARGV[9] == '1',
-    event = 'deploy', colour = colour, version = ARGV[5], phase = ARGV[6] })
+  local refused = check_fence(ARGV[9], ARGV[10]); if refused then return refused end
+  redis.call('HSET', S, colour .. '_version', ARGV[6], colour .. '_phase', ARGV[7],
+    colour .. '_at', num(now), colour .. '_actor', ARGV[8])
+  event({ generation = tonumber(field('generation')), at_ms = now, actor = ARGV[8], forced = ARGV[10] == '1',
+    event = 'deploy', colour = colour, version = ARGV[6], phase = ARGV[7] })
   publish()
   return reply('ok')
 
 elseif op == 'acquire' then
-  -- 4 holder, 5 ttl ms
+  -- 5 holder, 6 ttl ms
+  local bad = corrupt(); if bad then return bad end
   local live = live_lease()
-  local expires = num(now + tonumber(ARGV[5]))
+  local expires = num(now + tonumber(ARGV[6]))
   if live ~= nil then
-    if field('lease_holder') ~= ARGV[4] then return reply('lease_held') end
+    if field('lease_holder') ~= ARGV[5] then return reply('lease_held') end
     redis.call('HSET', S, 'lease_expires', expires)
     return reply('ok')
   end
-  local seq = (tonumber(field('fence_seq') or '0') or 0) + 1
-  redis.call('HSET', S, 'fence_seq', num(seq), 'lease_holder', ARGV[4], 'lease_fence', num(seq),
+  -- Fences follow the clock as well as the counter, so that even after the
+  -- store lost its data a new fence is above every one issued before.
+  local seq = math.max((tonumber(field('fence_seq') or '0') or 0) + 1, now)
+  if seq > ceiling then return reply('exhausted', num(seq)) end
+  redis.call('HSET', S, 'fence_seq', num(seq), 'lease_holder', ARGV[5], 'lease_fence', num(seq),
     'lease_acquired', num(now), 'lease_expires', expires)
   return reply('ok')
 
 elseif op == 'renew' then
-  -- 4 fence, 5 ttl ms
+  -- 5 fence, 6 ttl ms
+  local bad = corrupt(); if bad then return bad end
   local live = live_lease()
-  if live == nil or live ~= ARGV[4] then return reply('stale_fence', live or '') end
-  redis.call('HSET', S, 'lease_expires', num(now + tonumber(ARGV[5])))
+  if live == nil or live ~= ARGV[5] then return reply('stale_fence', live or '') end
+  redis.call('HSET', S, 'lease_expires', num(now + tonumber(ARGV[6])))
   return reply('ok')
 
 elseif op == 'release' then
-  -- 4 fence
+  -- 5 fence
+  local bad = corrupt(); if bad then return bad end
   local live = live_lease()
-  if live == nil or live ~= ARGV[4] then return reply('not_released') end
+  if live == nil or live ~= ARGV[5] then return reply('not_released') end
   redis.call('HDEL', S, 'lease_holder', 'lease_fence', 'lease_acquired', 'lease_expires')
   return reply('released')
 
 elseif op == 'break' then
-  -- 4 actor, 5 reason
+  -- 5 actor, 6 reason
+  local bad = corrupt(); if bad then return bad end
   local live = live_lease()
   if live == nil then return reply('none') end
   local broken = { 'broken_holder', field('lease_holder'), 'broken_fence', live,
     'broken_acquired', field('lease_acquired'), 'broken_expires', field('lease_expires') }
   redis.call('HDEL', S, 'lease_holder', 'lease_fence', 'lease_acquired', 'lease_expires')
-  event({ generation = tonumber(field('generation') or '0') or 0, at_ms = now, actor = ARGV[4],
-    forced = true, reason = opt(ARGV[5]), event = 'lease_broken', holder = broken[2], fence = tonumber(live) })
+  event({ generation = tonumber(field('generation') or '0') or 0, at_ms = now, actor = ARGV[5],
+    forced = true, reason = opt(ARGV[6]), event = 'lease_broken', holder = broken[2], fence = tonumber(live) })
   return reply('broken', '', S, broken)
 
 elseif op == 'presence' then
-  -- 4 gate id, 5 presence JSON, 6 ttl ms
-  local p = cjson.decode(ARGV[5])
+  -- 5 gate id, 6 presence JSON, 7 ttl ms
+  local bad = corrupt(); if bad then return bad end
+  local p = cjson.decode(ARGV[6])
   p.seen_at_ms = now
-  p.expires_at_ms = now + tonumber(ARGV[6])
+  p.expires_at_ms = now + tonumber(ARGV[7])
   local all = redis.call('HGETALL', G)
   for i = 1, #all, 2 do
     local ok, old = pcall(cjson.decode, all[i + 1])
@@ -204,7 +226,7 @@ elseif op == 'presence' then
       redis.call('HDEL', G, all[i])
     end
   end
-  redis.call('HSET', G, ARGV[4], cjson.encode(p))
+  redis.call('HSET', G, ARGV[5], cjson.encode(p))
   return reply('ok', '', G)
 
 elseif op == 'presences' then

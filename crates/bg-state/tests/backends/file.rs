@@ -102,3 +102,27 @@ fn a_missing_directory_is_a_clear_error() {
     assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+/// A process stopped while holding the lock must not hang everyone else.
+#[tokio::test]
+async fn a_held_lock_times_out_as_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let s = store(&path);
+    let app = AppName::new("chat").unwrap();
+    s.init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let holder = fs::File::create(dir.path().join("state.json.lock")).unwrap();
+    holder.lock().unwrap();
+    let err = s
+        .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("stayed locked"), "{err}");
+    holder.unlock().unwrap();
+    s.switch(&app, SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+}

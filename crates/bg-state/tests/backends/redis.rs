@@ -123,10 +123,16 @@ async fn killed_server_fails_fast_and_a_restart_is_reconnected() {
     let mut sub = store.subscribe(&app).await.unwrap();
 
     server.kill();
+    let started = Instant::now();
     let err = tokio::time::timeout(Duration::from_secs(10), store.get(&app))
         .await
         .expect("a call to a dead Redis hung")
         .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(err.is_retryable(), "{err:?}");
     assert!(matches!(
         err,
@@ -243,6 +249,70 @@ async fn corrupt_state_is_reported_and_left_alone() {
         assert_eq!(before, after, "{name}: a corrupt hash was written to");
     }
 
+    // Bookkeeping fields and key types are checked before any write too.
+    let app = AppName::new("bad-fence").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("bg:{bad-fence}:state")
+        .arg("fence_seq")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store
+        .acquire_lease(
+            &app,
+            bg_state::LeaseRequest::new("p", Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+
+    let app = AppName::new("bad-type").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("bg:{bad-type}:history")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("bg:{bad-type}:history")
+        .arg("oops")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store
+        .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is a string"), "{err}");
+    let state: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("bg:{bad-type}:state")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        state.contains(&("active".into(), "blue".into())),
+        "a refused switch wrote: {state:?}"
+    );
+
+    let app = AppName::new("bad-presence").unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("bg:{bad-presence}:gates")
+        .arg("g1")
+        .arg("{nope")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store.presences(&app).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+
     let app = AppName::new("bad-history").unwrap();
     store
         .init(&app, InitRequest::new(Colour::Blue, "t"))
@@ -264,12 +334,12 @@ async fn corrupt_state_is_reported_and_left_alone() {
 #[tokio::test]
 async fn legacy_mirror_follows_every_change() {
     let server = RedisServer::start();
+    let app = AppName::new("legacy").unwrap();
     let opts = RedisOptions {
-        mirror: Some(LegacyMirror::new("alfa", "beta").unwrap()),
+        mirror: Some(LegacyMirror::new(app.clone(), "alfa", "beta").unwrap()),
         ..options()
     };
     let store = RedisStore::with_options(&server.url(), opts).unwrap();
-    let app = AppName::new("legacy").unwrap();
     let mut conn = raw(&server).await;
     let mut legacy = async || -> (String, String) {
         redis::cmd("MGET")
@@ -304,9 +374,20 @@ async fn legacy_mirror_follows_every_change() {
         .await
         .unwrap();
     assert_eq!(legacy().await, ("1".into(), "0".into()));
+    // Another app in the same store leaves the legacy keys alone.
+    let other = AppName::new("other").unwrap();
+    store
+        .init(&other, InitRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+    store
+        .switch(&other, SwitchRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    assert_eq!(legacy().await, ("1".into(), "0".into()));
 
     for (blue, green) in [("", "beta"), ("alfa", "alfa"), ("al fa", "beta")] {
-        let err = LegacyMirror::new(blue, green).unwrap_err();
+        let err = LegacyMirror::new(app.clone(), blue, green).unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
     }
 }
@@ -318,6 +399,14 @@ fn passwords_never_show() {
     assert!(!shown.contains("hunter2"), "{shown}");
     let err = RedisStore::open("redis://:hunter2-secret@127.0.0.1:notaport/0").unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
+    let store = RedisStore::open("redis://127.0.0.1:1/0?pass=hunter2-secret").unwrap();
+    assert!(!format!("{store:?}").contains("hunter2"), "{store:?}");
+    let err = RedisStore::open("unix:///tmp/redis.sock?pass=hunter2-secret").unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(
+        err.to_string().contains("not a redis:// or rediss:// URL"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
