@@ -53,6 +53,7 @@ impl Gate {
             .route("/switch", get(switch_by_get).post(switch))
             .route("/bg/drain", axum::routing::post(drain))
             .route("/metrics", get(metrics))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
     }
 

@@ -1,0 +1,127 @@
+//! Two `bg-gate` processes on one Redis: a switch through one reaches the
+//! other by notification, long before its next poll.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Instant;
+
+use bg_testkit::{Process, RedisServer, free_port, http, wait_for_port};
+
+use super::TOKEN;
+
+fn start_gate(redis: &RedisServer, colour: &str, poll: &str) -> (Process, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", colour, "--store", &redis.url(), "--app", "chat"])
+        .args(["--listen", &addr.to_string(), "--service-version", "v7"])
+        .args([
+            "--init",
+            "blue",
+            "--poll-interval",
+            poll,
+            "--handover",
+            "0s",
+        ])
+        .env("BG_TOKEN", TOKEN)
+        .env("RUST_LOG", "info");
+    let p = Process::spawn(&format!("bg-gate {colour}"), cmd);
+    wait_for_port(addr, std::time::Duration::from_secs(20));
+    (p, addr)
+}
+
+fn answer(addr: SocketAddr) -> u16 {
+    http::get(addr, "/balancer-keepalive-check").unwrap().status
+}
+
+#[test]
+fn a_switch_through_one_gate_reaches_the_other_by_notification() {
+    let redis = RedisServer::start();
+    // Polls so rare that only a notification can explain a quick change.
+    let (_blue, blue) = start_gate(&redis, "blue", "60s");
+    let (_green, green) = start_gate(&redis, "green", "60s");
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while answer(blue) != 200 || answer(green) != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "the gates never agreed that blue is live"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let auth = format!("Bearer {TOKEN}");
+    let res = http::request(
+        blue,
+        "POST",
+        "/bg/switch",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        r#"{"to":"green","reason":"test"}"#,
+    )
+    .unwrap();
+    assert_eq!(res.status, 200, "{}", res.body);
+    let switched = Instant::now();
+    while answer(green) != 200 {
+        assert!(
+            switched.elapsed() < std::time::Duration::from_secs(30),
+            "the other gate never heard of the switch"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let took = switched.elapsed();
+    eprintln!("the other process answered OK {took:?} after the switch");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "no faster than the poll: the notification path is broken"
+    );
+    assert_eq!(
+        answer(blue),
+        503,
+        "with no handover the old colour stops at once"
+    );
+
+    let state = http::get(green, "/bg/state").unwrap();
+    assert!(state.body.contains("\"generation\":2"), "{}", state.body);
+    // The probes this test made are in the log, with their source address.
+    assert!(state.body.contains("127.0.0.1"), "{}", state.body);
+}
+
+#[test]
+fn bad_options_are_usage_errors() {
+    for (args, needle) in [
+        (vec!["--colour", "purple"], "is not a colour"),
+        (
+            vec!["--colour", "blue", "--poll-interval", "5"],
+            "is not a duration",
+        ),
+        (
+            vec!["--colour", "blue", "--store", "postgres://x"],
+            "unknown store scheme",
+        ),
+        (vec!["--colour", "blue", "--app", "Bad App"], "app name"),
+        (
+            vec!["--colour", "blue", "--stop-status", "500"],
+            "not a STOP status",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bg-gate"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_bg-gate"))
+        .args(["--colour", "blue", "--listen", "127.0.0.1:0"])
+        .env("BG_TOKEN", "short")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("at least 16") && !err.contains("short\""),
+        "{err}"
+    );
+}
