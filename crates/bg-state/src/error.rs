@@ -98,6 +98,14 @@ pub enum Error {
         detail: String,
     },
 
+    /// A remote store (a gate's `/bg/api/v1`) refused the caller's
+    /// credentials, or has writes switched off.
+    #[error("the remote store refused the request: {message}")]
+    Unauthorized {
+        /// What the gate said, which never echoes the credentials.
+        message: String,
+    },
+
     /// The store could not be reached or did not answer in time.
     #[error("store unavailable ({backend}): {message}{}", if *retryable { "; retrying may help" } else { "" })]
     Unavailable {
@@ -128,6 +136,7 @@ impl Error {
         InvalidInput::new(field, reason).into()
     }
 
+    #[cfg_attr(not(any(feature = "file", feature = "redis")), allow(dead_code))]
     pub(crate) fn corrupt(location: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Corrupt {
             location: location.into(),

@@ -14,9 +14,11 @@
 //! * Backends: [`MemoryStore`] (the embedded default, per process),
 //!   [`FileStore`] (feature `file`: durable JSON for one host),
 //!   [`RedisStore`] (feature `redis`: shared by every host, with an optional
-//!   [`LegacyMirror`] of the hand-made design's keys).
+//!   [`LegacyMirror`] of the hand-made design's keys), `RemoteStore`
+//!   (feature `remote`: a gate's `/bg/api/v1`, for CI that cannot reach
+//!   Redis; its wire bodies are in [`wire`]).
 //! * [`open`] — a store from a URL: `memory://`, `file:///path`,
-//!   `redis://…`, `rediss://…`.
+//!   `redis://…`, `rediss://…`, `http(s)://gate…`.
 //! * `conformance` (feature `conformance`) — the suite every backend passes.
 //! * `MockColourStore` (feature `mock`) — a `mockall` mock of the trait.
 //!   For your own tests prefer [`MemoryStore`]: it is the real behaviour,
@@ -72,12 +74,15 @@ mod error;
 pub mod model;
 mod open;
 mod store;
+pub mod wire;
 
 #[cfg(feature = "file")]
 pub use backend::file::FileStore;
 pub use backend::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use backend::redis::{LegacyMirror, RedisOptions, RedisStore};
+#[cfg(feature = "remote")]
+pub use backend::remote::RemoteStore;
 pub use error::{Error, InvalidInput, Result};
 pub use model::{
     Actor, AppName, Change, Colour, DeployPhase, Deployment, Event, EventKind, LastChange, Lease,

@@ -19,6 +19,12 @@ pub struct OpenOptions {
     /// Timeouts and the legacy mirror of the Redis store.
     #[cfg(feature = "redis")]
     pub redis: crate::RedisOptions,
+    /// The token a remote store (a gate's API) sends with writes.
+    #[cfg(feature = "remote")]
+    pub remote_token: Option<String>,
+    /// Bound on each request of a remote store.
+    #[cfg(feature = "remote")]
+    pub remote_timeout: std::time::Duration,
 }
 
 impl Default for OpenOptions {
@@ -29,6 +35,10 @@ impl Default for OpenOptions {
             file_poll_interval: crate::backend::file::DEFAULT_POLL_INTERVAL,
             #[cfg(feature = "redis")]
             redis: crate::RedisOptions::default(),
+            #[cfg(feature = "remote")]
+            remote_token: None,
+            #[cfg(feature = "remote")]
+            remote_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -41,8 +51,9 @@ const SCHEMES: &str =
 /// | URL | store |
 /// | --- | --- |
 /// | `memory://` | a new, empty [`crate::MemoryStore`] (this process only) |
-/// | `file:///var/lib/bluegreen/state.json` | a [`crate::FileStore`] (feature `file`) |
-/// | `redis://host:6379/0`, `rediss://…` | a [`crate::RedisStore`] (feature `redis`) |
+/// | `file:///var/lib/bluegreen/state.json` | a `FileStore` (feature `file`) |
+/// | `redis://host:6379/0`, `rediss://…` | a `RedisStore` (feature `redis`) |
+/// | `https://gate.internal:9090` | a `RemoteStore`: a gate's store API (feature `remote`) |
 ///
 /// No connection is made here: a Redis store connects on first use, so a
 /// service can start while Redis is down.
@@ -87,6 +98,7 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> 
         }
         "file" => open_file(url, opts),
         "redis" | "rediss" => open_redis(url, opts),
+        "http" | "https" => open_remote(url, opts),
         other => Err(Error::invalid(
             "url",
             format!(
@@ -142,6 +154,20 @@ fn open_file(_: &str, _: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
         "url",
         "this build has no file store (feature \"file\")",
     ))
+}
+
+#[cfg(feature = "remote")]
+fn open_remote(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+    Ok(Arc::new(crate::RemoteStore::new(
+        url,
+        opts.remote_token.clone(),
+        opts.remote_timeout,
+    )?))
+}
+
+#[cfg(not(feature = "remote"))]
+fn open_remote(_: &str, _: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+    Err(Error::invalid("url", "this build has no remote store (feature \"remote\")"))
 }
 
 #[cfg(feature = "redis")]
