@@ -87,6 +87,13 @@ pub struct GateConfig {
     pub probe_log: usize,
     /// Bound on any store call the gate makes. Default 2 s.
     pub store_timeout: Duration,
+    /// Close this colour's tracked websockets by itself once it has answered
+    /// STOP for this long (a paced drain, as `POST /bg/drain` does). Off by default.
+    pub drain_after: Option<Duration>,
+    /// Websockets closed per batch of a drain. Default 10.
+    pub drain_batch: usize,
+    /// Pause between batches of a drain. Default 1 s.
+    pub drain_interval: Duration,
 }
 
 impl GateConfig {
@@ -112,6 +119,9 @@ impl GateConfig {
             presence_ttl: Duration::from_secs(15),
             probe_log: 64,
             store_timeout: Duration::from_secs(2),
+            drain_after: None,
+            drain_batch: 10,
+            drain_interval: Duration::from_secs(1),
         }
     }
 }
@@ -510,6 +520,9 @@ impl Inner {
 async fn follow(weak: Weak<Inner>) {
     let mut subscription = None;
     let mut last_presence: Option<Instant> = None;
+    // When this colour started answering STOP, and whether it was drained since.
+    let mut idle_since: Option<Instant> = None;
+    let mut drained = false;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let gate = Gate { inner };
@@ -550,6 +563,28 @@ async fn follow(weak: Weak<Inner>) {
                 Ok(()) => last_presence = Some(Instant::now()),
                 Err(e) => tracing::debug!(error = %e, "cannot report presence"),
             }
+        }
+
+        if gate.view().state.is_some() && gate.answer(cfg.colour) == Answer::Stop {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if let Some(after) = cfg.drain_after
+                && !drained
+                && since.elapsed() >= after
+            {
+                drained = true;
+                let asked = gate
+                    .connections()
+                    .drain(cfg.drain_batch, cfg.drain_interval);
+                if asked > 0 {
+                    tracing::info!(
+                        asked,
+                        "idle long enough: draining websockets to the live colour"
+                    );
+                }
+            }
+        } else {
+            idle_since = None;
+            drained = false;
         }
 
         let poll = cfg.poll_interval;

@@ -256,3 +256,38 @@ pub(crate) async fn wait_for(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn an_idle_colour_drains_by_itself_when_told_to() {
+    let store = memory_with(Colour::Blue).await;
+    let mut cfg = config(Colour::Green);
+    cfg.drain_after = Some(Duration::from_millis(100));
+    cfg.drain_batch = 1;
+    cfg.drain_interval = Duration::from_millis(10);
+    let g = Gate::new(Arc::clone(&store), cfg, auth()).unwrap();
+    let mut sockets: Vec<_> = (0..3).map(|_| g.connections().track_websocket()).collect();
+    let started = Instant::now();
+    let _follower = g.start();
+    for s in &mut sockets {
+        tokio::time::timeout(Duration::from_secs(10), s.drain_requested())
+            .await
+            .expect("an idle colour drains its websockets");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "drained before the idle time"
+    );
+
+    // The live colour never drains by itself.
+    let mut cfg = config(Colour::Blue);
+    cfg.drain_after = Some(Duration::from_millis(10));
+    let g = Gate::new(store, cfg, auth()).unwrap();
+    let mut socket = g.connections().track_websocket();
+    let _follower = g.start();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), socket.drain_requested())
+            .await
+            .is_err(),
+        "the live colour drained"
+    );
+}
