@@ -1,10 +1,13 @@
-//! Who may switch: named bearer tokens, compared in constant time.
+//! Who may switch: named bearer tokens, compared in constant time, and
+//! optionally GitLab CI `id_tokens` checked by an [`OidcVerifier`].
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use axum::http::{HeaderMap, StatusCode, header};
 use subtle::ConstantTimeEq;
+
+use crate::oidc::OidcVerifier;
 
 /// The shortest token accepted, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -72,18 +75,24 @@ pub struct AuthError(pub String);
 /// Why a request was not allowed to switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// 401 (no or wrong credentials) or 403 (switching is off here).
+    /// 401 (no, wrong, forged or expired credentials) or 403 (switching is
+    /// off here, or a genuine token's claims are not allowed to switch).
     pub status: StatusCode,
     /// What to tell the caller; never echoes what they sent.
     pub message: &'static str,
 }
 
-/// The switch endpoints' authorisation. With nothing configured, every
-/// switch is refused with 403: never open.
+/// The switch endpoints' authorisation: bearer tokens and, when one is set
+/// with [`Auth::with_oidc`], GitLab CI `id_tokens`. With nothing configured,
+/// every switch is refused with 403: never open.
 #[derive(Debug, Default)]
 pub struct Auth {
     tokens: RwLock<Arc<Vec<NamedToken>>>,
+    /// Tokens given with [`Auth::add`] rather than in the file: a reload
+    /// keeps them. Locked only while `tokens` is write-locked.
+    added: Mutex<Vec<NamedToken>>,
     file: Option<PathBuf>,
+    oidc: Option<Arc<OidcVerifier>>,
 }
 
 impl Auth {
@@ -101,7 +110,9 @@ impl Auth {
         check_unique(&tokens)?;
         Ok(Auth {
             tokens: RwLock::new(Arc::new(tokens)),
+            added: Mutex::default(),
             file: None,
+            oidc: None,
         })
     }
 
@@ -116,64 +127,91 @@ impl Auth {
         let tokens = read_token_file(&path)?;
         Ok(Auth {
             tokens: RwLock::new(Arc::new(tokens)),
+            added: Mutex::default(),
             file: Some(path),
+            oidc: None,
         })
     }
 
-    /// Adds one more token (e.g. from `BG_TOKEN`) to these.
+    /// These credentials, and GitLab CI `id_tokens` accepted by `verifier`.
+    #[must_use]
+    pub fn with_oidc(mut self, verifier: impl Into<Arc<OidcVerifier>>) -> Self {
+        self.oidc = Some(verifier.into());
+        self
+    }
+
+    /// The `id_tokens` verifier, if one is set.
+    #[must_use]
+    pub fn oidc(&self) -> Option<&OidcVerifier> {
+        self.oidc.as_deref()
+    }
+
+    /// Adds one more token (e.g. from `BG_TOKEN`) to these; it stays across
+    /// [`Auth::reload`].
     ///
     /// # Errors
     /// If its name or secret is already taken.
     pub fn add(&self, token: NamedToken) -> Result<(), AuthError> {
-        let mut guard = self
-            .tokens
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
         let mut all = (**guard).clone();
-        all.push(token);
+        all.push(token.clone());
         check_unique(&all)?;
+        self.added
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(token);
         *guard = Arc::new(all);
         Ok(())
     }
 
-    /// Re-reads the token file. On error the tokens in force stay.
+    /// Re-reads the token file; tokens given with [`Auth::add`] stay. On
+    /// error the tokens in force stay.
     ///
     /// # Errors
-    /// As [`Auth::from_file`]; `Ok(false)` when there is no file to re-read.
+    /// As [`Auth::from_file`], or if a token of the file takes the name or
+    /// secret of an added one; `Ok(false)` when there is no file to re-read.
     pub fn reload(&self) -> Result<bool, AuthError> {
         let Some(path) = &self.file else {
             return Ok(false);
         };
-        let tokens = read_token_file(path)?;
-        *self
-            .tokens
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(tokens);
+        let mut tokens = read_token_file(path)?;
+        let mut guard = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
+        tokens.extend(
+            self.added
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        check_unique(&tokens).map_err(|e| AuthError(format!("{}: {e}", path.display())))?;
+        *guard = Arc::new(tokens);
         Ok(true)
     }
 
     /// Whether any credential is configured.
     #[must_use]
     pub fn is_configured(&self) -> bool {
-        !self.current().is_empty()
+        self.oidc.is_some() || !self.current().is_empty()
     }
 
     fn current(&self) -> Arc<Vec<NamedToken>> {
-        Arc::clone(
-            &self
-                .tokens
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Arc::clone(&self.tokens.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// The actor a request is authorised as.
+    /// The actor a request is authorised as: a bearer token's name, or the
+    /// identifying claims of a GitLab CI `id_token`.
+    ///
+    /// A bearer value is first compared with every named token; if none
+    /// matches and it has the shape of a JWT (three parts), it goes to the
+    /// OIDC verifier, when one is set.
     ///
     /// # Errors
-    /// A [`Refusal`] with the status to answer.
-    pub fn check(&self, headers: &HeaderMap) -> Result<String, Refusal> {
+    /// A [`Refusal`] with the status to answer: 403 when nothing is
+    /// configured, 401 for missing, wrong, forged or expired credentials, 403
+    /// for a genuine token whose claims break a rule.
+    pub async fn check(&self, headers: &HeaderMap) -> Result<String, Refusal> {
         let tokens = self.current();
-        if tokens.is_empty() {
+        if tokens.is_empty() && self.oidc.is_none() {
             return Err(Refusal {
                 status: StatusCode::FORBIDDEN,
                 message: "switching through this gate is off: no token is configured",
@@ -200,11 +238,23 @@ impl Auth {
                 found = Some(t);
             }
         }
-        found.map(|t| t.name.clone()).ok_or(Refusal {
-            status: StatusCode::UNAUTHORIZED,
-            message: "invalid token",
-        })
+        if let Some(t) = found {
+            return Ok(t.name.clone());
+        }
+        match &self.oidc {
+            Some(oidc) if looks_like_jwt(presented) => oidc.verify(presented).await,
+            _ => Err(Refusal {
+                status: StatusCode::UNAUTHORIZED,
+                message: "invalid token",
+            }),
+        }
     }
+}
+
+/// Only a value shaped like a compact JWS (`header.payload.signature`) is
+/// worth the verifier's time.
+fn looks_like_jwt(s: &str) -> bool {
+    s.bytes().filter(|b| *b == b'.').count() == 2 && !s.starts_with('.')
 }
 
 fn check_unique(tokens: &[NamedToken]) -> Result<(), AuthError> {
@@ -264,8 +314,8 @@ mod tests {
         h
     }
 
-    #[test]
-    fn refusals() {
+    #[tokio::test]
+    async fn refusals() {
         let auth = Auth::with_tokens(vec![NamedToken::new("ci", GOOD).unwrap()]).unwrap();
         let cases: [(Option<&str>, StatusCode); 7] = [
             (None, StatusCode::UNAUTHORIZED),
@@ -280,26 +330,66 @@ mod tests {
             (Some(GOOD), StatusCode::UNAUTHORIZED),
         ];
         for (h, status) in cases {
-            let r = auth.check(&headers(h)).unwrap_err();
+            let r = auth.check(&headers(h)).await.unwrap_err();
             assert_eq!(r.status, status, "{h:?}");
             assert!(!r.message.contains(GOOD));
         }
         assert_eq!(
             auth.check(&headers(Some(&format!("Bearer {GOOD}"))))
+                .await
                 .unwrap(),
             "ci"
         );
         assert_eq!(
             auth.check(&headers(Some(&format!("bearer  {GOOD} "))))
+                .await
                 .unwrap(),
             "ci"
         );
     }
 
+    #[tokio::test]
+    async fn an_added_token_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, format!("ci {GOOD}\n")).unwrap();
+        let auth = Auth::from_file(&path).unwrap();
+        let env = "from-the-environment-0123";
+        auth.add(NamedToken::new("bg-token", env).unwrap()).unwrap();
+        assert!(auth.add(NamedToken::new("ci", env).unwrap()).is_err());
+        let bearer = |t: &str| headers(Some(&format!("Bearer {t}")));
+        assert!(auth.reload().unwrap());
+        assert_eq!(auth.check(&bearer(env)).await.unwrap(), "bg-token");
+        assert_eq!(auth.check(&bearer(GOOD)).await.unwrap(), "ci");
+
+        // A file that now clashes with the added token is not taken.
+        std::fs::write(&path, format!("bg-token {GOOD}\n")).unwrap();
+        let e = auth.reload().unwrap_err();
+        assert!(e.0.contains("used twice"), "{e}");
+        assert!(!e.0.contains(GOOD) && !e.0.contains(env), "{e}");
+        assert_eq!(auth.check(&bearer(GOOD)).await.unwrap(), "ci");
+        assert_eq!(auth.check(&bearer(env)).await.unwrap(), "bg-token");
+    }
+
     #[test]
-    fn nothing_configured_is_forbidden() {
+    fn only_jwt_shaped_values_go_to_the_verifier() {
+        for (v, jwt) in [
+            ("a.b.c", true),
+            ("eyJ.eyJ.", true),
+            ("a.b", false),
+            ("a.b.c.d", false),
+            (".b.c", false),
+            (GOOD, false),
+        ] {
+            assert_eq!(looks_like_jwt(v), jwt, "{v}");
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_configured_is_forbidden() {
         let r = Auth::none()
             .check(&headers(Some(&format!("Bearer {GOOD}"))))
+            .await
             .unwrap_err();
         assert_eq!(r.status, StatusCode::FORBIDDEN);
     }
@@ -319,14 +409,15 @@ mod tests {
         assert!(!shown.contains(GOOD), "{shown}");
     }
 
-    #[test]
-    fn token_file_and_reload() {
+    #[tokio::test]
+    async fn token_file_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         std::fs::write(&path, format!("# comment\n\nci {GOOD}\n")).unwrap();
         let auth = Auth::from_file(&path).unwrap();
         assert_eq!(
             auth.check(&headers(Some(&format!("Bearer {GOOD}"))))
+                .await
                 .unwrap(),
             "ci"
         );
@@ -336,10 +427,12 @@ mod tests {
         assert!(auth.reload().unwrap());
         assert!(
             auth.check(&headers(Some(&format!("Bearer {GOOD}"))))
+                .await
                 .is_err()
         );
         assert_eq!(
             auth.check(&headers(Some(&format!("Bearer {next}"))))
+                .await
                 .unwrap(),
             "ops"
         );
@@ -351,6 +444,7 @@ mod tests {
         assert!(!e.0.contains("tooshort"), "{e}");
         assert_eq!(
             auth.check(&headers(Some(&format!("Bearer {next}"))))
+                .await
                 .unwrap(),
             "ops"
         );

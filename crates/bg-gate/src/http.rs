@@ -43,7 +43,8 @@ impl Gate {
 
     /// The routes for operators and tools: `GET /bg/state`, `POST /bg/switch`
     /// and `POST /switch` (authenticated), `POST /bg/drain` (authenticated),
-    /// `GET /metrics`. Serve it on a private listener where you can: anything
+    /// `GET /metrics`, and the whole store under `/bg/api/v1` (writes
+    /// authenticated; see `docs/api.md`). Serve it on a private listener where you can: anything
     /// merged into the public router is reachable by whoever reaches the
     /// load balancer.
     pub fn admin_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
@@ -53,6 +54,7 @@ impl Gate {
             .route("/switch", get(switch_by_get).post(switch))
             .route("/bg/drain", axum::routing::post(drain))
             .route("/metrics", get(metrics))
+            .merge(crate::api::router(self))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
     }
@@ -154,60 +156,19 @@ fn now_ms() -> u64 {
 
 /// A JSON error body: `{"kind": …, "message": …}`.
 pub(crate) fn error(status: StatusCode, kind: &str, message: &str) -> Response {
-    (status, Json(json!({ "kind": kind, "message": message }))).into_response()
+    (status, Json(bg_state::wire::ErrorBody::new(kind, message))).into_response()
 }
 
-/// The status and `kind` a store error is answered with.
+/// The status and body a store error is answered with (`docs/api.md`).
 pub(crate) fn store_error(e: &StoreError) -> Response {
-    let (status, kind, extra) = match e {
-        StoreError::Conflict { current, .. } => (
-            StatusCode::CONFLICT,
-            "conflict",
-            Some(json!({ "current": current })),
-        ),
-        StoreError::NotInitialised { .. } => (StatusCode::CONFLICT, "not_initialised", None),
-        StoreError::AlreadyInitialised { current } => (
-            StatusCode::CONFLICT,
-            "already_initialised",
-            Some(json!({ "current": current })),
-        ),
-        StoreError::DeployToLive { .. } => (StatusCode::CONFLICT, "deploy_to_live", None),
-        StoreError::LeaseHeld {
-            holder,
-            fence,
-            expires_at_ms,
-            ..
-        } => (
-            StatusCode::CONFLICT,
-            "lease_held",
-            Some(json!({ "holder": holder, "fence": fence, "expires_at_ms": expires_at_ms })),
-        ),
-        StoreError::StaleFence {
-            presented, current, ..
-        } => (
-            StatusCode::CONFLICT,
-            "stale_fence",
-            Some(json!({ "presented": presented, "current": current })),
-        ),
-        StoreError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input", None),
-        StoreError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt", None),
-        StoreError::Unavailable { retryable, .. } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            Some(json!({ "retryable": retryable })),
-        ),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
-    };
-    let mut body = json!({ "kind": kind, "message": e.to_string() });
-    if let (Some(Value::Object(extra)), Value::Object(map)) = (extra, &mut body) {
-        map.extend(extra);
-    }
+    let (status, body) = bg_state::wire::error_body(e);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(body)).into_response()
 }
 
 /// Authorises a write, counting refusals.
-pub(crate) fn authorise(gate: &Gate, headers: &HeaderMap) -> Result<String, Response> {
-    gate.inner.auth.check(headers).map_err(|r| {
+pub(crate) async fn authorise(gate: &Gate, headers: &HeaderMap) -> Result<String, Response> {
+    gate.inner.auth.check(headers).await.map_err(|r| {
         gate.inner
             .counters
             .auth_refusals
@@ -272,7 +233,7 @@ struct SwitchBody {
 }
 
 async fn switch(State(gate): State<Gate>, req: Request) -> Response {
-    let actor = match authorise(&gate, req.headers()) {
+    let actor = match authorise(&gate, req.headers()).await {
         Ok(a) => a,
         Err(res) => return res,
     };
@@ -318,7 +279,7 @@ struct DrainBody {
 }
 
 async fn drain(State(gate): State<Gate>, req: Request) -> Response {
-    if let Err(res) = authorise(&gate, req.headers()) {
+    if let Err(res) = authorise(&gate, req.headers()).await {
         return res;
     }
     let body: Option<DrainBody> = match json_body(req).await {

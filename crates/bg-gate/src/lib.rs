@@ -53,16 +53,22 @@
 //! ```
 
 mod agent;
+mod api;
 mod auth;
 mod cache;
 pub mod cli;
 mod conns;
 mod gate;
 mod http;
+mod oidc;
 mod probes;
 
 pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, NamedToken, Refusal};
 pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
 pub use gate::{Answer, Gate, GateConfig, GateError, StopStatus, View};
 pub use http::{BODY_TIMEOUT, MAX_BODY};
+pub use oidc::{
+    ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, JwksSource, OidcConfig, OidcError,
+    OidcVerifier,
+};
 pub use probes::{Probe, ProbeLog};

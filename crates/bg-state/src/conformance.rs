@@ -35,6 +35,17 @@ pub struct Config {
     pub race_writers: usize,
     /// Compare-and-swap attempts per writer in the race.
     pub race_rounds: usize,
+    /// The actor every change is recorded under, when the store takes it
+    /// from the caller's credentials rather than the request (a remote
+    /// store); `None` when requests name their actor.
+    pub credential_actor: Option<String>,
+}
+
+impl Config {
+    /// The actor a change requested by `requested` is recorded as.
+    fn actor<'a>(&'a self, requested: &'a str) -> &'a str {
+        self.credential_actor.as_deref().unwrap_or(requested)
+    }
 }
 
 impl Default for Config {
@@ -44,6 +55,7 @@ impl Default for Config {
             notify_within: Duration::from_secs(5),
             race_writers: 8,
             race_rounds: 100,
+            credential_actor: None,
         }
     }
 }
@@ -57,12 +69,12 @@ impl Default for Config {
 pub async fn run_all(stores: &[Arc<dyn ColourStore>], cfg: &Config) {
     let store = stores.first().expect("at least one store").as_ref();
     uninitialised(store).await;
-    init_rules(store).await;
+    init_rules(store, cfg).await;
     generation_never_goes_down(store).await;
-    switch_compare_and_swap(store).await;
+    switch_compare_and_swap(store, cfg).await;
     switch_retries_are_recognised(store).await;
-    deploy_records(store).await;
-    lease_rules(store).await;
+    deploy_records(store, cfg).await;
+    lease_rules(store, cfg).await;
     lease_expiry(store).await;
     history_is_bounded(store, cfg.history_cap).await;
     bad_input_changes_nothing(store).await;
@@ -115,7 +127,7 @@ pub async fn uninitialised(store: &dyn ColourStore) {
 
 /// Init creates generation 1 once; a second init is refused unless forced;
 /// a forced init lands above the old generation; a floor is honoured.
-pub async fn init_rules(store: &dyn ColourStore) {
+pub async fn init_rules(store: &dyn ColourStore, cfg: &Config) {
     let app = fresh_app("init");
     let s = store
         .init(&app, InitRequest::new(Colour::Blue, "ops").reason("first"))
@@ -123,7 +135,7 @@ pub async fn init_rules(store: &dyn ColourStore) {
         .unwrap();
     assert_eq!((s.active, s.generation), (Colour::Blue, 1));
     assert_eq!(s.app, app);
-    assert_eq!(s.last_change.actor, "ops");
+    assert_eq!(s.last_change.actor, cfg.actor("ops"));
     assert_eq!(s.last_change.reason.as_deref(), Some("first"));
     assert!(!s.last_change.forced);
     assert_eq!(store.get(&app).await.unwrap(), Some(s.clone()));
@@ -220,7 +232,7 @@ pub async fn generation_never_goes_down(store: &dyn ColourStore) {
 
 /// Compare-and-swap: the expected generation is checked first; switching to
 /// the live colour is a success that changes nothing.
-pub async fn switch_compare_and_swap(store: &dyn ColourStore) {
+pub async fn switch_compare_and_swap(store: &dyn ColourStore, cfg: &Config) {
     let app = initialised(store, "cas", Colour::Blue).await;
     let out = store
         .switch(
@@ -233,7 +245,7 @@ pub async fn switch_compare_and_swap(store: &dyn ColourStore) {
         .unwrap();
     assert!(out.changed);
     assert_eq!((out.state.active, out.state.generation), (Colour::Green, 2));
-    assert_eq!(out.state.last_change.actor, "ci");
+    assert_eq!(out.state.last_change.actor, cfg.actor("ci"));
     assert_eq!(out.state.last_change.reason.as_deref(), Some("release"));
     assert_eq!(store.get(&app).await.unwrap(), Some(out.state.clone()));
 
@@ -329,7 +341,7 @@ pub async fn switch_retries_are_recognised(store: &dyn ColourStore) {
 
 /// Deploys are recorded for the idle colour only, fenced by the lease, and
 /// leave the generation alone.
-pub async fn deploy_records(store: &dyn ColourStore) {
+pub async fn deploy_records(store: &dyn ColourStore, cfg: &Config) {
     let app = initialised(store, "deploy", Colour::Blue).await;
     let err = store
         .record_deploy(
@@ -361,7 +373,7 @@ pub async fn deploy_records(store: &dyn ColourStore) {
         (d.version.as_str(), d.phase),
         ("v2", DeployPhase::Deploying)
     );
-    assert_eq!(d.actor, "ci");
+    assert_eq!(d.actor, cfg.actor("ci"));
     assert_eq!(s.blue, None);
 
     let s = store
@@ -445,7 +457,7 @@ pub async fn deploy_records(store: &dyn ColourStore) {
 
 /// One holder at a time; acquiring again as the holder extends; fences only
 /// grow; a lease refuses unfenced and stale-fenced switches unless forced.
-pub async fn lease_rules(store: &dyn ColourStore) {
+pub async fn lease_rules(store: &dyn ColourStore, cfg: &Config) {
     let app = initialised(store, "lease", Colour::Blue).await;
     let ttl = Duration::from_secs(30);
     let a = store
@@ -585,7 +597,7 @@ pub async fn lease_rules(store: &dyn ColourStore) {
     );
     assert_eq!(store.lease(&app).await.unwrap(), None);
     let last = &store.history(&app, 1).await.unwrap()[0];
-    assert_eq!(last.actor, "ops");
+    assert_eq!(last.actor, cfg.actor("ops"));
     assert!(last.forced);
     assert_eq!(last.reason.as_deref(), Some("stuck job"));
     assert!(

@@ -167,7 +167,10 @@ fn open_remote(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
 
 #[cfg(not(feature = "remote"))]
 fn open_remote(_: &str, _: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
-    Err(Error::invalid("url", "this build has no remote store (feature \"remote\")"))
+    Err(Error::invalid(
+        "url",
+        "this build has no remote store (feature \"remote\")",
+    ))
 }
 
 #[cfg(feature = "redis")]

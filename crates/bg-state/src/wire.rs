@@ -286,10 +286,14 @@ const FIELDS: &[&str] = &[
 /// The store error a body with `status` stands for, on the client side.
 #[must_use]
 pub fn error_from_body(app: &AppName, status: u16, b: ErrorBody) -> Error {
-    let state = |v: Option<serde_json::Value>| v.and_then(|v| serde_json::from_value::<State>(v).ok());
+    let state =
+        |v: Option<serde_json::Value>| v.and_then(|v| serde_json::from_value::<State>(v).ok());
     let garbled = |what: &str| Error::Unavailable {
         backend: "remote",
-        message: format!("the gate answered {status} {what} without its details: {}", b.message),
+        message: format!(
+            "the gate answered {status} {what} without its details: {}",
+            b.message
+        ),
         retryable: false,
     };
     match b.kind.as_str() {
@@ -439,8 +443,22 @@ mod tests {
             let json = serde_json::to_string(&body).unwrap();
             let back = error_from_body(&app, status, serde_json::from_str(&json).unwrap());
             match (&e, &back) {
-                (Error::Unavailable { message: a, retryable: ra, .. }, Error::Unavailable { message: b, retryable: rb, .. }) => {
-                    assert!(b.contains(a.as_str()) || a.contains(b.as_str()) || e.to_string() == *b, "{e} vs {back}");
+                (
+                    Error::Unavailable {
+                        message: a,
+                        retryable: ra,
+                        ..
+                    },
+                    Error::Unavailable {
+                        message: b,
+                        retryable: rb,
+                        ..
+                    },
+                ) => {
+                    assert!(
+                        b.contains(a.as_str()) || a.contains(b.as_str()) || e.to_string() == *b,
+                        "{e} vs {back}"
+                    );
                     assert_eq!(ra, rb);
                 }
                 _ => assert_eq!(format!("{e:?}"), format!("{back:?}"), "{json}"),

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use axum::Router;
 use bg_gate::cli::parse_duration;
-use bg_gate::{Auth, Gate, GateConfig, NamedToken, StopStatus};
+use bg_gate::{
+    Auth, ClaimRule, Gate, GateConfig, JwksSource, NamedToken, OidcConfig, OidcVerifier, StopStatus,
+};
 use bg_state::{AppName, Colour};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -65,6 +67,29 @@ struct Args {
     #[arg(long = "token", env = "BG_TOKEN", hide_env_values = true, hide = true)]
     token: Option<String>,
 
+    /// Accept GitLab CI id_tokens from this issuer (`iss`), e.g. https://gitlab.com.
+    #[arg(long, env = "BG_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+
+    /// The audience (`aud`) the job's `id_tokens:` entry sets for this gate.
+    #[arg(long, env = "BG_OIDC_AUDIENCE")]
+    oidc_audience: Option<String>,
+
+    /// The issuer's public keys: a JWKS file, or a URL such as https://gitlab.com/oauth/discovery/keys.
+    #[arg(long, env = "BG_OIDC_JWKS", value_parser = parse_jwks)]
+    oidc_jwks: Option<JwksSource>,
+
+    /// A claim every id_token must carry, NAME=VALUE (project_id=42, ref_protected=true); repeatable,
+    /// comma-separated in the environment. Rules for one claim are alternatives.
+    #[arg(
+        long = "oidc-claim",
+        env = "BG_OIDC_CLAIMS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ',',
+        value_parser = parse_claim
+    )]
+    oidc_claims: Vec<ClaimRule>,
+
     /// Initialise the store with this colour live if neither the store nor the gate knows a state.
     #[arg(long, env = "BG_INIT", value_parser = parse_colour)]
     init: Option<Colour>,
@@ -114,6 +139,51 @@ fn parse_app(s: &str) -> Result<AppName, String> {
     AppName::new(s).map_err(|e| e.to_string())
 }
 
+fn parse_jwks(s: &str) -> Result<JwksSource, String> {
+    s.parse().map_err(|e: bg_gate::OidcError| e.to_string())
+}
+
+fn parse_claim(s: &str) -> Result<ClaimRule, String> {
+    s.parse().map_err(|e: bg_gate::OidcError| e.to_string())
+}
+
+/// The id_token verifier the OIDC options ask for, if any.
+async fn oidc(args: &Args) -> Result<Option<OidcVerifier>, String> {
+    let (issuer, audience, jwks) = match (&args.oidc_issuer, &args.oidc_audience, &args.oidc_jwks) {
+        (None, None, None) if args.oidc_claims.is_empty() => return Ok(None),
+        (Some(i), Some(a), Some(j)) => (i, a, j),
+        _ => {
+            return Err(
+                "GitLab id_tokens need --oidc-issuer, --oidc-audience and --oidc-jwks together \
+                 (and at least one --oidc-claim)"
+                    .into(),
+            );
+        }
+    };
+    let cfg = OidcConfig::new(
+        issuer.as_str(),
+        audience.as_str(),
+        jwks.clone(),
+        args.oidc_claims.clone(),
+    );
+    let verifier = OidcVerifier::new(cfg)
+        .await
+        .map_err(|e| format!("GitLab id_tokens: {e}"))?;
+    tracing::info!(
+        issuer = verifier.issuer(),
+        audience = verifier.audience(),
+        jwks = %jwks,
+        rules = %verifier
+            .rules()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        "GitLab id_tokens accepted for switching"
+    );
+    Ok(Some(verifier))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -141,10 +211,13 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
             "the state lives in this process only (memory://): other gates and bg-ctl cannot see it; use file:// or redis:// to share it"
         );
     }
-    let auth = match &args.token_file {
+    let mut auth = match &args.token_file {
         Some(path) => Auth::from_file(path).map_err(|e| usage(e.to_string()))?,
         None => Auth::none(),
     };
+    if let Some(verifier) = oidc(&args).await.map_err(usage)? {
+        auth = auth.with_oidc(verifier);
+    }
     if let Some(secret) = &args.token {
         let token = NamedToken::new("bg-token", secret.as_str())
             .map_err(|e| usage(format!("BG_TOKEN: {e}")))?;
@@ -152,7 +225,7 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     }
     if !auth.is_configured() {
         tracing::warn!(
-            "no token configured (--token-file, BG_TOKEN): switching through this gate is off"
+            "no credentials configured (--token-file, BG_TOKEN, --oidc-*): switching through this gate is off"
         );
     }
 

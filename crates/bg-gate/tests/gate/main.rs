@@ -1,7 +1,10 @@
 //! The gate over real stores: its HTTP surface, its view of the store, and
 //! its behaviour when the store misbehaves.
 
+mod api;
+mod fuzz;
 mod http;
+mod oidc;
 mod process;
 mod redis;
 mod view;

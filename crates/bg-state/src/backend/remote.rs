@@ -61,7 +61,10 @@ impl RemoteStore {
         let url = url::Url::parse(base.trim())
             .map_err(|e| Error::invalid("url", format!("gate URL is malformed: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(Error::invalid("url", "a gate URL is http://host[:port] or https://host[:port]"));
+            return Err(Error::invalid(
+                "url",
+                "a gate URL is http://host[:port] or https://host[:port]",
+            ));
         }
         if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
             return Err(Error::invalid(
@@ -119,16 +122,21 @@ impl RemoteStore {
             if status == StatusCode::NO_CONTENT {
                 return Ok(None);
             }
-            return serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Unavailable {
-                backend: "remote",
-                message: format!("the gate answered {status} with an unexpected body: {e}"),
-                retryable: false,
-            });
+            return serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Unavailable {
+                    backend: "remote",
+                    message: format!("the gate answered {status} with an unexpected body: {e}"),
+                    retryable: false,
+                });
         }
         let body: wire::ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
             wire::ErrorBody::new(
                 "",
-                String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>(),
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(200)
+                    .collect::<String>(),
             )
         });
         Err(wire::error_from_body(app, status.as_u16(), body))
@@ -282,9 +290,15 @@ impl ColourStore for RemoteStore {
             applied_generation: presence.applied_generation,
             ttl_ms: ms(ttl),
         };
-        self.call::<_, serde_json::Value>(app, Method::POST, "presence", Some(&body), self.inner.timeout)
-            .await
-            .map(|_| ())
+        self.call::<_, serde_json::Value>(
+            app,
+            Method::POST,
+            "presence",
+            Some(&body),
+            self.inner.timeout,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn presences(&self, app: &AppName) -> Result<Vec<Presence>> {
@@ -294,7 +308,9 @@ impl ColourStore for RemoteStore {
     async fn subscribe(&self, app: &AppName) -> Result<Subscription> {
         // Read where we start, so a change made after this call returns is
         // seen by the first poll even if it lands before the poll does.
-        let mut since = ColourStore::get(self, app).await?.map_or(0, |s| s.generation);
+        let mut since = ColourStore::get(self, app)
+            .await?
+            .map_or(0, |s| s.generation);
         let (tx, rx) = mpsc::channel(16);
         let store = self.clone();
         let app = app.clone();

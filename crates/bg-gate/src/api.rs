@@ -1,0 +1,362 @@
+//! The store over HTTP: `/bg/api/v1/apps/{app}/…`, the contract written in
+//! `docs/api.md`. Reads go to the store, never to the gate's view; writes
+//! are authenticated and recorded as the authenticated caller.
+
+// Handlers return `Result<_, Response>` so `?` ends a request with its answer.
+#![allow(clippy::result_large_err)]
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bg_state::wire::{self, ErrorBody};
+use bg_state::{
+    AppName, BreakLease, DeployRecord, InitRequest, LeaseRequest, Presence, SwitchRequest,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::gate::{Gate, bounded};
+use crate::http::{authorise, error, json_body, store_error};
+
+/// The longest a `changes` long poll waits.
+const MAX_LONG_POLL: Duration = Duration::from_secs(25);
+
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S> {
+    Router::new()
+        .route("/bg/api/v1/apps/{app}/state", get(state))
+        .route("/bg/api/v1/apps/{app}/init", post(init))
+        .route("/bg/api/v1/apps/{app}/switch", post(switch))
+        .route("/bg/api/v1/apps/{app}/deploys", post(deploy))
+        .route("/bg/api/v1/apps/{app}/history", get(history))
+        .route("/bg/api/v1/apps/{app}/lease", get(lease).post(acquire))
+        .route("/bg/api/v1/apps/{app}/lease/renew", post(renew))
+        .route("/bg/api/v1/apps/{app}/lease/release", post(release))
+        .route("/bg/api/v1/apps/{app}/lease/break", post(break_lease))
+        .route(
+            "/bg/api/v1/apps/{app}/presence",
+            get(presences).post(presence),
+        )
+        .route("/bg/api/v1/apps/{app}/changes", get(changes))
+        // A route, not a fallback: a host router may have a fallback of its
+        // own, and axum refuses to merge two.
+        .route("/bg/api/v1/{*rest}", axum::routing::any(not_found))
+        .with_state(gate.clone())
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such API path; see docs/api.md",
+    )
+}
+
+fn app_name(raw: &str) -> Result<AppName, Response> {
+    AppName::new(raw).map_err(|e| store_error(&e))
+}
+
+/// The app, the authenticated actor and the body of a write.
+async fn write<T: DeserializeOwned>(
+    gate: &Gate,
+    app: &str,
+    req: Request,
+) -> Result<(AppName, String, T), Response> {
+    let app = app_name(app)?;
+    let actor = authorise(gate, req.headers()).await?;
+    let body = json_body::<T>(req).await?.ok_or_else(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "a JSON body is required",
+        )
+    })?;
+    Ok((app, actor, body))
+}
+
+/// Runs a store call bounded by the gate's store timeout and answers it.
+async fn answer<T: serde::Serialize>(
+    gate: &Gate,
+    fut: impl Future<Output = bg_state::Result<T>>,
+) -> Response {
+    match bounded(gate.config().store_timeout, fut).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+fn ttl(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+async fn state(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
+    let app = match app_name(&app) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    answer(&gate, async {
+        Ok(wire::StateAnswer {
+            state: gate.store().get(&app).await?,
+        })
+    })
+    .await
+}
+
+async fn init(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
+    let (app, actor, b) = match write::<wire::InitBody>(&gate, &app, req).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let request = InitRequest {
+        active: b.active,
+        actor,
+        reason: b.reason,
+        force: b.force,
+        min_generation: b.min_generation,
+    };
+    let res = answer(&gate, async {
+        Ok(wire::StateAnswer {
+            state: Some(gate.store().init(&app, request).await?),
+        })
+    })
+    .await;
+    gate.refresh().await;
+    res
+}
+
+async fn switch(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
+    let (app, actor, b) = match write::<wire::SwitchBody>(&gate, &app, req).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let request = SwitchRequest {
+        to: b.to,
+        actor,
+        reason: b.reason,
+        expect_generation: b.expect_generation,
+        fence: b.fence,
+        request_id: b.request_id,
+        force: b.force,
+        rollback: b.rollback,
+    };
+    let res = answer(&gate, gate.store().switch(&app, request)).await;
+    gate.refresh().await;
+    res
+}
+
+async fn deploy(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
+    let (app, actor, b) = match write::<wire::DeployBody>(&gate, &app, req).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let mut rec = DeployRecord::new(b.colour, b.version, b.phase, actor);
+    rec.fence = b.fence;
+    rec.force = b.force;
+    answer(&gate, async {
+        Ok(wire::StateAnswer {
+            state: Some(gate.store().record_deploy(&app, rec).await?),
+        })
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(gate): State<Gate>,
+    Path(app): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let app = match app_name(&app) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "history takes ?limit=N",
+        );
+    };
+    let limit = q.limit.unwrap_or(20).min(wire::MAX_HISTORY_LIMIT);
+    answer(&gate, async {
+        Ok(wire::HistoryAnswer {
+            events: gate.store().history(&app, limit).await?,
+        })
+    })
+    .await
+}
+
+async fn lease(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
+    let app = match app_name(&app) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    answer(&gate, async {
+        Ok(wire::LeaseAnswer {
+            lease: gate.store().lease(&app).await?,
+        })
+    })
+    .await
+}
+
+async fn acquire(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
+    let (app, _actor, b) = match write::<wire::AcquireBody>(&gate, &app, req).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let request = LeaseRequest::new(b.holder, ttl(b.ttl_ms));
+    answer(&gate, async {
+        Ok(wire::LeaseAnswer {
+            lease: Some(gate.store().acquire_lease(&app, request).await?),
+        })
+    })
+    .await
+}
+
+async fn renew(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
+    let (app, _actor, b) = match write::<wire::RenewBody>(&gate, &app, req).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    answer(&gate, async {
+        Ok(wire::LeaseAnswer {
+            lease: Some(
+                gate.store()
+                    .renew_lease(&app, b.fence, ttl(b.ttl_ms))
+                    .await?,
+            ),
+        })
+    })
+    .await
+}
+
+async fn release(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
+    let (app, _actor, b) = match write::<wire::ReleaseBody>(&gate, &app, req).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    answer(&gate, async {
+        Ok(wire::ReleasedAnswer {
+            released: gate.store().release_lease(&app, b.fence).await?,
+        })
+    })
+    .await
+}
+
+async fn break_lease(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
+    let (app, actor, b) = match write::<wire::BreakBody>(&gate, &app, req).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let request = BreakLease {
+        actor,
+        reason: b.reason,
+    };
+    answer(&gate, async {
+        Ok(wire::LeaseAnswer {
+            lease: gate.store().break_lease(&app, request).await?,
+        })
+    })
+    .await
+}
+
+async fn presences(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
+    let app = match app_name(&app) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    answer(&gate, async {
+        Ok(wire::GatesAnswer {
+            gates: gate.store().presences(&app).await?,
+        })
+    })
+    .await
+}
+
+async fn presence(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
+    let (app, _actor, b) = match write::<wire::PresenceBody>(&gate, &app, req).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
+    match bounded(
+        gate.config().store_timeout,
+        gate.store().report_presence(&app, report, ttl(b.ttl_ms)),
+    )
+    .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    since: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+async fn changes(
+    State(gate): State<Gate>,
+    Path(app): Path<String>,
+    query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let app = match app_name(&app) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "changes takes ?since=GENERATION&timeout_ms=N",
+        );
+    };
+    let since = q.since.unwrap_or(0);
+    let wait = q
+        .timeout_ms
+        .map_or(MAX_LONG_POLL, Duration::from_millis)
+        .min(MAX_LONG_POLL);
+    let limit = gate.config().store_timeout;
+    let store = gate.store();
+    // Subscribe before reading, so a change between the two is not lost.
+    let mut sub = match bounded(limit, store.subscribe(&app)).await {
+        Ok(s) => s,
+        Err(e) => return store_error(&e),
+    };
+    let now = match bounded(limit, store.get(&app)).await {
+        Ok(s) => s.map_or(0, |s| s.generation),
+        Err(e) => return store_error(&e),
+    };
+    let answer = if now == since {
+        match tokio::time::timeout(wait, sub.recv()).await {
+            Ok(Some(change)) => wire::ChangesAnswer {
+                changed: true,
+                generation: change.generation,
+            },
+            Ok(None) => {
+                let body = ErrorBody::new("unavailable", "the store closed the change stream");
+                return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            }
+            Err(_) => wire::ChangesAnswer {
+                changed: false,
+                generation: Some(since),
+            },
+        }
+    } else {
+        wire::ChangesAnswer {
+            changed: true,
+            generation: Some(now),
+        }
+    };
+    Json(answer).into_response()
+}

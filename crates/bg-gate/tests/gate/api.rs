@@ -1,0 +1,178 @@
+//! The store over HTTP: the conformance suite through `RemoteStore` against
+//! a real gate on a real socket, and what only the API can get wrong.
+
+use std::net::SocketAddr;
+
+use bg_state::conformance::{Config, run_all};
+use bg_state::{Colour, ColourStore, Error, InitRequest, MemoryStore, RemoteStore, SwitchRequest};
+
+use axum::http::{Method, StatusCode};
+
+use super::*;
+
+/// A gate over `store` serving its admin router on a free port.
+async fn serve(store: Arc<dyn ColourStore>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let gate = Gate::new(store, config(Colour::Blue), auth()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = gate.admin_router::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (addr, task)
+}
+
+fn remote(addr: SocketAddr, token: Option<&str>) -> Arc<dyn ColourStore> {
+    Arc::new(
+        RemoteStore::new(
+            &format!("http://{addr}"),
+            token.map(str::to_owned),
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_through_a_gate() {
+    let (addr, server) = serve(Arc::new(MemoryStore::with_history_cap(20))).await;
+    let stores = [
+        remote(addr, Some(TOKEN)),
+        remote(addr, Some(TOKEN)),
+        remote(addr, Some(TOKEN)),
+    ];
+    let cfg = Config {
+        history_cap: 20,
+        credential_actor: Some("ci".into()),
+        ..Config::default()
+    };
+    run_all(&stores, &cfg).await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn writes_need_credentials_and_record_the_caller() {
+    let store: Arc<dyn ColourStore> = Arc::new(MemoryStore::new());
+    let (addr, server) = serve(Arc::clone(&store)).await;
+    let anonymous = remote(addr, None);
+    let wrong = remote(addr, Some("not-the-token-0123456789"));
+    let ci = remote(addr, Some(TOKEN));
+
+    for s in [&anonymous, &wrong] {
+        let err = s
+            .init(&app(), InitRequest::new(Colour::Blue, "mallory"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+        assert!(!err.to_string().contains("not-the-token"), "{err}");
+    }
+    assert_eq!(store.get(&app()).await.unwrap(), None);
+
+    ci.init(&app(), InitRequest::new(Colour::Blue, "claimed-name"))
+        .await
+        .unwrap();
+    // Reads are open; the actor is the token's name, not what the request claimed.
+    let s = anonymous.get(&app()).await.unwrap().unwrap();
+    assert_eq!(s.last_change.actor, "ci");
+    let out = ci
+        .switch(&app(), SwitchRequest::new(Colour::Green, "claimed-name"))
+        .await
+        .unwrap();
+    assert!(out.changed);
+    assert_eq!(anonymous.history(&app(), 10).await.unwrap()[0].actor, "ci");
+    server.abort();
+}
+
+#[tokio::test]
+async fn the_api_answers_bad_requests_with_kinds() {
+    let store = memory_with(Colour::Blue).await;
+    let g = gate(&store, config(Colour::Blue)).await;
+    let r = router(&g);
+    /// Method, path, token, body, expected status and kind.
+    type Case<'a> = (Method, &'a str, Option<&'a str>, &'a str, StatusCode, &'a str);
+    let cases: [Case<'_>; 8] = [
+        (
+            Method::GET,
+            "/bg/api/v1/apps/Bad%20App/state",
+            None,
+            "",
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::GET,
+            "/bg/api/v1/apps/chat/nothing",
+            None,
+            "",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/bg/api/v1/apps/chat/switch",
+            Some(TOKEN),
+            "",
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/bg/api/v1/apps/chat/switch",
+            Some(TOKEN),
+            r#"{"to":"green","actor":"x"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/bg/api/v1/apps/chat/switch",
+            None,
+            r#"{"to":"green"}"#,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            Method::POST,
+            "/bg/api/v1/apps/chat/switch",
+            Some(TOKEN),
+            r#"{"to":"blue","expect_generation":9}"#,
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            Method::POST,
+            "/bg/api/v1/apps/chat/deploys",
+            Some(TOKEN),
+            r#"{"colour":"blue","version":"v2","phase":"deploying"}"#,
+            StatusCode::CONFLICT,
+            "deploy_to_live",
+        ),
+        (
+            Method::GET,
+            "/bg/api/v1/apps/chat/history?limit=many",
+            None,
+            "",
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+    ];
+    for (method, path, token, body, status, kind) in cases {
+        let a = call(&r, method.clone(), path, token, body).await;
+        assert_eq!(a.status, status, "{method} {path} {body}: {}", a.body);
+        assert_eq!(a.json()["kind"], kind, "{method} {path}");
+    }
+    let s = store.get(&app()).await.unwrap().unwrap();
+    assert_eq!((s.active, s.generation), (Colour::Blue, 1));
+
+    // The long poll times out with "nothing changed", and answers at once when behind.
+    let a = get(&r, "/bg/api/v1/apps/chat/changes?since=1&timeout_ms=50").await;
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"changed": false, "generation": 1})
+    );
+    let a = get(&r, "/bg/api/v1/apps/chat/changes?since=0&timeout_ms=5000").await;
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"changed": true, "generation": 1})
+    );
+}
