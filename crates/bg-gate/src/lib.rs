@@ -62,6 +62,7 @@ mod gate;
 mod http;
 mod oidc;
 mod probes;
+pub mod server;
 
 pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, NamedToken, Refusal};
 pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};

@@ -89,7 +89,14 @@ async fn the_api_answers_bad_requests_with_kinds() {
     let g = gate(&store, config(Colour::Blue)).await;
     let r = router(&g);
     /// Method, path, token, body, expected status and kind.
-    type Case<'a> = (Method, &'a str, Option<&'a str>, &'a str, StatusCode, &'a str);
+    type Case<'a> = (
+        Method,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        StatusCode,
+        &'a str,
+    );
     let cases: [Case<'_>; 8] = [
         (
             Method::GET,

@@ -2,6 +2,7 @@
 //! its behaviour when the store misbehaves.
 
 mod api;
+mod example;
 mod fuzz;
 mod http;
 mod oidc;

@@ -1,0 +1,109 @@
+//! A websocket service embedding the gate: what a blue or green instance
+//! looks like from the inside.
+//!
+//! ```text
+//! cargo run -p bg-gate --example ws_echo -- --colour blue --listen 127.0.0.1:8081 \
+//!     --store redis://127.0.0.1:6380/0 --service-version v1 --init blue
+//! ```
+//!
+//! It takes every option `bg-gate` takes, and serves beside the gate's routes:
+//!
+//! * `GET /` — `<colour> <version>` in plain text, so a client (or a load
+//!   test) can tell which instance answered;
+//! * `GET /ws` — a websocket echo. Each connection is tracked by the gate;
+//!   when a drain asks, it is closed with code 1012 ("service restart"),
+//!   the signal for a client to reconnect — through the load balancer, to
+//!   the live colour.
+
+use std::process::ExitCode;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use bg_gate::server::GateArgs;
+use bg_gate::{DRAIN_CLOSE_CODE, Gate};
+use clap::Parser;
+
+/// A websocket echo service behind the bluegreen gate.
+#[derive(Debug, Parser)]
+#[command(name = "ws_echo")]
+struct Cli {
+    #[command(flatten)]
+    gate: GateArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    bg_gate::server::init_logging();
+    let cli = Cli::parse();
+    let server = match cli.gate.start().await {
+        Ok(s) => s,
+        Err((code, msg)) => {
+            eprintln!("ws_echo: {msg}");
+            return ExitCode::from(code);
+        }
+    };
+    let service = Router::new()
+        .route("/", get(whoami))
+        .route("/ws", get(upgrade))
+        .with_state(server.gate().clone());
+    match server.serve(service).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("ws_echo: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn whoami(State(gate): State<Gate>) -> String {
+    let cfg = gate.config();
+    format!("{} {}", cfg.colour, cfg.service_version)
+}
+
+async fn upgrade(State(gate): State<Gate>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| echo(socket, gate))
+}
+
+/// Echoes text and binary messages until the client leaves or a drain asks
+/// this connection to move on.
+async fn echo(mut socket: WebSocket, gate: Gate) {
+    let mut tracked = gate.connections().track_websocket();
+    loop {
+        tokio::select! {
+            () = tracked.drain_requested() => {
+                let frame = CloseFrame {
+                    code: DRAIN_CLOSE_CODE,
+                    reason: "draining: reconnect to the live colour".into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                // Let the client answer the close before the socket goes.
+                let wait = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    while let Some(Ok(msg)) = socket.recv().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                });
+                let _ = wait.await;
+                return;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if socket.send(Message::Text(t)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    if socket.send(Message::Binary(b)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+            },
+        }
+    }
+}

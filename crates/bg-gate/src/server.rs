@@ -1,0 +1,401 @@
+//! The standalone gate: its options, listeners and signals, shared by the
+//! `bg-gate` binary and services that want the same flags (see
+//! `examples/ws_echo.rs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use bg_state::{AppName, Colour};
+use tokio::net::TcpListener;
+
+use crate::cli::parse_duration;
+use crate::{
+    Auth, ClaimRule, Gate, GateConfig, JwksSource, NamedToken, OidcConfig, OidcVerifier, StopStatus,
+};
+
+/// The gate's options, as flags and environment variables. Flatten it into
+/// a service's own `clap` parser to give it the same options as `bg-gate`.
+#[derive(Debug, clap::Args)]
+pub struct GateArgs {
+    /// The colour this gate serves.
+    #[arg(long, env = "BG_COLOUR", value_parser = parse_colour)]
+    colour: Colour,
+
+    /// Where the state lives: memory://, file:///path, redis://host:port/db, rediss://…
+    #[arg(
+        long,
+        env = "BG_STORE",
+        default_value = "memory://",
+        hide_env_values = true
+    )]
+    store: String,
+
+    /// The app whose state this gate follows.
+    #[arg(long, env = "BG_APP", default_value = "default", value_parser = parse_app)]
+    app: AppName,
+
+    /// Address for the health check and, without --admin-listen, the admin routes.
+    #[arg(long, env = "BG_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Serve the admin routes (state, switch, drain, metrics) on this private address instead.
+    #[arg(long, env = "BG_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+
+    /// The version of the service this gate stands for (image tag, commit).
+    #[arg(long, env = "BG_SERVICE_VERSION", default_value = "unknown")]
+    service_version: String,
+
+    /// A file of `name token` lines allowed to switch; re-read on SIGHUP.
+    #[arg(long, env = "BG_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+
+    /// One more token allowed to switch, recorded as actor `bg-token`. At least 16 bytes.
+    #[arg(long = "token", env = "BG_TOKEN", hide_env_values = true, hide = true)]
+    token: Option<String>,
+
+    /// Accept GitLab CI id_tokens from this issuer (`iss`), e.g. https://gitlab.com.
+    #[arg(long, env = "BG_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+
+    /// The audience (`aud`) the job's `id_tokens:` entry sets for this gate.
+    #[arg(long, env = "BG_OIDC_AUDIENCE")]
+    oidc_audience: Option<String>,
+
+    /// The issuer's public keys: a JWKS file, or a URL such as https://gitlab.com/oauth/discovery/keys.
+    #[arg(long, env = "BG_OIDC_JWKS", value_parser = parse_jwks)]
+    oidc_jwks: Option<JwksSource>,
+
+    /// A claim every id_token must carry, NAME=VALUE (project_id=42, ref_protected=true); repeatable,
+    /// comma-separated in the environment. Rules for one claim are alternatives.
+    #[arg(
+        long = "oidc-claim",
+        env = "BG_OIDC_CLAIMS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ',',
+        value_parser = parse_claim
+    )]
+    oidc_claims: Vec<ClaimRule>,
+
+    /// Initialise the store with this colour live if neither the store nor the gate knows a state.
+    #[arg(long, env = "BG_INIT", value_parser = parse_colour)]
+    init: Option<Colour>,
+
+    /// What the idle colour answers: 503, or 404 for HAProxy `http-check disable-on-404`.
+    #[arg(long, env = "BG_STOP_STATUS", default_value = "503")]
+    stop_status: StopStatus,
+
+    /// Answer `<response>OK</response>` like the hand-made health route.
+    #[arg(long, env = "BG_SEED_BODY")]
+    seed_body: bool,
+
+    /// How often to re-read the store besides change notifications.
+    #[arg(long, env = "BG_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+
+    /// How long a colour that lost live status keeps answering OK (make-before-break).
+    #[arg(long, env = "BG_HANDOVER", default_value = "6s", value_parser = parse_duration)]
+    handover: Duration,
+
+    /// Keep the last known state here, to answer from it after a restart while the store is down.
+    #[arg(long, env = "BG_CACHE_FILE")]
+    cache_file: Option<PathBuf>,
+
+    /// Answer HAProxy agent checks (`ready` / `drain`) on this address.
+    #[arg(long, env = "BG_AGENT_LISTEN")]
+    agent_listen: Option<SocketAddr>,
+
+    /// Read the store on every health check (the hand-made design), for comparison.
+    #[arg(long, env = "BG_STRICT")]
+    strict: bool,
+
+    /// Bound on every store call.
+    #[arg(long, env = "BG_STORE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    store_timeout: Duration,
+
+    /// This gate's id in presence reports (default: colour-host-pid).
+    #[arg(long, env = "BG_GATE_ID")]
+    gate_id: Option<String>,
+
+    /// Close this colour's websockets by itself (paced, close code 1012) once it has been idle this long.
+    #[arg(long, env = "BG_DRAIN_AFTER", value_parser = parse_duration)]
+    drain_after: Option<Duration>,
+
+    /// Websockets closed per batch of a drain.
+    #[arg(long, env = "BG_DRAIN_BATCH", default_value_t = 10)]
+    drain_batch: usize,
+
+    /// Pause between batches of a drain.
+    #[arg(long, env = "BG_DRAIN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    drain_interval: Duration,
+}
+
+fn parse_colour(s: &str) -> Result<Colour, String> {
+    s.parse().map_err(|e: bg_state::Error| e.to_string())
+}
+
+fn parse_app(s: &str) -> Result<AppName, String> {
+    AppName::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_jwks(s: &str) -> Result<JwksSource, String> {
+    s.parse().map_err(|e: crate::OidcError| e.to_string())
+}
+
+fn parse_claim(s: &str) -> Result<ClaimRule, String> {
+    s.parse().map_err(|e: crate::OidcError| e.to_string())
+}
+
+/// The id_token verifier the OIDC options ask for, if any.
+async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, String> {
+    let (issuer, audience, jwks) = match (&args.oidc_issuer, &args.oidc_audience, &args.oidc_jwks) {
+        (None, None, None) if args.oidc_claims.is_empty() => return Ok(None),
+        (Some(i), Some(a), Some(j)) => (i, a, j),
+        _ => {
+            return Err(
+                "GitLab id_tokens need --oidc-issuer, --oidc-audience and --oidc-jwks together \
+                 (and at least one --oidc-claim)"
+                    .into(),
+            );
+        }
+    };
+    let cfg = OidcConfig::new(
+        issuer.as_str(),
+        audience.as_str(),
+        jwks.clone(),
+        args.oidc_claims.clone(),
+    );
+    let verifier = OidcVerifier::new(cfg)
+        .await
+        .map_err(|e| format!("GitLab id_tokens: {e}"))?;
+    tracing::info!(
+        issuer = verifier.issuer(),
+        audience = verifier.audience(),
+        jwks = %jwks,
+        rules = %verifier
+            .rules()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        "GitLab id_tokens accepted for switching"
+    );
+    Ok(Some(verifier))
+}
+
+impl GateArgs {
+    /// Builds the gate these options describe, binds its listeners and
+    /// starts following the store. Errors carry the exit code: 2 for bad
+    /// options, 1 for a listener that cannot be bound.
+    ///
+    /// # Errors
+    /// As above, with a message for people.
+    pub async fn start(self) -> Result<GateServer, (u8, String)> {
+        let args = self;
+        let usage = |m: String| (2u8, m);
+        let store = bg_state::open(&args.store).map_err(|e| usage(e.to_string()))?;
+        if store.backend() == "memory" {
+            tracing::warn!(
+                "the state lives in this process only (memory://): other gates and bg-ctl cannot see it; use file:// or redis:// to share it"
+            );
+        }
+        let mut auth = match &args.token_file {
+            Some(path) => Auth::from_file(path).map_err(|e| usage(e.to_string()))?,
+            None => Auth::none(),
+        };
+        if let Some(verifier) = oidc(&args).await.map_err(usage)? {
+            auth = auth.with_oidc(verifier);
+        }
+        if let Some(secret) = &args.token {
+            let token = NamedToken::new("bg-token", secret.as_str())
+                .map_err(|e| usage(format!("BG_TOKEN: {e}")))?;
+            auth.add(token).map_err(|e| usage(e.to_string()))?;
+        }
+        if !auth.is_configured() {
+            tracing::warn!(
+                "no credentials configured (--token-file, BG_TOKEN, --oidc-*): switching through this gate is off"
+            );
+        }
+
+        let mut cfg = GateConfig::new(args.app, args.colour, args.service_version);
+        if let Some(id) = args.gate_id {
+            cfg.gate_id = id;
+        }
+        cfg.stop_status = args.stop_status;
+        cfg.seed_body = args.seed_body;
+        cfg.poll_interval = args.poll_interval;
+        cfg.handover = args.handover;
+        cfg.cache_file = args.cache_file;
+        cfg.strict = args.strict;
+        cfg.init = args.init;
+        cfg.store_timeout = args.store_timeout;
+        cfg.drain_after = args.drain_after;
+        cfg.drain_batch = args.drain_batch;
+        cfg.drain_interval = args.drain_interval;
+        let gate = Gate::new(Arc::clone(&store), cfg, auth).map_err(|e| usage(e.to_string()))?;
+        let follower = gate.start();
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| (1u8, format!("cannot listen on {addr}: {e}")))
+        };
+        let admin = match args.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let listener = bind(args.listen).await?;
+        let agent = match args.agent_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        tracing::info!(
+            listen = %args.listen,
+            admin = ?args.admin_listen,
+            agent = ?args.agent_listen,
+            colour = %gate.config().colour,
+            app = %gate.config().app,
+            store = store.backend(),
+            "bg-gate serving"
+        );
+        Ok(GateServer {
+            gate,
+            follower,
+            listener,
+            admin,
+            agent,
+        })
+    }
+}
+
+/// A started gate with its listeners bound, ready to serve.
+#[derive(Debug)]
+pub struct GateServer {
+    gate: Gate,
+    follower: tokio::task::JoinHandle<()>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    agent: Option<TcpListener>,
+}
+
+impl GateServer {
+    /// The gate, to track connections or await idleness.
+    #[must_use]
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// The address the public routes are served on.
+    ///
+    /// # Errors
+    /// If the listener cannot say.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `service` (the host's own routes, may be empty) with the
+    /// gate's public routes on the main listener, the admin routes on the
+    /// admin listener or beside them, and the agent check, until SIGTERM or
+    /// SIGINT; SIGHUP re-reads the token file.
+    ///
+    /// # Errors
+    /// With exit code 1 if a server fails.
+    pub async fn serve(self, service: Router) -> Result<(), (u8, String)> {
+        let GateServer {
+            gate,
+            follower,
+            listener,
+            admin,
+            agent,
+        } = self;
+        let public = gate.track_requests(service.merge(gate.public_router()));
+        let (main_router, admin) = match admin {
+            Some(l) => (public, Some((l, gate.admin_router()))),
+            None => (public.merge(gate.admin_router()), None),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(serve(listener, main_router, stopped()));
+        if let Some((l, r)) = admin {
+            tasks.spawn(serve(l, r, stopped()));
+        }
+        if let Some(l) = agent {
+            let gate = gate.clone();
+            let stop = stopped();
+            tasks.spawn(async move {
+                gate.serve_agent(l, stop).await;
+                Ok(())
+            });
+        }
+
+        signals(&gate).await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let mut result = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                result = Err((1, e));
+            }
+        }
+        follower.abort();
+        result
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
+    .map_err(|e| format!("server failed: {e}"))
+}
+
+/// Waits for SIGTERM or SIGINT; re-reads the token file on SIGHUP meanwhile.
+async fn signals(gate: &Gate) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match gate.reload_tokens() {
+                Ok(true) => tracing::info!("token file re-read"),
+                Ok(false) => tracing::info!("SIGHUP: no token file to re-read"),
+                Err(e) => tracing::error!(error = %e, "token file not re-read; the tokens in force stay"),
+            },
+        }
+    }
+}
+
+/// Logs to stderr with `tracing`, level from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

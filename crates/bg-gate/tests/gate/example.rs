@@ -1,0 +1,111 @@
+//! The `ws_echo` example as a user runs it: a real process, a real
+//! websocket, a switch and a drain that closes the socket with 1012.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use bg_testkit::{Process, free_port, http, wait_for_port};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::*;
+
+/// `target/debug/examples/ws_echo`: `cargo test` builds examples beside the
+/// tests; when only this test target was asked for, build it here.
+fn example_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = dir.join("examples").join("ws_echo");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", "bg-gate", "--example", "ws_echo"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot build the ws_echo example");
+    }
+    path
+}
+
+#[tokio::test]
+async fn ws_echo_serves_tracks_and_drains() {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(example_binary());
+    cmd.args([
+        "--colour",
+        "blue",
+        "--listen",
+        &addr.to_string(),
+        "--store",
+        "memory://",
+    ])
+    .args([
+        "--service-version",
+        "v9",
+        "--init",
+        "blue",
+        "--handover",
+        "0s",
+    ])
+    .env("BG_TOKEN", TOKEN);
+    let _p = Process::spawn("ws_echo", cmd);
+    tokio::task::spawn_blocking(move || wait_for_port(addr, Duration::from_secs(20)))
+        .await
+        .unwrap();
+    let get =
+        |path: &'static str| tokio::task::spawn_blocking(move || http::get(addr, path).unwrap());
+
+    assert_eq!(get("/").await.unwrap().body, "blue v9");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get("/balancer-keepalive-check").await.unwrap().status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blue never became live"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    let state = get("/bg/state").await.unwrap();
+    assert!(state.body.contains("\"websockets\":1"), "{}", state.body);
+
+    let post = |path: &'static str, body: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let auth = format!("Bearer {TOKEN}");
+            http::request(
+                addr,
+                "POST",
+                path,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .unwrap()
+        })
+    };
+    // Live: a drain is refused.
+    assert_eq!(post("/bg/drain", "").await.unwrap().status, 409);
+    // Blue goes idle; now the drain asks the socket to move on.
+    let res = post("/bg/switch", r#"{"to":"green"}"#).await.unwrap();
+    assert_eq!(res.status, 200, "{}", res.body);
+    let res = post("/bg/drain", r#"{"batch":1,"interval_ms":10}"#)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 202, "{}", res.body);
+    let close = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the drain closes the socket")
+        .unwrap()
+        .unwrap();
+    match close {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Restart),
+        other => panic!("expected a close frame with 1012, got {other:?}"),
+    }
+}
