@@ -57,7 +57,7 @@ pub struct GateArgs {
     #[arg(long = "token", env = "BG_TOKEN", hide_env_values = true, hide = true)]
     token: Option<String>,
 
-    /// Accept GitLab CI id_tokens from this issuer (`iss`), e.g. https://gitlab.com.
+    /// Accept GitLab CI id_tokens from this issuer (`iss`), e.g. `https://gitlab.com`.
     #[arg(long, env = "BG_OIDC_ISSUER")]
     oidc_issuer: Option<String>,
 
@@ -65,7 +65,7 @@ pub struct GateArgs {
     #[arg(long, env = "BG_OIDC_AUDIENCE")]
     oidc_audience: Option<String>,
 
-    /// The issuer's public keys: a JWKS file, or a URL such as https://gitlab.com/oauth/discovery/keys.
+    /// The issuer's public keys: a JWKS file, or a URL such as `https://gitlab.com/oauth/discovery/keys`.
     #[arg(long, env = "BG_OIDC_JWKS", value_parser = parse_jwks)]
     oidc_jwks: Option<JwksSource>,
 
