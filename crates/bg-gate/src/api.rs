@@ -67,7 +67,7 @@ async fn write<T: DeserializeOwned>(
 ) -> Result<(AppName, String, T), Response> {
     let app = app_name(app)?;
     let actor = authorise(gate, req.headers()).await?;
-    let body = json_body::<T>(req).await?.ok_or_else(|| {
+    let body = json_body::<T>(gate, req).await?.ok_or_else(|| {
         error(
             StatusCode::BAD_REQUEST,
             "invalid_input",

@@ -94,6 +94,9 @@ pub struct GateConfig {
     pub drain_batch: usize,
     /// Pause between batches of a drain. Default 1 s.
     pub drain_interval: Duration,
+    /// How long a client may take to send a request body to the admin
+    /// routes before it is answered 408. Default 10 s.
+    pub body_timeout: Duration,
 }
 
 impl GateConfig {
@@ -122,6 +125,7 @@ impl GateConfig {
             drain_after: None,
             drain_batch: 10,
             drain_interval: Duration::from_secs(1),
+            body_timeout: crate::http::BODY_TIMEOUT,
         }
     }
 }

@@ -24,7 +24,8 @@ use crate::probes::Probe;
 
 /// The largest request body the admin routes accept.
 pub const MAX_BODY: usize = 16 * 1024;
-/// How long a client may take to send its request body.
+/// How long a client may take to send its request body, unless the gate's
+/// configuration says otherwise.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Gate {
@@ -187,12 +188,14 @@ pub(crate) async fn authorise(gate: &Gate, headers: &HeaderMap) -> Result<String
     })
 }
 
-/// Reads a JSON body of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`];
+/// Reads a JSON body of at most [`MAX_BODY`] bytes within the body timeout;
 /// an empty body is `None`.
 pub(crate) async fn json_body<T: for<'de> Deserialize<'de>>(
+    gate: &Gate,
     req: Request,
 ) -> Result<Option<T>, Response> {
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, &())).await {
+    let limit = gate.config().body_timeout;
+    let bytes = match tokio::time::timeout(limit, Bytes::from_request(req, &())).await {
         Err(_) => {
             return Err(error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -237,7 +240,7 @@ async fn switch(State(gate): State<Gate>, req: Request) -> Response {
         Ok(a) => a,
         Err(res) => return res,
     };
-    let body: SwitchBody = match json_body(req).await {
+    let body: SwitchBody = match json_body(&gate, req).await {
         Ok(b) => b.unwrap_or_default(),
         Err(res) => return res,
     };
@@ -282,7 +285,7 @@ async fn drain(State(gate): State<Gate>, req: Request) -> Response {
     if let Err(res) = authorise(&gate, req.headers()).await {
         return res;
     }
-    let body: Option<DrainBody> = match json_body(req).await {
+    let body: Option<DrainBody> = match json_body(&gate, req).await {
         Ok(b) => b,
         Err(res) => return res,
     };

@@ -50,6 +50,25 @@ async fn conformance_through_a_gate() {
     server.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_through_a_gate_over_redis() {
+    let server = bg_testkit::RedisServer::start();
+    let opts = bg_state::RedisOptions {
+        history_cap: 20,
+        ..bg_state::RedisOptions::default()
+    };
+    let redis = Arc::new(bg_state::RedisStore::with_options(&server.url(), opts).unwrap());
+    let (addr, task) = serve(redis).await;
+    let stores = [remote(addr, Some(TOKEN)), remote(addr, Some(TOKEN))];
+    let cfg = Config {
+        history_cap: 20,
+        credential_actor: Some("ci".into()),
+        ..Config::default()
+    };
+    run_all(&stores, &cfg).await;
+    task.abort();
+}
+
 #[tokio::test]
 async fn writes_need_credentials_and_record_the_caller() {
     let store: Arc<dyn ColourStore> = Arc::new(MemoryStore::new());

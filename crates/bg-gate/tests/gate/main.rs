@@ -101,3 +101,41 @@ pub(crate) async fn call(
 pub(crate) async fn get(router: &Router, uri: &str) -> Answer {
     call(router, Method::GET, uri, None, "").await
 }
+
+/// A store a behaviour is checked on, and the server behind it, if any.
+pub(crate) struct Backend {
+    pub(crate) store: Arc<dyn ColourStore>,
+    _server: Option<bg_testkit::RedisServer>,
+}
+
+/// The memory store and a real redis-server, initialised with `active`
+/// live unless `None`: every behaviour is checked on both.
+pub(crate) async fn backends(active: Option<Colour>) -> Vec<Backend> {
+    let server = bg_testkit::RedisServer::start();
+    let opts = bg_state::RedisOptions {
+        connect_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_millis(500),
+        ..bg_state::RedisOptions::default()
+    };
+    let redis: Arc<dyn ColourStore> =
+        Arc::new(bg_state::RedisStore::with_options(&server.url(), opts).unwrap());
+    let all = vec![
+        Backend {
+            store: bg_state::open("memory://").unwrap(),
+            _server: None,
+        },
+        Backend {
+            store: redis,
+            _server: Some(server),
+        },
+    ];
+    if let Some(colour) = active {
+        for b in &all {
+            b.store
+                .init(&app(), InitRequest::new(colour, "test"))
+                .await
+                .unwrap();
+        }
+    }
+    all
+}

@@ -12,40 +12,42 @@ use super::*;
 
 #[tokio::test]
 async fn the_old_colour_hands_over_before_it_stops() {
-    let store = memory_with(Colour::Blue).await;
-    let mut cfg = config(Colour::Blue);
-    cfg.handover = Duration::from_millis(400);
-    let blue = gate(&store, cfg).await;
-    store
-        .switch(&app(), SwitchRequest::new(Colour::Green, "t"))
-        .await
-        .unwrap();
-    let learned = Instant::now();
-    blue.refresh().await;
-    // The store says green; the old colour still answers OK for a while.
-    assert_eq!(blue.answer(Colour::Green), Answer::Ok);
-    let r = router(&blue);
-    let v = get(&r, "/bg/state").await.json();
-    if learned.elapsed() < Duration::from_millis(300) {
-        assert_eq!(v["answer"], "handover", "{v}");
-        assert!(v["handover_ms_left"].as_u64().unwrap() <= 400);
+    for backend in backends(Some(Colour::Blue)).await {
+        let store = backend.store.clone();
+        let mut cfg = config(Colour::Blue);
+        cfg.handover = Duration::from_millis(400);
+        let blue = gate(&store, cfg).await;
+        store
+            .switch(&app(), SwitchRequest::new(Colour::Green, "t"))
+            .await
+            .unwrap();
+        let learned = Instant::now();
+        blue.refresh().await;
+        // The store says green; the old colour still answers OK for a while.
+        assert_eq!(blue.answer(Colour::Green), Answer::Ok);
+        let r = router(&blue);
+        let v = get(&r, "/bg/state").await.json();
+        if learned.elapsed() < Duration::from_millis(300) {
+            assert_eq!(v["answer"], "handover", "{v}");
+            assert!(v["handover_ms_left"].as_u64().unwrap() <= 400);
+            assert_eq!(
+                get(&r, "/balancer-keepalive-check").await.status,
+                StatusCode::OK
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(5), blue.idle())
+            .await
+            .expect("the idle signal fires once the handover is over");
+        assert!(
+            learned.elapsed() >= Duration::from_millis(400),
+            "handover cut short"
+        );
+        assert_eq!(blue.answer(Colour::Blue), Answer::Stop);
         assert_eq!(
             get(&r, "/balancer-keepalive-check").await.status,
-            StatusCode::OK
+            StatusCode::SERVICE_UNAVAILABLE
         );
     }
-    tokio::time::timeout(Duration::from_secs(5), blue.idle())
-        .await
-        .expect("the idle signal fires once the handover is over");
-    assert!(
-        learned.elapsed() >= Duration::from_millis(400),
-        "handover cut short"
-    );
-    assert_eq!(blue.answer(Colour::Blue), Answer::Stop);
-    assert_eq!(
-        get(&r, "/balancer-keepalive-check").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
 }
 
 #[tokio::test]
@@ -176,76 +178,82 @@ async fn init_only_fills_an_empty_store() {
 
 #[tokio::test]
 async fn the_follower_reports_presence_and_follows_changes() {
-    let store = memory_with(Colour::Blue).await;
-    let mut cfg = config(Colour::Green);
-    cfg.gate_id = "green-1".into();
-    cfg.poll_interval = Duration::from_secs(30); // only notifications can be quick
-    let g = Gate::new(Arc::clone(&store), cfg, auth()).unwrap();
-    let _follower = g.start();
-    wait_for(|| g.view().state.is_some()).await;
-    let seen = store.presences(&app()).await.unwrap();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(
-        (
-            seen[0].gate_id.as_str(),
-            seen[0].colour,
-            seen[0].applied_generation
-        ),
-        ("green-1", Colour::Green, 1)
-    );
+    for backend in backends(Some(Colour::Blue)).await {
+        let store = backend.store.clone();
+        let mut cfg = config(Colour::Green);
+        cfg.gate_id = "green-1".into();
+        cfg.poll_interval = Duration::from_secs(30); // only notifications can be quick
+        let g = Gate::new(Arc::clone(&store), cfg, auth()).unwrap();
+        let _follower = g.start();
+        wait_for(|| g.view().state.is_some()).await;
+        let seen = store.presences(&app()).await.unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            (
+                seen[0].gate_id.as_str(),
+                seen[0].colour,
+                seen[0].applied_generation
+            ),
+            ("green-1", Colour::Green, 1)
+        );
 
-    store
-        .switch(&app(), SwitchRequest::new(Colour::Green, "t"))
-        .await
-        .unwrap();
-    wait_for(|| g.answer(Colour::Green) == Answer::Ok).await;
+        store
+            .switch(&app(), SwitchRequest::new(Colour::Green, "t"))
+            .await
+            .unwrap();
+        wait_for(|| g.answer(Colour::Green) == Answer::Ok).await;
+    }
 }
 
 #[tokio::test]
 async fn strict_mode_reads_the_store_on_every_check() {
-    let store = memory_with(Colour::Blue).await;
-    let mut cfg = config(Colour::Green);
-    cfg.strict = true;
-    let g = gate(&store, cfg).await;
-    let r = router(&g);
-    assert_eq!(
-        get(&r, "/balancer-keepalive-check").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    store
-        .switch(&app(), SwitchRequest::new(Colour::Green, "t"))
-        .await
-        .unwrap();
-    // No follower runs, no refresh was called: only the check itself read the store.
-    assert_eq!(
-        get(&r, "/balancer-keepalive-check").await.status,
-        StatusCode::OK
-    );
+    for backend in backends(Some(Colour::Blue)).await {
+        let store = backend.store.clone();
+        let mut cfg = config(Colour::Green);
+        cfg.strict = true;
+        let g = gate(&store, cfg).await;
+        let r = router(&g);
+        assert_eq!(
+            get(&r, "/balancer-keepalive-check").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        store
+            .switch(&app(), SwitchRequest::new(Colour::Green, "t"))
+            .await
+            .unwrap();
+        // No follower runs, no refresh was called: only the check itself read the store.
+        assert_eq!(
+            get(&r, "/balancer-keepalive-check").await.status,
+            StatusCode::OK
+        );
+    }
 }
 
 #[tokio::test]
 async fn agent_check_says_ready_or_drain() {
-    let store = memory_with(Colour::Blue).await;
-    for (colour, line) in [(Colour::Blue, "ready\n"), (Colour::Green, "drain\n")] {
-        let g = gate(&store, config(colour)).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn({
-            let g = g.clone();
-            async move {
-                g.serve_agent(listener, async {
-                    let _ = rx.await;
-                })
-                .await
-            }
-        });
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut got = String::new();
-        s.read_to_string(&mut got).await.unwrap();
-        assert_eq!(got, line);
-        tx.send(()).unwrap();
-        server.await.unwrap();
+    for backend in backends(Some(Colour::Blue)).await {
+        let store = backend.store.clone();
+        for (colour, line) in [(Colour::Blue, "ready\n"), (Colour::Green, "drain\n")] {
+            let g = gate(&store, config(colour)).await;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn({
+                let g = g.clone();
+                async move {
+                    g.serve_agent(listener, async {
+                        let _ = rx.await;
+                    })
+                    .await
+                }
+            });
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut got = String::new();
+            s.read_to_string(&mut got).await.unwrap();
+            assert_eq!(got, line);
+            tx.send(()).unwrap();
+            server.await.unwrap();
+        }
     }
 }
 
@@ -259,35 +267,37 @@ pub(crate) async fn wait_for(mut cond: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn an_idle_colour_drains_by_itself_when_told_to() {
-    let store = memory_with(Colour::Blue).await;
-    let mut cfg = config(Colour::Green);
-    cfg.drain_after = Some(Duration::from_millis(100));
-    cfg.drain_batch = 1;
-    cfg.drain_interval = Duration::from_millis(10);
-    let g = Gate::new(Arc::clone(&store), cfg, auth()).unwrap();
-    let mut sockets: Vec<_> = (0..3).map(|_| g.connections().track_websocket()).collect();
-    let started = Instant::now();
-    let _follower = g.start();
-    for s in &mut sockets {
-        tokio::time::timeout(Duration::from_secs(10), s.drain_requested())
-            .await
-            .expect("an idle colour drains its websockets");
-    }
-    assert!(
-        started.elapsed() >= Duration::from_millis(100),
-        "drained before the idle time"
-    );
+    for backend in backends(Some(Colour::Blue)).await {
+        let store = backend.store.clone();
+        let mut cfg = config(Colour::Green);
+        cfg.drain_after = Some(Duration::from_millis(100));
+        cfg.drain_batch = 1;
+        cfg.drain_interval = Duration::from_millis(10);
+        let g = Gate::new(Arc::clone(&store), cfg, auth()).unwrap();
+        let mut sockets: Vec<_> = (0..3).map(|_| g.connections().track_websocket()).collect();
+        let started = Instant::now();
+        let _follower = g.start();
+        for s in &mut sockets {
+            tokio::time::timeout(Duration::from_secs(10), s.drain_requested())
+                .await
+                .expect("an idle colour drains its websockets");
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "drained before the idle time"
+        );
 
-    // The live colour never drains by itself.
-    let mut cfg = config(Colour::Blue);
-    cfg.drain_after = Some(Duration::from_millis(10));
-    let g = Gate::new(store, cfg, auth()).unwrap();
-    let mut socket = g.connections().track_websocket();
-    let _follower = g.start();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), socket.drain_requested())
-            .await
-            .is_err(),
-        "the live colour drained"
-    );
+        // The live colour never drains by itself.
+        let mut cfg = config(Colour::Blue);
+        cfg.drain_after = Some(Duration::from_millis(10));
+        let g = Gate::new(store, cfg, auth()).unwrap();
+        let mut socket = g.connections().track_websocket();
+        let _follower = g.start();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), socket.drain_requested())
+                .await
+                .is_err(),
+            "the live colour drained"
+        );
+    }
 }
