@@ -389,9 +389,13 @@ async fn signals(gate: &Gate) {
     }
 }
 
-/// Logs to stderr with `tracing`, level from `RUST_LOG` (default `info`).
+/// Logs to stderr with `tracing`, level from `RUST_LOG` (default `info`),
+/// in colour only on a terminal and never with `NO_COLOR` set.
 pub fn init_logging() {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
