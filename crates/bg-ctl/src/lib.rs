@@ -1,6 +1,28 @@
-//! The bluegreen command line's library: every `bg-ctl` command written once
-//! against [`bg_state::ColourStore`], so it works the same on any store.
+//! bluegreen's command line as a library: every `bg-ctl` command written
+//! once against [`bg_state::ColourStore`], so it works the same on Redis, a
+//! state file, or a gate's store API (`--gate`, for CI that cannot reach
+//! Redis). bg-ctl holds no storage logic of its own.
 //!
-//! So far it holds only the re-export of the store it drives.
+//! # Layout
+//!
+//! * [`cli`] — the options, their environment variables, help, dispatch.
+//! * [`deploy`] — the release: lease, deploy to the idle colour, verify,
+//!   switch, in the order of the spec, over traits ([`gates::Gates`],
+//!   [`trigger::Trigger`], [`trigger::Checks`]) so every failure path is
+//!   tested against mocks.
+//! * [`commands`] — status, init (and restore from gates), switch,
+//!   rollback, history, lease.
+//! * [`gates`] — what a gate's `/bg/state` says, and its drain.
+//! * [`trigger`] — webhooks (Portainer), commands, checks.
+//! * [`report`] — progress for people and CI.
+//! * [`error`] — failures and their exit codes.
 
-pub use bg_state::{ColourStore, open};
+pub mod cli;
+pub mod commands;
+pub mod deploy;
+pub mod error;
+pub mod gates;
+pub mod report;
+pub mod trigger;
+
+pub use error::{CtlError, CtlResult, exit};

@@ -365,6 +365,37 @@ pub struct Change {
     pub generation: Option<u64>,
 }
 
+/// Parses a duration written like `500ms`, `30s`, `2m`, `1h` or `1.5s`.
+///
+/// # Errors
+/// A message saying what is accepted.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| bad(s))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(bad(s)),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(bad(s));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn bad(s: &str) -> String {
+    format!(
+        "{:?} is not a duration: write a number with a unit, like 500ms, 30s, 2m or 1h",
+        s.chars().take(40).collect::<String>()
+    )
+}
+
 /// `ms` as an RFC 3339 UTC time, e.g. `2026-11-27T15:04:05.123Z`.
 #[must_use]
 pub fn format_millis(ms: Millis) -> String {
@@ -446,6 +477,33 @@ mod tests {
     fn app_name_deserialisation_validates() {
         assert!(serde_json::from_str::<AppName>("\"ok\"").is_ok());
         assert!(serde_json::from_str::<AppName>("\"Not Ok\"").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("500ms").unwrap(),
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_duration("30s").unwrap(),
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse_duration("2m").unwrap(),
+            std::time::Duration::from_secs(120)
+        );
+        assert_eq!(
+            parse_duration("1.5s").unwrap(),
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(
+            parse_duration(" 1h ").unwrap(),
+            std::time::Duration::from_secs(3600)
+        );
+        for bad in ["", "5", "s", "-1s", "1d", "1.2.3s", "1e3s", "nan s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

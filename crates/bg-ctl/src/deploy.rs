@@ -1,0 +1,679 @@
+//! `bg-ctl deploy`: the whole release, in the nine steps of the spec. It
+//! either completes a verified release or stops at the first failure with
+//! the live colour unchanged.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bg_state::{
+    AppName, Colour, ColourStore, DeployPhase, DeployRecord, Error as StoreError, Lease,
+    LeaseRequest, State, SwitchRequest,
+};
+use serde::Serialize;
+
+use crate::error::{CtlError, CtlResult};
+use crate::gates::{GateReport, Gates};
+use crate::report::Reporter;
+use crate::trigger::{Checks, Trigger};
+
+/// What to do when the drain does not finish in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnDrainTimeout {
+    /// Deploy anyway: the remaining clients are cut by the restart.
+    #[default]
+    Proceed,
+    /// Stop without deploying (exit 4).
+    Abort,
+}
+
+/// How a release runs. [`DeployOptions::new`] gives the defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeployOptions {
+    /// The app.
+    pub app: AppName,
+    /// The version to release.
+    pub version: String,
+    /// Who is releasing (recorded in history).
+    pub actor: String,
+    /// The lease holder (unique per pipeline run).
+    pub holder: String,
+    /// Gate URLs per colour (admin routes); every wait applies to all of a colour's gates.
+    pub gates: BTreeMap<Colour, Vec<String>>,
+    /// The lease's time to live; it is renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Queue behind another pipeline's lease for this long instead of failing.
+    pub wait_lease: Option<Duration>,
+    /// Bound on each wait for the gates (out of rotation, new version, LB).
+    pub ready_timeout: Duration,
+    /// Bound on the drain.
+    pub drain_timeout: Duration,
+    /// What to do when the drain runs out of time.
+    pub on_drain_timeout: OnDrainTimeout,
+    /// Websockets closed per drain batch.
+    pub drain_batch: usize,
+    /// Pause between drain batches.
+    pub drain_interval: Duration,
+    /// Probes in a row a load balancer must have seen answered STOP.
+    pub lb_fall: usize,
+    /// Probes in a row a load balancer must have seen answered OK.
+    pub lb_rise: usize,
+    /// After the switch, wait until every probe source has seen it.
+    pub confirm_lb: bool,
+    /// The staleness a gate's view may have to count as fresh.
+    pub max_stale: Duration,
+    /// A command that must succeed before the switch.
+    pub smoke: Option<String>,
+    /// A command run through the watch window after the switch; failure switches back.
+    pub verify: Option<String>,
+    /// How long to keep verifying after the switch.
+    pub watch: Duration,
+    /// How often to run the verify command in the watch window.
+    pub verify_interval: Duration,
+    /// Deploy and verify only; `bg-ctl switch` promotes later.
+    pub no_switch: bool,
+    /// How often to look at the gates while waiting.
+    pub poll: Duration,
+    /// Why (recorded with the switch).
+    pub reason: Option<String>,
+}
+
+impl DeployOptions {
+    /// Defaults for releasing `version` of `app`.
+    #[must_use]
+    pub fn new(app: AppName, version: impl Into<String>, actor: impl Into<String>) -> Self {
+        let actor = actor.into();
+        DeployOptions {
+            app,
+            version: version.into(),
+            holder: actor.clone(),
+            actor,
+            gates: BTreeMap::new(),
+            lease_ttl: Duration::from_secs(30),
+            wait_lease: None,
+            ready_timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(60),
+            on_drain_timeout: OnDrainTimeout::Proceed,
+            drain_batch: 10,
+            drain_interval: Duration::from_secs(1),
+            lb_fall: 3,
+            lb_rise: 2,
+            confirm_lb: false,
+            max_stale: Duration::from_secs(3),
+            smoke: None,
+            verify: None,
+            watch: Duration::ZERO,
+            verify_interval: Duration::from_secs(5),
+            no_switch: false,
+            poll: Duration::from_millis(250),
+            reason: None,
+        }
+    }
+
+    fn urls(&self, colour: Colour) -> &[String] {
+        self.gates.get(&colour).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// What a release did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeployOutcome {
+    /// The version released.
+    pub version: String,
+    /// The colour it went to.
+    pub colour: Colour,
+    /// The generation after the release.
+    pub generation: u64,
+    /// Whether the live colour changed (false with `--no-switch`).
+    pub switched: bool,
+}
+
+/// The parts a release needs, as traits so the sequence is testable.
+pub struct Deployer<'a> {
+    /// The state store.
+    pub store: &'a dyn ColourStore,
+    /// The gates.
+    pub gates: &'a dyn Gates,
+    /// What starts the deploy.
+    pub trigger: &'a dyn Trigger,
+    /// Runs `--smoke` and `--verify`.
+    pub checks: &'a dyn Checks,
+    /// Where progress goes.
+    pub report: &'a Reporter,
+    /// How.
+    pub opts: &'a DeployOptions,
+}
+
+impl Deployer<'_> {
+    /// Runs the release.
+    ///
+    /// # Errors
+    /// The first failure, with the live colour unchanged — except a failure
+    /// after the switch (LB confirmation, verify), which says so.
+    pub async fn run(&self) -> CtlResult<DeployOutcome> {
+        let lease = self.take_lease().await?;
+        self.report.step(format!(
+            "lease taken by {} (fence {})",
+            lease.holder, lease.fence
+        ));
+        let result = tokio::select! {
+            r = self.steps(&lease) => r,
+            e = self.keep_lease(&lease) => Err(e),
+        };
+        match self.store.release_lease(&self.opts.app, lease.fence).await {
+            Ok(true) => self.report.step("lease released"),
+            Ok(false) => self.report.warn("the lease was no longer held at the end"),
+            Err(e) => self.report.warn(format!(
+                "cannot release the lease (it expires by itself): {e}"
+            )),
+        }
+        result
+    }
+
+    /// Step 1: the lease, or a place in the queue for it.
+    async fn take_lease(&self) -> CtlResult<Lease> {
+        let o = self.opts;
+        let req = LeaseRequest::new(o.holder.clone(), o.lease_ttl);
+        let deadline = o.wait_lease.map(|w| Instant::now() + w);
+        loop {
+            match self.store.acquire_lease(&o.app, req.clone()).await {
+                Ok(lease) => return Ok(lease),
+                Err(StoreError::LeaseHeld { holder, .. })
+                    if deadline.is_some_and(|d| Instant::now() < d) =>
+                {
+                    self.report
+                        .waiting(format!("waiting for the lease held by {holder}"));
+                    tokio::time::sleep(o.poll.max(Duration::from_millis(200))).await;
+                }
+                Err(e @ StoreError::LeaseHeld { .. }) if deadline.is_some() => {
+                    return Err(CtlError::Timeout(format!("--wait-lease ran out: {e}")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Renews the lease every third of its TTL; returns only when it is lost.
+    async fn keep_lease(&self, lease: &Lease) -> CtlError {
+        let o = self.opts;
+        let every = o.lease_ttl / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .store
+                .renew_lease(&o.app, lease.fence, o.lease_ttl)
+                .await
+            {
+                Ok(_) => {}
+                Err(e @ StoreError::StaleFence { .. }) => {
+                    return CtlError::Failed(format!(
+                        "the deploy lease was lost ({e}); stopped before doing anything more"
+                    ));
+                }
+                // Transient: the lease outlives a few failed renewals.
+                Err(e) => self.report.warn(format!("cannot renew the lease: {e}")),
+            }
+        }
+    }
+
+    async fn steps(&self, lease: &Lease) -> CtlResult<DeployOutcome> {
+        let o = self.opts;
+        let fence = lease.fence;
+
+        // Step 2: read the state, pick the idle colour, record "deploying".
+        let state = self
+            .store
+            .get(&o.app)
+            .await?
+            .ok_or_else(|| StoreError::NotInitialised { app: o.app.clone() })?;
+        let (idle, live, generation) = (state.idle(), state.active, state.generation);
+        self.refuse_gates_ahead(&state).await?;
+        let old_versions = self.versions(live).await;
+        self.store
+            .record_deploy(
+                &o.app,
+                DeployRecord::new(
+                    idle,
+                    o.version.clone(),
+                    DeployPhase::Deploying,
+                    o.actor.clone(),
+                )
+                .fence(fence),
+            )
+            .await?;
+        self.report.step(format!(
+            "{live} is live at generation {generation}; deploying {} to {idle}",
+            o.version
+        ));
+
+        // Step 3: the idle colour is out of rotation, as the LB sees it.
+        self.wait_out_of_rotation(idle, generation).await?;
+
+        // Step 4: drain what still lingers on it.
+        self.drain(idle).await?;
+
+        // Step 5: trigger the deploy.
+        self.trigger.deploy(idle, &o.version).await?;
+        self.report
+            .step(format!("deploy of {} to {idle} triggered", o.version));
+
+        // Step 6: wait until every gate of the idle colour runs it, fresh
+        // and at the store's generation; then the smoke test.
+        self.wait_new_version(idle, generation).await?;
+        if let Some(cmd) = &o.smoke {
+            let url = o.urls(idle).first().cloned().unwrap_or_default();
+            self.checks
+                .run(cmd, self.env(idle, &url), o.ready_timeout)
+                .await
+                .map_err(|e| {
+                    CtlError::Failed(format!("smoke check failed, nothing switched: {e}"))
+                })?;
+            self.report.step("smoke check passed");
+        }
+        self.store
+            .record_deploy(
+                &o.app,
+                DeployRecord::new(
+                    idle,
+                    o.version.clone(),
+                    DeployPhase::Deployed,
+                    o.actor.clone(),
+                )
+                .fence(fence),
+            )
+            .await?;
+        if o.no_switch {
+            self.report.step(format!(
+                "{} deployed to {idle} and verified; not switched (--no-switch)",
+                o.version
+            ));
+            return Ok(DeployOutcome {
+                version: o.version.clone(),
+                colour: idle,
+                generation,
+                switched: false,
+            });
+        }
+
+        // Step 7: the switch, compare-and-swap on the generation of step 2.
+        let mut req = SwitchRequest::new(idle, o.actor.clone())
+            .expect_generation(generation)
+            .fence(fence)
+            .request_id(format!("deploy:{}:{fence}", o.version))
+            .reason(
+                o.reason
+                    .clone()
+                    .unwrap_or_else(|| format!("release {}", o.version)),
+            );
+        req.reason = req
+            .reason
+            .map(|r| r.chars().take(bg_state::MAX_REASON_LEN).collect());
+        let switched = self.store.switch(&o.app, req).await?;
+        let new_generation = switched.state.generation;
+        self.report.step(format!(
+            "switched: {idle} is live at generation {new_generation}"
+        ));
+
+        // Step 8: the LB has seen it; verify through the watch window.
+        if o.confirm_lb {
+            self.confirm_lb(idle, live).await.map_err(|e| match e {
+                CtlError::Timeout(m) => CtlError::Timeout(format!(
+                    "switched to {idle}, but the load balancer did not confirm it: {m}"
+                )),
+                other => other,
+            })?;
+        }
+        if let Some(cmd) = &o.verify {
+            self.watch(cmd, idle, live, new_generation, fence, &old_versions)
+                .await?;
+        }
+        Ok(DeployOutcome {
+            version: o.version.clone(),
+            colour: idle,
+            generation: new_generation,
+            switched: true,
+        })
+    }
+
+    fn env(&self, colour: Colour, url: &str) -> Vec<(String, String)> {
+        vec![
+            ("BG_COLOUR".into(), colour.to_string()),
+            ("BG_VERSION".into(), self.opts.version.clone()),
+            ("BG_GATE_URL".into(), url.to_owned()),
+        ]
+    }
+
+    /// A gate that applied a generation the store does not have would go
+    /// backwards: refuse.
+    async fn refuse_gates_ahead(&self, state: &State) -> CtlResult<()> {
+        refuse_gates_ahead(self.store, &self.opts.app, state).await
+    }
+
+    /// The versions a colour's gates report now (what a switch back needs).
+    async fn versions(&self, colour: Colour) -> Vec<String> {
+        let mut out = Vec::new();
+        for url in self.opts.urls(colour) {
+            if let Ok(r) = self.gates.report(url).await {
+                out.push(r.version);
+            }
+        }
+        out
+    }
+
+    /// Polls `check` until it says done, or the deadline.
+    async fn wait<F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> CtlResult<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = CtlResult<Result<(), String>>>,
+    {
+        let deadline = Instant::now() + limit;
+        loop {
+            let pending = match check().await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(why)) => why,
+                // A gate restarting for the deploy is briefly unreachable.
+                Err(CtlError::Unreachable(why)) => why,
+                Err(e) => return Err(e),
+            };
+            if Instant::now() >= deadline {
+                return Err(CtlError::Timeout(format!(
+                    "{what} within {limit:?}: {pending}"
+                )));
+            }
+            self.report.waiting(format!("{what}: {pending}"));
+            tokio::time::sleep(self.opts.poll).await;
+        }
+    }
+
+    async fn wait_out_of_rotation(&self, idle: Colour, generation: u64) -> CtlResult<()> {
+        let o = self.opts;
+        let urls = o.urls(idle);
+        if urls.is_empty() {
+            self.report.warn(format!(
+                "no gate URL for {idle} (--gate-{idle}): cannot prove it is out of rotation or drain it"
+            ));
+            return Ok(());
+        }
+        self.wait(
+            &format!("{idle} out of rotation"),
+            o.ready_timeout,
+            || async {
+                for url in urls {
+                    let r = self.gates.report(url).await?;
+                    if let Some(why) = ahead_of(&r, generation, url) {
+                        return Err(CtlError::GateAhead(why));
+                    }
+                    if r.generation < generation {
+                        return Ok(Err(format!(
+                            "{url} is at generation {} of {generation}",
+                            r.generation
+                        )));
+                    }
+                    if !r.is_stopped() {
+                        return Ok(Err(format!("{url} still answers {}", r.answer)));
+                    }
+                    for (source, n) in r.streaks(idle, "stop") {
+                        if n < o.lb_fall {
+                            return Ok(Err(format!(
+                                "{source} has seen STOP {n} of {} times at {url}",
+                                o.lb_fall
+                            )));
+                        }
+                    }
+                }
+                Ok(Ok(()))
+            },
+        )
+        .await?;
+        self.report.step(format!("{idle} is out of rotation"));
+        Ok(())
+    }
+
+    async fn drain(&self, idle: Colour) -> CtlResult<()> {
+        let o = self.opts;
+        let mut asked = 0;
+        for url in o.urls(idle) {
+            let r = self.gates.report(url).await?;
+            if r.connections.websockets > 0 {
+                asked += self
+                    .gates
+                    .drain(url, o.drain_batch, o.drain_interval)
+                    .await?;
+            }
+        }
+        if asked == 0 {
+            return Ok(());
+        }
+        self.report
+            .step(format!("asked {asked} websockets on {idle} to reconnect"));
+        let drained = self
+            .wait(&format!("{idle} drained"), o.drain_timeout, || async {
+                let mut open = 0;
+                for url in o.urls(idle) {
+                    open += self.gates.report(url).await?.connections.websockets;
+                }
+                Ok(if open == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{open} websockets open"))
+                })
+            })
+            .await;
+        match (drained, o.on_drain_timeout) {
+            (Ok(()), _) => {
+                self.report.step(format!("{idle} drained"));
+                Ok(())
+            }
+            (Err(CtlError::Timeout(m)), OnDrainTimeout::Proceed) => {
+                self.report
+                    .warn(format!("{m}; proceeding (--on-drain-timeout proceed)"));
+                Ok(())
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    async fn wait_new_version(&self, idle: Colour, generation: u64) -> CtlResult<()> {
+        let o = self.opts;
+        let urls = o.urls(idle);
+        let max_stale = u64::try_from(o.max_stale.as_millis()).unwrap_or(u64::MAX);
+        self.wait(
+            &format!("{} running on {idle}", o.version),
+            o.ready_timeout,
+            || async {
+                // Someone switched meanwhile: nothing to wait for any more.
+                let now = self.store.get(&o.app).await?;
+                if let Some(s) = &now
+                    && s.generation != generation
+                {
+                    return Err(StoreError::Conflict {
+                        expected: generation,
+                        current: Box::new(s.clone()),
+                    }
+                    .into());
+                }
+                if urls.is_empty() {
+                    // Without URLs, the gates' presence reports in the store say it.
+                    let gates: Vec<_> = self
+                        .store
+                        .presences(&o.app)
+                        .await?
+                        .into_iter()
+                        .filter(|p| p.colour == idle)
+                        .collect();
+                    if gates.is_empty() {
+                        return Ok(Err(format!("no gate of {idle} reports its presence")));
+                    }
+                    for p in gates {
+                        if p.service_version != o.version || p.applied_generation != generation {
+                            return Ok(Err(format!(
+                                "gate {} runs {} at generation {}",
+                                p.gate_id, p.service_version, p.applied_generation
+                            )));
+                        }
+                    }
+                    return Ok(Ok(()));
+                }
+                for url in urls {
+                    let r = self.gates.report(url).await?;
+                    if let Some(why) = ahead_of(&r, generation, url) {
+                        return Err(CtlError::GateAhead(why));
+                    }
+                    if r.version != o.version {
+                        return Ok(Err(format!("{url} runs {}", r.version)));
+                    }
+                    if !r.store.healthy || r.stale_ms > max_stale {
+                        return Ok(Err(format!(
+                            "{url} cannot hear the store (view {} ms old)",
+                            r.stale_ms
+                        )));
+                    }
+                    if r.generation != generation {
+                        return Ok(Err(format!(
+                            "{url} is at generation {} of {generation}",
+                            r.generation
+                        )));
+                    }
+                }
+                Ok(Ok(()))
+            },
+        )
+        .await?;
+        self.report
+            .step(format!("{idle} runs {} with a fresh view", o.version));
+        Ok(())
+    }
+
+    async fn confirm_lb(&self, new: Colour, old: Colour) -> CtlResult<()> {
+        let o = self.opts;
+        self.wait("load balancer confirmation", o.ready_timeout, || async {
+            let mut seen = 0;
+            for (colour, answer, need) in [(new, "ok", o.lb_rise), (old, "stop", o.lb_fall)] {
+                for url in o.urls(colour) {
+                    let r = self.gates.report(url).await?;
+                    for (source, n) in r.streaks(colour, answer) {
+                        seen += 1;
+                        if n < need {
+                            return Ok(Err(format!(
+                                "{source} has seen {colour} {answer} {n} of {need} times"
+                            )));
+                        }
+                    }
+                }
+            }
+            Ok(if seen == 0 {
+                Err("no load balancer probes seen at any gate".to_owned())
+            } else {
+                Ok(())
+            })
+        })
+        .await?;
+        self.report.step("the load balancer has seen the switch");
+        Ok(())
+    }
+
+    /// Runs the verify command through the watch window; on failure,
+    /// switches back if the old colour still runs the old version.
+    async fn watch(
+        &self,
+        cmd: &str,
+        new: Colour,
+        old: Colour,
+        generation: u64,
+        fence: u64,
+        old_versions: &[String],
+    ) -> CtlResult<()> {
+        let o = self.opts;
+        let until = Instant::now() + o.watch;
+        let url = o.urls(new).first().cloned().unwrap_or_default();
+        loop {
+            if let Err(e) = self
+                .checks
+                .run(cmd, self.env(new, &url), o.ready_timeout)
+                .await
+            {
+                return Err(self
+                    .switch_back(new, old, generation, fence, old_versions, &e)
+                    .await);
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            self.report
+                .waiting(format!("watching {new}: verify passes"));
+            tokio::time::sleep(o.verify_interval.min(until - Instant::now())).await;
+        }
+        self.report
+            .step(format!("verify passed through the {:?} watch", o.watch));
+        Ok(())
+    }
+
+    async fn switch_back(
+        &self,
+        new: Colour,
+        old: Colour,
+        generation: u64,
+        fence: u64,
+        old_versions: &[String],
+        failure: &CtlError,
+    ) -> CtlError {
+        let o = self.opts;
+        let now = self.versions(old).await;
+        if now.is_empty() || now != old_versions {
+            return CtlError::Failed(format!(
+                "verify failed ({failure}) after the switch to {new}; {old} no longer runs the previous version, so it was not switched back"
+            ));
+        }
+        let req = SwitchRequest::new(old, o.actor.clone())
+            .expect_generation(generation)
+            .fence(fence)
+            .rollback(true)
+            .reason(format!("verify failed for {}", o.version));
+        match self.store.switch(&o.app, req).await {
+            Ok(out) => {
+                self.report.step(format!(
+                    "switched back: {old} is live at generation {}",
+                    out.state.generation
+                ));
+                CtlError::Failed(format!("verify failed ({failure}); switched back to {old}"))
+            }
+            Err(e) => CtlError::Failed(format!(
+                "verify failed ({failure}) and switching back to {old} failed too: {e}"
+            )),
+        }
+    }
+}
+
+/// Why a gate report is ahead of the store's `generation`, if it is.
+fn ahead_of(r: &GateReport, generation: u64, url: &str) -> Option<String> {
+    (r.generation > generation).then(|| {
+        format!(
+            "gate {url} applied generation {} but the store is at {generation}: the store lost state; restore it with `bg-ctl init --from-gate`",
+            r.generation
+        )
+    })
+}
+
+/// Refuses when any gate's presence report is ahead of the store's state.
+pub(crate) async fn refuse_gates_ahead(
+    store: &dyn ColourStore,
+    app: &AppName,
+    state: &State,
+) -> CtlResult<()> {
+    let ahead: Vec<String> = store
+        .presences(app)
+        .await?
+        .into_iter()
+        .filter(|p| p.applied_generation > state.generation)
+        .map(|p| format!("{} (generation {})", p.gate_id, p.applied_generation))
+        .collect();
+    if ahead.is_empty() {
+        Ok(())
+    } else {
+        Err(CtlError::GateAhead(format!(
+            "gates are ahead of the store (at generation {}): {}; restore it with `bg-ctl init --from-gate`",
+            state.generation,
+            ahead.join(", ")
+        )))
+    }
+}

@@ -1,0 +1,204 @@
+//! Starting a deploy (a webhook or a command) and running checks
+//! (`--smoke`, `--verify`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bg_state::Colour;
+
+use crate::error::{CtlError, CtlResult};
+
+/// Starts the deploy of a version to a colour.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait Trigger: Send + Sync {
+    /// Asks for `version` on `colour`. Success means "asked", not "done":
+    /// the deploy sequence waits for the gates to report the version.
+    async fn deploy(&self, colour: Colour, version: &str) -> CtlResult<()>;
+}
+
+/// Runs a check command; success is exit status 0.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait Checks: Send + Sync {
+    /// Runs `cmd` (through `sh -c`) with `env` added, bounded by `timeout`.
+    async fn run(&self, cmd: &str, env: Vec<(String, String)>, timeout: Duration) -> CtlResult<()>;
+}
+
+/// Per-colour webhooks, e.g. Portainer's service webhooks.
+#[derive(Clone)]
+pub struct Webhooks {
+    urls: BTreeMap<Colour, String>,
+    tag_param: Option<String>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("colours", &self.urls.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A webhook URL as it may be printed: its path and query are secrets
+/// (Portainer's is `/api/webhooks/<token>`), so only the host shows.
+#[must_use]
+pub fn redact_webhook(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or("?"),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "<unparseable URL>".into(),
+    }
+}
+
+impl Webhooks {
+    /// Webhooks by colour; with `tag_param`, the version is sent as that
+    /// query parameter (`tag` for Portainer).
+    ///
+    /// # Errors
+    /// [`CtlError::Usage`] for a URL that is not http(s).
+    pub fn new(
+        urls: BTreeMap<Colour, String>,
+        tag_param: Option<String>,
+        timeout: Duration,
+    ) -> CtlResult<Self> {
+        for (colour, url) in &urls {
+            let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(CtlError::Usage(format!(
+                    "the {colour} webhook {} is not an http(s) URL",
+                    redact_webhook(url)
+                )));
+            }
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| CtlError::Failed(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Webhooks {
+            urls,
+            tag_param,
+            client,
+        })
+    }
+}
+
+#[async_trait]
+impl Trigger for Webhooks {
+    async fn deploy(&self, colour: Colour, version: &str) -> CtlResult<()> {
+        let Some(url) = self.urls.get(&colour) else {
+            return Err(CtlError::Usage(format!(
+                "no webhook for {colour}: set --webhook-{colour} (BG_WEBHOOK_{})",
+                colour.as_str().to_uppercase()
+            )));
+        };
+        let mut target = url::Url::parse(url)
+            .map_err(|_| CtlError::Usage(format!("the {colour} webhook is not a URL")))?;
+        if let Some(param) = &self.tag_param {
+            target.query_pairs_mut().append_pair(param, version);
+        }
+        let shown = redact_webhook(url);
+        let res =
+            self.client.post(target).send().await.map_err(|e| {
+                CtlError::Unreachable(format!("webhook {shown}: {}", e.without_url()))
+            })?;
+        if res.status().is_success() {
+            Ok(())
+        } else {
+            Err(CtlError::Failed(format!(
+                "webhook {shown} answered {}",
+                res.status()
+            )))
+        }
+    }
+}
+
+/// A command that deploys: `sh -c CMD` with `BG_COLOUR` and `BG_VERSION`.
+#[derive(Debug, Clone)]
+pub struct ExecTrigger {
+    /// The command.
+    pub cmd: String,
+    /// Bound on its run.
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl Trigger for ExecTrigger {
+    async fn deploy(&self, colour: Colour, version: &str) -> CtlResult<()> {
+        let env = vec![
+            ("BG_COLOUR".to_owned(), colour.to_string()),
+            ("BG_VERSION".to_owned(), version.to_owned()),
+        ];
+        ShellChecks.run(&self.cmd, env, self.timeout).await
+    }
+}
+
+/// Checks run with `sh -c`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShellChecks;
+
+#[async_trait]
+impl Checks for ShellChecks {
+    async fn run(&self, cmd: &str, env: Vec<(String, String)>, timeout: Duration) -> CtlResult<()> {
+        let mut child = tokio::process::Command::new("sh");
+        child.arg("-c").arg(cmd).envs(env).kill_on_drop(true);
+        // Its output goes to ours (stderr), where CI logs show it; stdout
+        // stays clean for --json.
+        child.stdout(std::process::Stdio::from(std::io::stderr()));
+        let mut child = child
+            .spawn()
+            .map_err(|e| CtlError::Failed(format!("cannot run `{cmd}`: {e}")))?;
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(CtlError::Failed(format!("`{cmd}` failed ({status})"))),
+            Ok(Err(e)) => Err(CtlError::Failed(format!(
+                "`{cmd}` could not be waited for: {e}"
+            ))),
+            Err(_) => Err(CtlError::Timeout(format!(
+                "`{cmd}` still running after {timeout:?}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls_never_show_their_token() {
+        let shown =
+            redact_webhook("https://portainer.internal:9443/api/webhooks/0b6c9f1e-secret?tag=x");
+        assert_eq!(shown, "https://portainer.internal:9443/…");
+    }
+
+    #[tokio::test]
+    async fn commands_see_their_environment_and_fail_clearly() {
+        let env = vec![("BG_VERSION".to_owned(), "v7".to_owned())];
+        ShellChecks
+            .run(
+                "test \"$BG_VERSION\" = v7",
+                env.clone(),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let err = ShellChecks
+            .run("exit 3", env.clone(), Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CtlError::Failed(_)), "{err:?}");
+        let err = ShellChecks
+            .run("sleep 5", env, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CtlError::Timeout(_)), "{err:?}");
+    }
+}
