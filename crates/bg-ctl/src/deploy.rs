@@ -677,3 +677,636 @@ pub(crate) async fn refuse_gates_ahead(
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use bg_state::{EventKind, InitRequest, MemoryStore, MockColourStore, Presence};
+
+    use super::*;
+    use crate::error::exit;
+    use crate::gates::{ConnectionCounts, MockGates, ProbeReport, StoreHealth};
+    use crate::trigger::{MockChecks, MockTrigger};
+
+    const BLUE: &str = "http://blue";
+    const GREEN: &str = "http://green";
+
+    fn app() -> AppName {
+        AppName::new("chat").unwrap()
+    }
+
+    fn opts() -> DeployOptions {
+        let mut o = DeployOptions::new(app(), "v2", "ci");
+        o.holder = "pipeline-1".into();
+        o.gates.insert(Colour::Blue, vec![BLUE.into()]);
+        o.gates.insert(Colour::Green, vec![GREEN.into()]);
+        o.ready_timeout = Duration::from_millis(400);
+        o.drain_timeout = Duration::from_millis(300);
+        o.poll = Duration::from_millis(10);
+        o.lease_ttl = Duration::from_secs(3);
+        o.lb_fall = 2;
+        o.lb_rise = 2;
+        o
+    }
+
+    async fn store() -> MemoryStore {
+        let s = MemoryStore::new();
+        s.init(&app(), InitRequest::new(Colour::Blue, "ops"))
+            .await
+            .unwrap();
+        s
+    }
+
+    /// What a gate of `colour` says, given who is live and what it runs.
+    fn report(colour: Colour, live: Colour, version: &str, generation: u64) -> GateReport {
+        let answer = if colour == live { "ok" } else { "stop" };
+        GateReport {
+            colour,
+            version: version.into(),
+            answer: answer.into(),
+            active: Some(live),
+            generation,
+            stale_ms: 20,
+            store: StoreHealth { healthy: true },
+            alarm: None,
+            connections: ConnectionCounts {
+                websockets: 0,
+                requests: 0,
+            },
+            probes: (0..3)
+                .map(|_| ProbeReport {
+                    source: Some("10.0.0.1".into()),
+                    at_ms: 0,
+                    colour,
+                    answer: answer.into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Gates that follow `store` and run "v2" on green once `deployed` is set.
+    fn gates(store: &MemoryStore, deployed: &Arc<AtomicBool>) -> MockGates {
+        let mut g = MockGates::new();
+        let (s, d) = (store.clone(), Arc::clone(deployed));
+        g.expect_report().returning(move |url| {
+            let state = futures_now(s.get(&app())).unwrap().unwrap();
+            let colour = if url == BLUE {
+                Colour::Blue
+            } else {
+                Colour::Green
+            };
+            let version = if colour == Colour::Green && d.load(Ordering::SeqCst) {
+                "v2"
+            } else {
+                "v1"
+            };
+            Ok(report(colour, state.active, version, state.generation))
+        });
+        g
+    }
+
+    /// Memory-store futures complete at once; run one from a sync mock.
+    fn futures_now<T>(f: impl std::future::Future<Output = T>) -> T {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("a memory store call did not complete at once"),
+        }
+    }
+
+    fn trigger_that_deploys(deployed: &Arc<AtomicBool>) -> MockTrigger {
+        let mut t = MockTrigger::new();
+        let d = Arc::clone(deployed);
+        t.expect_deploy()
+            .withf(|c, v| *c == Colour::Green && v == "v2")
+            .times(1)
+            .returning(move |_, _| {
+                d.store(true, Ordering::SeqCst);
+                Ok(())
+            });
+        t
+    }
+
+    fn passing_checks() -> MockChecks {
+        let mut c = MockChecks::new();
+        c.expect_run().returning(|_, _, _| Ok(()));
+        c
+    }
+
+    async fn run(
+        store: &dyn ColourStore,
+        gates: &dyn Gates,
+        trigger: &dyn Trigger,
+        checks: &dyn Checks,
+        opts: &DeployOptions,
+    ) -> CtlResult<DeployOutcome> {
+        let report = Reporter::silent();
+        Deployer {
+            store,
+            gates,
+            trigger,
+            checks,
+            report: &report,
+            opts,
+        }
+        .run()
+        .await
+    }
+
+    async fn live(store: &MemoryStore) -> (Colour, u64) {
+        let s = store.get(&app()).await.unwrap().unwrap();
+        (s.active, s.generation)
+    }
+
+    #[tokio::test]
+    async fn a_release_switches_after_the_new_version_is_seen() {
+        let store = store().await;
+        let deployed = Arc::new(AtomicBool::new(false));
+        let mut o = opts();
+        o.smoke = Some("true".into());
+        o.verify = Some("true".into());
+        o.confirm_lb = true;
+        let out = run(
+            &store,
+            &gates(&store, &deployed),
+            &trigger_that_deploys(&deployed),
+            &passing_checks(),
+            &o,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out,
+            DeployOutcome {
+                version: "v2".into(),
+                colour: Colour::Green,
+                generation: 2,
+                switched: true
+            }
+        );
+        assert_eq!(live(&store).await, (Colour::Green, 2));
+        let history = store.history(&app(), 10).await.unwrap();
+        let kinds: Vec<_> = history.iter().map(|e| &e.kind).collect();
+        assert!(
+            matches!(
+                kinds[0],
+                EventKind::Switch {
+                    to: Colour::Green,
+                    ..
+                }
+            ),
+            "{kinds:?}"
+        );
+        assert!(matches!(
+            kinds[1],
+            EventKind::Deploy {
+                phase: DeployPhase::Deployed,
+                ..
+            }
+        ));
+        assert!(matches!(
+            kinds[2],
+            EventKind::Deploy {
+                phase: DeployPhase::Deploying,
+                ..
+            }
+        ));
+        assert_eq!(history[0].actor, "ci");
+        assert_eq!(
+            store.lease(&app()).await.unwrap(),
+            None,
+            "the lease is released"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_webhook_that_deploys_nothing_ends_in_a_timeout_and_no_switch() {
+        let store = store().await;
+        let never = Arc::new(AtomicBool::new(false));
+        let mut t = MockTrigger::new();
+        t.expect_deploy().times(1).returning(|_, _| Ok(())); // "204", and nothing happens
+        let err = run(
+            &store,
+            &gates(&store, &never),
+            &t,
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+        assert!(err.to_string().contains("runs v1"), "{err}");
+        assert_eq!(live(&store).await, (Colour::Blue, 1));
+        assert_eq!(store.lease(&app()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_switch_meanwhile_is_a_conflict_and_nothing_is_overwritten() {
+        let store = store().await;
+        let deployed = Arc::new(AtomicBool::new(false));
+        let mut t = MockTrigger::new();
+        let s = store.clone();
+        t.expect_deploy().times(1).returning(move |_, _| {
+            // Someone forces a switch while the deploy runs.
+            futures_now(s.switch(
+                &app(),
+                bg_state::SwitchRequest::new(Colour::Green, "someone").force(true),
+            ))
+            .unwrap();
+            Ok(())
+        });
+        let err = run(
+            &store,
+            &gates(&store, &deployed),
+            &t,
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+        let s = store.get(&app()).await.unwrap().unwrap();
+        assert_eq!(
+            (s.active, s.generation, s.last_change.actor.as_str()),
+            (Colour::Green, 2, "someone")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_or_lagging_target_is_never_switched_to() {
+        for (stale_ms, healthy, generation) in [(60_000, true, 1), (20, false, 1), (20, true, 0)] {
+            let store = store().await;
+            let deployed = Arc::new(AtomicBool::new(false));
+            let mut g = MockGates::new();
+            let d = Arc::clone(&deployed);
+            g.expect_report().returning(move |url| {
+                let mut r = if url == BLUE {
+                    report(Colour::Blue, Colour::Blue, "v1", 1)
+                } else {
+                    report(
+                        Colour::Green,
+                        Colour::Blue,
+                        if d.load(Ordering::SeqCst) { "v2" } else { "v1" },
+                        1,
+                    )
+                };
+                if url == GREEN && d.load(Ordering::SeqCst) {
+                    r.stale_ms = stale_ms;
+                    r.store.healthy = healthy;
+                    r.generation = generation;
+                }
+                Ok(r)
+            });
+            let err = run(
+                &store,
+                &g,
+                &trigger_that_deploys(&deployed),
+                &passing_checks(),
+                &opts(),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(
+                err.exit_code(),
+                exit::TIMEOUT,
+                "{stale_ms} {healthy} {generation}: {err}"
+            );
+            assert_eq!(live(&store).await, (Colour::Blue, 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gate_ahead_of_the_store_stops_everything() {
+        let store = store().await;
+        store
+            .report_presence(
+                &app(),
+                Presence::new("green-1", Colour::Green, "v1", 9),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        let mut t = MockTrigger::new();
+        t.expect_deploy().never();
+        let deployed = Arc::new(AtomicBool::new(false));
+        let err = run(
+            &store,
+            &gates(&store, &deployed),
+            &t,
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+        assert!(err.to_string().contains("init --from-gate"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn failures_before_the_switch_leave_the_live_colour() {
+        // The trigger fails.
+        let store = store().await;
+        let deployed = Arc::new(AtomicBool::new(false));
+        let mut t = MockTrigger::new();
+        t.expect_deploy().returning(|_, _| {
+            Err(CtlError::Unreachable(
+                "webhook https://portainer/…: refused".into(),
+            ))
+        });
+        let err = run(
+            &store,
+            &gates(&store, &deployed),
+            &t,
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::UNREACHABLE);
+        assert_eq!(live(&store).await, (Colour::Blue, 1));
+
+        // The smoke check fails.
+        let store = self::store().await;
+        let deployed = Arc::new(AtomicBool::new(false));
+        let mut checks = MockChecks::new();
+        checks
+            .expect_run()
+            .returning(|_, _, _| Err(CtlError::Failed("`curl …` failed (exit status: 22)".into())));
+        let mut o = opts();
+        o.smoke = Some("curl -f $BG_GATE_URL".into());
+        let err = run(
+            &store,
+            &gates(&store, &deployed),
+            &trigger_that_deploys(&deployed),
+            &checks,
+            &o,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::FAILED);
+        assert!(
+            err.to_string()
+                .contains("smoke check failed, nothing switched"),
+            "{err}"
+        );
+        assert_eq!(live(&store).await, (Colour::Blue, 1));
+        let last = &store.history(&app(), 1).await.unwrap()[0];
+        assert!(
+            matches!(
+                last.kind,
+                EventKind::Deploy {
+                    phase: DeployPhase::Deploying,
+                    ..
+                }
+            ),
+            "no 'deployed' after a failed smoke check"
+        );
+
+        // Not initialised.
+        let empty = MemoryStore::new();
+        let err = run(
+            &empty,
+            &MockGates::new(),
+            &MockTrigger::new(),
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::FAILED);
+        assert!(matches!(
+            err,
+            CtlError::Store(StoreError::NotInitialised { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_verify_switches_back() {
+        let store = store().await;
+        let deployed = Arc::new(AtomicBool::new(false));
+        let mut checks = MockChecks::new();
+        checks
+            .expect_run()
+            .returning(|_, _, _| Err(CtlError::Failed("`./verify` failed".into())));
+        let mut o = opts();
+        o.verify = Some("./verify".into());
+        let err = run(
+            &store,
+            &gates(&store, &deployed),
+            &trigger_that_deploys(&deployed),
+            &checks,
+            &o,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::FAILED);
+        assert!(err.to_string().contains("switched back to blue"), "{err}");
+        assert_eq!(live(&store).await, (Colour::Blue, 3));
+        let last = &store.history(&app(), 1).await.unwrap()[0];
+        assert!(
+            matches!(
+                last.kind,
+                EventKind::Rollback {
+                    to: Colour::Blue,
+                    ..
+                }
+            ),
+            "{last:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_lease_is_a_conflict_or_a_wait() {
+        let store = store().await;
+        store
+            .acquire_lease(
+                &app(),
+                LeaseRequest::new("pipeline-0", Duration::from_secs(30)),
+            )
+            .await
+            .unwrap();
+        let deployed = Arc::new(AtomicBool::new(false));
+        let err = run(
+            &store,
+            &gates(&store, &deployed),
+            &MockTrigger::new(),
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+        let mut o = opts();
+        o.wait_lease = Some(Duration::from_millis(300));
+        let err = run(
+            &store,
+            &gates(&store, &deployed),
+            &MockTrigger::new(),
+            &passing_checks(),
+            &o,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+        assert_eq!(live(&store).await, (Colour::Blue, 1));
+    }
+
+    #[tokio::test]
+    async fn lingering_websockets_are_drained_first() {
+        let store = store().await;
+        let deployed = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicU64::new(4));
+        let mut g = MockGates::new();
+        let (s, d, o2) = (store.clone(), Arc::clone(&deployed), Arc::clone(&open));
+        g.expect_report().returning(move |url| {
+            let state = futures_now(s.get(&app())).unwrap().unwrap();
+            let colour = if url == BLUE {
+                Colour::Blue
+            } else {
+                Colour::Green
+            };
+            let version = if colour == Colour::Green && d.load(Ordering::SeqCst) {
+                "v2"
+            } else {
+                "v1"
+            };
+            let mut r = report(colour, state.active, version, state.generation);
+            if colour == Colour::Green {
+                r.connections.websockets = o2.load(Ordering::SeqCst);
+            }
+            Ok(r)
+        });
+        let o3 = Arc::clone(&open);
+        g.expect_drain()
+            .withf(|url, _, _| url == GREEN)
+            .times(1)
+            .returning(move |_, _, _| {
+                o3.store(0, Ordering::SeqCst);
+                Ok(4)
+            });
+        let out = run(
+            &store,
+            &g,
+            &trigger_that_deploys(&deployed),
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap();
+        assert!(out.switched);
+
+        // A drain that never finishes, with --on-drain-timeout abort: no deploy.
+        let store = self::store().await;
+        let mut g = MockGates::new();
+        let s = store.clone();
+        g.expect_report().returning(move |url| {
+            let state = futures_now(s.get(&app())).unwrap().unwrap();
+            let colour = if url == BLUE {
+                Colour::Blue
+            } else {
+                Colour::Green
+            };
+            let mut r = report(colour, state.active, "v1", state.generation);
+            r.connections.websockets = 2;
+            Ok(r)
+        });
+        g.expect_drain().returning(|_, _, _| Ok(2));
+        let mut t = MockTrigger::new();
+        t.expect_deploy().never();
+        let mut o = opts();
+        o.on_drain_timeout = OnDrainTimeout::Abort;
+        let err = run(&store, &g, &t, &passing_checks(), &o)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_idle_colour_must_be_out_of_rotation_first() {
+        let store = store().await;
+        let mut g = MockGates::new();
+        g.expect_report().returning(|url| {
+            let colour = if url == BLUE {
+                Colour::Blue
+            } else {
+                Colour::Green
+            };
+            let mut r = report(colour, Colour::Blue, "v1", 1);
+            if colour == Colour::Green {
+                r.answer = "handover".into(); // still answering OK
+            }
+            Ok(r)
+        });
+        let mut t = MockTrigger::new();
+        t.expect_deploy().never();
+        let err = run(&store, &g, &t, &passing_checks(), &opts())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+        assert!(err.to_string().contains("out of rotation"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_switch_deploys_and_verifies_only() {
+        let store = store().await;
+        let deployed = Arc::new(AtomicBool::new(false));
+        let mut o = opts();
+        o.no_switch = true;
+        let out = run(
+            &store,
+            &gates(&store, &deployed),
+            &trigger_that_deploys(&deployed),
+            &passing_checks(),
+            &o,
+        )
+        .await
+        .unwrap();
+        assert!(!out.switched);
+        let s = store.get(&app()).await.unwrap().unwrap();
+        assert_eq!((s.active, s.generation), (Colour::Blue, 1));
+        assert_eq!(s.green.unwrap().phase, DeployPhase::Deployed);
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_at_the_switch_is_exit_5() {
+        let real = store().await;
+        let mut mock = MockColourStore::new();
+        let r = real.clone();
+        mock.expect_acquire_lease()
+            .returning(move |a, req| futures_now(r.acquire_lease(a, req)));
+        let r = real.clone();
+        mock.expect_get().returning(move |a| futures_now(r.get(a)));
+        let r = real.clone();
+        mock.expect_presences()
+            .returning(move |a| futures_now(r.presences(a)));
+        let r = real.clone();
+        mock.expect_record_deploy()
+            .returning(move |a, rec| futures_now(r.record_deploy(a, rec)));
+        let r = real.clone();
+        mock.expect_release_lease()
+            .returning(move |a, f| futures_now(r.release_lease(a, f)));
+        mock.expect_switch().returning(|_, _| {
+            Err(StoreError::Unavailable {
+                backend: "redis",
+                message: "connection reset".into(),
+                retryable: true,
+            })
+        });
+        let deployed = Arc::new(AtomicBool::new(false));
+        let err = run(
+            &mock,
+            &gates(&real, &deployed),
+            &trigger_that_deploys(&deployed),
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), exit::UNREACHABLE, "{err}");
+        assert_eq!(live(&real).await, (Colour::Blue, 1));
+    }
+}
