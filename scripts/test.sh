@@ -29,6 +29,64 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "==> cargo doc"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --all-features --locked
 
+echo "==> gitlab-ci-local --list"
+# GitLab reads .gitlab-ci.yml only once it is pushed; listing its jobs here
+# checks it against GitLab's schema first. 4.60.1 is the pinned version:
+# later releases need Node.js 22. It lives under target/ so that later runs,
+# and CI's cache of target/, reuse it instead of rebuilding its native part.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "==> installing nodejs npm"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: npm missing and not root; install Node.js 20 with npm or run as root" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+# Debian bookworm's own Node.js is 18, older than the native build's node-gyp
+# accepts: a Node.js 20 from the npm registry runs it instead.
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  node20=$PWD/target/tools/node-20
+  node20_pkg=node-linux-$(node -p process.arch)
+  if [ ! -x "$node20/node_modules/$node20_pkg/bin/node" ]; then
+    npm install --prefix "$node20" --no-audit --no-fund --loglevel=error "$node20_pkg@20" >/dev/null
+  fi
+  PATH=$node20/node_modules/$node20_pkg/bin:$PATH
+fi
+glci_dir=target/tools/gitlab-ci-local-4.60.1
+if [ ! -e "$glci_dir/.installed" ]; then
+  rm -rf "$glci_dir"
+  # Build re2 against the headers of the Node.js that will load it, which
+  # every Node.js install carries, rather than headers downloaded at build time.
+  node_prefix=$(node -p 'require("path").resolve(process.execPath, "../..")')
+  nodedir_env=()
+  if [ -e "$node_prefix/include/node/node_version.h" ]; then
+    nodedir_env=("npm_config_nodedir=$node_prefix")
+  fi
+  env "${nodedir_env[@]}" npm install --prefix "$glci_dir" --no-audit --no-fund --loglevel=error gitlab-ci-local@4.60.1 >/dev/null
+  touch "$glci_dir/.installed"
+fi
+glci_log=$(mktemp)
+# The release jobs only run in tag pipelines that have gates configured;
+# these two variables make them list. --home keeps a developer's own
+# ~/.gitlab-ci-local variables out of the check.
+if ! glci_jobs=$("$glci_dir/node_modules/.bin/gitlab-ci-local" --list --no-color --home "$glci_dir" \
+  --variable CI_COMMIT_TAG=v0.0.0 --variable BG_GATE_BLUE=http://gate.invalid:9090 2>"$glci_log"); then
+  cat "$glci_log" >&2
+  rm -f "$glci_log"
+  echo "error: gitlab-ci-local could not list .gitlab-ci.yml" >&2
+  exit 1
+fi
+rm -f "$glci_log"
+echo "$glci_jobs"
+for job in test build-image release; do
+  if ! grep -q "^$job " <<<"$glci_jobs"; then
+    echo "error: .gitlab-ci.yml has no job $job" >&2
+    exit 1
+  fi
+done
+
 echo "==> cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
