@@ -1,3 +1,4 @@
 //! End-to-end tests: real processes against real stores.
 
 mod processes;
+mod release;

@@ -233,6 +233,9 @@ struct DeployArgs {
     /// Probes in a row answered OK that show a colour is in rotation.
     #[arg(long, default_value_t = 2)]
     lb_rise: usize,
+    /// A probe source counts as a load balancer while it probed within this of the newest probe.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    lb_window: Duration,
     /// Deploy and verify only; promote later with `bg-ctl switch`.
     #[arg(long)]
     no_switch: bool,
@@ -504,6 +507,7 @@ impl Cli {
                 opts.on_drain_timeout = args.on_drain_timeout;
                 opts.lb_fall = args.lb_fall;
                 opts.lb_rise = args.lb_rise;
+                opts.lb_window = args.lb_window;
                 opts.confirm_lb = args.confirm_lb;
                 opts.max_stale = args.max_stale;
                 opts.smoke.clone_from(&args.smoke);

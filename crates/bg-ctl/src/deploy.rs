@@ -58,6 +58,9 @@ pub struct DeployOptions {
     pub lb_fall: usize,
     /// Probes in a row a load balancer must have seen answered OK.
     pub lb_rise: usize,
+    /// A probe source counts as a load balancer while its last probe is
+    /// within this of the newest probe a gate logged.
+    pub lb_window: Duration,
     /// After the switch, wait until every probe source has seen it.
     pub confirm_lb: bool,
     /// The staleness a gate's view may have to count as fresh.
@@ -98,6 +101,7 @@ impl DeployOptions {
             drain_interval: Duration::from_secs(1),
             lb_fall: 3,
             lb_rise: 2,
+            lb_window: Duration::from_secs(20),
             confirm_lb: false,
             max_stale: Duration::from_secs(3),
             smoke: None,
@@ -388,6 +392,7 @@ impl Deployer<'_> {
     async fn wait_out_of_rotation(&self, idle: Colour, generation: u64) -> CtlResult<()> {
         let o = self.opts;
         let urls = o.urls(idle);
+        let window = u64::try_from(o.lb_window.as_millis()).unwrap_or(u64::MAX);
         if urls.is_empty() {
             self.report.warn(format!(
                 "no gate URL for {idle} (--gate-{idle}): cannot prove it is out of rotation or drain it"
@@ -412,7 +417,7 @@ impl Deployer<'_> {
                     if !r.is_stopped() {
                         return Ok(Err(format!("{url} still answers {}", r.answer)));
                     }
-                    for (source, n) in r.streaks(idle, "stop") {
+                    for (source, n) in r.streaks(idle, "stop", window) {
                         if n < o.lb_fall {
                             return Ok(Err(format!(
                                 "{source} has seen STOP {n} of {} times at {url}",
@@ -546,12 +551,13 @@ impl Deployer<'_> {
 
     async fn confirm_lb(&self, new: Colour, old: Colour) -> CtlResult<()> {
         let o = self.opts;
+        let window = u64::try_from(o.lb_window.as_millis()).unwrap_or(u64::MAX);
         self.wait("load balancer confirmation", o.ready_timeout, || async {
             let mut seen = 0;
             for (colour, answer, need) in [(new, "ok", o.lb_rise), (old, "stop", o.lb_fall)] {
                 for url in o.urls(colour) {
                     let r = self.gates.report(url).await?;
-                    for (source, n) in r.streaks(colour, answer) {
+                    for (source, n) in r.streaks(colour, answer, window) {
                         seen += 1;
                         if n < need {
                             return Ok(Err(format!(

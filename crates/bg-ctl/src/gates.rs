@@ -80,11 +80,28 @@ impl GateReport {
 
     /// How many of the most recent probes from each source, in a row, were
     /// answered `answer` for `colour`. Sources are keyed by address; probes
-    /// without one count as one source.
+    /// without one count as one source. Only sources still probing count: a
+    /// source whose last probe is more than `window_ms` older than the
+    /// newest probe in the log (someone's one-off `curl`) is left out, and
+    /// the comparison is between the gate's own timestamps, so clocks need
+    /// not agree.
     #[must_use]
-    pub fn streaks(&self, colour: Colour, answer: &str) -> Vec<(String, usize)> {
+    pub fn streaks(&self, colour: Colour, answer: &str, window_ms: u64) -> Vec<(String, usize)> {
+        let newest = self.probes.iter().map(|p| p.at_ms).max().unwrap_or(0);
+        let key = |p: &ProbeReport| p.source.clone().unwrap_or_else(|| "unknown".into());
+        let active: Vec<String> = self
+            .probes
+            .iter()
+            .filter(|p| p.at_ms.saturating_add(window_ms) >= newest)
+            .map(key)
+            .collect();
         let mut by_source: Vec<(String, usize, bool)> = Vec::new();
-        for p in self.probes.iter().rev().filter(|p| p.colour == colour) {
+        for p in self
+            .probes
+            .iter()
+            .rev()
+            .filter(|p| p.colour == colour && active.contains(&key(p)))
+        {
             let src = p.source.clone().unwrap_or_else(|| "unknown".into());
             let entry = match by_source.iter_mut().find(|(s, _, _)| *s == src) {
                 Some(e) => e,
@@ -255,9 +272,21 @@ mod tests {
                 probe("lb2", Colour::Green, "stop"),
             ],
         };
-        let mut s = r.streaks(Colour::Green, "stop");
+        let mut s = r.streaks(Colour::Green, "stop", 10_000);
         s.sort();
         assert_eq!(s, vec![("lb1".to_owned(), 2), ("lb2".to_owned(), 2)]);
+
+        // A source that stopped probing long before the others is not a load balancer.
+        let mut r = r;
+        for (i, p) in r.probes.iter_mut().enumerate() {
+            p.at_ms = 100_000 + i as u64 * 1000;
+        }
+        r.probes[2].at_ms = 1; // lb2's first probe, long ago
+        r.probes[6].source = Some("laptop".into());
+        r.probes[6].at_ms = 2;
+        let mut s = r.streaks(Colour::Green, "stop", 10_000);
+        s.sort();
+        assert_eq!(s, vec![("lb1".to_owned(), 2)]);
     }
 
     #[test]

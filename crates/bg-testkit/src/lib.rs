@@ -355,3 +355,28 @@ pub fn wait_for_port(addr: std::net::SocketAddr, limit: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The path of binary `bin` of workspace package `package`, built by this
+/// `cargo test` run (`target/debug/<bin>`, beside the test's own directory),
+/// or built now if only the test target was asked for.
+///
+/// # Panics
+/// If it cannot be built.
+#[must_use]
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/debug/deps/<test>");
+    let path = dir.join(bin);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", bin])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot build {bin} of {package}");
+    }
+    path
+}
