@@ -349,3 +349,122 @@ async fn a_pipeline_killed_midway_blocks_nobody_for_long() {
         .unwrap_err();
     assert!(matches!(err, bg_state::Error::StaleFence { .. }), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_release_through_a_gate_when_ci_cannot_reach_redis() {
+    let rig = Rig::start().await;
+    // The live colour's gate is the store; bg-ctl never sees Redis.
+    let mut args = vec![
+        "deploy",
+        "--version",
+        "v2",
+        "--tag-param",
+        "tag",
+        "--poll",
+        "50ms",
+    ];
+    args.extend(["--ready-timeout", "30s", "--lease-ttl", "3s"]);
+    let mut cmd = rig.bg_ctl(&args);
+    cmd.env_remove("BG_STORE")
+        .env("BG_GATE", rig.gate_url("blue"));
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Green, 2));
+    // The actor is what the gate authenticated (the token's name), not a claim.
+    let history = rig
+        .store
+        .history(&AppName::new("chat").unwrap(), 1)
+        .await
+        .unwrap();
+    assert_eq!(history[0].actor, "bg-token");
+
+    // Without the token, the gate refuses the writes.
+    let mut cmd = rig.bg_ctl(&["switch"]);
+    cmd.env_remove("BG_STORE")
+        .env_remove("BG_TOKEN")
+        .env("BG_GATE", rig.gate_url("blue"));
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_restarted_empty_is_restored_from_the_gates() {
+    let mut rig = Rig::start().await;
+    let out = rig.deploy("v2", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Green, 2));
+
+    rig.redis.restart(); // empty
+    // The gates keep serving what they know; their presence reports come back.
+    let app = AppName::new("chat").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rig.store.presences(&app).await.map_or(0, |p| p.len()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the gates never reported their presence again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rig.answer("green"), 200);
+    // A naive re-init lands at generation 1, below the gates: a switch is refused.
+    let mut cmd = rig.bg_ctl(&["init", "--active", "blue"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let mut cmd = rig.bg_ctl(&["switch", "--to", "blue"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("init --from-gate"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(rig.answer("green"), 200, "the gates never went backwards");
+
+    // A gate that does not answer makes the restore refuse.
+    let mut cmd = rig.bg_ctl(&[
+        "init",
+        "--force",
+        "--from-gate",
+        &rig.gate_url("green"),
+        "--from-gate",
+        "http://127.0.0.1:1",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", show(&out));
+
+    // The restore lands above every gate: they follow it again.
+    let (blue, green) = (rig.gate_url("blue"), rig.gate_url("green"));
+    let mut cmd = rig.bg_ctl(&[
+        "init",
+        "--force",
+        "--from-gate",
+        &blue,
+        "--from-gate",
+        &green,
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Green, 3));
+    let out = rig.deploy("v3", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Blue, 4));
+    rig.wait_until("blue serves", |r| r.answer("blue") == 200)
+        .await;
+}

@@ -175,8 +175,11 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// The deploy lease.
-    #[command(subcommand)]
+    /// The deploy lease: who holds it; break it.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bg-ctl --app chat lease show\n  bg-ctl --app chat lease break --reason \"pipeline 4711 was killed\""
+    )]
     Lease(LeaseCommand),
 }
 
