@@ -55,8 +55,18 @@ async fn not_found() -> Response {
     )
 }
 
-fn app_name(raw: &str) -> Result<AppName, Response> {
-    AppName::new(raw).map_err(|e| store_error(&e))
+/// The app of the path, if this gate serves it through the API.
+fn app_name(gate: &Gate, raw: &str) -> Result<AppName, Response> {
+    let app = AppName::new(raw).map_err(|e| store_error(&e))?;
+    let own = &gate.config().app;
+    if app != *own && !gate.config().api_any_app {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("this gate serves app {own} only"),
+        ));
+    }
+    Ok(app)
 }
 
 /// The app, the authenticated actor and the body of a write.
@@ -65,7 +75,7 @@ async fn write<T: DeserializeOwned>(
     app: &str,
     req: Request,
 ) -> Result<(AppName, String, T), Response> {
-    let app = app_name(app)?;
+    let app = app_name(gate, app)?;
     let actor = authorise(gate, req.headers()).await?;
     let body = json_body::<T>(gate, req).await?.ok_or_else(|| {
         error(
@@ -93,7 +103,7 @@ fn ttl(ms: u64) -> Duration {
 }
 
 async fn state(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
-    let app = match app_name(&app) {
+    let app = match app_name(&gate, &app) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -174,7 +184,7 @@ async fn history(
     Path(app): Path<String>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let app = match app_name(&app) {
+    let app = match app_name(&gate, &app) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -195,7 +205,7 @@ async fn history(
 }
 
 async fn lease(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
-    let app = match app_name(&app) {
+    let app = match app_name(&gate, &app) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -269,7 +279,7 @@ async fn break_lease(State(gate): State<Gate>, Path(app): Path<String>, req: Req
 }
 
 async fn presences(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
-    let app = match app_name(&app) {
+    let app = match app_name(&gate, &app) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -310,7 +320,7 @@ async fn changes(
     Path(app): Path<String>,
     query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let app = match app_name(&app) {
+    let app = match app_name(&gate, &app) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -319,6 +329,13 @@ async fn changes(
             StatusCode::BAD_REQUEST,
             "invalid_input",
             "changes takes ?since=GENERATION&timeout_ms=N",
+        );
+    };
+    let Ok(_permit) = gate.inner.polls.try_acquire() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "too many change polls are waiting on this gate; poll the state instead",
         );
     };
     let since = q.since.unwrap_or(0);

@@ -97,6 +97,10 @@ pub struct GateConfig {
     /// How long a client may take to send a request body to the admin
     /// routes before it is answered 408. Default 10 s.
     pub body_timeout: Duration,
+    /// Let the store API (`/bg/api/v1`) serve every app in the store, not
+    /// only this gate's. Off by default: a credential accepted by this gate
+    /// then reaches only its own app.
+    pub api_any_app: bool,
 }
 
 impl GateConfig {
@@ -126,6 +130,7 @@ impl GateConfig {
             drain_batch: 10,
             drain_interval: Duration::from_secs(1),
             body_timeout: crate::http::BODY_TIMEOUT,
+            api_any_app: false,
         }
     }
 }
@@ -242,14 +247,21 @@ pub(crate) struct Inner {
     pub cfg: GateConfig,
     pub store: Arc<dyn ColourStore>,
     pub view: ArcSwap<View>,
-    /// Serialises view updates; readers never take it.
-    update: Mutex<()>,
+    /// Serialises view updates (readers never take it), and holds the
+    /// number of the newest read applied: a read that started before it
+    /// finished after it, and is stale.
+    update: Mutex<u64>,
+    /// Numbers store reads in the order they start.
+    reads: AtomicU64,
     pub changed: Notify,
     pub started: Instant,
     pub counters: Counters,
     pub auth: Auth,
     pub probes: ProbeLog,
     pub conns: Connections,
+    /// Bounds the `changes` long polls waiting at once (each may hold a
+    /// store subscription).
+    pub polls: tokio::sync::Semaphore,
 }
 
 /// Why a gate could not be built.
@@ -326,12 +338,14 @@ impl Gate {
                 cfg,
                 store,
                 view: ArcSwap::from_pointee(view),
-                update: Mutex::new(()),
+                update: Mutex::new(0),
+                reads: AtomicU64::new(0),
                 changed: Notify::new(),
                 started: Instant::now(),
                 counters: Counters::default(),
                 auth,
                 conns: Connections::default(),
+                polls: tokio::sync::Semaphore::new(64),
             }),
         })
     }
@@ -386,24 +400,29 @@ impl Gate {
     /// Reads the store once and updates the view. The follower does this on
     /// every hint and poll; call it to catch up at once (after a switch).
     pub async fn refresh(&self) {
-        let read = self.read_store().await;
-        self.inner.apply(read);
+        let (seq, read) = self.read_store().await;
+        self.inner.apply(seq, read);
     }
 
-    async fn read_store(&self) -> Result<Option<State>, StoreError> {
-        bounded(
+    /// Reads the store, numbered so that a slow read cannot override a newer one.
+    async fn read_store(&self) -> (u64, Result<Option<State>, StoreError>) {
+        let seq = self.inner.reads.fetch_add(1, Ordering::Relaxed) + 1;
+        let read = bounded(
             self.inner.cfg.store_timeout,
             self.inner.store.get(&self.inner.cfg.app),
         )
-        .await
+        .await;
+        (seq, read)
     }
 
-    /// Resolves once this gate's colour answers STOP (after any handover).
+    /// Resolves once this gate's colour answers STOP (after any handover)
+    /// on a known state; a cold gate that knows nothing yet waits to learn.
     pub async fn idle(&self) {
         loop {
             let notified = self.inner.changed.notified();
             let view = self.inner.view.load_full();
             match view.answer(self.inner.cfg.colour, Instant::now()) {
+                Answer::Stop if view.state.is_none() => notified.await,
                 Answer::Stop => return,
                 Answer::Handover => {
                     let until = view.handover.map_or_else(Instant::now, |(_, t)| t);
@@ -435,11 +454,16 @@ pub(crate) async fn bounded<T>(
 impl Inner {
     /// Folds a store read into the view. Never adopts a lower generation;
     /// never forgets a state because the store lost it.
-    pub(crate) fn apply(&self, read: Result<Option<State>, StoreError>) {
-        let _serial = self
+    pub(crate) fn apply(&self, seq: u64, read: Result<Option<State>, StoreError>) {
+        let mut newest = self
             .update
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seq < *newest {
+            // A newer read was applied while this one was in flight.
+            return;
+        }
+        *newest = seq;
         let current = self.view.load_full();
         let mut next = (*current).clone();
         let now = Instant::now();
@@ -454,6 +478,16 @@ impl Inner {
                              keeping the last known state; if the store lost its data, restore it with \
                              `bg-ctl init --from-gate`",
                             state.generation, state.active, known.generation
+                        );
+                        self.raise(&mut next, msg);
+                    }
+                    Some(known)
+                        if state.generation == known.generation && state.active != known.active =>
+                    {
+                        let msg = format!(
+                            "the store says {} is live at generation {}, but this gate applied {} at that \
+                             generation: two histories; keeping the last known state",
+                            state.active, state.generation, known.active
                         );
                         self.raise(&mut next, msg);
                     }
@@ -499,16 +533,28 @@ impl Inner {
                 next.store_error = Some(e.to_string());
             }
         }
+        let save = match (&next.state, &self.cfg.cache_file) {
+            (Some(state), Some(path)) if adopted => Some((path.clone(), state.clone())),
+            _ => None,
+        };
         if adopted && let Some(state) = &next.state {
             tracing::info!(active = %state.active, generation = state.generation, "adopted state");
-            if let Some(path) = &self.cfg.cache_file
-                && let Err(e) = crate::cache::save(path, state)
-            {
-                tracing::warn!(error = %e, "cannot write the cache file");
-            }
         }
         self.view.store(Arc::new(next));
+        drop(newest);
         self.changed.notify_waiters();
+        // Off the async workers and outside the lock: an fsync can be slow.
+        if let Some((path, state)) = save {
+            let write = move || {
+                if let Err(e) = crate::cache::save(&path, &state) {
+                    tracing::warn!(error = %e, "cannot write the cache file");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(write)),
+                Err(_) => write(),
+            }
+        }
     }
 
     fn raise(&self, next: &mut View, msg: String) {
@@ -539,12 +585,12 @@ async fn follow(weak: Weak<Inner>) {
                 .ok();
         }
 
-        let read = gate.read_store().await;
+        let (seq, read) = gate.read_store().await;
         if let (Ok(None), Some(colour), None) = (&read, cfg.init, &gate.view().state) {
             initialise(&gate, colour).await;
             gate.refresh().await;
         } else {
-            gate.inner.apply(read);
+            gate.inner.apply(seq, read);
         }
 
         let presence_every = cfg.presence_ttl / 3;

@@ -12,7 +12,10 @@ use super::*;
 
 /// A gate over `store` serving its admin router on a free port.
 async fn serve(store: Arc<dyn ColourStore>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let gate = Gate::new(store, config(Colour::Blue), auth()).unwrap();
+    // The conformance suite works on apps of its own.
+    let mut cfg = config(Colour::Blue);
+    cfg.api_any_app = true;
+    let gate = Gate::new(store, cfg, auth()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = gate.admin_router::<()>();
@@ -189,6 +192,23 @@ async fn the_api_answers_bad_requests_with_kinds() {
     }
     let s = store.get(&app()).await.unwrap().unwrap();
     assert_eq!((s.active, s.generation), (Colour::Blue, 1));
+
+    // Another app in the same store is out of this gate's reach.
+    for (method, path) in [
+        (Method::GET, "/bg/api/v1/apps/other/state"),
+        (Method::POST, "/bg/api/v1/apps/other/init"),
+    ] {
+        let a = call(&r, method, path, Some(TOKEN), r#"{"active":"green"}"#).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}: {}", a.body);
+        assert!(a.body.contains("serves app chat only"), "{}", a.body);
+    }
+    assert_eq!(
+        store
+            .get(&bg_state::AppName::new("other").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
 
     // The long poll times out with "nothing changed", and answers at once when behind.
     let a = get(&r, "/bg/api/v1/apps/chat/changes?since=1&timeout_ms=50").await;
