@@ -492,7 +492,10 @@ impl Cli {
                         if let Some(u) = &args.webhook_green {
                             urls.insert(Colour::Green, u.clone());
                         }
-                        if urls.is_empty() {
+                        // Releases alternate colours: both hooks are needed
+                        // sooner or later, so a missing one fails now, before
+                        // anything is touched.
+                        if urls.len() < 2 {
                             return Err(CtlError::Usage(
                                 "deploy needs a trigger: --webhook-blue and --webhook-green (BG_WEBHOOK_BLUE, BG_WEBHOOK_GREEN), or --exec CMD".into(),
                             ));
@@ -546,10 +549,17 @@ impl Cli {
     }
 }
 
-/// A lease holder unique to this run.
+/// A lease holder unique to this run: two pipelines sharing an actor and a
+/// (container) pid must still not share a lease.
 fn holder(actor: &str) -> String {
-    let base: String = actor.chars().take(150).collect();
-    format!("{base} pid {}", std::process::id())
+    let base: String = actor.chars().take(120).collect();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32));
+    let job = std::env::var("CI_JOB_ID")
+        .map(|j| format!(" job {j}"))
+        .unwrap_or_default();
+    format!("{base}{job} pid {} #{nonce:08x}", std::process::id())
 }
 
 fn print_json(v: &serde_json::Value) {

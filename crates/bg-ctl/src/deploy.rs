@@ -155,6 +155,12 @@ impl Deployer<'_> {
     /// The first failure, with the live colour unchanged — except a failure
     /// after the switch (LB confirmation, verify), which says so.
     pub async fn run(&self) -> CtlResult<DeployOutcome> {
+        let o = self.opts;
+        if o.confirm_lb && (o.urls(Colour::Blue).is_empty() || o.urls(Colour::Green).is_empty()) {
+            return Err(CtlError::Usage(
+                "--confirm-lb reads the load balancer's probes from the gates: give --gate-blue and --gate-green".into(),
+            ));
+        }
         let lease = self.take_lease().await?;
         self.report.step(format!(
             "lease taken by {} (fence {})",
@@ -197,25 +203,35 @@ impl Deployer<'_> {
         }
     }
 
-    /// Renews the lease every third of its TTL; returns only when it is lost.
+    /// Renews the lease every third of its TTL; returns only when it is
+    /// lost: refused as stale, or left unrenewed for a whole TTL (by our
+    /// clock, counted from before each request, so never later than the
+    /// store's).
     async fn keep_lease(&self, lease: &Lease) -> CtlError {
         let o = self.opts;
         let every = o.lease_ttl / 3;
+        let mut held_until = Instant::now() + o.lease_ttl;
         loop {
             tokio::time::sleep(every).await;
+            let asked = Instant::now();
             match self
                 .store
                 .renew_lease(&o.app, lease.fence, o.lease_ttl)
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => held_until = asked + o.lease_ttl,
                 Err(e @ StoreError::StaleFence { .. }) => {
-                    return CtlError::Failed(format!(
-                        "the deploy lease was lost ({e}); stopped before doing anything more"
-                    ));
+                    return CtlError::LeaseLost(format!("{e}; stopped before doing anything more"));
                 }
-                // Transient: the lease outlives a few failed renewals.
-                Err(e) => self.report.warn(format!("cannot renew the lease: {e}")),
+                Err(e) => {
+                    // Transient: the lease outlives a few failed renewals, not more.
+                    if Instant::now() + every >= held_until {
+                        return CtlError::LeaseLost(format!(
+                            "it could not be renewed before it expired ({e}); stopped before doing anything more"
+                        ));
+                    }
+                    self.report.warn(format!("cannot renew the lease: {e}"));
+                }
             }
         }
     }
@@ -299,7 +315,11 @@ impl Deployer<'_> {
             });
         }
 
-        // Step 7: the switch, compare-and-swap on the generation of step 2.
+        // Step 7: the switch, compare-and-swap on the generation of step 2,
+        // after one more look: the smoke test took time.
+        if o.smoke.is_some() {
+            self.wait_new_version(idle, generation).await?;
+        }
         let mut req = SwitchRequest::new(idle, o.actor.clone())
             .expect_generation(generation)
             .fence(fence)
@@ -312,8 +332,7 @@ impl Deployer<'_> {
         req.reason = req
             .reason
             .map(|r| r.chars().take(bg_state::MAX_REASON_LEN).collect());
-        let switched = self.store.switch(&o.app, req).await?;
-        let new_generation = switched.state.generation;
+        let new_generation = self.switch_surely(req).await?;
         self.report.step(format!(
             "switched: {idle} is live at generation {new_generation}"
         ));
@@ -337,6 +356,33 @@ impl Deployer<'_> {
             generation: new_generation,
             switched: true,
         })
+    }
+
+    /// Switches, retrying a store outage with the same request: the request
+    /// id makes a retry of a switch that did commit its own success. If the
+    /// outcome stays unknown, says so.
+    async fn switch_surely(&self, req: SwitchRequest) -> CtlResult<u64> {
+        let o = self.opts;
+        let deadline = Instant::now() + o.ready_timeout;
+        loop {
+            match self.store.switch(&o.app, req.clone()).await {
+                Ok(out) => return Ok(out.state.generation),
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    self.report.waiting(format!(
+                        "the store did not confirm the switch ({e}); retrying"
+                    ));
+                    tokio::time::sleep(o.poll.max(Duration::from_millis(100))).await;
+                }
+                Err(e) if e.is_retryable() => {
+                    return Err(CtlError::Unreachable(format!(
+                        "the switch to {} was sent but never confirmed, so it may or may not have happened: {e}; \
+                         check with `bg-ctl status`",
+                        req.to
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     fn env(&self, colour: Colour, url: &str) -> Vec<(String, String)> {
@@ -364,8 +410,16 @@ impl Deployer<'_> {
         out
     }
 
-    /// Polls `check` until it says done, or the deadline.
-    async fn wait<F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> CtlResult<()>
+    /// Polls `check` until it says done, or the deadline. An unreachable
+    /// gate counts as "not yet" only while `restarting` (a gate restarting
+    /// for the deploy); otherwise it ends the wait at once.
+    async fn wait<F, Fut>(
+        &self,
+        what: &str,
+        limit: Duration,
+        restarting: bool,
+        mut check: F,
+    ) -> CtlResult<()>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = CtlResult<Result<(), String>>>,
@@ -375,8 +429,7 @@ impl Deployer<'_> {
             let pending = match check().await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(why)) => why,
-                // A gate restarting for the deploy is briefly unreachable.
-                Err(CtlError::Unreachable(why)) => why,
+                Err(CtlError::Unreachable(why)) if restarting => why,
                 Err(e) => return Err(e),
             };
             if Instant::now() >= deadline {
@@ -402,9 +455,11 @@ impl Deployer<'_> {
         self.wait(
             &format!("{idle} out of rotation"),
             o.ready_timeout,
+            false,
             || async {
                 for url in urls {
                     let r = self.gates.report(url).await?;
+                    check_colour(&r, idle, url)?;
                     if let Some(why) = ahead_of(&r, generation, url) {
                         return Err(CtlError::GateAhead(why));
                     }
@@ -436,33 +491,42 @@ impl Deployer<'_> {
 
     async fn drain(&self, idle: Colour) -> CtlResult<()> {
         let o = self.opts;
-        let mut asked = 0;
+        let (mut open, mut asked) = (0, 0);
         for url in o.urls(idle) {
             let r = self.gates.report(url).await?;
             if r.connections.websockets > 0 {
+                open += r.connections.websockets;
                 asked += self
                     .gates
                     .drain(url, o.drain_batch, o.drain_interval)
                     .await?;
             }
         }
-        if asked == 0 {
+        if open == 0 {
             return Ok(());
         }
-        self.report
-            .step(format!("asked {asked} websockets on {idle} to reconnect"));
+        // A drain already under way (the gate's own, or an earlier run's)
+        // asks nobody new, but its sockets are still to be waited for.
+        self.report.step(format!(
+            "{open} websockets open on {idle}; {asked} newly asked to reconnect"
+        ));
         let drained = self
-            .wait(&format!("{idle} drained"), o.drain_timeout, || async {
-                let mut open = 0;
-                for url in o.urls(idle) {
-                    open += self.gates.report(url).await?.connections.websockets;
-                }
-                Ok(if open == 0 {
-                    Ok(())
-                } else {
-                    Err(format!("{open} websockets open"))
-                })
-            })
+            .wait(
+                &format!("{idle} drained"),
+                o.drain_timeout,
+                false,
+                || async {
+                    let mut open = 0;
+                    for url in o.urls(idle) {
+                        open += self.gates.report(url).await?.connections.websockets;
+                    }
+                    Ok(if open == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("{open} websockets open"))
+                    })
+                },
+            )
             .await;
         match (drained, o.on_drain_timeout) {
             (Ok(()), _) => {
@@ -485,6 +549,7 @@ impl Deployer<'_> {
         self.wait(
             &format!("{} running on {idle}", o.version),
             o.ready_timeout,
+            true,
             || async {
                 // Someone switched meanwhile: nothing to wait for any more.
                 let now = self.store.get(&o.app).await?;
@@ -521,6 +586,7 @@ impl Deployer<'_> {
                 }
                 for url in urls {
                     let r = self.gates.report(url).await?;
+                    check_colour(&r, idle, url)?;
                     if let Some(why) = ahead_of(&r, generation, url) {
                         return Err(CtlError::GateAhead(why));
                     }
@@ -552,27 +618,32 @@ impl Deployer<'_> {
     async fn confirm_lb(&self, new: Colour, old: Colour) -> CtlResult<()> {
         let o = self.opts;
         let window = u64::try_from(o.lb_window.as_millis()).unwrap_or(u64::MAX);
-        self.wait("load balancer confirmation", o.ready_timeout, || async {
-            let mut seen = 0;
-            for (colour, answer, need) in [(new, "ok", o.lb_rise), (old, "stop", o.lb_fall)] {
-                for url in o.urls(colour) {
-                    let r = self.gates.report(url).await?;
-                    for (source, n) in r.streaks(colour, answer, window) {
-                        seen += 1;
-                        if n < need {
-                            return Ok(Err(format!(
-                                "{source} has seen {colour} {answer} {n} of {need} times"
-                            )));
+        self.wait(
+            "load balancer confirmation",
+            o.ready_timeout,
+            true,
+            || async {
+                let mut seen = 0;
+                for (colour, answer, need) in [(new, "ok", o.lb_rise), (old, "stop", o.lb_fall)] {
+                    for url in o.urls(colour) {
+                        let r = self.gates.report(url).await?;
+                        for (source, n) in r.streaks(colour, answer, window) {
+                            seen += 1;
+                            if n < need {
+                                return Ok(Err(format!(
+                                    "{source} has seen {colour} {answer} {n} of {need} times"
+                                )));
+                            }
                         }
                     }
                 }
-            }
-            Ok(if seen == 0 {
-                Err("no load balancer probes seen at any gate".to_owned())
-            } else {
-                Ok(())
-            })
-        })
+                Ok(if seen == 0 {
+                    Err("no load balancer probes seen at any gate".to_owned())
+                } else {
+                    Ok(())
+                })
+            },
+        )
         .await?;
         self.report.step("the load balancer has seen the switch");
         Ok(())
@@ -647,6 +718,20 @@ impl Deployer<'_> {
                 "verify failed ({failure}) and switching back to {old} failed too: {e}"
             )),
         }
+    }
+}
+
+/// A gate named for one colour that serves the other is a configuration
+/// mistake that would make every wait meaningless.
+pub(crate) fn check_colour(r: &GateReport, colour: Colour, url: &str) -> CtlResult<()> {
+    if r.colour == colour {
+        Ok(())
+    } else {
+        Err(CtlError::Usage(format!(
+            "the gate at {} was given for {colour} but serves {}",
+            crate::gates::redact(url),
+            r.colour
+        )))
     }
 }
 
@@ -1313,6 +1398,147 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.exit_code(), exit::UNREACHABLE, "{err}");
+        assert!(
+            err.to_string().contains("may or may not have happened"),
+            "{err}"
+        );
         assert_eq!(live(&real).await, (Colour::Blue, 1));
+    }
+
+    #[tokio::test]
+    async fn a_switch_whose_answer_was_lost_is_retried_safely() {
+        let real = store().await;
+        let mut mock = delegating(&real);
+        let (r, first) = (real.clone(), Arc::new(AtomicBool::new(true)));
+        mock.expect_switch().returning(move |a, req| {
+            // The first switch commits, but its answer is lost on the way back.
+            let out = futures_now(r.switch(a, req));
+            if first.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::Unavailable {
+                    backend: "redis",
+                    message: "connection reset".into(),
+                    retryable: true,
+                });
+            }
+            out
+        });
+        let deployed = Arc::new(AtomicBool::new(false));
+        let out = run(
+            &mock,
+            &gates(&real, &deployed),
+            &trigger_that_deploys(&deployed),
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.generation, 2, "one switch, recognised on retry");
+        assert_eq!(live(&real).await, (Colour::Green, 2));
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_stops_the_release() {
+        let store = store().await;
+        let never = Arc::new(AtomicBool::new(false));
+        let mut t = MockTrigger::new();
+        let s = store.clone();
+        t.expect_deploy().times(1).returning(move |_, _| {
+            // Someone breaks the lease while the deploy runs.
+            futures_now(s.break_lease(
+                &app(),
+                bg_state::BreakLease {
+                    actor: "ops".into(),
+                    reason: None,
+                },
+            ))
+            .unwrap();
+            Ok(())
+        });
+        let mut o = opts();
+        o.lease_ttl = Duration::from_millis(150);
+        o.ready_timeout = Duration::from_secs(5);
+        let err = run(&store, &gates(&store, &never), &t, &passing_checks(), &o)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CtlError::LeaseLost(_)), "{err:?}");
+        assert_eq!(err.exit_code(), exit::CONFLICT);
+        assert_eq!(live(&store).await, (Colour::Blue, 1));
+    }
+
+    #[tokio::test]
+    async fn a_drain_under_way_is_still_waited_for() {
+        let store = store().await;
+        let deployed = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicU64::new(3));
+        let polls = Arc::new(AtomicU64::new(0));
+        let mut g = MockGates::new();
+        let (s, d, o2, p) = (
+            store.clone(),
+            Arc::clone(&deployed),
+            Arc::clone(&open),
+            Arc::clone(&polls),
+        );
+        g.expect_report().returning(move |url| {
+            let state = futures_now(s.get(&app())).unwrap().unwrap();
+            let colour = if url == BLUE {
+                Colour::Blue
+            } else {
+                Colour::Green
+            };
+            let version = if colour == Colour::Green && d.load(Ordering::SeqCst) {
+                "v2"
+            } else {
+                "v1"
+            };
+            let mut r = report(colour, state.active, version, state.generation);
+            if colour == Colour::Green {
+                // The gate's own drain closes them over a few looks.
+                if p.fetch_add(1, Ordering::SeqCst) > 4 {
+                    o2.store(0, Ordering::SeqCst);
+                }
+                r.connections.websockets = o2.load(Ordering::SeqCst);
+            }
+            Ok(r)
+        });
+        g.expect_drain().returning(|_, _, _| Ok(0)); // asked already: nobody new
+        let d2 = Arc::clone(&deployed);
+        let o3 = Arc::clone(&open);
+        let mut t = MockTrigger::new();
+        t.expect_deploy().times(1).returning(move |_, _| {
+            assert_eq!(
+                o3.load(Ordering::SeqCst),
+                0,
+                "deployed while websockets were still open"
+            );
+            d2.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        let out = run(&store, &g, &t, &passing_checks(), &opts())
+            .await
+            .unwrap();
+        assert!(out.switched);
+    }
+
+    /// A mock store that passes everything but `switch` to `real`.
+    fn delegating(real: &MemoryStore) -> MockColourStore {
+        let mut mock = MockColourStore::new();
+        let r = real.clone();
+        mock.expect_acquire_lease()
+            .returning(move |a, req| futures_now(r.acquire_lease(a, req)));
+        let r = real.clone();
+        mock.expect_renew_lease()
+            .returning(move |a, f, t| futures_now(r.renew_lease(a, f, t)));
+        let r = real.clone();
+        mock.expect_get().returning(move |a| futures_now(r.get(a)));
+        let r = real.clone();
+        mock.expect_presences()
+            .returning(move |a| futures_now(r.presences(a)));
+        let r = real.clone();
+        mock.expect_record_deploy()
+            .returning(move |a, rec| futures_now(r.record_deploy(a, rec)));
+        let r = real.clone();
+        mock.expect_release_lease()
+            .returning(move |a, f| futures_now(r.release_lease(a, f)));
+        mock
     }
 }

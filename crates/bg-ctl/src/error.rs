@@ -16,6 +16,10 @@ pub enum CtlError {
     /// send gates backwards (exit 3).
     #[error("{0}")]
     GateAhead(String),
+    /// This run's deploy lease was lost: it expired unrenewed, or was broken
+    /// and maybe taken by another pipeline (exit 3).
+    #[error("the deploy lease was lost: {0}")]
+    LeaseLost(String),
     /// Waiting ran out (exit 4).
     #[error("timed out: {0}")]
     Timeout(String),
@@ -51,7 +55,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Usage(_) => exit::USAGE,
-            CtlError::GateAhead(_) => exit::CONFLICT,
+            CtlError::GateAhead(_) | CtlError::LeaseLost(_) => exit::CONFLICT,
             CtlError::Timeout(_) => exit::TIMEOUT,
             CtlError::Unreachable(_) => exit::UNREACHABLE,
             CtlError::Failed(_) => exit::FAILED,
@@ -73,6 +77,7 @@ impl CtlError {
         match self {
             CtlError::Usage(_) => "usage",
             CtlError::GateAhead(_) => "gate_ahead",
+            CtlError::LeaseLost(_) => "lease_lost",
             CtlError::Timeout(_) => "timeout",
             CtlError::Unreachable(_) => "unreachable",
             CtlError::Failed(_) => "failed",

@@ -136,7 +136,15 @@ impl Trigger for ExecTrigger {
             ("BG_COLOUR".to_owned(), colour.to_string()),
             ("BG_VERSION".to_owned(), version.to_owned()),
         ];
-        ShellChecks.run(&self.cmd, env, self.timeout).await
+        ShellChecks
+            .run(&self.cmd, env, self.timeout)
+            .await
+            .map_err(|e| match e {
+                CtlError::Failed(m) => {
+                    CtlError::Failed(format!("--exec deploy of {version} to {colour}: {m}"))
+                }
+                other => other,
+            })
     }
 }
 

@@ -40,19 +40,20 @@ impl NamedToken {
             || name.len() > 100
             || name.chars().any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(AuthError(format!(
-                "token name {:?} must be 1 to 100 characters without spaces",
-                name.chars().take(100).collect::<String>()
-            )));
+            return Err(AuthError(
+                "a token name must be 1 to 100 characters without spaces".into(),
+            ));
         }
+        // The messages name neither the token nor its name: in a file with
+        // its columns swapped, the "name" is the secret.
         if secret.len() < MIN_TOKEN_LEN {
             return Err(AuthError(format!(
-                "token {name:?} is {} bytes long; at least {MIN_TOKEN_LEN} are required",
+                "a token is {} bytes long; at least {MIN_TOKEN_LEN} are required",
                 secret.len()
             )));
         }
         if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(AuthError(format!("token {name:?} contains whitespace")));
+            return Err(AuthError("a token contains whitespace".into()));
         }
         Ok(NamedToken {
             name,
