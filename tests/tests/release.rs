@@ -216,6 +216,7 @@ fn show(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_release_then_rollback() {
+    let _serial = crate::serial().await;
     let rig = Rig::start().await;
 
     let out = rig.deploy("v2", &["--json"]).await;
@@ -264,6 +265,7 @@ async fn full_release_then_rollback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_webhook_that_deploys_nothing_is_caught() {
+    let _serial = crate::serial().await;
     let rig = Rig::start().await;
     rig.broken.lock().unwrap().push("green".into());
     let out = rig.deploy("v2", &["--ready-timeout", "3s"]).await;
@@ -273,6 +275,7 @@ async fn a_webhook_that_deploys_nothing_is_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_pipelines_at_once() {
+    let _serial = crate::serial().await;
     let rig = Rig::start().await;
     let (a, b) = tokio::join!(rig.deploy("v2", &[]), rig.deploy("v3", &[]));
     let codes = [a.status.code(), b.status.code()];
@@ -296,6 +299,7 @@ async fn two_pipelines_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pipeline_killed_midway_blocks_nobody_for_long() {
+    let _serial = crate::serial().await;
     let rig = Rig::start().await;
     let app = AppName::new("chat").unwrap();
     // A deploy whose trigger hangs, killed while it holds the lease.
@@ -352,6 +356,7 @@ async fn a_pipeline_killed_midway_blocks_nobody_for_long() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_release_through_a_gate_when_ci_cannot_reach_redis() {
+    let _serial = crate::serial().await;
     let rig = Rig::start().await;
     // The live colour's gate is the store; bg-ctl never sees Redis.
     let mut args = vec![
@@ -398,6 +403,7 @@ async fn the_same_release_through_a_gate_when_ci_cannot_reach_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_restarted_empty_is_restored_from_the_gates() {
+    let _serial = crate::serial().await;
     let mut rig = Rig::start().await;
     let out = rig.deploy("v2", &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));

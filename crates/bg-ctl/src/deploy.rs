@@ -491,9 +491,10 @@ impl Deployer<'_> {
 
     async fn drain(&self, idle: Colour) -> CtlResult<()> {
         let o = self.opts;
-        let (mut open, mut asked) = (0, 0);
+        let (mut open, mut asked, mut busy) = (0, 0, 0);
         for url in o.urls(idle) {
             let r = self.gates.report(url).await?;
+            busy += r.connections.requests;
             if r.connections.websockets > 0 {
                 open += r.connections.websockets;
                 asked += self
@@ -502,28 +503,34 @@ impl Deployer<'_> {
                     .await?;
             }
         }
-        if open == 0 {
+        if open == 0 && busy == 0 {
             return Ok(());
         }
         // A drain already under way (the gate's own, or an earlier run's)
-        // asks nobody new, but its sockets are still to be waited for.
-        self.report.step(format!(
-            "{open} websockets open on {idle}; {asked} newly asked to reconnect"
-        ));
+        // asks nobody new, but its sockets are still to be waited for; and
+        // requests the load balancer sent before it marked the colour down
+        // are let finish before the restart.
+        if open > 0 {
+            self.report.step(format!(
+                "{open} websockets open on {idle}; {asked} newly asked to reconnect"
+            ));
+        }
         let drained = self
             .wait(
                 &format!("{idle} drained"),
                 o.drain_timeout,
                 false,
                 || async {
-                    let mut open = 0;
+                    let (mut open, mut busy) = (0, 0);
                     for url in o.urls(idle) {
-                        open += self.gates.report(url).await?.connections.websockets;
+                        let c = self.gates.report(url).await?.connections;
+                        open += c.websockets;
+                        busy += c.requests;
                     }
-                    Ok(if open == 0 {
+                    Ok(if open == 0 && busy == 0 {
                         Ok(())
                     } else {
-                        Err(format!("{open} websockets open"))
+                        Err(format!("{open} websockets open, {busy} requests in flight"))
                     })
                 },
             )

@@ -10,7 +10,8 @@
 //!
 //! * `GET /` — `<colour> <version>` in plain text, so a client (or a load
 //!   test) can tell which instance answered;
-//! * `GET /ws` — a websocket echo. Each connection is tracked by the gate;
+//! * `GET /ws` — a websocket echo that first greets with `hello <colour>
+//!   <version>`, so a client knows where it landed. Each connection is tracked by the gate;
 //!   when a drain asks, it is closed with code 1012 ("service restart"),
 //!   the signal for a client to reconnect — through the load balancer, to
 //!   the live colour.
@@ -71,6 +72,11 @@ async fn upgrade(State(gate): State<Gate>, ws: WebSocketUpgrade) -> Response {
 /// this connection to move on.
 async fn echo(mut socket: WebSocket, gate: Gate) {
     let mut tracked = gate.connections().track_websocket();
+    let cfg = gate.config();
+    let hello = format!("hello {} {}", cfg.colour, cfg.service_version);
+    if socket.send(Message::Text(hello.into())).await.is_err() {
+        return;
+    }
     loop {
         tokio::select! {
             () = tracked.drain_requested() => {

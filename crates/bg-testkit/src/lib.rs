@@ -325,6 +325,22 @@ impl Process {
     pub fn id(&self) -> u32 {
         self.child.id()
     }
+
+    /// Asks it to stop (SIGTERM), as a container runtime does, and waits up
+    /// to `grace` for it to finish what it is doing; then kills it.
+    pub fn stop_gracefully(mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Drop kills what is left.
+    }
 }
 
 impl Drop for Process {
@@ -356,27 +372,86 @@ pub fn wait_for_port(addr: std::net::SocketAddr, limit: Duration) {
     }
 }
 
-/// The path of binary `bin` of workspace package `package`, built by this
-/// `cargo test` run (`target/debug/<bin>`, beside the test's own directory),
-/// or built now if only the test target was asked for.
+/// The path of binary `bin` of workspace package `package`
+/// (`target/debug/<bin>`), brought up to date first: a test run of one
+/// package does not rebuild the others' binaries, and a stale one would
+/// test old code.
 ///
 /// # Panics
 /// If it cannot be built.
 #[must_use]
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    built(package, "--bin", bin, bin)
+}
+
+/// The path of example `example` of workspace package `package`
+/// (`target/debug/examples/<example>`), brought up to date first.
+///
+/// # Panics
+/// If it cannot be built.
+#[must_use]
+pub fn workspace_example(package: &str, example: &str) -> PathBuf {
+    built(
+        package,
+        "--example",
+        example,
+        &format!("examples/{example}"),
+    )
+}
+
+fn built(package: &str, kind: &str, name: &str, relative: &str) -> PathBuf {
+    static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("the test's own path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/debug/deps/<test>");
-    let path = dir.join(bin);
-    if !path.exists() {
+    let path = dir.join(relative);
+    let mut done = DONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if done.iter().any(|d| d == relative) {
+        return path;
+    }
+    // `cargo test` of the whole workspace builds every binary and example
+    // first; building again here, with another feature set, would rebuild
+    // half the dependency tree. So build only what is missing or older than
+    // the sources.
+    let built_at = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let stale = match (built_at, newest_source()) {
+        (Some(b), Some(src)) => b < src,
+        _ => true,
+    };
+    if stale {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let ok = Command::new(cargo)
-            .args(["build", "-p", package, "--bin", bin])
+            .args(["build", "--quiet", "-p", package, kind, name])
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "cannot build {bin} of {package}");
+        assert!(ok, "cannot build {relative} of {package}");
     }
+    done.push(relative.to_owned());
     path
+}
+
+/// When the workspace's sources (`crates/`) last changed.
+fn newest_source() -> Option<std::time::SystemTime> {
+    let mut dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
+    while !std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"))
+    {
+        dir = dir.parent()?.to_path_buf();
+    }
+    let mut newest = None;
+    let mut todo = vec![dir.join("crates")];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(Some(t));
+            }
+        }
+    }
+    newest
 }

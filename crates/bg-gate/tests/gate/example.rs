@@ -11,27 +11,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::*;
 
-/// `target/debug/examples/ws_echo`: `cargo test` builds examples beside the
-/// tests; when only this test target was asked for, build it here.
-fn example_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join("examples").join("ws_echo");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "bg-gate", "--example", "ws_echo"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot build the ws_echo example");
-    }
-    path
-}
-
 #[tokio::test]
 async fn ws_echo_serves_tracks_and_drains() {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut cmd = Command::new(example_binary());
+    let mut cmd = Command::new(bg_testkit::workspace_example("bg-gate", "ws_echo"));
     cmd.args([
         "--colour",
         "blue",
@@ -69,6 +52,10 @@ async fn ws_echo_serves_tracks_and_drains() {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("hello blue v9")
+    );
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     let state = get("/bg/state").await.unwrap();
