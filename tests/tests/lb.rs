@@ -275,190 +275,421 @@ fn show(out: &Output) -> String {
     )
 }
 
-async fn releases_under_traffic(timing: Timing, releases: usize, clients: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start();
-    let instances: Instances = Arc::new(Mutex::new(BTreeMap::new()));
-    for colour in ["blue", "green"] {
-        let mut i = Instance {
-            colour,
-            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            redis: redis.url(),
-            handover: timing.handover,
-            process: None,
-        };
-        i.restart("v0");
-        instances.lock().unwrap().insert(colour.into(), i);
-    }
-    let (blue, green) = {
-        let i = instances.lock().unwrap();
-        (i["blue"].addr, i["green"].addr)
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hooks = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route("/hook/{colour}", post(hook))
-        .with_state(Arc::clone(&instances));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let lb = haproxy(blue, green, timing, dir.path());
+/// Everything a test needs: Redis, two instances, the webhook receiver,
+/// HAProxy, and traffic flowing through it.
+struct Harness {
+    _dir: tempfile::TempDir,
+    redis: RedisServer,
+    /// Kept so the instances stop with the harness.
+    _instances: Instances,
+    /// Colours whose webhook answers 204 and deploys nothing.
+    broken: Arc<Mutex<Vec<String>>>,
+    hooks: SocketAddr,
+    lb: Haproxy,
+    blue: SocketAddr,
+    green: SocketAddr,
+    timing: Timing,
+    store: Arc<dyn bg_state::ColourStore>,
+    app: AppName,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+    errors: Arc<Mutex<Vec<String>>>,
+    live: Arc<Mutex<Colour>>,
+    /// Samples in which neither gate answered OK.
+    both_stop: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
 
-    // Wait until HAProxy serves blue.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(a) = tokio::task::spawn_blocking(move || http::get(lb.addr, "/"))
-            .await
-            .unwrap()
-            && a.status == 200
-            && a.body.starts_with("blue")
-        {
-            break;
+async fn hook_or_not(
+    State((instances, broken)): State<(Instances, Arc<Mutex<Vec<String>>>)>,
+    path: Path<String>,
+    query: Query<BTreeMap<String, String>>,
+) -> StatusCode {
+    if broken.lock().unwrap().contains(&path.0) {
+        return StatusCode::NO_CONTENT;
+    }
+    hook(State(instances), path, query).await
+}
+
+/// Whether a gate answers OK, read from `/bg/state` (not a probe).
+fn live_at(addr: SocketAddr) -> bool {
+    http::get(addr, "/bg/state").is_ok_and(|a| a.body.contains("\"live\":true"))
+}
+
+impl Harness {
+    async fn start(timing: Timing, clients: usize) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start();
+        let instances: Instances = Arc::new(Mutex::new(BTreeMap::new()));
+        for colour in ["blue", "green"] {
+            let mut i = Instance {
+                colour,
+                addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                redis: redis.url(),
+                handover: timing.handover,
+                process: None,
+            };
+            i.restart("v0");
+            instances.lock().unwrap().insert(colour.into(), i);
         }
-        assert!(Instant::now() < deadline, "HAProxy never served blue");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (blue, green) = {
+            let i = instances.lock().unwrap();
+            (i["blue"].addr, i["green"].addr)
+        };
+        let broken = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hooks = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/hook/{colour}", post(hook_or_not))
+            .with_state((Arc::clone(&instances), Arc::clone(&broken)));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let lb = haproxy(blue, green, timing, dir.path());
+
+        // Wait until HAProxy serves blue.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let lb_addr = lb.addr;
+        loop {
+            if let Ok(a) = tokio::task::spawn_blocking(move || http::get(lb_addr, "/"))
+                .await
+                .unwrap()
+                && a.status == 200
+                && a.body.starts_with("blue")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "HAProxy never served blue");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let mut h = Harness {
+            _dir: dir,
+            store: bg_state::open(&redis.url()).unwrap(),
+            redis,
+            _instances: instances,
+            broken,
+            hooks,
+            lb,
+            blue,
+            green,
+            timing,
+            app: AppName::new("chat").unwrap(),
+            stop: Arc::new(AtomicBool::new(false)),
+            counts: Arc::new(Counts::default()),
+            errors: Arc::new(Mutex::new(Vec::new())),
+            live: Arc::new(Mutex::new(Colour::Blue)),
+            both_stop: Arc::new(AtomicU64::new(0)),
+            tasks: Vec::new(),
+        };
+        for _ in 0..2 {
+            h.tasks.push(tokio::spawn(load(
+                h.lb.addr,
+                Arc::clone(&h.stop),
+                Arc::clone(&h.counts),
+                Arc::clone(&h.errors),
+            )));
+        }
+        for _ in 0..clients {
+            h.tasks.push(tokio::spawn(ws_client(
+                h.lb.addr,
+                Arc::clone(&h.stop),
+                Arc::clone(&h.counts),
+                Arc::clone(&h.live),
+                Arc::clone(&h.errors),
+            )));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Never both colours STOP.
+        let (stop, both, blue, green) = (
+            Arc::clone(&h.stop),
+            Arc::clone(&h.both_stop),
+            h.blue,
+            h.green,
+        );
+        h.tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let any = tokio::task::spawn_blocking(move || live_at(blue) || live_at(green))
+                    .await
+                    .unwrap();
+                if !any {
+                    both.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        h
     }
 
-    let store = bg_state::open(&redis.url()).unwrap();
-    let app = AppName::new("chat").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new(Counts::default());
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let live = Arc::new(Mutex::new(Colour::Blue));
-    let mut tasks = Vec::new();
-    for _ in 0..2 {
-        tasks.push(tokio::spawn(load(
-            lb.addr,
-            Arc::clone(&stop),
-            Arc::clone(&counts),
-            Arc::clone(&errors),
-        )));
-    }
-    for _ in 0..clients {
-        tasks.push(tokio::spawn(ws_client(
-            lb.addr,
-            Arc::clone(&stop),
-            Arc::clone(&counts),
-            Arc::clone(&live),
-            Arc::clone(&errors),
-        )));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let (fall, rise) = (timing.fall.to_string(), timing.rise.to_string());
-    let ready = if timing.inter_ms >= 1000 {
-        "120s"
-    } else {
-        "60s"
-    };
-    for n in 1..=releases {
-        let version = format!("v{n}");
+    fn bg_ctl(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(workspace_binary("bg-ctl", "bg-ctl"));
-        cmd.env("BG_STORE", redis.url())
+        cmd.env("BG_STORE", self.redis.url())
             .env("BG_APP", "chat")
             .env("BG_TOKEN", TOKEN)
             .env("BG_ACTOR", "lb-test")
-            .env("BG_GATE_BLUE", format!("http://{blue}"))
-            .env("BG_GATE_GREEN", format!("http://{green}"))
-            .env("BG_WEBHOOK_BLUE", format!("http://{hooks}/hook/blue"))
-            .env("BG_WEBHOOK_GREEN", format!("http://{hooks}/hook/green"))
+            .env("BG_GATE_BLUE", format!("http://{}", self.blue))
+            .env("BG_GATE_GREEN", format!("http://{}", self.green))
+            .env(
+                "BG_WEBHOOK_BLUE",
+                format!("http://{}/hook/blue", self.hooks),
+            )
+            .env(
+                "BG_WEBHOOK_GREEN",
+                format!("http://{}/hook/green", self.hooks),
+            )
             .env("NO_COLOR", "1")
-            .args([
-                "deploy",
-                "--version",
-                &version,
-                "--tag-param",
-                "tag",
-                "--confirm-lb",
-            ])
-            .args([
-                "--lb-fall",
-                &fall,
-                "--lb-rise",
-                &rise,
-                "--wait-lease",
-                "60s",
-            ])
-            .args([
-                "--ready-timeout",
-                ready,
-                "--drain-timeout",
-                "30s",
-                "--poll",
-                "50ms",
-            ]);
-        let started = Instant::now();
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .args(args);
+        cmd
+    }
+
+    fn deploy_cmd(&self, version: &str, extra: &[&str]) -> Command {
+        let (fall, rise) = (self.timing.fall.to_string(), self.timing.rise.to_string());
+        let ready = if self.timing.inter_ms >= 1000 {
+            "120s"
+        } else {
+            "60s"
+        };
+        let mut args = vec![
+            "deploy",
+            "--version",
+            version,
+            "--tag-param",
+            "tag",
+            "--confirm-lb",
+        ];
+        args.extend(["--lb-fall", &fall, "--lb-rise", &rise, "--poll", "50ms"]);
+        args.extend(["--drain-timeout", "30s"]);
+        if !extra.contains(&"--ready-timeout") {
+            args.extend(["--ready-timeout", ready]);
+        }
+        args.extend_from_slice(extra);
+        self.bg_ctl(&args)
+    }
+
+    async fn run(mut cmd: Command) -> Output {
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
             .await
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "release {n}:\n{}", show(&out));
-        let s = store.get(&app).await.unwrap().unwrap();
-        *live.lock().unwrap() = s.active;
-        eprintln!(
-            "release {n} ({version} to {}) took {:?}",
-            s.active,
-            started.elapsed()
-        );
-        // The LB has seen the switch: every new request is served by the new version.
+            .unwrap()
+    }
+
+    async fn deploy(&self, version: &str, extra: &[&str]) -> Output {
+        let out = Self::run(self.deploy_cmd(version, extra)).await;
+        self.note_live().await;
+        out
+    }
+
+    async fn note_live(&self) {
+        let (live, _) = self.state().await;
+        *self.live.lock().unwrap() = live;
+    }
+
+    /// The store's state; the first call after a Redis restart meets the
+    /// dropped connection, so retry what is retryable.
+    async fn state(&self) -> (Colour, u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.store.get(&self.app).await {
+                Ok(Some(s)) => return (s.active, s.generation),
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => panic!("cannot read the state: {other:?}"),
+            }
+        }
+    }
+
+    /// Every new request is served by `version` of the live colour.
+    async fn serves(&self, version: &str) {
+        let (live, _) = self.state().await;
+        let lb = self.lb.addr;
         for _ in 0..20 {
-            let a = tokio::task::spawn_blocking(move || http::get(lb.addr, "/"))
+            let a = tokio::task::spawn_blocking(move || http::get(lb, "/"))
                 .await
                 .unwrap()
                 .unwrap();
             assert_eq!(
                 a.body,
-                format!("{} {version}", s.active),
-                "release {n}: served by the old version"
+                format!("{live} {version}"),
+                "not served by the new version"
             );
         }
     }
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let c = &counts;
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    eprintln!(
-        "{releases} releases: {} HTTP requests, {} failed; {} websocket echoes, {} drained with 1012 and reconnected {}, {} cut, {} landed on the idle colour",
-        load(&c.requests),
-        load(&c.failed),
-        load(&c.ws_messages),
-        load(&c.ws_drained),
-        load(&c.ws_reconnected),
-        load(&c.ws_cut),
-        load(&c.ws_wrong_colour),
-    );
-    let errors = errors.lock().unwrap();
-    assert_eq!(
-        load(&c.failed),
-        0,
-        "failed requests: {:?}",
-        &errors[..errors.len().min(10)]
-    );
-    assert_eq!(
-        load(&c.ws_cut),
-        0,
-        "websockets cut: {:?}",
-        &errors[..errors.len().min(10)]
-    );
-    assert_eq!(
-        load(&c.ws_wrong_colour),
-        0,
-        "reconnected clients landed on the idle colour"
-    );
-    assert!(load(&c.requests) > 100, "the load generator barely ran");
-    assert!(
-        load(&c.ws_messages) > 100,
-        "the websocket clients barely ran"
-    );
-    if releases >= 2 {
-        assert!(load(&c.ws_drained) > 0, "no websocket was ever drained");
-        assert_eq!(
+    /// Stops the traffic and checks nothing failed; prints the counts.
+    async fn finish(mut self, what: &str, expect_drains: bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks.drain(..) {
+            t.await.unwrap();
+        }
+        let c = &self.counts;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        eprintln!(
+            "{what}: {} HTTP requests, {} failed; {} websocket echoes, {} drained with 1012 and reconnected {}, {} cut, {} landed on the idle colour; both colours STOP in {} samples",
+            load(&c.requests),
+            load(&c.failed),
+            load(&c.ws_messages),
             load(&c.ws_drained),
             load(&c.ws_reconnected),
-            "a drained client did not reconnect"
+            load(&c.ws_cut),
+            load(&c.ws_wrong_colour),
+            load(&self.both_stop),
         );
+        let errors = self.errors.lock().unwrap();
+        let some = &errors[..errors.len().min(10)];
+        assert_eq!(load(&c.failed), 0, "failed requests: {some:?}");
+        assert_eq!(load(&c.ws_cut), 0, "websockets cut: {some:?}");
+        assert_eq!(
+            load(&c.ws_wrong_colour),
+            0,
+            "reconnected clients landed on the idle colour"
+        );
+        assert_eq!(load(&self.both_stop), 0, "both colours answered STOP");
+        assert!(load(&c.requests) > 100, "the load generator barely ran");
+        assert!(
+            load(&c.ws_messages) > 100,
+            "the websocket clients barely ran"
+        );
+        if expect_drains {
+            assert!(load(&c.ws_drained) > 0, "no websocket was ever drained");
+            assert_eq!(
+                load(&c.ws_drained),
+                load(&c.ws_reconnected),
+                "a drained client did not reconnect"
+            );
+        }
     }
+}
+
+async fn releases_under_traffic(timing: Timing, releases: usize, clients: usize) {
+    let h = Harness::start(timing, clients).await;
+    for n in 1..=releases {
+        let version = format!("v{n}");
+        let started = Instant::now();
+        // Queued pipelines follow each other at once.
+        let out = h.deploy(&version, &["--wait-lease", "60s"]).await;
+        assert_eq!(out.status.code(), Some(0), "release {n}:\n{}", show(&out));
+        let (live, _) = h.state().await;
+        eprintln!(
+            "release {n} ({version} to {live}) took {:?}",
+            started.elapsed()
+        );
+        // The LB has seen the switch (--confirm-lb): every new request is served by the new version.
+        h.serves(&version).await;
+    }
+    h.finish(&format!("{releases} releases"), releases >= 2)
+        .await;
+}
+
+/// The bad days, one after another under the same traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_under_load() {
+    let _serial = crate::serial().await;
+    let mut h = Harness::start(FAST, 20).await;
+
+    // Redis frozen for 10 s: the gates answer from what they know.
+    h.redis.pause();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    h.redis.resume();
+    let out = h.deploy("v1", &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "after the pause:\n{}",
+        show(&out)
+    );
+    h.serves("v1").await;
+
+    // A webhook that answers 204 and deploys nothing: exit 4, nothing switched.
+    let before = h.state().await;
+    h.broken.lock().unwrap().push(before.0.other().to_string());
+    let out = h.deploy("v2", &["--ready-timeout", "3s"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+    assert_eq!(h.state().await, before, "a release that never ran switched");
+    h.broken.lock().unwrap().clear();
+
+    // Two pipelines at once: one releases, the other is refused.
+    let (a, b) = tokio::join!(
+        Harness::run(h.deploy_cmd("v3", &[])),
+        Harness::run(h.deploy_cmd("v4", &[]))
+    );
+    h.note_live().await;
+    let codes = [a.status.code(), b.status.code()];
+    assert!(
+        codes == [Some(0), Some(3)] || codes == [Some(3), Some(0)],
+        "one completes, the other is refused:\n{}\n{}",
+        show(&a),
+        show(&b)
+    );
+    assert_eq!(h.state().await.1, before.1 + 1, "exactly one switch");
+
+    // A pipeline killed mid-deploy: its lease expires, the next one proceeds,
+    // its fence is refused.
+    let mut cmd = h.deploy_cmd("v5", &["--lease-ttl", "2s"]);
+    cmd.env("BG_EXEC", "sleep 60")
+        .env_remove("BG_WEBHOOK_BLUE")
+        .env_remove("BG_WEBHOOK_GREEN");
+    let doomed = Process::spawn("bg-ctl deploy (to be killed)", cmd);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let fence = loop {
+        if let Some(l) = h.store.lease(&h.app).await.unwrap() {
+            break l.fence;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the doomed deploy never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &doomed.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    drop(doomed);
+    let out = h.deploy("v6", &["--wait-lease", "30s"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    h.serves("v6").await;
+    let stale = h
+        .store
+        .switch(
+            &h.app,
+            bg_state::SwitchRequest::new(Colour::Blue, "zombie").fence(fence),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, bg_state::Error::StaleFence { .. }),
+        "{stale:?}"
+    );
+
+    // Redis killed and restarted empty: the gates keep serving; a restore
+    // from the gates lands above them, and releases go on.
+    let live_before = h.state().await;
+    h.redis.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (blue, green) = (format!("http://{}", h.blue), format!("http://{}", h.green));
+    let out = Harness::run(h.bg_ctl(&["init", "--from-gate", &blue, "--from-gate", &green])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let restored = h.state().await;
+    assert_eq!(
+        restored.0, live_before.0,
+        "the restore changed the live colour"
+    );
+    assert!(
+        restored.1 > live_before.1,
+        "the restore did not land above the gates"
+    );
+    let out = h.deploy("v7", &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "after the restore:\n{}",
+        show(&out)
+    );
+    h.serves("v7").await;
+
+    h.finish("faults", true).await;
 }
 
 fn releases() -> usize {
