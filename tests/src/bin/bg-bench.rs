@@ -1,0 +1,515 @@
+//! The benchmarks, side by side in one run, written to `docs/benchmarks.md`.
+//! Run through `scripts/bench.sh`, which builds everything in release mode
+//! and installs `wrk` when it is missing.
+//!
+//! `bg-bench OUTPUT.md`
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use bg_gate::{Auth, Gate, GateConfig};
+use bg_state::{
+    AppName, BreakLease, Colour, ColourStore, DeployRecord, Event, InitRequest, Lease,
+    LeaseRequest, Presence, RedisStore, Subscription, SwitchOutcome, SwitchRequest,
+};
+use bg_testkit::{Process, RedisServer, free_port, http, wait_for_port};
+
+const TOKEN: &str = "bench-token-0123456789";
+const WRK_SECONDS: u64 = 10;
+
+/// A binary built beside this one (`target/release/<name>`).
+fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let path = exe.parent().expect("a directory").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/bench.sh",
+        path.display()
+    );
+    path
+}
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("an address")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Wrk {
+    rps: f64,
+    p50: String,
+    p99: String,
+}
+
+/// `wrk` against `url` for [`WRK_SECONDS`], 2 threads, 32 connections.
+fn wrk(url: &str) -> Wrk {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            "-c32",
+            &format!("-d{WRK_SECONDS}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .expect("wrk runs (scripts/bench.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let find = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+            .unwrap_or_else(|| "?".into())
+    };
+    let rps = find("Requests/sec:").parse().unwrap_or(0.0);
+    Wrk {
+        rps,
+        p50: find("50%"),
+        p99: find("99%"),
+    }
+}
+
+/// One keep-alive client at a fixed 1,000 requests per second for 10 s.
+async fn paced_latency(url: &str) -> (Duration, Duration, usize) {
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut lat = Vec::with_capacity(10_000);
+    let mut failed = 0;
+    for _ in 0..10_000 {
+        tick.tick().await;
+        let t = Instant::now();
+        match client.get(url).send().await {
+            Ok(r) if r.status().is_success() => {
+                let _ = r.bytes().await;
+                lat.push(t.elapsed());
+            }
+            _ => failed += 1,
+        }
+    }
+    lat.sort();
+    (percentile(&lat, 0.5), percentile(&lat, 0.99), failed)
+}
+
+fn gate_process(redis: &str, extra: &[&str]) -> (Process, SocketAddr) {
+    let a = addr();
+    let mut cmd = Command::new(sibling("bg-gate"));
+    cmd.args([
+        "--colour", "blue", "--store", redis, "--app", "bench", "--init", "blue",
+    ])
+    .args(["--listen", &a.to_string(), "--service-version", "v1"])
+    .args(extra)
+    .env("RUST_LOG", "warn");
+    let p = Process::spawn("bg-gate", cmd);
+    wait_for_port(a, Duration::from_secs(20));
+    (p, a)
+}
+
+/// The store with change notifications switched off, for polling only.
+#[derive(Debug)]
+struct PollOnly(Arc<dyn ColourStore>);
+
+#[async_trait]
+impl ColourStore for PollOnly {
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+    async fn get(&self, app: &AppName) -> bg_state::Result<Option<bg_state::State>> {
+        self.0.get(app).await
+    }
+    async fn init(&self, app: &AppName, req: InitRequest) -> bg_state::Result<bg_state::State> {
+        self.0.init(app, req).await
+    }
+    async fn switch(&self, app: &AppName, req: SwitchRequest) -> bg_state::Result<SwitchOutcome> {
+        self.0.switch(app, req).await
+    }
+    async fn record_deploy(
+        &self,
+        app: &AppName,
+        rec: DeployRecord,
+    ) -> bg_state::Result<bg_state::State> {
+        self.0.record_deploy(app, rec).await
+    }
+    async fn history(&self, app: &AppName, limit: usize) -> bg_state::Result<Vec<Event>> {
+        self.0.history(app, limit).await
+    }
+    async fn acquire_lease(&self, app: &AppName, req: LeaseRequest) -> bg_state::Result<Lease> {
+        self.0.acquire_lease(app, req).await
+    }
+    async fn renew_lease(
+        &self,
+        app: &AppName,
+        fence: u64,
+        ttl: Duration,
+    ) -> bg_state::Result<Lease> {
+        self.0.renew_lease(app, fence, ttl).await
+    }
+    async fn release_lease(&self, app: &AppName, fence: u64) -> bg_state::Result<bool> {
+        self.0.release_lease(app, fence).await
+    }
+    async fn lease(&self, app: &AppName) -> bg_state::Result<Option<Lease>> {
+        self.0.lease(app).await
+    }
+    async fn break_lease(&self, app: &AppName, req: BreakLease) -> bg_state::Result<Option<Lease>> {
+        self.0.break_lease(app, req).await
+    }
+    async fn report_presence(
+        &self,
+        app: &AppName,
+        p: Presence,
+        ttl: Duration,
+    ) -> bg_state::Result<()> {
+        self.0.report_presence(app, p, ttl).await
+    }
+    async fn presences(&self, app: &AppName) -> bg_state::Result<Vec<Presence>> {
+        self.0.presences(app).await
+    }
+    async fn subscribe(&self, _: &AppName) -> bg_state::Result<Subscription> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // Never sends: hints never come, only the poll.
+        std::mem::forget(tx);
+        Ok(Subscription::from_channel(rx))
+    }
+}
+
+/// Time from a switch's commit to both gates answering the new state.
+async fn propagation(
+    redis: &str,
+    notify: bool,
+    switches: usize,
+    poll: Duration,
+) -> (Duration, Duration) {
+    let app = AppName::new(if notify { "prop-notify" } else { "prop-poll" }).expect("app");
+    let writer: Arc<dyn ColourStore> = Arc::new(RedisStore::open(redis).expect("store"));
+    writer
+        .init(&app, InitRequest::new(Colour::Blue, "bench"))
+        .await
+        .expect("init");
+    let mut gates = Vec::new();
+    for colour in Colour::ALL {
+        let store: Arc<dyn ColourStore> = Arc::new(RedisStore::open(redis).expect("store"));
+        let store: Arc<dyn ColourStore> = if notify {
+            store
+        } else {
+            Arc::new(PollOnly(store))
+        };
+        let mut cfg = GateConfig::new(app.clone(), colour, "v1");
+        cfg.poll_interval = poll;
+        cfg.handover = Duration::ZERO;
+        let gate = Gate::new(store, cfg, Auth::none()).expect("gate");
+        gate.start();
+        gates.push(gate);
+    }
+    while gates.iter().any(|g| g.view().generation() != 1) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut took = Vec::with_capacity(switches);
+    for _ in 0..switches {
+        let s = writer.get(&app).await.expect("get").expect("state");
+        let out = writer
+            .switch(
+                &app,
+                SwitchRequest::new(s.idle(), "bench").expect_generation(s.generation),
+            )
+            .await
+            .expect("switch");
+        let committed = Instant::now();
+        let want = out.state.generation;
+        while gates.iter().any(|g| g.view().generation() != want) {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        took.push(committed.elapsed());
+    }
+    took.sort();
+    (percentile(&took, 0.5), percentile(&took, 0.99))
+}
+
+type Instances = Arc<Mutex<BTreeMap<String, (SocketAddr, Option<Process>)>>>;
+/// The instances, the Redis URL, and the restart times measured.
+type HookState = (Instances, String, Arc<Mutex<Vec<Duration>>>);
+
+fn start_instance(colour: &str, a: SocketAddr, redis: &str, version: &str) -> Process {
+    let mut cmd = Command::new(sibling("bg-gate"));
+    cmd.args(["--colour", colour, "--store", redis, "--app", "release"])
+        .args(["--listen", &a.to_string(), "--service-version", version])
+        .args([
+            "--init",
+            "blue",
+            "--poll-interval",
+            "100ms",
+            "--handover",
+            "0s",
+        ])
+        .env("BG_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn");
+    let p = Process::spawn(colour, cmd);
+    wait_for_port(a, Duration::from_secs(20));
+    p
+}
+
+/// Restarts the named instance with the version, and records how long the
+/// restart itself took (from the hook to the new process listening).
+async fn hook(
+    State((instances, redis, restarts)): State<HookState>,
+    UrlPath(colour): UrlPath<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> StatusCode {
+    let version = q.get("tag").cloned().unwrap_or_default();
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let mut all = instances.lock().expect("lock");
+        let entry = all.get_mut(&colour).expect("a colour");
+        if let Some(p) = entry.1.take() {
+            p.stop_gracefully(Duration::from_secs(10));
+        }
+        entry.1 = Some(start_instance(&colour, entry.0, &redis, &version));
+        restarts.lock().expect("lock").push(t.elapsed());
+    });
+    StatusCode::NO_CONTENT
+}
+
+/// `bg-ctl deploy` wall time against the instance's own restart time.
+async fn release_overhead(redis: &str, releases: usize) -> (Duration, Duration, Duration) {
+    let instances: Instances = Arc::new(Mutex::new(BTreeMap::new()));
+    for colour in ["blue", "green"] {
+        let a = addr();
+        let p = start_instance(colour, a, redis, "v0");
+        instances
+            .lock()
+            .expect("lock")
+            .insert(colour.into(), (a, Some(p)));
+    }
+    let restarts = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hooks = listener.local_addr().expect("addr");
+    let router = Router::new()
+        .route("/hook/{colour}", post(hook))
+        .with_state((
+            Arc::clone(&instances),
+            redis.to_owned(),
+            Arc::clone(&restarts),
+        ));
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    let url = |c: &str| format!("http://{}", instances.lock().expect("lock")[c].0);
+    let (blue, green) = (url("blue"), url("green"));
+    while !http::get(instances.lock().expect("lock")["blue"].0, "/bg/state")
+        .is_ok_and(|a| a.body.contains("\"live\":true"))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut walls = Vec::new();
+    for n in 1..=releases {
+        let mut cmd = Command::new(sibling("bg-ctl"));
+        cmd.env("BG_STORE", redis)
+            .env("BG_APP", "release")
+            .env("BG_TOKEN", TOKEN)
+            .env("BG_GATE_BLUE", &blue)
+            .env("BG_GATE_GREEN", &green)
+            .env("BG_WEBHOOK_BLUE", format!("http://{hooks}/hook/blue"))
+            .env("BG_WEBHOOK_GREEN", format!("http://{hooks}/hook/green"))
+            .args([
+                "deploy",
+                "--version",
+                &format!("v{n}"),
+                "--tag-param",
+                "tag",
+                "--poll",
+                "20ms",
+            ]);
+        let t = Instant::now();
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("bg-ctl runs"))
+            .await
+            .expect("join");
+        assert!(
+            out.status.success(),
+            "release {n} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        walls.push(t.elapsed());
+    }
+    let restarts = restarts.lock().expect("lock").clone();
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        percentile(&v, 0.5)
+    };
+    let (wall, restart) = (median(walls), median(restarts));
+    (wall, restart, wall.saturating_sub(restart))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or("?".into(), |kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0));
+    format!("{cores} cores ({cpu}), {mem}")
+}
+
+fn date() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    bg_state::format_millis(ms)[..10].to_owned()
+}
+
+#[tokio::main]
+async fn main() {
+    // reqwest is built without a bundled crypto provider; ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let out = std::env::args()
+        .nth(1)
+        .map_or_else(|| PathBuf::from("docs/benchmarks.md"), PathBuf::from);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Benchmarks\n\nProduced by `scripts/bench.sh` on {}, {}; release builds, everything on loopback, load generator on the same machine.\n",
+        date(),
+        machine()
+    );
+
+    // 1. Health checks.
+    eprintln!("health checks: bare axum, gate, strict gate (wrk, {WRK_SECONDS} s each)");
+    let bare_addr = addr();
+    let mut bare_cmd = Command::new(sibling("bg-bare"));
+    bare_cmd.arg(bare_addr.to_string());
+    let _bare = Process::spawn("bg-bare", bare_cmd);
+    wait_for_port(bare_addr, Duration::from_secs(10));
+    let (gate, gate_addr) = gate_process(&url, &[]);
+    let (_strict, strict_addr) = gate_process(&url, &["--strict", "--gate-id", "strict"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_mib(gate.id());
+    let path = "/balancer-keepalive-check";
+    let bare = wrk(&format!("http://{bare_addr}{path}"));
+    let rss_sampler = {
+        let pid = gate.id();
+        std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            for _ in 0..(WRK_SECONDS * 10) {
+                peak = peak.max(rss_mib(pid));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
+    let g = wrk(&format!("http://{gate_addr}{path}"));
+    let load_rss = rss_sampler.join().unwrap_or(0.0);
+    let strict = wrk(&format!("http://{strict_addr}{path}"));
+    let (paced_p50, paced_p99, paced_failed) =
+        paced_latency(&format!("http://{gate_addr}{path}")).await;
+    let _ = writeln!(
+        md,
+        "## Health check\n\n`wrk -t2 -c32 -d{WRK_SECONDS}s --latency` against `{path}`, one after another.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| server | requests/s | p50 | p99 | vs bare |\n| --- | ---: | ---: | ---: | ---: |"
+    );
+    for (name, w) in [
+        ("bare axum handler (ceiling)", &bare),
+        ("bg-gate (view)", &g),
+        ("bg-gate --strict (Redis read per check)", &strict),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0} | {} | {} | {:.2}× |",
+            w.rps,
+            w.p50,
+            w.p99,
+            w.rps / bare.rps.max(1.0)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe gate does {:.2}× the bare handler's throughput (target ≥ 0.9×) and {:.1}× strict mode's (target ≥ 5×).\n\n\
+         At a steady 1,000 requests/s from one keep-alive client (10,000 requests, client time included): p50 {} ms, p99 {} ms (target < 1 ms), {paced_failed} failed.\n",
+        g.rps / bare.rps.max(1.0),
+        g.rps / strict.rps.max(1.0),
+        ms(paced_p50),
+        ms(paced_p99),
+    );
+    let _ = writeln!(
+        md,
+        "## Gate memory\n\nResident set of the `bg-gate` process: {idle_rss:.1} MiB idle, {load_rss:.1} MiB at most under the load above (target < 20 MiB idle).\n"
+    );
+
+    // 2. Switch propagation.
+    eprintln!("switch propagation: 1000 switches with notifications, 1000 polling only");
+    let (n50, n99) = propagation(&url, true, 1000, Duration::from_millis(500)).await;
+    let (p50, p99) = propagation(&url, false, 1000, Duration::from_millis(100)).await;
+    let _ = writeln!(
+        md,
+        "## Switch propagation\n\nFrom a switch's commit in Redis to both gates (two in one process, each with its own connection) answering from the new generation, 1,000 switches each.\n\n\
+         | mode | p50 | p99 |\n| --- | ---: | ---: |\n\
+         | notifications (pub/sub), poll 500 ms | {} ms | {} ms |\n\
+         | polling only, every 100 ms | {} ms | {} ms |\n\n\
+         Target with notifications: p99 < 5 ms.\n",
+        ms(n50),
+        ms(n99),
+        ms(p50),
+        ms(p99)
+    );
+
+    // 3. Release overhead.
+    eprintln!("release overhead: 5 releases");
+    let (wall, restart, overhead) = release_overhead(&url, 5).await;
+    let _ = writeln!(
+        md,
+        "## Release overhead\n\n`bg-ctl deploy` against two `bg-gate` processes, a webhook that restarts the idle one (SIGTERM, start, listening), no load balancer; medians of 5 releases.\n\n\
+         | deploy wall time | instance restart | overhead |\n| ---: | ---: | ---: |\n| {} ms | {} ms | {} ms |\n\n\
+         Target: overhead < 1 s beyond the restart and the load balancer's rise (no load balancer here; `--confirm-lb` adds the LB's rise × interval).\n",
+        ms(wall),
+        ms(restart),
+        ms(overhead)
+    );
+
+    std::fs::write(&out, &md).expect("write the report");
+    eprintln!("{md}");
+    eprintln!("written to {}", Path::new(&out).display());
+}
