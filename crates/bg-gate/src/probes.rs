@@ -11,7 +11,7 @@ use serde::Serialize;
 pub struct Probe {
     /// The peer address, when the server provides it (axum's
     /// `into_make_service_with_connect_info`); `None` when embedded without it.
-    pub source: Option<String>,
+    pub source: Option<std::net::IpAddr>,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// The colour asked about.
