@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need, then runs every check.
-# Run as root on Debian (it uses apt-get when redis-server or haproxy is missing).
+# Run as root on Debian (it uses apt-get when redis-server, haproxy or nginx is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then
@@ -17,8 +18,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian package may start a system redis-server on 6379; the tests never
-# use it (each starts its own on a free port), so it is left as it is.
+# The Debian packages may start a system redis-server on 6379 and an nginx on
+# port 80; the tests never use them (each starts its own on a free port), so
+# they are left as they are.
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -86,6 +88,23 @@ for job in test build-image release; do
     exit 1
   fi
 done
+
+echo "==> checking docs/examples"
+# The load balancer configurations docs/operations.md tells users to copy.
+for cfg in docs/examples/haproxy*.cfg; do
+  haproxy -c -f "$cfg"
+done
+# nginx checks its example under a prefix of its own, with the upstream file
+# written by the example on-change script (NGINX_BIN=true: write, do not reload).
+nginx_check=$(mktemp -d)
+trap 'rm -rf "$nginx_check"' EXIT
+mkdir "$nginx_check/conf" "$nginx_check/logs"
+cp docs/examples/nginx.conf "$nginx_check/conf/"
+BG_ACTIVE=blue BG_GENERATION=1 NGINX_BIN=true NGINX_CONF="$nginx_check/conf/nginx.conf" \
+  NGINX_BLUE=127.0.0.1:8081 NGINX_GREEN=127.0.0.1:8082 sh docs/examples/nginx-on-change.sh
+nginx -t -p "$nginx_check/" -c "$nginx_check/conf/nginx.conf" -e "$nginx_check/logs/error.log"
+rm -rf "$nginx_check"
+trap - EXIT
 
 echo "==> cargo test"
 log=$(mktemp)

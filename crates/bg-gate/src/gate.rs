@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bg_state::{AppName, Colour, ColourStore, Error as StoreError, InitRequest, Presence, State};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::auth::Auth;
 use crate::conns::Connections;
@@ -101,7 +101,21 @@ pub struct GateConfig {
     /// only this gate's. Off by default: a credential accepted by this gate
     /// then reaches only its own app.
     pub api_any_app: bool,
+    /// A shell command (`sh -c`) run whenever the live colour this gate
+    /// answers from changes, and once when it first knows a state (so a
+    /// load balancer configured by it is right after a restart): the push
+    /// model for load balancers without active health checks, such as
+    /// open-source nginx. It sees `BG_ACTIVE` (the live colour),
+    /// `BG_GENERATION`, `BG_APP` and `BG_COLOUR` (this gate's colour), not
+    /// `BG_TOKEN`. Runs go one at a time, off the health-check path, once
+    /// [`Gate::start`] has been called; a run that fails or outlasts 30 s
+    /// (then killed) is logged and retried, with a pause growing from 1 s
+    /// to 30 s, until it succeeds or a newer change replaces it. Off by default.
+    pub on_change: Option<String>,
 }
+
+/// How long one run of [`GateConfig::on_change`] may take before it is killed.
+const ON_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl GateConfig {
     /// Defaults for a gate of `colour` running `service_version` of `app`.
@@ -131,6 +145,7 @@ impl GateConfig {
             drain_interval: Duration::from_secs(1),
             body_timeout: crate::http::BODY_TIMEOUT,
             api_any_app: false,
+            on_change: None,
         }
     }
 }
@@ -253,6 +268,9 @@ pub(crate) struct Inner {
     update: Mutex<u64>,
     /// Numbers store reads in the order they start.
     reads: AtomicU64,
+    /// Serialises cache-file writes and holds the generation last written,
+    /// so two quick adoptions cannot leave the older state on disk.
+    cache_written: Arc<Mutex<u64>>,
     pub changed: Notify,
     pub started: Instant,
     pub counters: Counters,
@@ -262,6 +280,9 @@ pub(crate) struct Inner {
     /// Bounds the `changes` long polls waiting at once (each may hold a
     /// store subscription).
     pub polls: tokio::sync::Semaphore,
+    /// The live colour and generation of the last adopted state, for the
+    /// on-change runner; receivers wake only when the colour changes.
+    live: watch::Sender<Option<(Colour, u64)>>,
 }
 
 /// Why a gate could not be built.
@@ -332,14 +353,19 @@ impl Gate {
                 Err(e) => tracing::warn!(error = %e, "ignoring the cache file"),
             }
         }
+        // A state from the cache counts as known: the first run of the
+        // on-change command pushes it even while the store is down.
+        let (live, _) = watch::channel(view.state.as_ref().map(|s| (s.active, s.generation)));
         Ok(Gate {
             inner: Arc::new(Inner {
+                live,
                 probes: ProbeLog::new(cfg.probe_log),
                 cfg,
                 store,
                 view: ArcSwap::from_pointee(view),
                 update: Mutex::new(0),
                 reads: AtomicU64::new(0),
+                cache_written: Arc::new(Mutex::new(0)),
                 changed: Notify::new(),
                 started: Instant::now(),
                 counters: Counters::default(),
@@ -391,8 +417,17 @@ impl Gate {
     /// Starts following the store: a background task that subscribes to
     /// change hints, polls every `poll_interval`, reports presence, and
     /// initialises an empty store if told to. It stops when the last clone of
-    /// the gate is dropped.
+    /// the gate is dropped. With [`GateConfig::on_change`] set, a second task
+    /// runs that command on every change of the live colour. Call it once.
     pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        if let Some(command) = &self.inner.cfg.on_change {
+            tokio::spawn(push_changes(
+                command.clone(),
+                self.inner.cfg.app.clone(),
+                self.inner.cfg.colour,
+                self.inner.live.subscribe(),
+            ));
+        }
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(follow(weak))
     }
@@ -537,17 +572,41 @@ impl Inner {
             (Some(state), Some(path)) if adopted => Some((path.clone(), state.clone())),
             _ => None,
         };
-        if adopted && let Some(state) = &next.state {
-            tracing::info!(active = %state.active, generation = state.generation, "adopted state");
-        }
+        let live = match &next.state {
+            Some(state) if adopted => {
+                tracing::info!(active = %state.active, generation = state.generation, "adopted state");
+                Some((state.active, state.generation))
+            }
+            _ => None,
+        };
         self.view.store(Arc::new(next));
+        // Still under the lock, so the runner sees changes in view order.
+        if let Some(seen) = live
+            && self.cfg.on_change.is_some()
+        {
+            self.live.send_if_modified(|last| {
+                let changed = last.is_none_or(|(active, _)| active != seen.0);
+                // A newer generation of the same colour is kept for the
+                // environment of a run still to come, without waking anyone.
+                *last = Some(seen);
+                changed
+            });
+        }
         drop(newest);
         self.changed.notify_waiters();
         // Off the async workers and outside the lock: an fsync can be slow.
         if let Some((path, state)) = save {
+            let written = Arc::clone(&self.cache_written);
             let write = move || {
-                if let Err(e) = crate::cache::save(&path, &state) {
-                    tracing::warn!(error = %e, "cannot write the cache file");
+                let mut last = written
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if state.generation < *last {
+                    return; // a newer state is already on disk
+                }
+                match crate::cache::save(&path, &state) {
+                    Ok(()) => *last = state.generation,
+                    Err(e) => tracing::warn!(error = %e, "cannot write the cache file"),
                 }
             };
             match tokio::runtime::Handle::try_current() {
@@ -672,5 +731,110 @@ async fn initialise(gate: &Gate, colour: Colour) {
         }
         Err(StoreError::AlreadyInitialised { .. }) => {}
         Err(e) => tracing::warn!(error = %e, "cannot initialise the store yet"),
+    }
+}
+
+/// The on-change runner: pushes the live colour to the command, one run at
+/// a time, skipping changes overtaken while a run was going.
+async fn push_changes(
+    command: String,
+    app: AppName,
+    colour: Colour,
+    mut live: watch::Receiver<Option<(Colour, u64)>>,
+) {
+    const FIRST_RETRY: Duration = Duration::from_secs(1);
+    let mut pushed: Option<Colour> = None;
+    let mut retry = FIRST_RETRY;
+    loop {
+        let latest = *live.borrow_and_update();
+        let mut failed = false;
+        if let Some((active, generation)) = latest
+            && pushed != Some(active)
+        {
+            if run_on_change(&command, &app, colour, active, generation).await {
+                pushed = Some(active);
+                retry = FIRST_RETRY;
+            } else {
+                failed = true;
+            }
+        }
+        let woke = if failed {
+            let pause = retry;
+            retry = (retry * 2).min(ON_CHANGE_TIMEOUT);
+            tokio::select! {
+                r = live.changed() => r,
+                () = tokio::time::sleep(pause) => Ok(()),
+            }
+        } else {
+            live.changed().await
+        };
+        if woke.is_err() {
+            return; // the gate is gone
+        }
+    }
+}
+
+/// One run of the on-change command; whether it succeeded. Never logs the
+/// command itself: it may carry credentials for a load balancer's API.
+async fn run_on_change(
+    command: &str,
+    app: &AppName,
+    colour: Colour,
+    active: Colour,
+    generation: u64,
+) -> bool {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env("BG_ACTIVE", active.to_string())
+        .env("BG_GENERATION", generation.to_string())
+        .env("BG_APP", app.as_str())
+        .env("BG_COLOUR", colour.to_string())
+        .env_remove("BG_TOKEN")
+        .stdin(std::process::Stdio::null())
+        // The gate's stdout is not a log; the command's output joins the log stream.
+        .stdout(std::io::stderr());
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::error!(error = %e, %active, generation, "cannot run the on-change command; retrying");
+            return false;
+        }
+    };
+    // Polled rather than awaited: the process API of std needs no extra
+    // runtime feature, and a 20 ms lag does not matter for a reload.
+    let outcome = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if started.elapsed() >= ON_CHANGE_TIMEOUT => {
+                let _ = child.kill();
+                break Err(format!("still running after {ON_CHANGE_TIMEOUT:?}; killed"));
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => {
+                let _ = child.kill();
+                break Err(format!("cannot wait for it: {e}"));
+            }
+        }
+    };
+    if outcome.is_err() {
+        // Reap it; after SIGKILL this returns at once.
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    }
+    let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match outcome {
+        Ok(status) if status.success() => {
+            tracing::info!(%active, generation, took_ms, "on-change command done");
+            true
+        }
+        Ok(status) => {
+            tracing::error!(%active, generation, took_ms, %status, "the on-change command failed; retrying");
+            false
+        }
+        Err(why) => {
+            tracing::error!(%active, generation, took_ms, error = %why, "the on-change command failed; retrying");
+            false
+        }
     }
 }

@@ -131,6 +131,49 @@ pub struct GateArgs {
     /// Pause between batches of a drain.
     #[arg(long, env = "BG_DRAIN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     drain_interval: Duration,
+
+    /// Run this shell command on every change of the live colour and once at start-up, with
+    /// BG_ACTIVE, BG_GENERATION, BG_APP and BG_COLOUR set: for load balancers without active
+    /// health checks (open-source nginx: rewrite the upstream, reload). Failures are retried.
+    #[arg(long, env = "BG_ON_CHANGE", value_name = "CMD", hide_env_values = true)]
+    on_change: Option<String>,
+
+    /// Also keep the hand-made design's Redis keys lb-status-BLUE_ID and lb-status-GREEN_ID
+    /// (1 live, 0 idle) for this app, for instances still reading them during a migration.
+    /// Needs a single-node redis:// store.
+    #[arg(long, env = "BG_LEGACY_MIRROR", value_name = "BLUE_ID,GREEN_ID")]
+    legacy_mirror: Option<String>,
+}
+
+/// The store the options name, with the legacy mirror if one is asked for.
+fn open_store(args: &GateArgs) -> Result<Arc<dyn bg_state::ColourStore>, String> {
+    let mut opts = bg_state::OpenOptions::default();
+    if let Some(ids) = &args.legacy_mirror {
+        let Some((blue, green)) = ids.split_once(',') else {
+            return Err(format!(
+                "--legacy-mirror takes the hand-made ids of blue and green as BLUE_ID,GREEN_ID \
+                 (e.g. alfa,beta), got {ids:?}"
+            ));
+        };
+        let mirror = bg_state::LegacyMirror::new(args.app.clone(), blue.trim(), green.trim())
+            .map_err(|e| e.to_string())?;
+        opts.redis.mirror = Some(mirror);
+    }
+    let store = bg_state::open_with(&args.store, &opts).map_err(|e| e.to_string())?;
+    if let Some(mirror) = &opts.redis.mirror {
+        if store.backend() != "redis" {
+            return Err(
+                "--legacy-mirror keeps keys in Redis: it needs a redis:// or rediss:// store"
+                    .into(),
+            );
+        }
+        tracing::info!(
+            blue = mirror.key(Colour::Blue),
+            green = mirror.key(Colour::Green),
+            "keeping the hand-made design's keys in step with every change made through this gate"
+        );
+    }
+    Ok(store)
 }
 
 fn parse_colour(s: &str) -> Result<Colour, String> {
@@ -196,7 +239,7 @@ impl GateArgs {
     pub async fn start(self) -> Result<GateServer, (u8, String)> {
         let args = self;
         let usage = |m: String| (2u8, m);
-        let store = bg_state::open(&args.store).map_err(|e| usage(e.to_string()))?;
+        let store = open_store(&args).map_err(usage)?;
         if store.backend() == "memory" {
             tracing::warn!(
                 "the state lives in this process only (memory://): other gates and bg-ctl cannot see it; use file:// or redis:// to share it"
@@ -235,6 +278,7 @@ impl GateArgs {
         cfg.drain_after = args.drain_after;
         cfg.drain_batch = args.drain_batch;
         cfg.drain_interval = args.drain_interval;
+        cfg.on_change = args.on_change;
         let gate = Gate::new(Arc::clone(&store), cfg, auth).map_err(|e| usage(e.to_string()))?;
         let follower = gate.start();
 

@@ -1,0 +1,108 @@
+//! `--legacy-mirror`: a gate that keeps the hand-made design's Redis keys in
+//! step, for instances still reading them during a migration.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+
+use bg_gate::server::GateArgs;
+use bg_state::{Colour, SwitchRequest};
+use bg_testkit::RedisServer;
+use clap::Parser;
+
+use super::view::wait_for;
+use super::*;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    gate: GateArgs,
+}
+
+fn args(extra: &[&str]) -> GateArgs {
+    let mut argv = vec!["bg-gate", "--listen", "127.0.0.1:0", "--app", "chat"];
+    argv.extend_from_slice(extra);
+    Cli::try_parse_from(argv).unwrap().gate
+}
+
+/// `GET key` over a plain connection: the value, `None` for no key.
+fn redis_get(server: &RedisServer, key: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    write!(s, "*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    r.read_line(&mut head).unwrap();
+    if head.starts_with("$-1") {
+        return None;
+    }
+    assert!(head.starts_with('$'), "unexpected reply {head:?}");
+    let mut value = String::new();
+    r.read_line(&mut value).unwrap();
+    Some(value.trim_end().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_keeps_the_hand_made_keys_in_step() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let server = args(&[
+        "--colour",
+        "blue",
+        "--store",
+        &url,
+        "--init",
+        "blue",
+        "--legacy-mirror",
+        "alfa,beta",
+        "--poll-interval",
+        "50ms",
+    ])
+    .start()
+    .await
+    .unwrap();
+    let gate = server.gate().clone();
+    wait_for(|| gate.view().state.is_some()).await;
+    assert_eq!(redis_get(&redis, "lb-status-alfa").as_deref(), Some("1"));
+    assert_eq!(redis_get(&redis, "lb-status-beta").as_deref(), Some("0"));
+
+    // A switch through this gate's store (its API, `bg-ctl --gate`) moves both keys.
+    gate.store()
+        .switch(&app(), SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+    assert_eq!(redis_get(&redis, "lb-status-alfa").as_deref(), Some("0"));
+    assert_eq!(redis_get(&redis, "lb-status-beta").as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn the_mirror_is_refused_where_it_cannot_work() {
+    for (extra, needle) in [
+        (
+            ["--store", "memory://", "--legacy-mirror", "alfa,beta"],
+            "needs a redis",
+        ),
+        (
+            [
+                "--store",
+                "redis://127.0.0.1:1/0",
+                "--legacy-mirror",
+                "alfa",
+            ],
+            "BLUE_ID,GREEN_ID",
+        ),
+        (
+            [
+                "--store",
+                "redis://127.0.0.1:1/0",
+                "--legacy-mirror",
+                "alfa,alfa",
+            ],
+            "must differ",
+        ),
+    ] {
+        let mut argv = vec!["--colour", "blue"];
+        argv.extend_from_slice(&extra);
+        let (code, msg) = args(&argv).start().await.unwrap_err();
+        assert_eq!(code, 2, "{msg}");
+        assert!(msg.contains(needle), "{msg}");
+    }
+}
