@@ -311,6 +311,17 @@ async fn hook_or_not(
     hook(State(instances), path, query).await
 }
 
+/// How many of the latest probes a gate logged were answered STOP.
+fn stop_streak(addr: SocketAddr) -> usize {
+    let Ok(a) = http::get(addr, "/bg/state") else {
+        return 0;
+    };
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
+    v["probes"].as_array().map_or(0, |p| {
+        p.iter().rev().take_while(|p| p["answer"] == "stop").count()
+    })
+}
+
 /// Whether a gate answers OK, read from `/bg/state` (not a probe).
 fn live_at(addr: SocketAddr) -> bool {
     http::get(addr, "/bg/state").is_ok_and(|a| a.body.contains("\"live\":true"))
@@ -359,6 +370,20 @@ impl Harness {
             }
             assert!(Instant::now() < deadline, "HAProxy never served blue");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // HAProxy starts with both servers up; clients must not land on
+        // green before its checks have taken it out.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stops = tokio::task::spawn_blocking(move || stop_streak(green))
+                .await
+                .unwrap();
+            if stops > timing.fall as usize {
+                break;
+            }
+            assert!(Instant::now() < deadline, "HAProxy never took green out");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
         let mut h = Harness {

@@ -230,7 +230,9 @@ struct DeployArgs {
     /// After the switch, wait until every load balancer probe source has seen it.
     #[arg(long)]
     confirm_lb: bool,
-    /// Probes in a row answered STOP that show a colour is out of rotation.
+    /// The load balancer's fall count: before restarting the idle colour,
+    /// bg-ctl waits until every probe source has seen it answer STOP one
+    /// time more than this.
     #[arg(long, default_value_t = 3)]
     lb_fall: usize,
     /// Probes in a row answered OK that show a colour is in rotation.

@@ -472,11 +472,14 @@ impl Deployer<'_> {
                     if !r.is_stopped() {
                         return Ok(Err(format!("{url} still answers {}", r.answer)));
                     }
+                    // One probe more than the fall count: the load balancer
+                    // marks the server down when it reads the fall-th answer,
+                    // and the next probe shows that moment has passed.
+                    let need = o.lb_fall + 1;
                     for (source, n) in r.streaks(idle, "stop", window) {
-                        if n < o.lb_fall {
+                        if n < need {
                             return Ok(Err(format!(
-                                "{source} has seen STOP {n} of {} times at {url}",
-                                o.lb_fall
+                                "{source} has seen STOP {n} of {need} times at {url}"
                             )));
                         }
                     }
