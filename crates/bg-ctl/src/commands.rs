@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use bg_state::{
-    AppName, BreakLease, Colour, ColourStore, Error as StoreError, Event, EventKind, InitRequest,
-    Lease, Presence, State, SwitchRequest, format_millis,
+    AppName, BreakLease, Colour, ColourStore, Error as StoreError, Event, InitRequest, Lease,
+    Presence, State, SwitchRequest, format_millis,
 };
 use serde::Serialize;
 
@@ -346,20 +346,7 @@ pub async fn rollback(
 /// One history line.
 #[must_use]
 pub fn describe(e: &Event) -> String {
-    let what = match &e.kind {
-        EventKind::Init { active } => format!("init: {active} live"),
-        EventKind::Switch { from, to } => format!("switch {from} -> {to}"),
-        EventKind::Rollback { from, to } => format!("rollback {from} -> {to}"),
-        EventKind::Deploy {
-            colour,
-            version,
-            phase,
-        } => format!("{phase} {version} on {colour}"),
-        EventKind::LeaseBroken { holder, fence } => {
-            format!("lease of {holder} (fence {fence}) broken")
-        }
-        other => format!("{other:?}"),
-    };
+    let what = &e.kind;
     format!(
         "{}  gen {:>4}  {:<28} {what}{}{}",
         format_millis(e.at_ms),
@@ -398,7 +385,7 @@ pub async fn break_lease(
 mod tests {
     use std::time::Duration;
 
-    use bg_state::{DeployPhase, DeployRecord, MemoryStore};
+    use bg_state::{DeployPhase, DeployRecord, EventKind, MemoryStore};
 
     use super::*;
     use crate::error::exit;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bg_state::{
-    AppName, DeployPhase, DeployRecord, Error, EventKind, InitRequest, LeaseRequest, SwitchRequest,
+    AppName, DeployPhase, DeployRecord, Error, InitRequest, LeaseRequest, SwitchRequest,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -144,19 +144,7 @@ async fn run(url: &str) -> Result<(), Error> {
 
     println!("history, newest first:");
     for e in store.history(&app, 10).await? {
-        let what = match &e.kind {
-            EventKind::Init { active } => format!("init, {active} live"),
-            EventKind::Switch { from, to } => format!("switch {from} -> {to}"),
-            EventKind::Rollback { from, to } => format!("rollback {from} -> {to}"),
-            EventKind::Deploy {
-                colour,
-                version,
-                phase,
-            } => format!("{phase} {version} on {colour}"),
-            EventKind::LeaseBroken { holder, .. } => format!("lease of {holder} broken"),
-            other => format!("{other:?}"),
-        };
-        println!("  gen {:>3}  {:<12} {what}", e.generation, e.actor);
+        println!("  gen {:>3}  {:<12} {}", e.generation, e.actor, e.kind);
     }
     Ok(())
 }

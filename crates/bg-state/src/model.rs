@@ -317,6 +317,25 @@ pub enum EventKind {
     },
 }
 
+impl fmt::Display for EventKind {
+    /// A short description for people, e.g. `switch blue -> green`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventKind::Init { active } => write!(f, "init: {active} live"),
+            EventKind::Switch { from, to } => write!(f, "switch {from} -> {to}"),
+            EventKind::Rollback { from, to } => write!(f, "rollback {from} -> {to}"),
+            EventKind::Deploy {
+                colour,
+                version,
+                phase,
+            } => write!(f, "{phase} {version} on {colour}"),
+            EventKind::LeaseBroken { holder, fence } => {
+                write!(f, "lease of {holder} (fence {fence}) broken")
+            }
+        }
+    }
+}
+
 /// A gate's report of itself, so tools can see every gate without knowing
 /// its address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
