@@ -1375,21 +1375,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_outage_at_the_switch_is_exit_5() {
         let real = store().await;
-        let mut mock = MockColourStore::new();
-        let r = real.clone();
-        mock.expect_acquire_lease()
-            .returning(move |a, req| futures_now(r.acquire_lease(a, req)));
-        let r = real.clone();
-        mock.expect_get().returning(move |a| futures_now(r.get(a)));
-        let r = real.clone();
-        mock.expect_presences()
-            .returning(move |a| futures_now(r.presences(a)));
-        let r = real.clone();
-        mock.expect_record_deploy()
-            .returning(move |a, rec| futures_now(r.record_deploy(a, rec)));
-        let r = real.clone();
-        mock.expect_release_lease()
-            .returning(move |a, f| futures_now(r.release_lease(a, f)));
+        let mut mock = delegating(&real);
         mock.expect_switch().returning(|_, _| {
             Err(StoreError::Unavailable {
                 backend: "redis",
