@@ -162,24 +162,7 @@ impl HttpGates {
 }
 
 /// A URL as it may be printed: no credentials, no query.
-#[must_use]
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if !u.username().is_empty() {
-                let _ = u.set_username("***");
-            }
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            if u.query().is_some() {
-                u.set_query(Some("…"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparseable URL>".into(),
-    }
-}
+pub use bg_state::redact_url as redact;
 
 fn unreachable(url: &str, e: reqwest::Error) -> CtlError {
     CtlError::Unreachable(format!("gate {}: {}", redact(url), e.without_url()))

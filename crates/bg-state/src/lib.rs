@@ -86,7 +86,7 @@ pub use backend::remote::RemoteStore;
 pub use error::{Error, InvalidInput, Result};
 pub use model::{
     Actor, AppName, Change, Colour, DeployPhase, Deployment, Event, EventKind, LastChange, Lease,
-    Millis, Presence, State, format_millis, parse_duration,
+    Millis, Presence, State, format_millis, parse_duration, redact_url,
 };
 pub use open::{OpenOptions, open, open_with};
 #[cfg(any(test, feature = "mock"))]

@@ -439,6 +439,31 @@ pub fn format_millis(ms: Millis) -> String {
     )
 }
 
+/// A URL as it may be shown in a message or a log: user name and password
+/// masked, the query (which can carry `?pass=`) elided; a URL that does not
+/// parse is not echoed if it may hold credentials.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if !u.username().is_empty() {
+                let _ = u.set_username("***");
+            }
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query().is_some() {
+                u.set_query(Some("…"));
+            }
+            shorten(u.as_str())
+        }
+        Err(_) if url.contains('@') || url.contains('?') => {
+            "<URL with credentials, not shown>".to_owned()
+        }
+        Err(_) => shorten(url),
+    }
+}
+
 /// Shortens user input quoted back in an error message.
 pub(crate) fn shorten(s: &str) -> String {
     const MAX: usize = 64;
@@ -523,6 +548,24 @@ mod tests {
         for bad in ["", "5", "s", "-1s", "1d", "1.2.3s", "1e3s", "nan s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        for (url, secret) in [
+            ("redis://:hunter2@host:6380/0", "hunter2"),
+            ("redis://admin:hunter2@host/0", "hunter2"),
+            ("redis://host/0?pass=hunter2", "hunter2"),
+            ("rediss://[bad/0?pass=hunter2", "hunter2"),
+            ("nope://user:hunter2@[x", "hunter2"),
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains(secret), "{url} -> {shown}");
+        }
+        assert_eq!(
+            redact_url("file:///var/lib/bg.json"),
+            "file:///var/lib/bg.json"
+        );
     }
 
     #[test]

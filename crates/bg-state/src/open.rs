@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::model::redact_url;
 use crate::store::{ColourStore, DEFAULT_HISTORY_CAP};
 
 /// Settings for [`open_with`] that a URL does not carry.
@@ -81,7 +82,10 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> 
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(Error::invalid(
             "url",
-            format!("{:?} is not a store URL; expected {SCHEMES}", shown(url)),
+            format!(
+                "{:?} is not a store URL; expected {SCHEMES}",
+                redact_url(url)
+            ),
         ));
     };
     match scheme.to_ascii_lowercase().as_str() {
@@ -89,7 +93,10 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> 
             if !rest.is_empty() && rest != "/" {
                 return Err(Error::invalid(
                     "url",
-                    format!("memory:// takes nothing after it, got {:?}", shown(url)),
+                    format!(
+                        "memory:// takes nothing after it, got {:?}",
+                        redact_url(url)
+                    ),
                 ));
             }
             Ok(Arc::new(crate::MemoryStore::with_history_cap(
@@ -109,36 +116,26 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> 
     }
 }
 
-/// The URL as it may be shown: without a password.
-fn shown(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(_) => crate::model::shorten(url),
-        Err(_) if url.contains('@') => "<URL with credentials, not shown>".to_owned(),
-        Err(_) => crate::model::shorten(url),
-    }
-}
-
 #[cfg(feature = "file")]
 fn open_file(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
     let parsed = url::Url::parse(url)
-        .map_err(|e| Error::invalid("url", format!("{:?} is malformed: {e}", shown(url))))?;
+        .map_err(|e| Error::invalid("url", format!("{:?} is malformed: {e}", redact_url(url))))?;
     let path = parsed.to_file_path().map_err(|()| {
         Error::invalid(
             "url",
             format!(
                 "{:?} does not name a local file; expected file:///absolute/path",
-                shown(url)
+                redact_url(url)
             ),
         )
     })?;
     if parsed.path().ends_with('/') {
         return Err(Error::invalid(
             "url",
-            format!("{:?} names a directory; name the state file", shown(url)),
+            format!(
+                "{:?} names a directory; name the state file",
+                redact_url(url)
+            ),
         ));
     }
     Ok(Arc::new(crate::FileStore::with_options(

@@ -153,23 +153,6 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// The URL without its password, for messages and logs.
-pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            // Query parameters can carry credentials too (`?pass=`).
-            if u.query().is_some() {
-                u.set_query(Some("…"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparseable redis URL>".to_owned(),
-    }
-}
-
 fn unavailable(e: &RedisError) -> Error {
     let retryable = !matches!(e.retry_method(), RetryMethod::NoRetry)
         && e.kind() != redis::ErrorKind::AuthenticationFailed;
@@ -203,7 +186,7 @@ impl RedisStore {
     /// # Errors
     /// As [`RedisStore::open`].
     pub fn with_options(url: &str, opts: RedisOptions) -> Result<Self> {
-        let shown = redact(url);
+        let shown = crate::model::redact_url(url);
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("redis" | "rediss")) {
             return Err(Error::invalid(
