@@ -87,14 +87,17 @@ async fn write<T: DeserializeOwned>(
     Ok((app, actor, body))
 }
 
+/// A handler's answer: `Err` is an error response, so `?` ends a request.
+type Reply = Result<Response, Response>;
+
 /// Runs a store call bounded by the gate's store timeout and answers it.
 async fn answer<T: serde::Serialize>(
     gate: &Gate,
     fut: impl Future<Output = bg_state::Result<T>>,
-) -> Response {
+) -> Reply {
     match bounded(gate.config().store_timeout, fut).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => store_error(&e),
+        Ok(v) => Ok(Json(v).into_response()),
+        Err(e) => Err(store_error(&e)),
     }
 }
 
@@ -102,11 +105,8 @@ fn ttl(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
-async fn state(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
-    let app = match app_name(&gate, &app) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn state(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
+    let app = app_name(&gate, &app)?;
     answer(&gate, async {
         Ok(wire::StateAnswer {
             state: gate.store().get(&app).await?,
@@ -115,11 +115,8 @@ async fn state(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
     .await
 }
 
-async fn init(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
-    let (app, actor, b) = match write::<wire::InitBody>(&gate, &app, req).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn init(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+    let (app, actor, b) = write::<wire::InitBody>(&gate, &app, req).await?;
     let request = InitRequest {
         active: b.active,
         actor,
@@ -137,11 +134,8 @@ async fn init(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -
     res
 }
 
-async fn switch(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
-    let (app, actor, b) = match write::<wire::SwitchBody>(&gate, &app, req).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn switch(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+    let (app, actor, b) = write::<wire::SwitchBody>(&gate, &app, req).await?;
     let request = SwitchRequest {
         to: b.to,
         actor,
@@ -157,11 +151,8 @@ async fn switch(State(gate): State<Gate>, Path(app): Path<String>, req: Request)
     res
 }
 
-async fn deploy(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
-    let (app, actor, b) = match write::<wire::DeployBody>(&gate, &app, req).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn deploy(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+    let (app, actor, b) = write::<wire::DeployBody>(&gate, &app, req).await?;
     let mut rec = DeployRecord::new(b.colour, b.version, b.phase, actor);
     rec.fence = b.fence;
     rec.force = b.force;
@@ -183,17 +174,14 @@ async fn history(
     State(gate): State<Gate>,
     Path(app): Path<String>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let app = match app_name(&gate, &app) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let app = app_name(&gate, &app)?;
     let Ok(Query(q)) = query else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_input",
             "history takes ?limit=N",
-        );
+        ));
     };
     let limit = q.limit.unwrap_or(20).min(wire::MAX_HISTORY_LIMIT);
     answer(&gate, async {
@@ -204,11 +192,8 @@ async fn history(
     .await
 }
 
-async fn lease(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
-    let app = match app_name(&gate, &app) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn lease(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
+    let app = app_name(&gate, &app)?;
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
             lease: gate.store().lease(&app).await?,
@@ -217,11 +202,8 @@ async fn lease(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
     .await
 }
 
-async fn acquire(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
-    let (app, _actor, b) = match write::<wire::AcquireBody>(&gate, &app, req).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn acquire(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+    let (app, _actor, b) = write::<wire::AcquireBody>(&gate, &app, req).await?;
     let request = LeaseRequest::new(b.holder, ttl(b.ttl_ms));
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
@@ -231,11 +213,8 @@ async fn acquire(State(gate): State<Gate>, Path(app): Path<String>, req: Request
     .await
 }
 
-async fn renew(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
-    let (app, _actor, b) = match write::<wire::RenewBody>(&gate, &app, req).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn renew(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+    let (app, _actor, b) = write::<wire::RenewBody>(&gate, &app, req).await?;
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
             lease: Some(
@@ -248,11 +227,8 @@ async fn renew(State(gate): State<Gate>, Path(app): Path<String>, req: Request) 
     .await
 }
 
-async fn release(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
-    let (app, _actor, b) = match write::<wire::ReleaseBody>(&gate, &app, req).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn release(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+    let (app, _actor, b) = write::<wire::ReleaseBody>(&gate, &app, req).await?;
     answer(&gate, async {
         Ok(wire::ReleasedAnswer {
             released: gate.store().release_lease(&app, b.fence).await?,
@@ -261,11 +237,8 @@ async fn release(State(gate): State<Gate>, Path(app): Path<String>, req: Request
     .await
 }
 
-async fn break_lease(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
-    let (app, actor, b) = match write::<wire::BreakBody>(&gate, &app, req).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn break_lease(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+    let (app, actor, b) = write::<wire::BreakBody>(&gate, &app, req).await?;
     let request = BreakLease {
         actor,
         reason: b.reason,
@@ -278,11 +251,8 @@ async fn break_lease(State(gate): State<Gate>, Path(app): Path<String>, req: Req
     .await
 }
 
-async fn presences(State(gate): State<Gate>, Path(app): Path<String>) -> Response {
-    let app = match app_name(&gate, &app) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn presences(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
+    let app = app_name(&gate, &app)?;
     answer(&gate, async {
         Ok(wire::GatesAnswer {
             gates: gate.store().presences(&app).await?,
@@ -291,21 +261,16 @@ async fn presences(State(gate): State<Gate>, Path(app): Path<String>) -> Respons
     .await
 }
 
-async fn presence(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Response {
-    let (app, _actor, b) = match write::<wire::PresenceBody>(&gate, &app, req).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn presence(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+    let (app, _actor, b) = write::<wire::PresenceBody>(&gate, &app, req).await?;
     let report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
-    match bounded(
+    bounded(
         gate.config().store_timeout,
         gate.store().report_presence(&app, report, ttl(b.ttl_ms)),
     )
     .await
-    {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => store_error(&e),
-    }
+    .map_err(|e| store_error(&e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,24 +284,21 @@ async fn changes(
     State(gate): State<Gate>,
     Path(app): Path<String>,
     query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let app = match app_name(&gate, &app) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let app = app_name(&gate, &app)?;
     let Ok(Query(q)) = query else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_input",
             "changes takes ?since=GENERATION&timeout_ms=N",
-        );
+        ));
     };
     let Ok(_permit) = gate.inner.polls.try_acquire() else {
-        return error(
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "too many change polls are waiting on this gate; poll the state instead",
-        );
+        ));
     };
     let since = q.since.unwrap_or(0);
     let wait = q
@@ -346,14 +308,13 @@ async fn changes(
     let limit = gate.config().store_timeout;
     let store = gate.store();
     // Subscribe before reading, so a change between the two is not lost.
-    let mut sub = match bounded(limit, store.subscribe(&app)).await {
-        Ok(s) => s,
-        Err(e) => return store_error(&e),
-    };
-    let now = match bounded(limit, store.get(&app)).await {
-        Ok(s) => s.map_or(0, |s| s.generation),
-        Err(e) => return store_error(&e),
-    };
+    let mut sub = bounded(limit, store.subscribe(&app))
+        .await
+        .map_err(|e| store_error(&e))?;
+    let now = bounded(limit, store.get(&app))
+        .await
+        .map_err(|e| store_error(&e))?
+        .map_or(0, |s| s.generation);
     let answer = if now == since {
         match tokio::time::timeout(wait, sub.recv()).await {
             Ok(Some(change)) => wire::ChangesAnswer {
@@ -362,7 +323,7 @@ async fn changes(
             },
             Ok(None) => {
                 let body = ErrorBody::new("unavailable", "the store closed the change stream");
-                return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                return Err((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
             }
             Err(_) => wire::ChangesAnswer {
                 changed: false,
@@ -375,5 +336,5 @@ async fn changes(
             generation: Some(now),
         }
     };
-    Json(answer).into_response()
+    Ok(Json(answer).into_response())
 }
