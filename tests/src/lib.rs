@@ -1,1 +1,319 @@
-//! End-to-end tests of bluegreen live in `tests/`; this library is empty.
+//! Support shared by the end-to-end tests (`tests/`) and the benchmark
+//! (`bg-bench`): an instance process that a webhook can restart with another
+//! version, the webhook receiver that does it, and `bg-ctl` with the
+//! environment a CI job would give it.
+//!
+//! Servers and processes come from `bg_testkit`, so everything started here
+//! is stopped on drop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use bg_testkit::{Process, free_port, wait_for_port};
+
+/// A loopback address with a port nobody listened on a moment ago.
+///
+/// # Panics
+/// If the kernel hands out no port.
+#[must_use]
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// How an instance is stopped before it restarts.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    /// At once (SIGKILL).
+    Kill,
+    /// As a container runtime would: SIGTERM, this grace period, then SIGKILL.
+    Graceful(Duration),
+}
+
+/// One colour's instance — a `bg-gate` or a service embedding the gate —
+/// restartable with another version on the same address, as a webhook
+/// restarts a container.
+#[derive(Debug)]
+pub struct Instance {
+    /// `blue` or `green`.
+    pub colour: String,
+    /// Where it listens (`--listen`).
+    pub addr: SocketAddr,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    stop: Stop,
+    process: Option<Process>,
+}
+
+impl Instance {
+    /// An instance of `program` for `colour` on `store`'s `app`, with blue
+    /// live on a new store (`--init blue`). Nothing runs until
+    /// [`restart`](Self::restart).
+    pub fn new(program: PathBuf, colour: &str, store: &str, app: &str) -> Self {
+        Instance {
+            colour: colour.to_owned(),
+            addr: loopback(),
+            program,
+            args: ["--colour", colour, "--store", store, "--app", app]
+                .into_iter()
+                .chain(["--init", "blue"])
+                .map(str::to_owned)
+                .collect(),
+            env: vec![("RUST_LOG".into(), "warn".into())],
+            stop: Stop::Kill,
+            process: None,
+        }
+    }
+
+    /// More options for every start.
+    #[must_use]
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// An environment variable for every start.
+    #[must_use]
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// How the running process is stopped before a restart (default: kill).
+    #[must_use]
+    pub fn stop(mut self, stop: Stop) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Stops the running process, if any, and starts one with `version`
+    /// (`--service-version`), returning once it listens.
+    ///
+    /// # Panics
+    /// If it does not listen within 20 s.
+    pub fn restart(&mut self, version: &str) {
+        if let Some(p) = self.process.take() {
+            match self.stop {
+                Stop::Kill => drop(p), // killed and reaped on drop
+                Stop::Graceful(grace) => p.stop_gracefully(grace),
+            }
+        }
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .args(["--listen", &self.addr.to_string()])
+            .args(["--service-version", version])
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let name = format!(
+            "{} {}",
+            self.program
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            self.colour
+        );
+        self.process = Some(Process::spawn(&name, cmd));
+        wait_for_port(self.addr, Duration::from_secs(20));
+    }
+
+    /// `http://ADDR`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The instances by colour, shared with the webhook receiver.
+pub type Instances = Arc<Mutex<BTreeMap<String, Instance>>>;
+
+/// Puts started instances in the shared map the webhook receiver restarts.
+#[must_use]
+pub fn instances(all: impl IntoIterator<Item = Instance>) -> Instances {
+    Arc::new(Mutex::new(
+        all.into_iter().map(|i| (i.colour.clone(), i)).collect(),
+    ))
+}
+
+/// The address of `colour`'s instance.
+///
+/// # Panics
+/// If there is no such instance.
+#[must_use]
+pub fn addr_of(instances: &Instances, colour: &str) -> SocketAddr {
+    lock(instances)[colour].addr
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A stand-in for Portainer's service webhooks: `POST /hook/{colour}?tag=V`
+/// answers `204` at once and restarts that colour's instance with version
+/// `V` in the background — unless the colour was [`break_colour`]ed, when it
+/// answers `204` and deploys nothing.
+///
+/// [`break_colour`]: Webhooks::break_colour
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    broken: Arc<Mutex<BTreeSet<String>>>,
+    restarts: Arc<Mutex<Vec<Duration>>>,
+}
+
+#[derive(Clone)]
+struct HookState {
+    instances: Instances,
+    delay: Duration,
+    broken: Arc<Mutex<BTreeSet<String>>>,
+    restarts: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl Webhooks {
+    /// Serves the receiver on a free loopback port for as long as the
+    /// runtime runs; each restart starts `delay` after the hook answered.
+    ///
+    /// # Panics
+    /// If it cannot listen.
+    pub async fn serve(instances: Instances, delay: Duration) -> Webhooks {
+        let broken = Arc::new(Mutex::new(BTreeSet::new()));
+        let restarts = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let app = Router::new()
+            .route("/hook/{colour}", post(hook))
+            .with_state(HookState {
+                instances,
+                delay,
+                broken: Arc::clone(&broken),
+                restarts: Arc::clone(&restarts),
+            });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Webhooks {
+            addr,
+            broken,
+            restarts,
+        }
+    }
+
+    /// The hook URL for `colour`.
+    #[must_use]
+    pub fn url(&self, colour: &str) -> String {
+        format!("http://{}/hook/{colour}", self.addr)
+    }
+
+    /// From now on `colour`'s hook answers 204 and deploys nothing.
+    pub fn break_colour(&self, colour: &str) {
+        lock(&self.broken).insert(colour.to_owned());
+    }
+
+    /// Every hook deploys again.
+    pub fn mend(&self) {
+        lock(&self.broken).clear();
+    }
+
+    /// How long each restart took, from the hook to the new process
+    /// listening, in the order they finished.
+    #[must_use]
+    pub fn restart_times(&self) -> Vec<Duration> {
+        lock(&self.restarts).clone()
+    }
+}
+
+async fn hook(
+    State(s): State<HookState>,
+    Path(colour): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> StatusCode {
+    if lock(&s.broken).contains(&colour) {
+        return StatusCode::NO_CONTENT;
+    }
+    let version = q.get("tag").cloned().unwrap_or_default();
+    tokio::task::spawn_blocking(move || {
+        std::thread::sleep(s.delay);
+        let t = Instant::now();
+        if let Some(i) = lock(&s.instances).get_mut(&colour) {
+            i.restart(&version);
+            lock(&s.restarts).push(t.elapsed());
+        }
+    });
+    StatusCode::NO_CONTENT
+}
+
+/// `bg-ctl` with the environment a GitLab job would give it: the store, the
+/// app, a token, both colours' gates and webhooks. No flags needed.
+#[derive(Debug, Clone)]
+pub struct Ctl {
+    program: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Ctl {
+    /// `program` (a `bg-ctl` binary) for `app` on `store`, authenticated
+    /// with `token`.
+    #[must_use]
+    pub fn new(program: PathBuf, store: &str, app: &str, token: &str) -> Self {
+        Ctl {
+            program,
+            env: vec![
+                ("BG_STORE".into(), store.into()),
+                ("BG_APP".into(), app.into()),
+                ("BG_TOKEN".into(), token.into()),
+                ("NO_COLOR".into(), "1".into()),
+            ],
+        }
+    }
+
+    /// An environment variable for every command.
+    #[must_use]
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// `BG_GATE_BLUE`, `BG_GATE_GREEN` and the webhooks for both colours.
+    #[must_use]
+    pub fn release_env(self, blue: SocketAddr, green: SocketAddr, hooks: &Webhooks) -> Self {
+        self.env("BG_GATE_BLUE", &format!("http://{blue}"))
+            .env("BG_GATE_GREEN", &format!("http://{green}"))
+            .env("BG_WEBHOOK_BLUE", &hooks.url("blue"))
+            .env("BG_WEBHOOK_GREEN", &hooks.url("green"))
+    }
+
+    /// The command `bg-ctl ARGS…`, to adjust further or run.
+    #[must_use]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v))).args(args);
+        cmd
+    }
+}
+
+/// Runs `cmd` to its end off the async workers.
+///
+/// # Panics
+/// If it cannot be started.
+pub async fn run(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("the command starts"))
+        .await
+        .expect("the command's thread")
+}
+
+/// A finished command's exit code and output, for an assertion message.
+#[must_use]
+pub fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -7,17 +7,13 @@
 //! `BG_E2E_RELEASES` sets how many releases the fast-check run makes
 //! (default 10).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::routing::post;
+use bg_e2e::{Ctl, Instance, Instances, Stop, Webhooks, addr_of, instances, run, show};
 use bg_state::{AppName, Colour};
 use bg_testkit::{
     Process, RedisServer, free_port, http, wait_for_port, workspace_binary, workspace_example,
@@ -53,61 +49,6 @@ const DEFAULT: Timing = Timing {
     fall: 3,
     handover: "6s",
 };
-
-/// One colour's instance, restartable with another version on its port.
-struct Instance {
-    colour: &'static str,
-    addr: SocketAddr,
-    redis: String,
-    handover: &'static str,
-    process: Option<Process>,
-}
-
-impl Instance {
-    fn restart(&mut self, version: &str) {
-        // As a container runtime would: SIGTERM, a grace period, then SIGKILL.
-        if let Some(p) = self.process.take() {
-            p.stop_gracefully(Duration::from_secs(10));
-        }
-        let mut cmd = Command::new(workspace_example("bg-gate", "ws_echo"));
-        cmd.args([
-            "--colour",
-            self.colour,
-            "--store",
-            &self.redis,
-            "--app",
-            "chat",
-        ])
-        .args([
-            "--listen",
-            &self.addr.to_string(),
-            "--service-version",
-            version,
-        ])
-        .args(["--init", "blue", "--poll-interval", "100ms"])
-        .args(["--handover", self.handover])
-        .env("BG_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn");
-        self.process = Some(Process::spawn(&format!("ws_echo {}", self.colour), cmd));
-        wait_for_port(self.addr, Duration::from_secs(20));
-    }
-}
-
-type Instances = Arc<Mutex<BTreeMap<String, Instance>>>;
-
-async fn hook(
-    State(instances): State<Instances>,
-    Path(colour): Path<String>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> StatusCode {
-    let version = q.get("tag").cloned().unwrap_or_default();
-    tokio::task::spawn_blocking(move || {
-        if let Some(i) = instances.lock().unwrap().get_mut(&colour) {
-            i.restart(&version);
-        }
-    });
-    StatusCode::NO_CONTENT
-}
 
 struct Haproxy {
     _process: Process,
@@ -266,15 +207,6 @@ async fn ws_client(
     }
 }
 
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Everything a test needs: Redis, two instances, the webhook receiver,
 /// HAProxy, and traffic flowing through it.
 struct Harness {
@@ -282,9 +214,7 @@ struct Harness {
     redis: RedisServer,
     /// Kept so the instances stop with the harness.
     _instances: Instances,
-    /// Colours whose webhook answers 204 and deploys nothing.
-    broken: Arc<Mutex<Vec<String>>>,
-    hooks: SocketAddr,
+    hooks: Webhooks,
     lb: Haproxy,
     blue: SocketAddr,
     green: SocketAddr,
@@ -298,17 +228,6 @@ struct Harness {
     /// Samples in which neither gate answered OK.
     both_stop: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-async fn hook_or_not(
-    State((instances, broken)): State<(Instances, Arc<Mutex<Vec<String>>>)>,
-    path: Path<String>,
-    query: Query<BTreeMap<String, String>>,
-) -> StatusCode {
-    if broken.lock().unwrap().contains(&path.0) {
-        return StatusCode::NO_CONTENT;
-    }
-    hook(State(instances), path, query).await
 }
 
 /// How many of the latest probes a gate logged were answered STOP.
@@ -331,29 +250,22 @@ impl Harness {
     async fn start(timing: Timing, clients: usize) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
-        let instances: Instances = Arc::new(Mutex::new(BTreeMap::new()));
-        for colour in ["blue", "green"] {
-            let mut i = Instance {
+        let instance = |colour| {
+            let mut i = Instance::new(
+                workspace_example("bg-gate", "ws_echo"),
                 colour,
-                addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-                redis: redis.url(),
-                handover: timing.handover,
-                process: None,
-            };
+                &redis.url(),
+                "chat",
+            )
+            .args(&["--poll-interval", "100ms", "--handover", timing.handover])
+            .env("BG_TOKEN", TOKEN)
+            .stop(Stop::Graceful(Duration::from_secs(10)));
             i.restart("v0");
-            instances.lock().unwrap().insert(colour.into(), i);
-        }
-        let (blue, green) = {
-            let i = instances.lock().unwrap();
-            (i["blue"].addr, i["green"].addr)
+            i
         };
-        let broken = Arc::new(Mutex::new(Vec::new()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hooks = listener.local_addr().unwrap();
-        let app = Router::new()
-            .route("/hook/{colour}", post(hook_or_not))
-            .with_state((Arc::clone(&instances), Arc::clone(&broken)));
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let instances = instances([instance("blue"), instance("green")]);
+        let (blue, green) = (addr_of(&instances, "blue"), addr_of(&instances, "green"));
+        let hooks = Webhooks::serve(Arc::clone(&instances), Duration::ZERO).await;
         let lb = haproxy(blue, green, timing, dir.path());
 
         // Wait until HAProxy serves blue.
@@ -391,7 +303,6 @@ impl Harness {
             store: bg_state::open(&redis.url()).unwrap(),
             redis,
             _instances: instances,
-            broken,
             hooks,
             lb,
             blue,
@@ -446,24 +357,15 @@ impl Harness {
     }
 
     fn bg_ctl(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(workspace_binary("bg-ctl", "bg-ctl"));
-        cmd.env("BG_STORE", self.redis.url())
-            .env("BG_APP", "chat")
-            .env("BG_TOKEN", TOKEN)
-            .env("BG_ACTOR", "lb-test")
-            .env("BG_GATE_BLUE", format!("http://{}", self.blue))
-            .env("BG_GATE_GREEN", format!("http://{}", self.green))
-            .env(
-                "BG_WEBHOOK_BLUE",
-                format!("http://{}/hook/blue", self.hooks),
-            )
-            .env(
-                "BG_WEBHOOK_GREEN",
-                format!("http://{}/hook/green", self.hooks),
-            )
-            .env("NO_COLOR", "1")
-            .args(args);
-        cmd
+        Ctl::new(
+            workspace_binary("bg-ctl", "bg-ctl"),
+            &self.redis.url(),
+            "chat",
+            TOKEN,
+        )
+        .env("BG_ACTOR", "lb-test")
+        .release_env(self.blue, self.green, &self.hooks)
+        .command(args)
     }
 
     fn deploy_cmd(&self, version: &str, extra: &[&str]) -> Command {
@@ -490,14 +392,8 @@ impl Harness {
         self.bg_ctl(&args)
     }
 
-    async fn run(mut cmd: Command) -> Output {
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap()
-    }
-
     async fn deploy(&self, version: &str, extra: &[&str]) -> Output {
-        let out = Self::run(self.deploy_cmd(version, extra)).await;
+        let out = run(self.deploy_cmd(version, extra)).await;
         self.note_live().await;
         out
     }
@@ -625,17 +521,14 @@ async fn faults_under_load() {
 
     // A webhook that answers 204 and deploys nothing: exit 4, nothing switched.
     let before = h.state().await;
-    h.broken.lock().unwrap().push(before.0.other().to_string());
+    h.hooks.break_colour(before.0.other().as_str());
     let out = h.deploy("v2", &["--ready-timeout", "3s"]).await;
     assert_eq!(out.status.code(), Some(4), "{}", show(&out));
     assert_eq!(h.state().await, before, "a release that never ran switched");
-    h.broken.lock().unwrap().clear();
+    h.hooks.mend();
 
     // Two pipelines at once: one releases, the other is refused.
-    let (a, b) = tokio::join!(
-        Harness::run(h.deploy_cmd("v3", &[])),
-        Harness::run(h.deploy_cmd("v4", &[]))
-    );
+    let (a, b) = tokio::join!(run(h.deploy_cmd("v3", &[])), run(h.deploy_cmd("v4", &[])));
     h.note_live().await;
     let codes = [a.status.code(), b.status.code()];
     assert!(
@@ -694,7 +587,7 @@ async fn faults_under_load() {
     h.redis.restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (blue, green) = (format!("http://{}", h.blue), format!("http://{}", h.green));
-    let out = Harness::run(h.bg_ctl(&["init", "--from-gate", &blue, "--from-gate", &green])).await;
+    let out = run(h.bg_ctl(&["init", "--from-gate", &blue, "--from-gate", &green])).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let restored = h.state().await;
     assert_eq!(

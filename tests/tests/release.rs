@@ -2,130 +2,45 @@
 //! webhook receiver that restarts the idle gate with the new version, the
 //! way Portainer restarts a service.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::routing::post;
+use bg_e2e::{Ctl, Instance, Instances, Webhooks, addr_of, instances, run, show};
 use bg_state::{AppName, Colour, ColourStore, SwitchRequest};
-use bg_testkit::{Process, RedisServer, free_port, http, wait_for_port, workspace_binary};
+use bg_testkit::{Process, RedisServer, http, workspace_binary};
 
 const TOKEN: &str = "release-test-token-0123";
 
-/// One colour's gate process, restartable with another version.
-struct GateProc {
-    colour: &'static str,
-    addr: SocketAddr,
-    redis: String,
-    process: Option<Process>,
-}
-
-impl GateProc {
-    fn start(colour: &'static str, redis: &RedisServer, version: &str) -> Self {
-        let mut g = GateProc {
-            colour,
-            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            redis: redis.url(),
-            process: None,
-        };
-        g.restart(version);
-        g
-    }
-
-    fn restart(&mut self, version: &str) {
-        self.process = None; // killed and reaped on drop
-        let mut cmd = Command::new(workspace_binary("bg-gate", "bg-gate"));
-        cmd.args([
-            "--colour",
-            self.colour,
-            "--store",
-            &self.redis,
-            "--app",
-            "chat",
-        ])
-        .args([
-            "--listen",
-            &self.addr.to_string(),
-            "--service-version",
-            version,
-        ])
-        .args([
-            "--init",
-            "blue",
-            "--poll-interval",
-            "100ms",
-            "--handover",
-            "0s",
-        ])
-        .env("BG_TOKEN", TOKEN);
-        self.process = Some(Process::spawn(&format!("bg-gate {}", self.colour), cmd));
-        wait_for_port(self.addr, Duration::from_secs(20));
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-type Gates = Arc<Mutex<BTreeMap<String, GateProc>>>;
-
-/// `POST /hook/{colour}?tag=V`: answers 204 at once and restarts that
-/// colour's gate with version V in the background, unless the colour is in
-/// `broken` (a webhook that answers 204 and deploys nothing).
-async fn hook(
-    State((gates, broken)): State<(Gates, Arc<Mutex<Vec<String>>>)>,
-    Path(colour): Path<String>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> StatusCode {
-    let version = q.get("tag").cloned().unwrap_or_default();
-    if broken.lock().unwrap().contains(&colour) {
-        return StatusCode::NO_CONTENT;
-    }
-    tokio::task::spawn_blocking(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        if let Some(g) = gates.lock().unwrap().get_mut(&colour) {
-            g.restart(&version);
-        }
-    });
-    StatusCode::NO_CONTENT
-}
-
 struct Rig {
     redis: RedisServer,
-    gates: Gates,
-    broken: Arc<Mutex<Vec<String>>>,
-    hooks: SocketAddr,
+    gates: Instances,
+    hooks: Webhooks,
     store: Arc<dyn ColourStore>,
 }
 
 impl Rig {
     async fn start() -> Rig {
         let redis = RedisServer::start();
-        let gates: Gates = Arc::new(Mutex::new(BTreeMap::new()));
-        {
-            let blue = GateProc::start("blue", &redis, "v1");
-            let green = GateProc::start("green", &redis, "v1");
-            let mut g = gates.lock().unwrap();
-            g.insert("blue".into(), blue);
-            g.insert("green".into(), green);
-        }
-        let broken = Arc::new(Mutex::new(Vec::new()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hooks = listener.local_addr().unwrap();
-        let app = Router::new()
-            .route("/hook/{colour}", post(hook))
-            .with_state((Arc::clone(&gates), Arc::clone(&broken)));
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let gate = |colour| {
+            let mut g = Instance::new(
+                workspace_binary("bg-gate", "bg-gate"),
+                colour,
+                &redis.url(),
+                "chat",
+            )
+            .args(&["--poll-interval", "100ms", "--handover", "0s"])
+            .env("BG_TOKEN", TOKEN);
+            g.restart("v1");
+            g
+        };
+        let gates = instances([gate("blue"), gate("green")]);
+        // A restart begins a moment after the hook answered, as Portainer's does.
+        let hooks = Webhooks::serve(Arc::clone(&gates), Duration::from_millis(200)).await;
         let store = bg_state::open(&redis.url()).unwrap();
         let rig = Rig {
             redis,
             gates,
-            broken,
             hooks,
             store,
         };
@@ -138,13 +53,13 @@ impl Rig {
     }
 
     fn gate_url(&self, colour: &str) -> String {
-        self.gates.lock().unwrap()[colour].url()
+        format!("http://{}", addr_of(&self.gates, colour))
     }
 
     /// The gate's answer as 200 or 503, read from `/bg/state` so that the
     /// test's own looking is not logged as a load balancer's probe.
     fn answer(&self, colour: &str) -> u16 {
-        let addr = self.gates.lock().unwrap()[colour].addr;
+        let addr = addr_of(&self.gates, colour);
         let Ok(a) = http::get(addr, "/bg/state") else {
             return 0;
         };
@@ -161,24 +76,19 @@ impl Rig {
     }
 
     fn bg_ctl(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(workspace_binary("bg-ctl", "bg-ctl"));
-        cmd.env("BG_STORE", self.redis.url())
-            .env("BG_APP", "chat")
-            .env("BG_TOKEN", TOKEN)
-            .env("BG_ACTOR", "release-test")
-            .env("BG_GATE_BLUE", self.gate_url("blue"))
-            .env("BG_GATE_GREEN", self.gate_url("green"))
-            .env(
-                "BG_WEBHOOK_BLUE",
-                format!("http://{}/hook/blue", self.hooks),
-            )
-            .env(
-                "BG_WEBHOOK_GREEN",
-                format!("http://{}/hook/green", self.hooks),
-            )
-            .env("NO_COLOR", "1")
-            .args(args);
-        cmd
+        Ctl::new(
+            workspace_binary("bg-ctl", "bg-ctl"),
+            &self.redis.url(),
+            "chat",
+            TOKEN,
+        )
+        .env("BG_ACTOR", "release-test")
+        .release_env(
+            addr_of(&self.gates, "blue"),
+            addr_of(&self.gates, "green"),
+            &self.hooks,
+        )
+        .command(args)
     }
 
     async fn deploy(&self, version: &str, extra: &[&str]) -> Output {
@@ -188,10 +98,7 @@ impl Rig {
         }
         args.extend(["--poll", "50ms", "--lease-ttl", "3s"]);
         args.extend_from_slice(extra);
-        let mut cmd = self.bg_ctl(&args);
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap()
+        run(self.bg_ctl(&args)).await
     }
 
     async fn live(&self) -> (Colour, u64) {
@@ -203,15 +110,6 @@ impl Rig {
             .unwrap();
         (s.active, s.generation)
     }
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -235,10 +133,7 @@ async fn full_release_then_rollback() {
     let out = rig.deploy("v3", &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(rig.live().await, (Colour::Blue, 3));
-    let mut cmd = rig.bg_ctl(&["rollback", "--reason", "v3 misbehaves"]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = run(rig.bg_ctl(&["rollback", "--reason", "v3 misbehaves"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(rig.live().await, (Colour::Green, 4));
 
@@ -250,10 +145,7 @@ async fn full_release_then_rollback() {
         .get_mut("blue")
         .unwrap()
         .restart("v9-hotfix");
-    let mut cmd = rig.bg_ctl(&["rollback"]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = run(rig.bg_ctl(&["rollback"])).await;
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("rollback refused"),
@@ -267,7 +159,7 @@ async fn full_release_then_rollback() {
 async fn a_webhook_that_deploys_nothing_is_caught() {
     let _serial = crate::serial().await;
     let rig = Rig::start().await;
-    rig.broken.lock().unwrap().push("green".into());
+    rig.hooks.break_colour("green");
     let out = rig.deploy("v2", &["--ready-timeout", "3s"]).await;
     assert_eq!(out.status.code(), Some(4), "{}", show(&out));
     assert_eq!(rig.live().await, (Colour::Blue, 1));
@@ -372,9 +264,7 @@ async fn the_same_release_through_a_gate_when_ci_cannot_reach_redis() {
     let mut cmd = rig.bg_ctl(&args);
     cmd.env_remove("BG_STORE")
         .env("BG_GATE", rig.gate_url("blue"));
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(rig.live().await, (Colour::Green, 2));
     // The actor is what the gate authenticated (the token's name), not a claim.
@@ -390,9 +280,7 @@ async fn the_same_release_through_a_gate_when_ci_cannot_reach_redis() {
     cmd.env_remove("BG_STORE")
         .env_remove("BG_TOKEN")
         .env("BG_GATE", rig.gate_url("blue"));
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("refused"),
@@ -422,15 +310,9 @@ async fn a_store_restarted_empty_is_restored_from_the_gates() {
     }
     assert_eq!(rig.answer("green"), 200);
     // A naive re-init lands at generation 1, below the gates: a switch is refused.
-    let mut cmd = rig.bg_ctl(&["init", "--active", "blue"]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = run(rig.bg_ctl(&["init", "--active", "blue"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    let mut cmd = rig.bg_ctl(&["switch", "--to", "blue"]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = run(rig.bg_ctl(&["switch", "--to", "blue"])).await;
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("init --from-gate"),
@@ -440,32 +322,28 @@ async fn a_store_restarted_empty_is_restored_from_the_gates() {
     assert_eq!(rig.answer("green"), 200, "the gates never went backwards");
 
     // A gate that does not answer makes the restore refuse.
-    let mut cmd = rig.bg_ctl(&[
+    let out = run(rig.bg_ctl(&[
         "init",
         "--force",
         "--from-gate",
         &rig.gate_url("green"),
         "--from-gate",
         "http://127.0.0.1:1",
-    ]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    ]))
+    .await;
     assert_eq!(out.status.code(), Some(5), "{}", show(&out));
 
     // The restore lands above every gate: they follow it again.
     let (blue, green) = (rig.gate_url("blue"), rig.gate_url("green"));
-    let mut cmd = rig.bg_ctl(&[
+    let out = run(rig.bg_ctl(&[
         "init",
         "--force",
         "--from-gate",
         &blue,
         "--from-gate",
         &green,
-    ]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    ]))
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(rig.live().await, (Colour::Green, 3));
     let out = rig.deploy("v3", &[]).await;

@@ -74,6 +74,7 @@ mod error;
 pub mod model;
 mod open;
 mod store;
+mod text;
 pub mod wire;
 
 #[cfg(feature = "file")]
@@ -86,7 +87,7 @@ pub use backend::remote::RemoteStore;
 pub use error::{Error, InvalidInput, Result};
 pub use model::{
     Actor, AppName, Change, Colour, DeployPhase, Deployment, Event, EventKind, LastChange, Lease,
-    Millis, Presence, State, format_millis, parse_duration, redact_url,
+    Millis, Presence, State,
 };
 pub use open::{OpenOptions, open, open_with};
 #[cfg(any(test, feature = "mock"))]
@@ -96,3 +97,4 @@ pub use store::{
     MAX_GENERATION, MAX_NAME_LEN, MAX_REASON_LEN, MAX_REQUEST_ID_LEN, MAX_VERSION_LEN,
     Subscription, SwitchOutcome, SwitchRequest,
 };
+pub use text::{format_millis, parse_duration, redact_url};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::model::redact_url;
 use crate::store::{ColourStore, DEFAULT_HISTORY_CAP};
+use crate::text::redact_url;
 
 /// Settings for [`open_with`] that a URL does not carry.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> 
             "url",
             format!(
                 "unknown store scheme {:?}; expected {SCHEMES}",
-                crate::model::shorten(other)
+                crate::text::shorten(other)
             ),
         )),
     }

@@ -4,12 +4,23 @@
 //! Tests never touch a server they did not start: every [`RedisServer`] is a
 //! new `redis-server` process on a port the kernel just handed out, with
 //! persistence off and its files in a temporary directory.
+//!
+//! * [`RedisServer`], [`Process`], [`free_port`], [`wait_for_port`] — real
+//!   processes on loopback, killed on drop.
+//! * [`http`] — a blocking HTTP/1.1 client small enough to trust in a test.
+//! * [`workspace_binary`], [`workspace_example`] — the workspace's own
+//!   programs, rebuilt when stale.
+//! * `store` (feature `store`) — stores that pass every call to another
+//!   store except the ones a test takes over.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[cfg(feature = "store")]
+pub mod store;
 
 /// A port nobody listened on a moment ago.
 ///

@@ -4,25 +4,18 @@
 //!
 //! `bg-bench OUTPUT.md`
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use axum::Router;
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
-use axum::routing::post;
+use bg_e2e::{Ctl, Instance, Stop, Webhooks, addr_of, instances, loopback as addr, run};
 use bg_gate::{Auth, Gate, GateConfig};
-use bg_state::{
-    AppName, BreakLease, Colour, ColourStore, DeployRecord, Event, InitRequest, Lease,
-    LeaseRequest, Presence, RedisStore, Subscription, SwitchOutcome, SwitchRequest,
-};
-use bg_testkit::{Process, RedisServer, free_port, http, wait_for_port};
+use bg_state::{AppName, Colour, ColourStore, InitRequest, RedisStore, SwitchRequest};
+use bg_testkit::store::{Overlay, PollOnly};
+use bg_testkit::{Process, RedisServer, http, wait_for_port};
 
 const TOKEN: &str = "bench-token-0123456789";
 const WRK_SECONDS: u64 = 10;
@@ -37,12 +30,6 @@ fn sibling(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("an address")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -134,73 +121,6 @@ fn gate_process(redis: &str, extra: &[&str]) -> (Process, SocketAddr) {
     (p, a)
 }
 
-/// The store with change notifications switched off, for polling only.
-#[derive(Debug)]
-struct PollOnly(Arc<dyn ColourStore>);
-
-#[async_trait]
-impl ColourStore for PollOnly {
-    fn backend(&self) -> &'static str {
-        self.0.backend()
-    }
-    async fn get(&self, app: &AppName) -> bg_state::Result<Option<bg_state::State>> {
-        self.0.get(app).await
-    }
-    async fn init(&self, app: &AppName, req: InitRequest) -> bg_state::Result<bg_state::State> {
-        self.0.init(app, req).await
-    }
-    async fn switch(&self, app: &AppName, req: SwitchRequest) -> bg_state::Result<SwitchOutcome> {
-        self.0.switch(app, req).await
-    }
-    async fn record_deploy(
-        &self,
-        app: &AppName,
-        rec: DeployRecord,
-    ) -> bg_state::Result<bg_state::State> {
-        self.0.record_deploy(app, rec).await
-    }
-    async fn history(&self, app: &AppName, limit: usize) -> bg_state::Result<Vec<Event>> {
-        self.0.history(app, limit).await
-    }
-    async fn acquire_lease(&self, app: &AppName, req: LeaseRequest) -> bg_state::Result<Lease> {
-        self.0.acquire_lease(app, req).await
-    }
-    async fn renew_lease(
-        &self,
-        app: &AppName,
-        fence: u64,
-        ttl: Duration,
-    ) -> bg_state::Result<Lease> {
-        self.0.renew_lease(app, fence, ttl).await
-    }
-    async fn release_lease(&self, app: &AppName, fence: u64) -> bg_state::Result<bool> {
-        self.0.release_lease(app, fence).await
-    }
-    async fn lease(&self, app: &AppName) -> bg_state::Result<Option<Lease>> {
-        self.0.lease(app).await
-    }
-    async fn break_lease(&self, app: &AppName, req: BreakLease) -> bg_state::Result<Option<Lease>> {
-        self.0.break_lease(app, req).await
-    }
-    async fn report_presence(
-        &self,
-        app: &AppName,
-        p: Presence,
-        ttl: Duration,
-    ) -> bg_state::Result<()> {
-        self.0.report_presence(app, p, ttl).await
-    }
-    async fn presences(&self, app: &AppName) -> bg_state::Result<Vec<Presence>> {
-        self.0.presences(app).await
-    }
-    async fn subscribe(&self, _: &AppName) -> bg_state::Result<Subscription> {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        // Never sends: hints never come, only the poll.
-        std::mem::forget(tx);
-        Ok(Subscription::from_channel(rx))
-    }
-}
-
 /// Time from a switch's commit to both gates answering the new state.
 async fn propagation(
     redis: &str,
@@ -220,7 +140,7 @@ async fn propagation(
         let store: Arc<dyn ColourStore> = if notify {
             store
         } else {
-            Arc::new(PollOnly(store))
+            Overlay::shared(store, PollOnly)
         };
         let mut cfg = GateConfig::new(app.clone(), colour, "v1");
         cfg.poll_interval = poll;
@@ -253,104 +173,36 @@ async fn propagation(
     (percentile(&took, 0.5), percentile(&took, 0.99))
 }
 
-type Instances = Arc<Mutex<BTreeMap<String, (SocketAddr, Option<Process>)>>>;
-/// The instances, the Redis URL, and the restart times measured.
-type HookState = (Instances, String, Arc<Mutex<Vec<Duration>>>);
-
-fn start_instance(colour: &str, a: SocketAddr, redis: &str, version: &str) -> Process {
-    let mut cmd = Command::new(sibling("bg-gate"));
-    cmd.args(["--colour", colour, "--store", redis, "--app", "release"])
-        .args(["--listen", &a.to_string(), "--service-version", version])
-        .args([
-            "--init",
-            "blue",
-            "--poll-interval",
-            "100ms",
-            "--handover",
-            "0s",
-        ])
-        .env("BG_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn");
-    let p = Process::spawn(colour, cmd);
-    wait_for_port(a, Duration::from_secs(20));
-    p
-}
-
-/// Restarts the named instance with the version, and records how long the
-/// restart itself took (from the hook to the new process listening).
-async fn hook(
-    State((instances, redis, restarts)): State<HookState>,
-    UrlPath(colour): UrlPath<String>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> StatusCode {
-    let version = q.get("tag").cloned().unwrap_or_default();
-    tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        let mut all = instances.lock().expect("lock");
-        let entry = all.get_mut(&colour).expect("a colour");
-        if let Some(p) = entry.1.take() {
-            p.stop_gracefully(Duration::from_secs(10));
-        }
-        entry.1 = Some(start_instance(&colour, entry.0, &redis, &version));
-        restarts.lock().expect("lock").push(t.elapsed());
-    });
-    StatusCode::NO_CONTENT
-}
-
 /// `bg-ctl deploy` wall time against the instance's own restart time.
 async fn release_overhead(redis: &str, releases: usize) -> (Duration, Duration, Duration) {
-    let instances: Instances = Arc::new(Mutex::new(BTreeMap::new()));
-    for colour in ["blue", "green"] {
-        let a = addr();
-        let p = start_instance(colour, a, redis, "v0");
-        instances
-            .lock()
-            .expect("lock")
-            .insert(colour.into(), (a, Some(p)));
-    }
-    let restarts = Arc::new(Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let hooks = listener.local_addr().expect("addr");
-    let router = Router::new()
-        .route("/hook/{colour}", post(hook))
-        .with_state((
-            Arc::clone(&instances),
-            redis.to_owned(),
-            Arc::clone(&restarts),
-        ));
-    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
-    let url = |c: &str| format!("http://{}", instances.lock().expect("lock")[c].0);
-    let (blue, green) = (url("blue"), url("green"));
-    while !http::get(instances.lock().expect("lock")["blue"].0, "/bg/state")
-        .is_ok_and(|a| a.body.contains("\"live\":true"))
-    {
+    let instance = |colour| {
+        let mut i = Instance::new(sibling("bg-gate"), colour, redis, "release")
+            .args(&["--poll-interval", "100ms", "--handover", "0s"])
+            .env("BG_TOKEN", TOKEN)
+            .stop(Stop::Graceful(Duration::from_secs(10)));
+        i.restart("v0");
+        i
+    };
+    let instances = instances([instance("blue"), instance("green")]);
+    let (blue, green) = (addr_of(&instances, "blue"), addr_of(&instances, "green"));
+    let hooks = Webhooks::serve(instances, Duration::ZERO).await;
+    while !http::get(blue, "/bg/state").is_ok_and(|a| a.body.contains("\"live\":true")) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let ctl = Ctl::new(sibling("bg-ctl"), redis, "release", TOKEN).release_env(blue, green, &hooks);
     let mut walls = Vec::new();
     for n in 1..=releases {
-        let mut cmd = Command::new(sibling("bg-ctl"));
-        cmd.env("BG_STORE", redis)
-            .env("BG_APP", "release")
-            .env("BG_TOKEN", TOKEN)
-            .env("BG_GATE_BLUE", &blue)
-            .env("BG_GATE_GREEN", &green)
-            .env("BG_WEBHOOK_BLUE", format!("http://{hooks}/hook/blue"))
-            .env("BG_WEBHOOK_GREEN", format!("http://{hooks}/hook/green"))
-            .args([
-                "deploy",
-                "--version",
-                &format!("v{n}"),
-                "--tag-param",
-                "tag",
-                "--poll",
-                "20ms",
-            ]);
+        let cmd = ctl.command(&[
+            "deploy",
+            "--version",
+            &format!("v{n}"),
+            "--tag-param",
+            "tag",
+            "--poll",
+            "20ms",
+        ]);
         let t = Instant::now();
-        let out = tokio::task::spawn_blocking(move || cmd.output().expect("bg-ctl runs"))
-            .await
-            .expect("join");
+        let out = run(cmd).await;
         assert!(
             out.status.success(),
             "release {n} failed: {}",
@@ -358,12 +210,11 @@ async fn release_overhead(redis: &str, releases: usize) -> (Duration, Duration, 
         );
         walls.push(t.elapsed());
     }
-    let restarts = restarts.lock().expect("lock").clone();
     let median = |mut v: Vec<Duration>| {
         v.sort();
         percentile(&v, 0.5)
     };
-    let (wall, restart) = (median(walls), median(restarts));
+    let (wall, restart) = (median(walls), median(hooks.restart_times()));
     (wall, restart, wall.saturating_sub(restart))
 }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use bg_gate::Answer;
 use bg_state::{Colour, InitRequest, SwitchRequest};
+use bg_testkit::store::{Overlay, Override};
 use tokio::io::AsyncReadExt;
 
 use super::*;
@@ -50,106 +51,30 @@ async fn the_old_colour_hands_over_before_it_stops() {
 }
 
 /// A store whose first `get` is slow: its answer arrives after a newer one.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SlowFirstRead {
-    inner: Arc<dyn ColourStore>,
     calls: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
-impl ColourStore for SlowFirstRead {
-    fn backend(&self) -> &'static str {
-        "slow"
-    }
-    async fn get(&self, app: &bg_state::AppName) -> bg_state::Result<Option<bg_state::State>> {
-        let read = self.inner.get(app).await;
+impl Override for SlowFirstRead {
+    async fn get(
+        &self,
+        inner: &dyn ColourStore,
+        app: &bg_state::AppName,
+    ) -> bg_state::Result<Option<bg_state::State>> {
+        let read = inner.get(app).await;
         if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         read
-    }
-    async fn init(
-        &self,
-        app: &bg_state::AppName,
-        req: InitRequest,
-    ) -> bg_state::Result<bg_state::State> {
-        self.inner.init(app, req).await
-    }
-    async fn switch(
-        &self,
-        app: &bg_state::AppName,
-        req: SwitchRequest,
-    ) -> bg_state::Result<bg_state::SwitchOutcome> {
-        self.inner.switch(app, req).await
-    }
-    async fn record_deploy(
-        &self,
-        app: &bg_state::AppName,
-        rec: bg_state::DeployRecord,
-    ) -> bg_state::Result<bg_state::State> {
-        self.inner.record_deploy(app, rec).await
-    }
-    async fn history(
-        &self,
-        app: &bg_state::AppName,
-        limit: usize,
-    ) -> bg_state::Result<Vec<bg_state::Event>> {
-        self.inner.history(app, limit).await
-    }
-    async fn acquire_lease(
-        &self,
-        app: &bg_state::AppName,
-        req: bg_state::LeaseRequest,
-    ) -> bg_state::Result<bg_state::Lease> {
-        self.inner.acquire_lease(app, req).await
-    }
-    async fn renew_lease(
-        &self,
-        app: &bg_state::AppName,
-        fence: u64,
-        ttl: Duration,
-    ) -> bg_state::Result<bg_state::Lease> {
-        self.inner.renew_lease(app, fence, ttl).await
-    }
-    async fn release_lease(&self, app: &bg_state::AppName, fence: u64) -> bg_state::Result<bool> {
-        self.inner.release_lease(app, fence).await
-    }
-    async fn lease(&self, app: &bg_state::AppName) -> bg_state::Result<Option<bg_state::Lease>> {
-        self.inner.lease(app).await
-    }
-    async fn break_lease(
-        &self,
-        app: &bg_state::AppName,
-        req: bg_state::BreakLease,
-    ) -> bg_state::Result<Option<bg_state::Lease>> {
-        self.inner.break_lease(app, req).await
-    }
-    async fn report_presence(
-        &self,
-        app: &bg_state::AppName,
-        p: bg_state::Presence,
-        ttl: Duration,
-    ) -> bg_state::Result<()> {
-        self.inner.report_presence(app, p, ttl).await
-    }
-    async fn presences(
-        &self,
-        app: &bg_state::AppName,
-    ) -> bg_state::Result<Vec<bg_state::Presence>> {
-        self.inner.presences(app).await
-    }
-    async fn subscribe(&self, app: &bg_state::AppName) -> bg_state::Result<bg_state::Subscription> {
-        self.inner.subscribe(app).await
     }
 }
 
 #[tokio::test]
 async fn a_slow_read_cannot_undo_a_newer_one() {
     let memory = memory_with(Colour::Blue).await;
-    let slow: Arc<dyn ColourStore> = Arc::new(SlowFirstRead {
-        inner: Arc::clone(&memory),
-        calls: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let slow = Overlay::shared(Arc::clone(&memory), SlowFirstRead::default());
     let g = Gate::new(slow, config(Colour::Green), auth()).unwrap();
     // The first read sees generation 1 but answers late...
     let late = tokio::spawn({

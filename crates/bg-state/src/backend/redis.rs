@@ -91,7 +91,7 @@ impl LegacyMirror {
                     "mirror",
                     format!(
                         "legacy id {:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'",
-                        crate::model::shorten(id)
+                        crate::text::shorten(id)
                     ),
                 ));
             }
@@ -186,7 +186,7 @@ impl RedisStore {
     /// # Errors
     /// As [`RedisStore::open`].
     pub fn with_options(url: &str, opts: RedisOptions) -> Result<Self> {
-        let shown = crate::model::redact_url(url);
+        let shown = crate::text::redact_url(url);
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("redis" | "rediss")) {
             return Err(Error::invalid(
@@ -642,7 +642,7 @@ impl ColourStore for RedisStore {
         for (gate, json) in &reply.fields {
             let p: Presence = serde_json::from_str(json).map_err(|_| {
                 Error::corrupt(
-                    format!("bg:{{{app}}}:gates field {:?}", crate::model::shorten(gate)),
+                    format!("bg:{{{app}}}:gates field {:?}", crate::text::shorten(gate)),
                     "not a bluegreen presence report",
                 )
             })?;
