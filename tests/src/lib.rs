@@ -17,7 +17,8 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use bg_testkit::{Process, free_port, wait_for_port};
+use bg_state::wire::GateStatus;
+use bg_testkit::{Process, free_port, http, wait_for_port};
 
 /// A loopback address with a port nobody listened on a moment ago.
 ///
@@ -26,6 +27,16 @@ use bg_testkit::{Process, free_port, wait_for_port};
 #[must_use]
 pub fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// What the gate at `addr` reports at `GET /bg/state`, or `None` while it
+/// does not answer. Reading it is not a health check: the gate does not log
+/// it as a load balancer's probe.
+#[must_use]
+pub fn gate_status(addr: SocketAddr) -> Option<GateStatus> {
+    let a = http::get(addr, "/bg/state").ok()?;
+    assert_eq!(a.status, 200, "GET /bg/state: {}", a.body);
+    Some(serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("GET /bg/state: {e}: {}", a.body)))
 }
 
 /// How an instance is stopped before it restarts.

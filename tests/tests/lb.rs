@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bg_e2e::{Ctl, Instance, Instances, Stop, Webhooks, addr_of, instances, run, show};
+use bg_e2e::{
+    Ctl, Instance, Instances, Stop, Webhooks, addr_of, gate_status, instances, run, show,
+};
+use bg_state::wire::GateAnswer;
 use bg_state::{AppName, Colour};
 use bg_testkit::{
     Process, RedisServer, free_port, http, wait_for_port, workspace_binary, workspace_example,
@@ -232,18 +235,18 @@ struct Harness {
 
 /// How many of the latest probes a gate logged were answered STOP.
 fn stop_streak(addr: SocketAddr) -> usize {
-    let Ok(a) = http::get(addr, "/bg/state") else {
-        return 0;
-    };
-    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
-    v["probes"].as_array().map_or(0, |p| {
-        p.iter().rev().take_while(|p| p["answer"] == "stop").count()
+    gate_status(addr).map_or(0, |s| {
+        s.probes
+            .iter()
+            .rev()
+            .take_while(|p| p.answer == GateAnswer::Stop)
+            .count()
     })
 }
 
 /// Whether a gate answers OK, read from `/bg/state` (not a probe).
 fn live_at(addr: SocketAddr) -> bool {
-    http::get(addr, "/bg/state").is_ok_and(|a| a.body.contains("\"live\":true"))
+    gate_status(addr).is_some_and(|s| s.live)
 }
 
 impl Harness {

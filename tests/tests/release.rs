@@ -6,9 +6,9 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bg_e2e::{Ctl, Instance, Instances, Webhooks, addr_of, instances, run, show};
+use bg_e2e::{Ctl, Instance, Instances, Webhooks, addr_of, gate_status, instances, run, show};
 use bg_state::{AppName, Colour, ColourStore, SwitchRequest};
-use bg_testkit::{Process, RedisServer, http, workspace_binary};
+use bg_testkit::{Process, RedisServer, workspace_binary};
 
 const TOKEN: &str = "release-test-token-0123";
 
@@ -59,12 +59,11 @@ impl Rig {
     /// The gate's answer as 200 or 503, read from `/bg/state` so that the
     /// test's own looking is not logged as a load balancer's probe.
     fn answer(&self, colour: &str) -> u16 {
-        let addr = addr_of(&self.gates, colour);
-        let Ok(a) = http::get(addr, "/bg/state") else {
-            return 0;
-        };
-        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
-        if v["live"] == true { 200 } else { 503 }
+        match gate_status(addr_of(&self.gates, colour)) {
+            None => 0,
+            Some(s) if s.live => 200,
+            Some(_) => 503,
+        }
     }
 
     async fn wait_until(&self, what: &str, cond: impl Fn(&Rig) -> bool) {

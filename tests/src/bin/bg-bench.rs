@@ -11,11 +11,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bg_e2e::{Ctl, Instance, Stop, Webhooks, addr_of, instances, loopback as addr, run};
+use bg_e2e::{
+    Ctl, Instance, Stop, Webhooks, addr_of, gate_status, instances, loopback as addr, run,
+};
 use bg_gate::{Auth, Gate, GateConfig};
 use bg_state::{AppName, Colour, ColourStore, InitRequest, RedisStore, SwitchRequest};
 use bg_testkit::store::{Overlay, PollOnly};
-use bg_testkit::{Process, RedisServer, http, wait_for_port};
+use bg_testkit::{Process, RedisServer, wait_for_port};
 
 const TOKEN: &str = "bench-token-0123456789";
 const WRK_SECONDS: u64 = 10;
@@ -186,7 +188,7 @@ async fn release_overhead(redis: &str, releases: usize) -> (Duration, Duration, 
     let instances = instances([instance("blue"), instance("green")]);
     let (blue, green) = (addr_of(&instances, "blue"), addr_of(&instances, "green"));
     let hooks = Webhooks::serve(instances, Duration::ZERO).await;
-    while !http::get(blue, "/bg/state").is_ok_and(|a| a.body.contains("\"live\":true")) {
+    while !gate_status(blue).is_some_and(|s| s.live) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ctl = Ctl::new(sibling("bg-ctl"), redis, "release", TOKEN).release_env(blue, green, &hooks);

@@ -2,11 +2,18 @@
 //! shared by the server (the gate) and the client ([`crate::RemoteStore`]),
 //! so both sides read one definition. Errors map to and from a body with a
 //! `kind` here too.
+//!
+//! [`GateStatus`] is the other contract of the gate's: the body of
+//! `GET /bg/state`, built by the gate and read by `bg-ctl` and the tests.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, InvalidInput};
 use crate::model::{AppName, Colour, DeployPhase, Event, Lease, Presence, State};
+
+mod gate;
+
+pub use gate::{ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, StoreHealth};
 
 /// The most events one `history` request returns.
 pub const MAX_HISTORY_LIMIT: usize = 10_000;
