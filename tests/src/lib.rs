@@ -18,7 +18,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use bg_state::wire::GateStatus;
-use bg_testkit::{Process, free_port, http, wait_for_port};
+use bg_testkit::{Process, free_port, http, wait_for_port, workspace_binary};
 
 /// A loopback address with a port nobody listened on a moment ago.
 ///
@@ -131,6 +131,13 @@ impl Instance {
         );
         self.process = Some(Process::spawn(&name, cmd));
         wait_for_port(self.addr, Duration::from_secs(20));
+    }
+
+    /// [`restart`](Self::restart)ed with `version`: the first start.
+    #[must_use]
+    pub fn started(mut self, version: &str) -> Self {
+        self.restart(version);
+        self
     }
 
     /// `http://ADDR`.
@@ -281,6 +288,13 @@ impl Ctl {
                 ("NO_COLOR".into(), "1".into()),
             ],
         }
+    }
+
+    /// The workspace's own `bg-ctl` (rebuilt when stale), as
+    /// [`new`](Self::new) with the actor `BG_ACTOR` set too.
+    #[must_use]
+    pub fn workspace(store: &str, app: &str, token: &str, actor: &str) -> Self {
+        Ctl::new(workspace_binary("bg-ctl", "bg-ctl"), store, app, token).env("BG_ACTOR", actor)
     }
 
     /// An environment variable for every command.

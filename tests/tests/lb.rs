@@ -18,9 +18,7 @@ use bg_e2e::{
 };
 use bg_state::wire::GateAnswer;
 use bg_state::{AppName, Colour};
-use bg_testkit::{
-    Process, RedisServer, free_port, http, wait_for_port, workspace_binary, workspace_example,
-};
+use bg_testkit::{Process, RedisServer, free_port, http, wait_for_port, workspace_example};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -254,7 +252,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
         let instance = |colour| {
-            let mut i = Instance::new(
+            Instance::new(
                 workspace_example("bg-gate", "ws_echo"),
                 colour,
                 &redis.url(),
@@ -262,9 +260,8 @@ impl Harness {
             )
             .args(&["--poll-interval", "100ms", "--handover", timing.handover])
             .env("BG_TOKEN", TOKEN)
-            .stop(Stop::Graceful(Duration::from_secs(10)));
-            i.restart("v0");
-            i
+            .stop(Stop::Graceful(Duration::from_secs(10)))
+            .started("v0")
         };
         let instances = instances([instance("blue"), instance("green")]);
         let (blue, green) = (addr_of(&instances, "blue"), addr_of(&instances, "green"));
@@ -360,15 +357,9 @@ impl Harness {
     }
 
     fn bg_ctl(&self, args: &[&str]) -> Command {
-        Ctl::new(
-            workspace_binary("bg-ctl", "bg-ctl"),
-            &self.redis.url(),
-            "chat",
-            TOKEN,
-        )
-        .env("BG_ACTOR", "lb-test")
-        .release_env(self.blue, self.green, &self.hooks)
-        .command(args)
+        Ctl::workspace(&self.redis.url(), "chat", TOKEN, "lb-test")
+            .release_env(self.blue, self.green, &self.hooks)
+            .command(args)
     }
 
     fn deploy_cmd(&self, version: &str, extra: &[&str]) -> Command {

@@ -23,16 +23,15 @@ impl Rig {
     async fn start() -> Rig {
         let redis = RedisServer::start();
         let gate = |colour| {
-            let mut g = Instance::new(
+            Instance::new(
                 workspace_binary("bg-gate", "bg-gate"),
                 colour,
                 &redis.url(),
                 "chat",
             )
             .args(&["--poll-interval", "100ms", "--handover", "0s"])
-            .env("BG_TOKEN", TOKEN);
-            g.restart("v1");
-            g
+            .env("BG_TOKEN", TOKEN)
+            .started("v1")
         };
         let gates = instances([gate("blue"), gate("green")]);
         // A restart begins a moment after the hook answered, as Portainer's does.
@@ -75,19 +74,13 @@ impl Rig {
     }
 
     fn bg_ctl(&self, args: &[&str]) -> Command {
-        Ctl::new(
-            workspace_binary("bg-ctl", "bg-ctl"),
-            &self.redis.url(),
-            "chat",
-            TOKEN,
-        )
-        .env("BG_ACTOR", "release-test")
-        .release_env(
-            addr_of(&self.gates, "blue"),
-            addr_of(&self.gates, "green"),
-            &self.hooks,
-        )
-        .command(args)
+        Ctl::workspace(&self.redis.url(), "chat", TOKEN, "release-test")
+            .release_env(
+                addr_of(&self.gates, "blue"),
+                addr_of(&self.gates, "green"),
+                &self.hooks,
+            )
+            .command(args)
     }
 
     async fn deploy(&self, version: &str, extra: &[&str]) -> Output {

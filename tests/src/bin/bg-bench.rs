@@ -178,12 +178,11 @@ async fn propagation(
 /// `bg-ctl deploy` wall time against the instance's own restart time.
 async fn release_overhead(redis: &str, releases: usize) -> (Duration, Duration, Duration) {
     let instance = |colour| {
-        let mut i = Instance::new(sibling("bg-gate"), colour, redis, "release")
+        Instance::new(sibling("bg-gate"), colour, redis, "release")
             .args(&["--poll-interval", "100ms", "--handover", "0s"])
             .env("BG_TOKEN", TOKEN)
-            .stop(Stop::Graceful(Duration::from_secs(10)));
-        i.restart("v0");
-        i
+            .stop(Stop::Graceful(Duration::from_secs(10)))
+            .started("v0")
     };
     let instances = instances([instance("blue"), instance("green")]);
     let (blue, green) = (addr_of(&instances, "blue"), addr_of(&instances, "green"));
