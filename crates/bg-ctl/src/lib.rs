@@ -15,6 +15,7 @@
 //! * [`gates`] — what a gate's `/bg/state` says, and its drain.
 //! * [`trigger`] — webhooks (Portainer), commands, checks.
 //! * [`report`] — progress for people and CI.
+//! * [`output`] — results on stdout; a closed pipe ends them quietly.
 //! * [`error`] — failures and their exit codes.
 
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod commands;
 pub mod deploy;
 pub mod error;
 pub mod gates;
+pub mod output;
 pub mod report;
 pub mod trigger;
 

@@ -3,7 +3,7 @@
 //! `args.rs`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bg_state::{Colour, ColourStore, OpenOptions};
@@ -13,6 +13,7 @@ use crate::commands;
 use crate::deploy::{DeployOptions, Deployer};
 use crate::error::{CtlError, CtlResult, exit};
 use crate::gates::HttpGates;
+use crate::output;
 use crate::report::Reporter;
 use crate::trigger::{ExecTrigger, ShellChecks, Trigger, Webhooks};
 
@@ -38,6 +39,21 @@ fn default_actor() -> String {
     actor.chars().take(bg_state::MAX_NAME_LEN).collect()
 }
 
+/// What a command that succeeded shows: text for people, a value for `--json`.
+struct Done {
+    text: String,
+    value: serde_json::Value,
+}
+
+impl Done {
+    fn new(text: impl Into<String>, value: &impl serde::Serialize) -> Self {
+        Done {
+            text: text.into(),
+            value: serde_json::to_value(value).unwrap_or_default(),
+        }
+    }
+}
+
 impl Cli {
     /// Runs the command; returns the exit code.
     pub async fn run(self) -> u8 {
@@ -45,21 +61,35 @@ impl Cli {
         let report = Reporter::new();
         let result = self.dispatch(&report).await;
         report.finish();
+        let mut stdout = std::io::stdout().lock();
         match result {
-            Ok(value) => {
-                if json {
-                    print_json(&json!({ "ok": true, "result": value, "steps": report.steps() }));
+            Ok(done) => {
+                let written = if json {
+                    let doc = json!({ "ok": true, "result": done.value, "steps": report.steps() });
+                    output::json(&mut stdout, &doc)
+                } else {
+                    output::human(&mut stdout, &done.text)
+                };
+                match written {
+                    Ok(()) => exit::OK,
+                    Err(e) => {
+                        eprintln!("bg-ctl: cannot write the result: {e}");
+                        exit::FAILED
+                    }
                 }
-                exit::OK
             }
             Err(e) => {
                 let code = e.exit_code();
                 if json {
-                    print_json(&json!({
-                        "ok": false,
-                        "error": { "kind": e.kind(), "message": e.to_string(), "exit_code": code },
-                        "steps": report.steps(),
-                    }));
+                    // The failure is the news; a failed write would only hide it.
+                    let _ = output::json(
+                        &mut stdout,
+                        &json!({
+                            "ok": false,
+                            "error": { "kind": e.kind(), "message": e.to_string(), "exit_code": code },
+                            "steps": report.steps(),
+                        }),
+                    );
                 }
                 eprintln!("bg-ctl: {e}");
                 code
@@ -96,24 +126,16 @@ impl Cli {
         Ok(store)
     }
 
-    async fn dispatch(self, report: &Reporter) -> CtlResult<serde_json::Value> {
+    async fn dispatch(self, report: &Reporter) -> CtlResult<Done> {
         let store = self.open_store()?;
         let g = &self.global;
         let app = &g.app;
         let actor = g.actor.clone().unwrap_or_else(default_actor);
         let gates = HttpGates::new(g.token.clone(), g.timeout)?;
-        let json = g.json;
-        let say = |text: String| {
-            if !json {
-                print!("{text}");
-                let _ = std::io::stdout().flush();
-            }
-        };
-        let value = match self.command {
+        let done = match self.command {
             Command::Status { gates: urls } => {
                 let s = commands::status(store.as_ref(), &gates, app, &urls.by_colour()).await?;
-                say(s.to_string());
-                serde_json::to_value(&s).unwrap_or_default()
+                Done::new(s.to_string(), &s)
             }
             Command::Init {
                 active,
@@ -137,11 +159,11 @@ impl Cli {
                         .await?
                     }
                 };
-                say(format!(
+                let text = format!(
                     "{}: {} is live at generation {}\n",
                     s.app, s.active, s.generation
-                ));
-                serde_json::to_value(&s).unwrap_or_default()
+                );
+                Done::new(text, &s)
             }
             Command::Switch {
                 to,
@@ -159,7 +181,7 @@ impl Cli {
                     force,
                 )
                 .await?;
-                say(if out.changed {
+                let text = if out.changed {
                     format!(
                         "switched: {} is live at generation {}\n",
                         out.state.active, out.state.generation
@@ -169,8 +191,8 @@ impl Cli {
                         "{} was already live (generation {}); nothing changed\n",
                         out.state.active, out.state.generation
                     )
-                });
-                serde_json::to_value(&out).unwrap_or_default()
+                };
+                Done::new(text, &out)
             }
             Command::Rollback {
                 gates: urls,
@@ -185,25 +207,26 @@ impl Cli {
                     reason,
                 )
                 .await?;
-                say(format!(
+                let text = format!(
                     "rolled back: {} is live at generation {}\n",
                     out.state.active, out.state.generation
-                ));
-                serde_json::to_value(&out).unwrap_or_default()
+                );
+                Done::new(text, &out)
             }
             Command::History { limit } => {
                 let events = store.history(app, limit).await?;
+                let mut text = String::new();
                 if events.is_empty() {
-                    say(format!("app {app}: no history\n"));
+                    let _ = writeln!(text, "app {app}: no history");
                 }
                 for e in &events {
-                    say(format!("{}\n", commands::describe(e)));
+                    let _ = writeln!(text, "{}", commands::describe(e));
                 }
-                serde_json::to_value(&events).unwrap_or_default()
+                Done::new(text, &events)
             }
             Command::Lease(LeaseCommand::Show) => {
                 let lease = store.lease(app).await?;
-                say(match &lease {
+                let text = match &lease {
                     Some(l) => format!(
                         "held by {} (fence {}) since {} until {}\n",
                         l.holder,
@@ -212,16 +235,16 @@ impl Cli {
                         bg_state::format_millis(l.expires_at_ms)
                     ),
                     None => "free\n".to_owned(),
-                });
-                serde_json::to_value(&lease).unwrap_or_default()
+                };
+                Done::new(text, &lease)
             }
             Command::Lease(LeaseCommand::Break { reason }) => {
                 let broken = commands::break_lease(store.as_ref(), app, &actor, reason).await?;
-                say(match &broken {
+                let text = match &broken {
                     Some(l) => format!("broke the lease of {} (fence {})\n", l.holder, l.fence),
                     None => "no lease was held\n".to_owned(),
-                });
-                serde_json::to_value(&broken).unwrap_or_default()
+                };
+                Done::new(text, &broken)
             }
             Command::Deploy(args) => {
                 let trigger: Box<dyn Trigger> = match &args.exec {
@@ -276,7 +299,7 @@ impl Cli {
                     opts: &opts,
                 };
                 let out = deployer.run().await?;
-                say(if out.switched {
+                let text = if out.switched {
                     format!(
                         "released {} on {}: live at generation {}\n",
                         out.version, out.colour, out.generation
@@ -286,11 +309,11 @@ impl Cli {
                         "deployed {} on {} (not switched)\n",
                         out.version, out.colour
                     )
-                });
-                serde_json::to_value(&out).unwrap_or_default()
+                };
+                Done::new(text, &out)
             }
         };
-        Ok(value)
+        Ok(done)
     }
 }
 
@@ -305,11 +328,4 @@ fn holder(actor: &str) -> String {
         .map(|j| format!(" job {j}"))
         .unwrap_or_default();
     format!("{base}{job} pid {} #{nonce:08x}", std::process::id())
-}
-
-fn print_json(v: &serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (`bg-ctl … | head`) is not an error worth a panic.
-    let _ = serde_json::to_writer_pretty(&mut out, v);
-    let _ = writeln!(out);
 }
