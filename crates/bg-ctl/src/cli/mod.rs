@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bg_state::{Colour, ColourStore, OpenOptions};
+use bg_state::{AppName, Colour, ColourStore, OpenOptions};
 use serde_json::json;
 
 use crate::commands;
@@ -20,7 +21,7 @@ use crate::trigger::{ExecTrigger, ShellChecks, Trigger, Webhooks};
 mod args;
 
 pub use args::Cli;
-use args::{Command, LeaseCommand};
+use args::{Command, DeployArgs, LeaseCommand};
 
 /// The actor when none is given: the GitLab user and job, or user@host.
 fn default_actor() -> String {
@@ -247,49 +248,8 @@ impl Cli {
                 Done::new(text, &broken)
             }
             Command::Deploy(args) => {
-                let trigger: Box<dyn Trigger> = match &args.exec {
-                    Some(cmd) => Box::new(ExecTrigger {
-                        cmd: cmd.clone(),
-                        timeout: args.ready_timeout,
-                    }),
-                    None => {
-                        let mut urls = BTreeMap::new();
-                        if let Some(u) = &args.webhook_blue {
-                            urls.insert(Colour::Blue, u.clone());
-                        }
-                        if let Some(u) = &args.webhook_green {
-                            urls.insert(Colour::Green, u.clone());
-                        }
-                        // Releases alternate colours: both hooks are needed
-                        // sooner or later, so a missing one fails now, before
-                        // anything is touched.
-                        if urls.len() < 2 {
-                            return Err(CtlError::Usage(
-                                "deploy needs a trigger: --webhook-blue and --webhook-green (BG_WEBHOOK_BLUE, BG_WEBHOOK_GREEN), or --exec CMD".into(),
-                            ));
-                        }
-                        Box::new(Webhooks::new(urls, args.tag_param.clone(), g.timeout)?)
-                    }
-                };
-                let mut opts = DeployOptions::new(app.clone(), args.version.clone(), actor.clone());
-                opts.holder = holder(&actor);
-                opts.gates = args.gates.by_colour();
-                opts.lease_ttl = args.lease_ttl;
-                opts.wait_lease = args.wait_lease;
-                opts.ready_timeout = args.ready_timeout;
-                opts.drain_timeout = args.drain_timeout;
-                opts.on_drain_timeout = args.on_drain_timeout;
-                opts.lb_fall = args.lb_fall;
-                opts.lb_rise = args.lb_rise;
-                opts.lb_window = args.lb_window;
-                opts.confirm_lb = args.confirm_lb;
-                opts.max_stale = args.max_stale;
-                opts.smoke.clone_from(&args.smoke);
-                opts.verify.clone_from(&args.verify);
-                opts.watch = args.watch;
-                opts.no_switch = args.no_switch;
-                opts.poll = args.poll;
-                opts.reason.clone_from(&args.reason);
+                let trigger = args.trigger(g.timeout)?;
+                let opts = args.options(app, &actor);
                 let deployer = Deployer {
                     store: store.as_ref(),
                     gates: &gates,
@@ -314,6 +274,61 @@ impl Cli {
             }
         };
         Ok(done)
+    }
+}
+
+impl DeployArgs {
+    /// What starts the deploy: `--exec`, or both colours' webhooks.
+    fn trigger(&self, timeout: Duration) -> CtlResult<Box<dyn Trigger>> {
+        if let Some(cmd) = &self.exec {
+            return Ok(Box::new(ExecTrigger {
+                cmd: cmd.clone(),
+                timeout: self.ready_timeout,
+            }));
+        }
+        let mut urls = BTreeMap::new();
+        if let Some(u) = &self.webhook_blue {
+            urls.insert(Colour::Blue, u.clone());
+        }
+        if let Some(u) = &self.webhook_green {
+            urls.insert(Colour::Green, u.clone());
+        }
+        // Releases alternate colours: both hooks are needed sooner or
+        // later, so a missing one fails now, before anything is touched.
+        if urls.len() < 2 {
+            return Err(CtlError::Usage(
+                "deploy needs a trigger: --webhook-blue and --webhook-green (BG_WEBHOOK_BLUE, BG_WEBHOOK_GREEN), or --exec CMD".into(),
+            ));
+        }
+        Ok(Box::new(Webhooks::new(
+            urls,
+            self.tag_param.clone(),
+            timeout,
+        )?))
+    }
+
+    /// The release's options, for `actor` with a lease holder of its own.
+    fn options(&self, app: &AppName, actor: &str) -> DeployOptions {
+        let mut opts = DeployOptions::new(app.clone(), self.version.clone(), actor);
+        opts.holder = holder(actor);
+        opts.gates = self.gates.by_colour();
+        opts.lease_ttl = self.lease_ttl;
+        opts.wait_lease = self.wait_lease;
+        opts.ready_timeout = self.ready_timeout;
+        opts.drain_timeout = self.drain_timeout;
+        opts.on_drain_timeout = self.on_drain_timeout;
+        opts.lb_fall = self.lb_fall;
+        opts.lb_rise = self.lb_rise;
+        opts.lb_window = self.lb_window;
+        opts.confirm_lb = self.confirm_lb;
+        opts.max_stale = self.max_stale;
+        opts.smoke.clone_from(&self.smoke);
+        opts.verify.clone_from(&self.verify);
+        opts.watch = self.watch;
+        opts.no_switch = self.no_switch;
+        opts.poll = self.poll;
+        opts.reason.clone_from(&self.reason);
+        opts
     }
 }
 
