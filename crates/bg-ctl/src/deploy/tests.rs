@@ -1,4 +1,4 @@
-//! The release against a memory store and fake gates:
+//! The release against a memory store and fake gates, on paused time:
 //! every failure path leaves the live colour, with its exit code.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use crate::testing::{
 };
 use crate::trigger::{MockChecks, MockTrigger};
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_release_switches_after_the_new_version_is_seen() {
     let store = store().await;
     let deployed = Arc::new(AtomicBool::new(false));
@@ -78,7 +78,7 @@ async fn a_release_switches_after_the_new_version_is_seen() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_webhook_that_deploys_nothing_ends_in_a_timeout_and_no_switch() {
     let store = store().await;
     let never = Arc::new(AtomicBool::new(false));
@@ -109,7 +109,7 @@ async fn a_webhook_that_deploys_nothing_ends_in_a_timeout_and_no_switch() {
     assert_eq!(store.lease(&app()).await.unwrap(), None);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_switch_meanwhile_is_a_conflict_and_nothing_is_overwritten() {
     let store = store().await;
     let deployed = Arc::new(AtomicBool::new(false));
@@ -141,7 +141,7 @@ async fn a_switch_meanwhile_is_a_conflict_and_nothing_is_overwritten() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stale_or_lagging_target_is_never_switched_to() {
     for (stale_ms, healthy, generation) in [(60_000, true, 1), (20, false, 1), (20, true, 0)] {
         let store = store().await;
@@ -174,7 +174,7 @@ async fn a_stale_or_lagging_target_is_never_switched_to() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_gate_ahead_of_the_store_stops_everything() {
     let store = store().await;
     store
@@ -205,7 +205,7 @@ async fn a_gate_ahead_of_the_store_stops_everything() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn failures_before_the_switch_leave_the_live_colour() {
     // The trigger fails.
     let store = store().await;
@@ -279,7 +279,7 @@ async fn failures_before_the_switch_leave_the_live_colour() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_verify_switches_back() {
     let store = store().await;
     let deployed = Arc::new(AtomicBool::new(false));
@@ -318,7 +318,7 @@ async fn a_failed_verify_switches_back() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_held_lease_is_a_conflict_or_a_wait() {
     let store = store().await;
     store
@@ -354,7 +354,7 @@ async fn a_held_lease_is_a_conflict_or_a_wait() {
     assert_eq!(live(&store).await, (Colour::Blue, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn lingering_websockets_are_drained_first() {
     let store = store().await;
     let deployed = Arc::new(AtomicBool::new(false));
@@ -399,7 +399,7 @@ async fn lingering_websockets_are_drained_first() {
     assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_idle_colour_must_be_out_of_rotation_first() {
     let store = store().await;
     let g = FakeGates::following(&store)
@@ -423,7 +423,7 @@ async fn the_idle_colour_must_be_out_of_rotation_first() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn no_switch_deploys_and_verifies_only() {
     let store = store().await;
     let deployed = Arc::new(AtomicBool::new(false));
@@ -444,7 +444,7 @@ async fn no_switch_deploys_and_verifies_only() {
     assert_eq!(s.green.unwrap().phase, DeployPhase::Deployed);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_store_outage_at_the_switch_is_exit_5() {
     let real = store().await;
     let mut mock = delegating(&real);
@@ -479,7 +479,7 @@ async fn a_store_outage_at_the_switch_is_exit_5() {
     assert_eq!(live(&real).await, (Colour::Blue, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_switch_whose_answer_was_lost_is_retried_safely() {
     let real = store().await;
     let mut mock = delegating(&real);
@@ -510,7 +510,7 @@ async fn a_switch_whose_answer_was_lost_is_retried_safely() {
     assert_eq!(live(&real).await, (Colour::Green, 2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lost_lease_stops_the_release() {
     let store = store().await;
     let never = Arc::new(AtomicBool::new(false));
@@ -539,7 +539,7 @@ async fn a_lost_lease_stops_the_release() {
     assert_eq!(live(&store).await, (Colour::Blue, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_drain_under_way_is_still_waited_for() {
     let store = store().await;
     let deployed = Arc::new(AtomicBool::new(false));
