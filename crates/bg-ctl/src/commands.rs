@@ -8,9 +8,9 @@ use bg_state::{
 };
 use serde::Serialize;
 
-use crate::deploy::refuse_gates_ahead;
-use crate::error::{CtlError, CtlResult};
+use crate::error::{CtlError, CtlResult, RestoreRefused, RollbackRefused};
 use crate::gates::{GateReport, Gates};
+use crate::readiness::{self, NotYet, Readiness};
 
 /// What `status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -190,8 +190,8 @@ pub async fn init(
 ///
 /// # Errors
 /// [`CtlError::Unreachable`] for a gate that does not answer,
-/// [`CtlError::Failed`] when gates disagree or know nothing, or the store's
-/// refusal.
+/// [`CtlError::Restore`] when gates disagree or know nothing, or the
+/// store's refusal.
 pub async fn init_from_gates(
     store: &dyn ColourStore,
     gates: &dyn Gates,
@@ -216,14 +216,10 @@ pub async fn init_from_gates(
         .filter_map(|(_, r)| r.active)
         .collect();
     let Some(&active) = actives.first() else {
-        return Err(CtlError::Failed(
-            "the gates know no state to restore: initialise with --active COLOUR".into(),
-        ));
+        return Err(CtlError::Restore(RestoreRefused::NothingKnown));
     };
     if actives.iter().any(|c| *c != active) {
-        return Err(CtlError::Failed(format!(
-            "the gates disagree on the live colour at generation {top}; restore by hand with --active"
-        )));
+        return Err(CtlError::Restore(RestoreRefused::Disagree(top)));
     }
     let req = InitRequest::new(active, actor)
         .force(force)
@@ -253,7 +249,7 @@ pub async fn switch(
         .get(app)
         .await?
         .ok_or_else(|| StoreError::NotInitialised { app: app.clone() })?;
-    refuse_gates_ahead(store, app, &state).await?;
+    readiness::none_ahead(&store.presences(app).await?, state.generation)?;
     let mut req = SwitchRequest::new(to.unwrap_or(state.idle()), actor).force(force);
     req.expect_generation = Some(expect.unwrap_or(state.generation));
     req.reason = reason;
@@ -264,7 +260,7 @@ pub async fn switch(
 /// run the version recorded for it and answer with a fresh view.
 ///
 /// # Errors
-/// [`CtlError::Failed`] saying why it was refused, or the store's refusal.
+/// [`CtlError::RollbackRefused`] saying why, or the store's refusal.
 pub async fn rollback(
     store: &dyn ColourStore,
     gates: &dyn Gates,
@@ -277,63 +273,65 @@ pub async fn rollback(
         .get(app)
         .await?
         .ok_or_else(|| StoreError::NotInitialised { app: app.clone() })?;
-    refuse_gates_ahead(store, app, &state).await?;
+    readiness::none_ahead(&store.presences(app).await?, state.generation)?;
     let previous = state.idle();
+    let refused = CtlError::RollbackRefused;
     let Some(recorded) = state.deployment(previous) else {
-        return Err(CtlError::Failed(format!(
-            "rollback refused: no version is recorded for {previous}, so nothing says what it runs"
-        )));
+        return Err(refused(RollbackRefused::NothingRecorded(previous)));
     };
     if recorded.phase != bg_state::DeployPhase::Deployed {
-        return Err(CtlError::Failed(format!(
-            "rollback refused: {previous}'s last deploy ({}) was never verified",
-            recorded.version
-        )));
+        return Err(refused(RollbackRefused::NeverVerified {
+            colour: previous,
+            version: recorded.version.clone(),
+        }));
     }
     let want = recorded.version.clone();
     let mut checked = 0;
     for url in urls.get(&previous).map_or(&[][..], Vec::as_slice) {
         let r = gates.report(url).await.map_err(|e| {
-            CtlError::Failed(format!(
-                "rollback refused: {previous}'s gate does not answer: {e}"
-            ))
+            refused(RollbackRefused::GateSilent {
+                colour: previous,
+                source: Box::new(e),
+            })
         })?;
-        if r.version != want {
-            return Err(CtlError::Failed(format!(
-                "rollback refused: {previous} runs {} now, not the previous version {want}",
-                r.version
-            )));
+        match readiness::runs_version(&r, url, &want, state.generation, None) {
+            Readiness::Ready => checked += 1,
+            Readiness::Pending(NotYet::Runs { version, .. }) => {
+                return Err(refused(RollbackRefused::RunsOther {
+                    colour: previous,
+                    runs: version,
+                    want,
+                }));
+            }
+            Readiness::Pending(_) => {
+                return Err(refused(RollbackRefused::NotFollowing {
+                    colour: previous,
+                    url: crate::gates::redact(url),
+                    generation: r.generation,
+                    store: state.generation,
+                }));
+            }
         }
-        if !r.store.healthy || r.generation != state.generation {
-            return Err(CtlError::Failed(format!(
-                "rollback refused: {previous}'s gate at {} does not follow the store (generation {} of {})",
-                crate::gates::redact(url),
-                r.generation,
-                state.generation
-            )));
-        }
-        checked += 1;
     }
     if checked == 0 {
-        let present: Vec<Presence> = store
-            .presences(app)
-            .await?
-            .into_iter()
-            .filter(|p| p.colour == previous)
-            .collect();
-        if present.is_empty() {
-            return Err(CtlError::Failed(format!(
-                "rollback refused: no gate of {previous} answers or reports its presence (--gate-{previous})"
-            )));
-        }
-        if let Some(p) = present
-            .iter()
-            .find(|p| p.service_version != want || p.applied_generation != state.generation)
-        {
-            return Err(CtlError::Failed(format!(
-                "rollback refused: gate {} of {previous} runs {} at generation {}, not {want} at {}",
-                p.gate_id, p.service_version, p.applied_generation, state.generation
-            )));
+        let presences = store.presences(app).await?;
+        match readiness::presences_run(&presences, previous, &want, state.generation) {
+            Readiness::Ready => {}
+            Readiness::Pending(NotYet::PresenceLags {
+                gate,
+                version,
+                generation,
+            }) => {
+                return Err(refused(RollbackRefused::PresenceLags {
+                    colour: previous,
+                    gate,
+                    runs: version,
+                    generation,
+                    want,
+                    store: state.generation,
+                }));
+            }
+            Readiness::Pending(_) => return Err(refused(RollbackRefused::NoGate(previous))),
         }
     }
     let mut req = SwitchRequest::new(previous, actor)
@@ -382,73 +380,4 @@ pub async fn break_lease(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use bg_state::{DeployPhase, DeployRecord, EventKind, MemoryStore};
-
-    use super::*;
-    use crate::error::exit;
-    use crate::gates::MockGates;
-
-    #[tokio::test]
-    async fn rollback_needs_a_verified_version_that_still_runs() {
-        let store = MemoryStore::new();
-        let app = AppName::new("chat").unwrap();
-        store
-            .init(&app, InitRequest::new(Colour::Blue, "ops"))
-            .await
-            .unwrap();
-        let urls = BTreeMap::new();
-        let gates = MockGates::new();
-
-        // Nothing recorded for green.
-        let err = rollback(&store, &gates, &app, &urls, "ops", None)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("no version is recorded"), "{err}");
-
-        // Recorded, but never verified (a release that failed its smoke test).
-        store
-            .record_deploy(
-                &app,
-                DeployRecord::new(Colour::Green, "v2", DeployPhase::Deploying, "ci"),
-            )
-            .await
-            .unwrap();
-        let err = rollback(&store, &gates, &app, &urls, "ops", None)
-            .await
-            .unwrap_err();
-        assert_eq!(err.exit_code(), exit::FAILED);
-        assert!(err.to_string().contains("never verified"), "{err}");
-
-        // Verified, but no gate of green says it still runs it.
-        store
-            .record_deploy(
-                &app,
-                DeployRecord::new(Colour::Green, "v2", DeployPhase::Deployed, "ci"),
-            )
-            .await
-            .unwrap();
-        let err = rollback(&store, &gates, &app, &urls, "ops", None)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("no gate of green"), "{err}");
-
-        // Its gate reports it: the rollback goes through, recorded as one.
-        store
-            .report_presence(
-                &app,
-                Presence::new("green-1", Colour::Green, "v2", 1),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-        let out = rollback(&store, &gates, &app, &urls, "ops", None)
-            .await
-            .unwrap();
-        assert_eq!((out.state.active, out.state.generation), (Colour::Green, 2));
-        let last = &store.history(&app, 1).await.unwrap()[0];
-        assert!(matches!(last.kind, EventKind::Rollback { .. }), "{last:?}");
-    }
-}
+mod tests;

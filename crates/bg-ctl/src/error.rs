@@ -1,6 +1,14 @@
 //! What can go wrong, and the exit code each kind of failure ends with.
+//!
+//! The variants say what happened, so callers and tests match on them; the
+//! messages are what people read. A module of its own that imports nothing
+//! from the rest of bg-ctl, so every other module can use it.
 
-use bg_state::Error as StoreError;
+use std::fmt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use bg_state::{Colour, Error as StoreError};
 
 /// A failed command. Every variant maps to one documented exit code.
 #[derive(Debug, thiserror::Error)]
@@ -14,21 +22,338 @@ pub enum CtlError {
     Store(#[from] StoreError),
     /// A gate knows a generation the store does not: switching now could
     /// send gates backwards (exit 3).
-    #[error("{0}")]
-    GateAhead(String),
+    #[error(transparent)]
+    GateAhead(#[from] GateAhead),
     /// This run's deploy lease was lost: it expired unrenewed, or was broken
     /// and maybe taken by another pipeline (exit 3).
     #[error("the deploy lease was lost: {0}")]
-    LeaseLost(String),
+    LeaseLost(LeaseLost),
     /// Waiting ran out (exit 4).
     #[error("timed out: {0}")]
-    Timeout(String),
+    Timeout(Timeout),
     /// A gate or webhook could not be reached (exit 5).
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// The store did not confirm a switch that was sent: it may or may not
+    /// have happened (exit 5).
+    #[error(
+        "unreachable: the switch to {to} was sent but never confirmed, so it may or may not have happened: {source}; \
+         check with `bg-ctl status`"
+    )]
+    SwitchUnconfirmed {
+        /// The colour the switch was to.
+        to: Colour,
+        /// The store's last answer.
+        source: StoreError,
+    },
+    /// A command bg-ctl ran (`--smoke`, `--verify`, `--exec`) failed (exit 1).
+    #[error(transparent)]
+    Check(#[from] CheckFailed),
+    /// The `--exec` command that deploys failed (exit 1).
+    #[error("--exec deploy of {version} to {colour}: {source}")]
+    ExecDeploy {
+        /// The version it was to deploy.
+        version: String,
+        /// Where.
+        colour: Colour,
+        /// How it failed.
+        source: CheckFailed,
+    },
+    /// The smoke check failed before the switch; nothing was switched (exit 1).
+    #[error("smoke check failed, nothing switched: {0}")]
+    Smoke(Box<CtlError>),
+    /// The verify check failed after the switch (exit 1).
+    #[error(transparent)]
+    Verify(Box<VerifyFailed>),
+    /// `rollback` refused, and why (exit 1).
+    #[error("rollback refused: {0}")]
+    RollbackRefused(RollbackRefused),
+    /// `init --from-gate` found nothing it could restore (exit 1).
+    #[error(transparent)]
+    Restore(RestoreRefused),
     /// Anything else, with its own message (exit 1).
     #[error("{0}")]
     Failed(String),
+}
+
+/// A gate ahead of the store: the store lost state, and only
+/// `bg-ctl init --from-gate` puts it back above what the gates know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GateAhead {
+    /// A gate asked over HTTP reports the generation it applied.
+    #[error(
+        "gate {url} applied generation {applied} but the store is at {store}: the store lost state; \
+         restore it with `bg-ctl init --from-gate`"
+    )]
+    Report {
+        /// The gate, as given.
+        url: String,
+        /// The generation it applied.
+        applied: u64,
+        /// The store's.
+        store: u64,
+    },
+    /// Gates' presence reports in the store.
+    #[error(
+        "gates are ahead of the store (at generation {store}): {}; restore it with `bg-ctl init --from-gate`",
+        list_gates(.gates)
+    )]
+    Presences {
+        /// The store's generation.
+        store: u64,
+        /// Each gate ahead, with the generation it applied.
+        gates: Vec<(String, u64)>,
+    },
+}
+
+fn list_gates(gates: &[(String, u64)]) -> String {
+    gates
+        .iter()
+        .map(|(id, g)| format!("{id} (generation {g})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How this run lost its deploy lease.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseLost {
+    /// The store refused a renewal: the lease was broken, maybe taken.
+    #[error("{0}; stopped before doing anything more")]
+    Broken(StoreError),
+    /// Renewals kept failing until the lease's time was up.
+    #[error("it could not be renewed before it expired ({0}); stopped before doing anything more")]
+    Expired(StoreError),
+}
+
+/// What ran out of time.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// A wait on the gates.
+    #[error("{waited} within {limit:?}: {pending}")]
+    Gates {
+        /// What was waited for.
+        waited: WaitFor,
+        /// For how long.
+        limit: Duration,
+        /// Why it was still not done at the end.
+        pending: String,
+    },
+    /// The load balancer's confirmation, after the switch was made.
+    #[error("switched to {to}, but the load balancer did not confirm it: {wait}")]
+    LbUnconfirmed {
+        /// The colour now live.
+        to: Colour,
+        /// The wait that ran out.
+        wait: Box<Timeout>,
+    },
+    /// The queue for another pipeline's lease (`--wait-lease`).
+    #[error("--wait-lease ran out: {0}")]
+    Lease(StoreError),
+    /// A command bg-ctl ran.
+    #[error("`{cmd}` still running after {after:?}")]
+    Command {
+        /// The command.
+        cmd: String,
+        /// Its bound.
+        after: Duration,
+    },
+}
+
+/// What a release waits for the gates to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WaitFor {
+    /// Step 3: the idle colour out of rotation.
+    OutOfRotation(Colour),
+    /// Step 4: no websockets or requests left on it.
+    Drained(Colour),
+    /// Step 6: the new version running there with a fresh view.
+    Running {
+        /// The version.
+        version: String,
+        /// The colour.
+        colour: Colour,
+    },
+    /// Step 8: every load balancer has seen the switch.
+    LbConfirmation,
+}
+
+impl fmt::Display for WaitFor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitFor::OutOfRotation(c) => write!(f, "{c} out of rotation"),
+            WaitFor::Drained(c) => write!(f, "{c} drained"),
+            WaitFor::Running { version, colour } => write!(f, "{version} running on {colour}"),
+            WaitFor::LbConfirmation => f.write_str("load balancer confirmation"),
+        }
+    }
+}
+
+/// How a command bg-ctl ran (`sh -c CMD`) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckFailed {
+    /// It could not be started.
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn {
+        /// The command.
+        cmd: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It ended unsuccessfully.
+    #[error("`{cmd}` failed ({status})")]
+    Exit {
+        /// The command.
+        cmd: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// Its end could not be waited for.
+    #[error("`{cmd}` could not be waited for: {source}")]
+    Wait {
+        /// The command.
+        cmd: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The verify check failed after the switch, and what became of the
+/// switch back.
+#[derive(Debug)]
+pub struct VerifyFailed {
+    /// Why verify failed.
+    pub failure: CtlError,
+    /// The colour switched to.
+    pub to: Colour,
+    /// The colour that was live before.
+    pub from: Colour,
+    /// Whether it is live again.
+    pub back: SwitchBack,
+}
+
+/// The switch back after a failed verify.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SwitchBack {
+    /// Not tried: the old colour no longer runs the previous version.
+    NotTried,
+    /// Done: the old colour is live again at this generation.
+    Done(u64),
+    /// Tried, and the store refused or failed.
+    Failed(StoreError),
+}
+
+impl fmt::Display for VerifyFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let VerifyFailed {
+            failure,
+            to,
+            from,
+            back,
+        } = self;
+        match back {
+            SwitchBack::NotTried => write!(
+                f,
+                "verify failed ({failure}) after the switch to {to}; {from} no longer runs the previous version, so it was not switched back"
+            ),
+            SwitchBack::Done(_) => write!(f, "verify failed ({failure}); switched back to {from}"),
+            SwitchBack::Failed(e) => write!(
+                f,
+                "verify failed ({failure}) and switching back to {from} failed too: {e}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for VerifyFailed {}
+
+/// Why `rollback` refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RollbackRefused {
+    /// No deploy is recorded for the previous colour.
+    #[error("no version is recorded for {0}, so nothing says what it runs")]
+    NothingRecorded(Colour),
+    /// Its last deploy never passed its checks.
+    #[error("{colour}'s last deploy ({version}) was never verified")]
+    NeverVerified {
+        /// The previous colour.
+        colour: Colour,
+        /// The version recorded for it.
+        version: String,
+    },
+    /// A gate named for it did not answer.
+    #[error("{colour}'s gate does not answer: {source}")]
+    GateSilent {
+        /// The previous colour.
+        colour: Colour,
+        /// Why.
+        source: Box<CtlError>,
+    },
+    /// It runs something else now.
+    #[error("{colour} runs {runs} now, not the previous version {want}")]
+    RunsOther {
+        /// The previous colour.
+        colour: Colour,
+        /// What its gate reports.
+        runs: String,
+        /// The version recorded for it.
+        want: String,
+    },
+    /// A gate of it cannot hear the store, or is at another generation.
+    #[error(
+        "{colour}'s gate at {url} does not follow the store (generation {generation} of {store})"
+    )]
+    NotFollowing {
+        /// The previous colour.
+        colour: Colour,
+        /// The gate, redacted.
+        url: String,
+        /// The generation it reports.
+        generation: u64,
+        /// The store's.
+        store: u64,
+    },
+    /// No gate URL was given and no gate of it reports its presence.
+    #[error("no gate of {0} answers or reports its presence (--gate-{0})")]
+    NoGate(Colour),
+    /// A gate's presence report says it runs something else, or lags.
+    #[error(
+        "gate {gate} of {colour} runs {runs} at generation {generation}, not {want} at {store}"
+    )]
+    PresenceLags {
+        /// The previous colour.
+        colour: Colour,
+        /// The gate's id.
+        gate: String,
+        /// What it runs.
+        runs: String,
+        /// The generation it applied.
+        generation: u64,
+        /// The version recorded for the colour.
+        want: String,
+        /// The store's generation.
+        store: u64,
+    },
+}
+
+/// Why `init --from-gate` restored nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreRefused {
+    /// No gate knows a live colour.
+    #[error("the gates know no state to restore: initialise with --active COLOUR")]
+    NothingKnown,
+    /// Gates at the highest generation disagree on the live colour.
+    #[error(
+        "the gates disagree on the live colour at generation {0}; restore by hand with --active"
+    )]
+    Disagree(u64),
 }
 
 /// The exit codes, as documented in `--help` and the README.
@@ -57,8 +382,14 @@ impl CtlError {
             CtlError::Usage(_) => exit::USAGE,
             CtlError::GateAhead(_) | CtlError::LeaseLost(_) => exit::CONFLICT,
             CtlError::Timeout(_) => exit::TIMEOUT,
-            CtlError::Unreachable(_) => exit::UNREACHABLE,
-            CtlError::Failed(_) => exit::FAILED,
+            CtlError::Unreachable(_) | CtlError::SwitchUnconfirmed { .. } => exit::UNREACHABLE,
+            CtlError::Check(_)
+            | CtlError::ExecDeploy { .. }
+            | CtlError::Smoke(_)
+            | CtlError::Verify(_)
+            | CtlError::RollbackRefused(_)
+            | CtlError::Restore(_)
+            | CtlError::Failed(_) => exit::FAILED,
             CtlError::Store(e) => match e {
                 StoreError::InvalidInput(_) => exit::USAGE,
                 StoreError::Conflict { .. }
@@ -79,8 +410,14 @@ impl CtlError {
             CtlError::GateAhead(_) => "gate_ahead",
             CtlError::LeaseLost(_) => "lease_lost",
             CtlError::Timeout(_) => "timeout",
-            CtlError::Unreachable(_) => "unreachable",
-            CtlError::Failed(_) => "failed",
+            CtlError::Unreachable(_) | CtlError::SwitchUnconfirmed { .. } => "unreachable",
+            CtlError::Check(_)
+            | CtlError::ExecDeploy { .. }
+            | CtlError::Smoke(_)
+            | CtlError::Verify(_)
+            | CtlError::RollbackRefused(_)
+            | CtlError::Restore(_)
+            | CtlError::Failed(_) => "failed",
             CtlError::Store(e) => match e {
                 StoreError::Conflict { .. } => "conflict",
                 StoreError::LeaseHeld { .. } => "lease_held",
@@ -100,3 +437,6 @@ impl CtlError {
 
 /// Result of a command.
 pub type CtlResult<T> = Result<T, CtlError>;
+
+#[cfg(test)]
+mod tests;

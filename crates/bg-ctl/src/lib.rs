@@ -7,14 +7,17 @@
 //!
 //! * [`cli`] — the options, their environment variables, help, dispatch.
 //! * [`deploy`] — the release: lease, deploy to the idle colour, verify,
-//!   switch, in the order of the spec, over traits ([`gates::Gates`],
-//!   [`trigger::Trigger`], [`trigger::Checks`]) so every failure path is
-//!   tested against mocks.
+//!   switch, one function per step of the spec, over traits
+//!   ([`gates::Gates`], [`trigger::Trigger`], [`trigger::Checks`]) so every
+//!   failure path is tested against mocks.
+//! * [`readiness`] — when the gates are ready for the next step: pure rules
+//!   over gate reports and the state, shared by `deploy` and `rollback`.
 //! * [`commands`] — status, init (and restore from gates), switch,
 //!   rollback, history, lease.
 //! * [`gates`] — what a gate's `/bg/state` says, and its drain.
 //! * [`trigger`] — webhooks (Portainer), commands, checks.
 //! * [`report`] — progress for people and CI.
+//! * [`output`] — results on stdout; a closed pipe ends them quietly.
 //! * [`error`] — failures and their exit codes.
 
 pub mod cli;
@@ -22,7 +25,11 @@ pub mod commands;
 pub mod deploy;
 pub mod error;
 pub mod gates;
+pub mod output;
+pub mod readiness;
 pub mod report;
+#[cfg(test)]
+mod testing;
 pub mod trigger;
 
 pub use error::{CtlError, CtlResult, exit};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bg_state::Colour;
 
-use crate::error::{CtlError, CtlResult};
+use crate::error::{CheckFailed, CtlError, CtlResult, Timeout};
 
 /// Starts the deploy of a version to a colour.
 #[cfg_attr(test, mockall::automock)]
@@ -140,9 +140,11 @@ impl Trigger for ExecTrigger {
             .run(&self.cmd, env, self.timeout)
             .await
             .map_err(|e| match e {
-                CtlError::Failed(m) => {
-                    CtlError::Failed(format!("--exec deploy of {version} to {colour}: {m}"))
-                }
+                CtlError::Check(source) => CtlError::ExecDeploy {
+                    version: version.to_owned(),
+                    colour,
+                    source,
+                },
                 other => other,
             })
     }
@@ -160,18 +162,19 @@ impl Checks for ShellChecks {
         // Its output goes to ours (stderr), where CI logs show it; stdout
         // stays clean for --json.
         child.stdout(std::process::Stdio::from(std::io::stderr()));
-        let mut child = child
-            .spawn()
-            .map_err(|e| CtlError::Failed(format!("cannot run `{cmd}`: {e}")))?;
+        let cmd = cmd.to_owned();
+        let mut child = match child.spawn() {
+            Ok(child) => child,
+            Err(source) => return Err(CheckFailed::Spawn { cmd, source }.into()),
+        };
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(CtlError::Failed(format!("`{cmd}` failed ({status})"))),
-            Ok(Err(e)) => Err(CtlError::Failed(format!(
-                "`{cmd}` could not be waited for: {e}"
-            ))),
-            Err(_) => Err(CtlError::Timeout(format!(
-                "`{cmd}` still running after {timeout:?}"
-            ))),
+            Ok(Ok(status)) => Err(CheckFailed::Exit { cmd, status }.into()),
+            Ok(Err(source)) => Err(CheckFailed::Wait { cmd, source }.into()),
+            Err(_) => Err(CtlError::Timeout(Timeout::Command {
+                cmd,
+                after: timeout,
+            })),
         }
     }
 }
@@ -202,11 +205,17 @@ mod tests {
             .run("exit 3", env.clone(), Duration::from_secs(10))
             .await
             .unwrap_err();
-        assert!(matches!(err, CtlError::Failed(_)), "{err:?}");
+        assert!(
+            matches!(err, CtlError::Check(CheckFailed::Exit { ref status, .. }) if status.code() == Some(3)),
+            "{err:?}"
+        );
         let err = ShellChecks
             .run("sleep 5", env, Duration::from_millis(100))
             .await
             .unwrap_err();
-        assert!(matches!(err, CtlError::Timeout(_)), "{err:?}");
+        assert!(
+            matches!(err, CtlError::Timeout(Timeout::Command { .. })),
+            "{err:?}"
+        );
     }
 }

@@ -1,0 +1,271 @@
+//! The options, their environment variables, and help with examples.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bg_state::{AppName, Colour, parse_duration};
+use clap::{Args, Parser, Subcommand};
+
+use crate::deploy::OnDrainTimeout;
+
+const EXIT_CODES: &str = "Exit codes:\n  \
+    0  success\n  \
+    1  any other failure (not initialised, rollback refused, smoke or verify check failed)\n  \
+    2  usage error or invalid input\n  \
+    3  conflict: the generation moved, the lease is held by another, or a switch was refused\n     \
+       because a lease is held or a gate is ahead of the store\n  \
+    4  timed out waiting: new version, drain, load balancer confirmation, --wait-lease\n  \
+    5  store or gate unreachable";
+
+/// bluegreen's command line: see and change which colour is live, and run
+/// a whole blue/green release from CI.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bg-ctl",
+    version,
+    after_help = format!("{EXIT_CODES}\n\nExample (GitLab CI, every option from the environment):\n  \
+        BG_GATE=https://gate.internal:9090 BG_APP=chat bg-ctl deploy --version \"$CI_COMMIT_TAG\"")
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub(super) global: Global,
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct Global {
+    /// Where the state lives: file:///path, redis://host:port/db, rediss://…
+    #[arg(
+        long,
+        env = "BG_STORE",
+        global = true,
+        hide_env_values = true,
+        conflicts_with = "gate"
+    )]
+    pub(super) store: Option<String>,
+
+    /// Use a gate's store API as the store (when CI reaches the services but not Redis).
+    #[arg(long, env = "BG_GATE", global = true)]
+    pub(super) gate: Option<String>,
+
+    /// Token for the gate's writes and drains (a named token or a GitLab id_token).
+    #[arg(long, env = "BG_TOKEN", global = true, hide_env_values = true)]
+    pub(super) token: Option<String>,
+
+    /// The app.
+    #[arg(long, env = "BG_APP", global = true, default_value = "default", value_parser = parse_app)]
+    pub(super) app: AppName,
+
+    /// Who is acting, recorded in history (default: the GitLab user and job, or user@host).
+    #[arg(long, env = "BG_ACTOR", global = true)]
+    pub(super) actor: Option<String>,
+
+    /// Print one machine-readable JSON result on stdout.
+    #[arg(long, global = true)]
+    pub(super) json: bool,
+
+    /// Bound on each request to the store or a gate.
+    #[arg(long, env = "BG_TIMEOUT", global = true, default_value = "10s", value_parser = parse_duration)]
+    pub(super) timeout: Duration,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub(super) struct GateUrls {
+    /// A gate of the blue colour (its admin address); repeat for replicas.
+    #[arg(long = "gate-blue", env = "BG_GATE_BLUE", value_delimiter = ',')]
+    pub(super) blue: Vec<String>,
+    /// A gate of the green colour (its admin address); repeat for replicas.
+    #[arg(long = "gate-green", env = "BG_GATE_GREEN", value_delimiter = ',')]
+    pub(super) green: Vec<String>,
+}
+
+impl GateUrls {
+    pub(super) fn by_colour(&self) -> BTreeMap<Colour, Vec<String>> {
+        let mut m = BTreeMap::new();
+        if !self.blue.is_empty() {
+            m.insert(Colour::Blue, self.blue.clone());
+        }
+        if !self.green.is_empty() {
+            m.insert(Colour::Green, self.green.clone());
+        }
+        m
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Command {
+    /// Show the live colour, generation, versions, lease, last change, and what gates answer.
+    #[command(
+        after_help = "Example:\n  bg-ctl --store redis://redis:6379/0 --app chat status --gate-blue http://blue:9090 --gate-green http://green:9090"
+    )]
+    Status {
+        #[command(flatten)]
+        gates: GateUrls,
+    },
+    /// Create the state (generation 1), or restore it from the gates after the store lost it.
+    #[command(after_help = "Examples:\n  bg-ctl --app chat init --active blue\n  \
+        bg-ctl --app chat init --from-gate http://blue:9090 --from-gate http://green:9090   # after Redis restarted empty")]
+    Init {
+        /// The colour to make live.
+        #[arg(long, value_parser = parse_colour, required_unless_present = "from_gate", conflicts_with = "from_gate")]
+        active: Option<Colour>,
+        /// Restore what these gates serve, above every generation they know; all must answer.
+        #[arg(long = "from-gate")]
+        from_gate: Vec<String>,
+        /// Replace state that is there (recorded as forced; the generation still goes up).
+        #[arg(long)]
+        force: bool,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Make a colour live, atomically (compare-and-swap on the generation).
+    #[command(
+        after_help = "Example:\n  bg-ctl --app chat switch --to green --expect-generation 7 --reason \"release v2\""
+    )]
+    Switch {
+        /// The colour to make live (default: the idle one).
+        #[arg(long, value_parser = parse_colour)]
+        to: Option<Colour>,
+        /// Only if the generation is still this (default: the one just read).
+        #[arg(long)]
+        expect_generation: Option<u64>,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Switch even though a deploy lease is held (recorded as forced).
+        #[arg(long)]
+        force: bool,
+    },
+    /// The whole release: lease, deploy to the idle colour, verify, switch.
+    #[command(
+        after_help = "Steps: take the lease; record \"deploying\"; wait until the idle colour is out of \
+        rotation; drain it; trigger the deploy; wait until its gates run the new version with a fresh view; \
+        --smoke; record \"deployed\"; switch (compare-and-swap); --confirm-lb; --verify through --watch; \
+        release the lease. The first failure stops it with the live colour unchanged.\n\n\
+        Example (Portainer webhooks, every option from CI variables):\n  \
+        BG_WEBHOOK_BLUE=… BG_WEBHOOK_GREEN=… BG_GATE_BLUE=http://blue:9090 BG_GATE_GREEN=http://green:9090 \\\n    \
+        bg-ctl --gate https://gate.internal:9090 --app chat deploy --version \"$CI_COMMIT_TAG\" --tag-param tag"
+    )]
+    Deploy(Box<DeployArgs>),
+    /// Make the previous colour live again, if it still runs the previous version.
+    #[command(
+        after_help = "Example:\n  bg-ctl --app chat rollback --gate-blue http://blue:9090 --reason \"errors after v2\""
+    )]
+    Rollback {
+        #[command(flatten)]
+        gates: GateUrls,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The audit trail, newest first.
+    #[command(after_help = "Example:\n  bg-ctl --app chat history --limit 50")]
+    History {
+        /// How many events.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The deploy lease: who holds it; break it.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bg-ctl --app chat lease show\n  bg-ctl --app chat lease break --reason \"pipeline 4711 was killed\""
+    )]
+    Lease(LeaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum LeaseCommand {
+    /// Who holds the deploy lease, and until when.
+    #[command(after_help = "Example:\n  bg-ctl --app chat lease show")]
+    Show,
+    /// Break the lease whoever holds it (recorded in history).
+    #[command(
+        after_help = "Example:\n  bg-ctl --app chat lease break --reason \"pipeline 4711 was killed\""
+    )]
+    Break {
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(super) struct DeployArgs {
+    /// The version to release (image tag, commit).
+    #[arg(long)]
+    pub(super) version: String,
+    #[command(flatten)]
+    pub(super) gates: GateUrls,
+    /// The blue colour's deploy webhook (e.g. Portainer's service webhook).
+    #[arg(long, env = "BG_WEBHOOK_BLUE", hide_env_values = true)]
+    pub(super) webhook_blue: Option<String>,
+    /// The green colour's deploy webhook.
+    #[arg(long, env = "BG_WEBHOOK_GREEN", hide_env_values = true)]
+    pub(super) webhook_green: Option<String>,
+    /// Send the version as this query parameter of the webhook (`tag` for Portainer).
+    #[arg(long, env = "BG_TAG_PARAM")]
+    pub(super) tag_param: Option<String>,
+    /// Deploy with this command instead of a webhook (it gets BG_COLOUR and BG_VERSION).
+    #[arg(long, env = "BG_EXEC", conflicts_with_all = ["webhook_blue", "webhook_green"])]
+    pub(super) exec: Option<String>,
+    /// Must succeed before the switch (gets BG_COLOUR, BG_VERSION, BG_GATE_URL).
+    #[arg(long, env = "BG_SMOKE")]
+    pub(super) smoke: Option<String>,
+    /// Run through the --watch window after the switch; failure switches back.
+    #[arg(long, env = "BG_VERIFY")]
+    pub(super) verify: Option<String>,
+    /// How long to keep running --verify after the switch.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub(super) watch: Duration,
+    /// After the switch, wait until every load balancer probe source has seen it.
+    #[arg(long)]
+    pub(super) confirm_lb: bool,
+    /// The load balancer's fall count: before restarting the idle colour,
+    /// bg-ctl waits until every probe source has seen it answer STOP one
+    /// time more than this.
+    #[arg(long, default_value_t = 3)]
+    pub(super) lb_fall: usize,
+    /// Probes in a row answered OK that show a colour is in rotation.
+    #[arg(long, default_value_t = 2)]
+    pub(super) lb_rise: usize,
+    /// A probe source counts as a load balancer while it probed within this of the newest probe.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub(super) lb_window: Duration,
+    /// Deploy and verify only; promote later with `bg-ctl switch`.
+    #[arg(long)]
+    pub(super) no_switch: bool,
+    /// Bound on each wait for the gates.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub(super) ready_timeout: Duration,
+    /// Bound on the drain of lingering websockets.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(super) drain_timeout: Duration,
+    /// What to do when the drain runs out of time.
+    #[arg(long, value_enum, default_value_t = OnDrainTimeout::Proceed)]
+    pub(super) on_drain_timeout: OnDrainTimeout,
+    /// The deploy lease's time to live; renewed every third of it.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub(super) lease_ttl: Duration,
+    /// Queue behind another pipeline's lease for up to this long instead of failing.
+    #[arg(long, value_parser = parse_duration)]
+    pub(super) wait_lease: Option<Duration>,
+    /// How old a gate's view of the store may be to count as fresh.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub(super) max_stale: Duration,
+    /// How often to look at the gates while waiting.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub(super) poll: Duration,
+    /// Why (recorded with the switch).
+    #[arg(long)]
+    pub(super) reason: Option<String>,
+}
+
+fn parse_colour(s: &str) -> Result<Colour, String> {
+    s.parse().map_err(|e: bg_state::Error| e.to_string())
+}
+
+fn parse_app(s: &str) -> Result<AppName, String> {
+    AppName::new(s).map_err(|e| e.to_string())
+}

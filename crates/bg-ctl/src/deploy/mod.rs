@@ -1,0 +1,432 @@
+//! `bg-ctl deploy`: the whole release, in the nine steps of SPEC §5, one
+//! function each, in the order [`Deployer::run`] calls them. It either
+//! completes a verified release or stops at the first failure with the
+//! live colour unchanged.
+//!
+//! The rules that say when the gates are ready live in
+//! [`crate::readiness`]; here are the steps that ask the gates and the
+//! store and act. Beside them: `options` (how a release runs), `lease`
+//! (renewing the lease while the steps run), `wait` (polling until ready
+//! or a deadline), `switch` (a switch that survives a lost answer, and the
+//! switch back after a failed verify).
+
+use bg_state::{
+    Colour, ColourStore, DeployPhase, DeployRecord, Error as StoreError, Lease, LeaseRequest,
+    SwitchRequest,
+};
+use serde::Serialize;
+use tokio::time::{Duration, Instant};
+
+use crate::error::{CtlError, CtlResult, Timeout, WaitFor};
+use crate::gates::{ConnectionCounts, Gates};
+use crate::readiness::{self, NotYet, Readiness};
+use crate::report::Reporter;
+use crate::trigger::{Checks, Trigger};
+
+mod lease;
+mod options;
+mod switch;
+mod wait;
+
+use options::millis;
+pub use options::{DeployOptions, OnDrainTimeout};
+
+/// What a release did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeployOutcome {
+    /// The version released.
+    pub version: String,
+    /// The colour it went to.
+    pub colour: Colour,
+    /// The generation after the release.
+    pub generation: u64,
+    /// Whether the live colour changed (false with `--no-switch`).
+    pub switched: bool,
+}
+
+/// The parts a release needs, as traits so the sequence is testable.
+pub struct Deployer<'a> {
+    /// The state store.
+    pub store: &'a dyn ColourStore,
+    /// The gates.
+    pub gates: &'a dyn Gates,
+    /// What starts the deploy.
+    pub trigger: &'a dyn Trigger,
+    /// Runs `--smoke` and `--verify`.
+    pub checks: &'a dyn Checks,
+    /// Where progress goes.
+    pub report: &'a Reporter,
+    /// How.
+    pub opts: &'a DeployOptions,
+}
+
+/// What step 2 read, which every later step works from.
+struct Plan {
+    /// The colour being released to.
+    idle: Colour,
+    /// The colour live now.
+    live: Colour,
+    /// The generation the switch compares against.
+    generation: u64,
+    /// This run's lease fence.
+    fence: u64,
+    /// What the live colour's gates run: a switch back needs it unchanged.
+    old_versions: Vec<String>,
+}
+
+impl Deployer<'_> {
+    /// Runs the release.
+    ///
+    /// # Errors
+    /// The first failure, with the live colour unchanged — except a failure
+    /// after the switch (LB confirmation, verify), which says so.
+    pub async fn run(&self) -> CtlResult<DeployOutcome> {
+        let o = self.opts;
+        if o.confirm_lb && (o.urls(Colour::Blue).is_empty() || o.urls(Colour::Green).is_empty()) {
+            return Err(CtlError::Usage(
+                "--confirm-lb reads the load balancer's probes from the gates: give --gate-blue and --gate-green".into(),
+            ));
+        }
+        let lease = self.take_lease().await?;
+        let result = tokio::select! {
+            r = self.release(&lease) => r,
+            e = self.keep_lease(&lease) => Err(e),
+        };
+        self.release_lease(&lease).await;
+        result
+    }
+
+    /// Steps 2 to 8, while the lease is held.
+    async fn release(&self, lease: &Lease) -> CtlResult<DeployOutcome> {
+        let o = self.opts;
+        let plan = self.record_deploying(lease.fence).await?;
+        self.wait_out_of_rotation(&plan).await?;
+        self.drain(plan.idle).await?;
+        self.trigger_deploy(plan.idle).await?;
+        self.verify_new_version(&plan).await?;
+        if o.no_switch {
+            self.report.step(format!(
+                "{} deployed to {} and verified; not switched (--no-switch)",
+                o.version, plan.idle
+            ));
+            return Ok(DeployOutcome {
+                version: o.version.clone(),
+                colour: plan.idle,
+                generation: plan.generation,
+                switched: false,
+            });
+        }
+        let generation = self.switch(&plan).await?;
+        self.confirm_and_verify(&plan, generation).await?;
+        Ok(DeployOutcome {
+            version: o.version.clone(),
+            colour: plan.idle,
+            generation,
+            switched: true,
+        })
+    }
+
+    /// Step 1: take the lease, or queue for it with `--wait-lease`. (It is
+    /// renewed while the steps run: see `lease.rs`.)
+    async fn take_lease(&self) -> CtlResult<Lease> {
+        let o = self.opts;
+        let req = LeaseRequest::new(o.holder.clone(), o.lease_ttl);
+        let deadline = o.wait_lease.map(|w| Instant::now() + w);
+        let lease = loop {
+            match self.store.acquire_lease(&o.app, req.clone()).await {
+                Ok(lease) => break lease,
+                Err(StoreError::LeaseHeld { holder, .. })
+                    if deadline.is_some_and(|d| Instant::now() < d) =>
+                {
+                    self.report
+                        .waiting(format!("waiting for the lease held by {holder}"));
+                    tokio::time::sleep(o.poll.max(Duration::from_millis(200))).await;
+                }
+                Err(e @ StoreError::LeaseHeld { .. }) if deadline.is_some() => {
+                    return Err(CtlError::Timeout(Timeout::Lease(e)));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.report.step(format!(
+            "lease taken by {} (fence {})",
+            lease.holder, lease.fence
+        ));
+        Ok(lease)
+    }
+
+    /// Step 2: read the state, pick the idle colour, record "deploying V"
+    /// (fenced). Refused while a gate is ahead of the store.
+    async fn record_deploying(&self, fence: u64) -> CtlResult<Plan> {
+        let o = self.opts;
+        let state = self
+            .store
+            .get(&o.app)
+            .await?
+            .ok_or_else(|| StoreError::NotInitialised { app: o.app.clone() })?;
+        readiness::none_ahead(&self.store.presences(&o.app).await?, state.generation)?;
+        let plan = Plan {
+            idle: state.idle(),
+            live: state.active,
+            generation: state.generation,
+            fence,
+            old_versions: self.versions(state.active).await,
+        };
+        self.record(&plan, DeployPhase::Deploying).await?;
+        self.report.step(format!(
+            "{} is live at generation {}; deploying {} to {}",
+            plan.live, plan.generation, o.version, plan.idle
+        ));
+        Ok(plan)
+    }
+
+    /// Step 3: the idle colour is out of rotation as the load balancer
+    /// sees it — otherwise clients drained in step 4 land right back on it.
+    async fn wait_out_of_rotation(&self, plan: &Plan) -> CtlResult<()> {
+        let o = self.opts;
+        let (idle, generation) = (plan.idle, plan.generation);
+        let urls = o.urls(idle);
+        if urls.is_empty() {
+            self.report.warn(format!(
+                "no gate URL for {idle} (--gate-{idle}): cannot prove it is out of rotation or drain it"
+            ));
+            return Ok(());
+        }
+        let window = millis(o.lb_window);
+        self.wait(WaitFor::OutOfRotation(idle), o.ready_timeout, false, || {
+            self.each_gate(urls, move |r, url| {
+                readiness::out_of_rotation(r, url, idle, generation, o.lb_fall, window)
+            })
+        })
+        .await?;
+        self.report.step(format!("{idle} is out of rotation"));
+        Ok(())
+    }
+
+    /// Step 4: drain it — ask its gates to close lingering websockets in
+    /// paced batches, and wait for zero (or `--drain-timeout`, then proceed
+    /// or abort as told).
+    async fn drain(&self, idle: Colour) -> CtlResult<()> {
+        let o = self.opts;
+        let (mut open, mut asked, mut busy) = (0, 0, 0);
+        for url in o.urls(idle) {
+            let r = self.gates.report(url).await?;
+            busy += r.connections.requests;
+            if r.connections.websockets > 0 {
+                open += r.connections.websockets;
+                asked += self
+                    .gates
+                    .drain(url, o.drain_batch, o.drain_interval)
+                    .await?;
+            }
+        }
+        if open == 0 && busy == 0 {
+            return Ok(());
+        }
+        // A drain already under way (the gate's own, or an earlier run's)
+        // asks nobody new, but its sockets are still to be waited for; and
+        // requests the load balancer sent before it marked the colour down
+        // are let finish before the restart.
+        if open > 0 {
+            self.report.step(format!(
+                "{open} websockets open on {idle}; {asked} newly asked to reconnect"
+            ));
+        }
+        let drained = self
+            .wait(WaitFor::Drained(idle), o.drain_timeout, false, || async {
+                let mut total = ConnectionCounts {
+                    websockets: 0,
+                    requests: 0,
+                };
+                for url in o.urls(idle) {
+                    let c = self.gates.report(url).await?.connections;
+                    total.websockets += c.websockets;
+                    total.requests += c.requests;
+                }
+                Ok(readiness::drained(total))
+            })
+            .await;
+        match (drained, o.on_drain_timeout) {
+            (Ok(()), _) => {
+                self.report.step(format!("{idle} drained"));
+                Ok(())
+            }
+            (Err(CtlError::Timeout(t)), OnDrainTimeout::Proceed) => {
+                self.report
+                    .warn(format!("{t}; proceeding (--on-drain-timeout proceed)"));
+                Ok(())
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// Step 5: trigger its deploy (a webhook or a command).
+    async fn trigger_deploy(&self, idle: Colour) -> CtlResult<()> {
+        let version = &self.opts.version;
+        self.trigger.deploy(idle, version).await?;
+        self.report
+            .step(format!("deploy of {version} to {idle} triggered"));
+        Ok(())
+    }
+
+    /// Step 6: every gate of the idle colour runs the new version with a
+    /// fresh view at the store's generation (a webhook that answers 204 and
+    /// deploys nothing is caught here); then `--smoke`; then the release is
+    /// recorded "deployed V" (fenced), which `--no-switch` stops at.
+    async fn verify_new_version(&self, plan: &Plan) -> CtlResult<()> {
+        let o = self.opts;
+        self.wait_running(plan).await?;
+        if let Some(cmd) = &o.smoke {
+            let url = o.urls(plan.idle).first().cloned().unwrap_or_default();
+            self.checks
+                .run(cmd, o.check_env(plan.idle, &url), o.ready_timeout)
+                .await
+                .map_err(|e| CtlError::Smoke(Box::new(e)))?;
+            self.report.step("smoke check passed");
+        }
+        self.record(plan, DeployPhase::Deployed).await?;
+        Ok(())
+    }
+
+    /// Step 7: the switch, compare-and-swap on the generation of step 2,
+    /// fenced by the lease — after one more look if a smoke check took time.
+    async fn switch(&self, plan: &Plan) -> CtlResult<u64> {
+        let o = self.opts;
+        if o.smoke.is_some() {
+            self.wait_running(plan).await?;
+        }
+        let mut req = SwitchRequest::new(plan.idle, o.actor.clone())
+            .expect_generation(plan.generation)
+            .fence(plan.fence)
+            .request_id(format!("deploy:{}:{}", o.version, plan.fence))
+            .reason(
+                o.reason
+                    .clone()
+                    .unwrap_or_else(|| format!("release {}", o.version)),
+            );
+        req.reason = req
+            .reason
+            .map(|r| r.chars().take(bg_state::MAX_REASON_LEN).collect());
+        let generation = self.switch_surely(req).await?;
+        self.report.step(format!(
+            "switched: {} is live at generation {generation}",
+            plan.idle
+        ));
+        Ok(generation)
+    }
+
+    /// Step 8: with `--confirm-lb`, every probe source saw the new colour
+    /// OK `--lb-rise` times and the old one STOP `--lb-fall` times; then
+    /// `--verify` through the `--watch` window, switching back if it fails
+    /// while the old colour still runs the old version.
+    async fn confirm_and_verify(&self, plan: &Plan, generation: u64) -> CtlResult<()> {
+        let o = self.opts;
+        if o.confirm_lb {
+            self.confirm_lb(plan.idle, plan.live)
+                .await
+                .map_err(|e| match e {
+                    CtlError::Timeout(t) => CtlError::Timeout(Timeout::LbUnconfirmed {
+                        to: plan.idle,
+                        wait: Box::new(t),
+                    }),
+                    other => other,
+                })?;
+        }
+        if let Some(cmd) = &o.verify {
+            self.watch(cmd, plan, generation).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 9: release the lease. A lease that cannot be released expires
+    /// by itself, so this only warns.
+    async fn release_lease(&self, lease: &Lease) {
+        match self.store.release_lease(&self.opts.app, lease.fence).await {
+            Ok(true) => self.report.step("lease released"),
+            Ok(false) => self.report.warn("the lease was no longer held at the end"),
+            Err(e) => self.report.warn(format!(
+                "cannot release the lease (it expires by itself): {e}"
+            )),
+        }
+    }
+
+    /// Waits until every gate of the idle colour runs the new version, fresh
+    /// and at the store's generation (step 6, and again before step 7).
+    /// Without gate URLs, the gates' presence reports in the store say it.
+    async fn wait_running(&self, plan: &Plan) -> CtlResult<()> {
+        let o = self.opts;
+        let (idle, generation) = (plan.idle, plan.generation);
+        let urls = o.urls(idle);
+        let max_stale = millis(o.max_stale);
+        let waited = WaitFor::Running {
+            version: o.version.clone(),
+            colour: idle,
+        };
+        self.wait(waited, o.ready_timeout, true, || async {
+            // Someone switched meanwhile: nothing to wait for any more.
+            let now = self.store.get(&o.app).await?;
+            if let Some(s) = &now
+                && s.generation != generation
+            {
+                return Err(StoreError::Conflict {
+                    expected: generation,
+                    current: Box::new(s.clone()),
+                }
+                .into());
+            }
+            if urls.is_empty() {
+                let presences = self.store.presences(&o.app).await?;
+                return Ok(readiness::presences_run(
+                    &presences, idle, &o.version, generation,
+                ));
+            }
+            self.each_gate(urls, |r, url| {
+                readiness::runs_fresh(r, url, idle, &o.version, generation, max_stale)
+            })
+            .await
+        })
+        .await?;
+        self.report
+            .step(format!("{idle} runs {} with a fresh view", o.version));
+        Ok(())
+    }
+
+    /// Waits until every load balancer has seen the switch from `old` to
+    /// `new` (step 8).
+    async fn confirm_lb(&self, new: Colour, old: Colour) -> CtlResult<()> {
+        let o = self.opts;
+        let window = millis(o.lb_window);
+        self.wait(WaitFor::LbConfirmation, o.ready_timeout, true, || async {
+            let mut sources = 0;
+            for (colour, answer, need) in [(new, "ok", o.lb_rise), (old, "stop", o.lb_fall)] {
+                for url in o.urls(colour) {
+                    let r = self.gates.report(url).await?;
+                    match readiness::lb_has_seen(&r, colour, answer, need, window) {
+                        Ok(n) => sources += n,
+                        Err(why) => return Ok(Readiness::Pending(why)),
+                    }
+                }
+            }
+            Ok(if sources == 0 {
+                Readiness::Pending(NotYet::NoProbes)
+            } else {
+                Readiness::Ready
+            })
+        })
+        .await?;
+        self.report.step("the load balancer has seen the switch");
+        Ok(())
+    }
+
+    /// Records a phase of this release for the idle colour, fenced.
+    async fn record(&self, plan: &Plan, phase: DeployPhase) -> CtlResult<()> {
+        let o = self.opts;
+        let rec = DeployRecord::new(plan.idle, o.version.clone(), phase, o.actor.clone())
+            .fence(plan.fence);
+        self.store.record_deploy(&o.app, rec).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

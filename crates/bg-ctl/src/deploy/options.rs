@@ -1,0 +1,125 @@
+//! How a release runs: every option of `bg-ctl deploy`, and their defaults.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bg_state::{AppName, Colour};
+
+/// What to do when the drain does not finish in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnDrainTimeout {
+    /// Deploy anyway: the remaining clients are cut by the restart.
+    #[default]
+    Proceed,
+    /// Stop without deploying (exit 4).
+    Abort,
+}
+
+/// How a release runs. [`DeployOptions::new`] gives the defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeployOptions {
+    /// The app.
+    pub app: AppName,
+    /// The version to release.
+    pub version: String,
+    /// Who is releasing (recorded in history).
+    pub actor: String,
+    /// The lease holder (unique per pipeline run).
+    pub holder: String,
+    /// Gate URLs per colour (admin routes); every wait applies to all of a colour's gates.
+    pub gates: BTreeMap<Colour, Vec<String>>,
+    /// The lease's time to live; it is renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Queue behind another pipeline's lease for this long instead of failing.
+    pub wait_lease: Option<Duration>,
+    /// Bound on each wait for the gates (out of rotation, new version, LB).
+    pub ready_timeout: Duration,
+    /// Bound on the drain.
+    pub drain_timeout: Duration,
+    /// What to do when the drain runs out of time.
+    pub on_drain_timeout: OnDrainTimeout,
+    /// Websockets closed per drain batch.
+    pub drain_batch: usize,
+    /// Pause between drain batches.
+    pub drain_interval: Duration,
+    /// Probes in a row a load balancer must have seen answered STOP.
+    pub lb_fall: usize,
+    /// Probes in a row a load balancer must have seen answered OK.
+    pub lb_rise: usize,
+    /// A probe source counts as a load balancer while its last probe is
+    /// within this of the newest probe a gate logged.
+    pub lb_window: Duration,
+    /// After the switch, wait until every probe source has seen it.
+    pub confirm_lb: bool,
+    /// The staleness a gate's view may have to count as fresh.
+    pub max_stale: Duration,
+    /// A command that must succeed before the switch.
+    pub smoke: Option<String>,
+    /// A command run through the watch window after the switch; failure switches back.
+    pub verify: Option<String>,
+    /// How long to keep verifying after the switch.
+    pub watch: Duration,
+    /// How often to run the verify command in the watch window.
+    pub verify_interval: Duration,
+    /// Deploy and verify only; `bg-ctl switch` promotes later.
+    pub no_switch: bool,
+    /// How often to look at the gates while waiting.
+    pub poll: Duration,
+    /// Why (recorded with the switch).
+    pub reason: Option<String>,
+}
+
+impl DeployOptions {
+    /// Defaults for releasing `version` of `app`.
+    #[must_use]
+    pub fn new(app: AppName, version: impl Into<String>, actor: impl Into<String>) -> Self {
+        let actor = actor.into();
+        DeployOptions {
+            app,
+            version: version.into(),
+            holder: actor.clone(),
+            actor,
+            gates: BTreeMap::new(),
+            lease_ttl: Duration::from_secs(30),
+            wait_lease: None,
+            ready_timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(60),
+            on_drain_timeout: OnDrainTimeout::Proceed,
+            drain_batch: 10,
+            drain_interval: Duration::from_secs(1),
+            lb_fall: 3,
+            lb_rise: 2,
+            lb_window: Duration::from_secs(20),
+            confirm_lb: false,
+            max_stale: Duration::from_secs(3),
+            smoke: None,
+            verify: None,
+            watch: Duration::ZERO,
+            verify_interval: Duration::from_secs(5),
+            no_switch: false,
+            poll: Duration::from_millis(250),
+            reason: None,
+        }
+    }
+
+    /// The gates given for `colour`.
+    pub(super) fn urls(&self, colour: Colour) -> &[String] {
+        self.gates.get(&colour).map_or(&[], Vec::as_slice)
+    }
+
+    /// What `--smoke` and `--verify` commands get: the colour, the version
+    /// and a gate's URL.
+    pub(super) fn check_env(&self, colour: Colour, url: &str) -> Vec<(String, String)> {
+        vec![
+            ("BG_COLOUR".into(), colour.to_string()),
+            ("BG_VERSION".into(), self.version.clone()),
+            ("BG_GATE_URL".into(), url.to_owned()),
+        ]
+    }
+}
+
+/// A duration in whole milliseconds, as gates report ages.
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,109 @@
+//! Switching: a switch that survives a lost answer (step 7), and the
+//! `--verify` watch that switches back when it fails (step 8).
+
+use bg_state::{Colour, SwitchRequest};
+use tokio::time::{Duration, Instant};
+
+use super::{Deployer, Plan};
+use crate::error::{CtlError, CtlResult, SwitchBack, VerifyFailed};
+
+impl Deployer<'_> {
+    /// Switches, retrying a store outage with the same request: the request
+    /// id makes a retry of a switch that did commit its own success. If the
+    /// outcome stays unknown, says so.
+    pub(super) async fn switch_surely(&self, req: SwitchRequest) -> CtlResult<u64> {
+        let o = self.opts;
+        let deadline = Instant::now() + o.ready_timeout;
+        loop {
+            match self.store.switch(&o.app, req.clone()).await {
+                Ok(out) => return Ok(out.state.generation),
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    self.report.waiting(format!(
+                        "the store did not confirm the switch ({e}); retrying"
+                    ));
+                    tokio::time::sleep(o.poll.max(Duration::from_millis(100))).await;
+                }
+                Err(e) if e.is_retryable() => {
+                    return Err(CtlError::SwitchUnconfirmed {
+                        to: req.to,
+                        source: e,
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Runs the verify command through the watch window; on failure,
+    /// switches back if the old colour still runs the old version.
+    pub(super) async fn watch(&self, cmd: &str, plan: &Plan, generation: u64) -> CtlResult<()> {
+        let o = self.opts;
+        let new = plan.idle;
+        let until = Instant::now() + o.watch;
+        let url = o.urls(new).first().cloned().unwrap_or_default();
+        loop {
+            if let Err(e) = self
+                .checks
+                .run(cmd, o.check_env(new, &url), o.ready_timeout)
+                .await
+            {
+                return Err(self.switch_back(plan, generation, e).await);
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            self.report
+                .waiting(format!("watching {new}: verify passes"));
+            tokio::time::sleep(o.verify_interval.min(until - Instant::now())).await;
+        }
+        self.report
+            .step(format!("verify passed through the {:?} watch", o.watch));
+        Ok(())
+    }
+
+    /// After a failed verify: the old colour live again, compare-and-swap
+    /// on the switch's `generation` and fenced, only if its gates still run
+    /// what they ran before the release.
+    async fn switch_back(&self, plan: &Plan, generation: u64, failure: CtlError) -> CtlError {
+        let o = self.opts;
+        let (new, old) = (plan.idle, plan.live);
+        let failed = |back| {
+            CtlError::Verify(Box::new(VerifyFailed {
+                failure,
+                to: new,
+                from: old,
+                back,
+            }))
+        };
+        let now = self.versions(old).await;
+        if now.is_empty() || now != plan.old_versions {
+            return failed(SwitchBack::NotTried);
+        }
+        let req = SwitchRequest::new(old, o.actor.clone())
+            .expect_generation(generation)
+            .fence(plan.fence)
+            .rollback(true)
+            .reason(format!("verify failed for {}", o.version));
+        match self.store.switch(&o.app, req).await {
+            Ok(out) => {
+                self.report.step(format!(
+                    "switched back: {old} is live at generation {}",
+                    out.state.generation
+                ));
+                failed(SwitchBack::Done(out.state.generation))
+            }
+            Err(e) => failed(SwitchBack::Failed(e)),
+        }
+    }
+
+    /// The versions a colour's gates report now (what a switch back needs).
+    pub(super) async fn versions(&self, colour: Colour) -> Vec<String> {
+        let mut out = Vec::new();
+        for url in self.opts.urls(colour) {
+            if let Ok(r) = self.gates.report(url).await {
+                out.push(r.version);
+            }
+        }
+        out
+    }
+}

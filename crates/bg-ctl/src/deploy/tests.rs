@@ -1,0 +1,576 @@
+//! The release against a memory store and fake gates, on paused time:
+//! every failure path leaves the live colour, with its exit code.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bg_state::{
+    BreakLease, ColourStore, EventKind, LeaseRequest, MemoryStore, Presence, SwitchRequest,
+};
+
+use super::*;
+use crate::error::{GateAhead, SwitchBack, exit};
+use crate::gates::MockGates;
+use crate::testing::{
+    FakeGates, GREEN, app, delegating, futures_now, gates, live, opts, passing_checks, run, store,
+    trigger_that_deploys,
+};
+use crate::trigger::{MockChecks, MockTrigger};
+
+#[tokio::test(start_paused = true)]
+async fn a_release_switches_after_the_new_version_is_seen() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut o = opts();
+    o.smoke = Some("true".into());
+    o.verify = Some("true".into());
+    o.confirm_lb = true;
+    let out = run(
+        &store,
+        &gates(&store, &deployed),
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &o,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        DeployOutcome {
+            version: "v2".into(),
+            colour: Colour::Green,
+            generation: 2,
+            switched: true
+        }
+    );
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+    let history = store.history(&app(), 10).await.unwrap();
+    let kinds: Vec<_> = history.iter().map(|e| &e.kind).collect();
+    assert!(
+        matches!(
+            kinds[0],
+            EventKind::Switch {
+                to: Colour::Green,
+                ..
+            }
+        ),
+        "{kinds:?}"
+    );
+    assert!(matches!(
+        kinds[1],
+        EventKind::Deploy {
+            phase: DeployPhase::Deployed,
+            ..
+        }
+    ));
+    assert!(matches!(
+        kinds[2],
+        EventKind::Deploy {
+            phase: DeployPhase::Deploying,
+            ..
+        }
+    ));
+    assert_eq!(history[0].actor, "ci");
+    assert_eq!(
+        store.lease(&app()).await.unwrap(),
+        None,
+        "the lease is released"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_webhook_that_deploys_nothing_ends_in_a_timeout_and_no_switch() {
+    let store = store().await;
+    let never = Arc::new(AtomicBool::new(false));
+    let mut t = MockTrigger::new();
+    t.expect_deploy().times(1).returning(|_, _| Ok(())); // "204", and nothing happens
+    let err = run(
+        &store,
+        &gates(&store, &never),
+        &t,
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+    assert!(
+        matches!(
+            &err,
+            CtlError::Timeout(Timeout::Gates {
+                waited: WaitFor::Running { .. },
+                pending,
+                ..
+            }) if *pending == NotYet::Runs { url: GREEN.into(), version: "v1".into() }.to_string()
+        ),
+        "{err}"
+    );
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+    assert_eq!(store.lease(&app()).await.unwrap(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_switch_meanwhile_is_a_conflict_and_nothing_is_overwritten() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut t = MockTrigger::new();
+    let s = store.clone();
+    t.expect_deploy().times(1).returning(move |_, _| {
+        // Someone forces a switch while the deploy runs.
+        futures_now(s.switch(
+            &app(),
+            SwitchRequest::new(Colour::Green, "someone").force(true),
+        ))
+        .unwrap();
+        Ok(())
+    });
+    let err = run(
+        &store,
+        &gates(&store, &deployed),
+        &t,
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+    let s = store.get(&app()).await.unwrap().unwrap();
+    assert_eq!(
+        (s.active, s.generation, s.last_change.actor.as_str()),
+        (Colour::Green, 2, "someone")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_or_lagging_target_is_never_switched_to() {
+    for (stale_ms, healthy, generation) in [(60_000, true, 1), (20, false, 1), (20, true, 0)] {
+        let store = store().await;
+        let deployed = Arc::new(AtomicBool::new(false));
+        let g = FakeGates::following(&store)
+            .deployed_when(&deployed)
+            .green(move |r| {
+                if r.version == "v2" {
+                    r.stale_ms = stale_ms;
+                    r.store.healthy = healthy;
+                    r.generation = generation;
+                }
+            })
+            .build();
+        let err = run(
+            &store,
+            &g,
+            &trigger_that_deploys(&deployed),
+            &passing_checks(),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.exit_code(),
+            exit::TIMEOUT,
+            "{stale_ms} {healthy} {generation}: {err}"
+        );
+        assert_eq!(live(&store).await, (Colour::Blue, 1));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gate_ahead_of_the_store_stops_everything() {
+    let store = store().await;
+    store
+        .report_presence(
+            &app(),
+            Presence::new("green-1", Colour::Green, "v1", 9),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let deployed = Arc::new(AtomicBool::new(false));
+    let err = run(
+        &store,
+        &gates(&store, &deployed),
+        &t,
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+    assert!(
+        matches!(&err, CtlError::GateAhead(GateAhead::Presences { store: 1, gates })
+            if *gates == [("green-1".to_owned(), 9)]),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_before_the_switch_leave_the_live_colour() {
+    // The trigger fails.
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut t = MockTrigger::new();
+    t.expect_deploy().returning(|_, _| {
+        Err(CtlError::Unreachable(
+            "webhook https://portainer/…: refused".into(),
+        ))
+    });
+    let err = run(
+        &store,
+        &gates(&store, &deployed),
+        &t,
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::UNREACHABLE);
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+
+    // The smoke check fails.
+    let store = self::store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut checks = MockChecks::new();
+    checks
+        .expect_run()
+        .returning(|_, _, _| Err(CtlError::Failed("`curl …` failed (exit status: 22)".into())));
+    let mut o = opts();
+    o.smoke = Some("curl -f $BG_GATE_URL".into());
+    let err = run(
+        &store,
+        &gates(&store, &deployed),
+        &trigger_that_deploys(&deployed),
+        &checks,
+        &o,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::FAILED);
+    assert!(matches!(err, CtlError::Smoke(_)), "{err}");
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+    let last = &store.history(&app(), 1).await.unwrap()[0];
+    assert!(
+        matches!(
+            last.kind,
+            EventKind::Deploy {
+                phase: DeployPhase::Deploying,
+                ..
+            }
+        ),
+        "no 'deployed' after a failed smoke check"
+    );
+
+    // Not initialised.
+    let empty = MemoryStore::new();
+    let err = run(
+        &empty,
+        &MockGates::new(),
+        &MockTrigger::new(),
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::FAILED);
+    assert!(matches!(
+        err,
+        CtlError::Store(StoreError::NotInitialised { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_verify_switches_back() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut checks = MockChecks::new();
+    checks
+        .expect_run()
+        .returning(|_, _, _| Err(CtlError::Failed("`./verify` failed".into())));
+    let mut o = opts();
+    o.verify = Some("./verify".into());
+    let err = run(
+        &store,
+        &gates(&store, &deployed),
+        &trigger_that_deploys(&deployed),
+        &checks,
+        &o,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::FAILED);
+    assert!(
+        matches!(&err, CtlError::Verify(v)
+            if v.from == Colour::Blue && matches!(v.back, SwitchBack::Done(3))),
+        "{err}"
+    );
+    assert_eq!(live(&store).await, (Colour::Blue, 3));
+    let last = &store.history(&app(), 1).await.unwrap()[0];
+    assert!(
+        matches!(
+            last.kind,
+            EventKind::Rollback {
+                to: Colour::Blue,
+                ..
+            }
+        ),
+        "{last:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_lease_is_a_conflict_or_a_wait() {
+    let store = store().await;
+    store
+        .acquire_lease(
+            &app(),
+            LeaseRequest::new("pipeline-0", Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let deployed = Arc::new(AtomicBool::new(false));
+    let err = run(
+        &store,
+        &gates(&store, &deployed),
+        &MockTrigger::new(),
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+    let mut o = opts();
+    o.wait_lease = Some(Duration::from_millis(300));
+    let err = run(
+        &store,
+        &gates(&store, &deployed),
+        &MockTrigger::new(),
+        &passing_checks(),
+        &o,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn lingering_websockets_are_drained_first() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let open = Arc::new(AtomicU64::new(4));
+    let o2 = Arc::clone(&open);
+    let mut g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green(move |r| r.connections.websockets = o2.load(Ordering::SeqCst))
+        .build();
+    let o3 = Arc::clone(&open);
+    g.expect_drain()
+        .withf(|url, _, _| url == GREEN)
+        .times(1)
+        .returning(move |_, _, _| {
+            o3.store(0, Ordering::SeqCst);
+            Ok(4)
+        });
+    let out = run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap();
+    assert!(out.switched);
+
+    // A drain that never finishes, with --on-drain-timeout abort: no deploy.
+    let store = self::store().await;
+    let mut g = FakeGates::following(&store)
+        .green(|r| r.connections.websockets = 2)
+        .build();
+    g.expect_drain().returning(|_, _, _| Ok(2));
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let mut o = opts();
+    o.on_drain_timeout = OnDrainTimeout::Abort;
+    let err = run(&store, &g, &t, &passing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_colour_must_be_out_of_rotation_first() {
+    let store = store().await;
+    let g = FakeGates::following(&store)
+        .green(|r| r.answer = "handover".into()) // still answering OK
+        .build();
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let err = run(&store, &g, &t, &passing_checks(), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+    assert!(
+        matches!(
+            err,
+            CtlError::Timeout(Timeout::Gates {
+                waited: WaitFor::OutOfRotation(Colour::Green),
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_switch_deploys_and_verifies_only() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut o = opts();
+    o.no_switch = true;
+    let out = run(
+        &store,
+        &gates(&store, &deployed),
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &o,
+    )
+    .await
+    .unwrap();
+    assert!(!out.switched);
+    let s = store.get(&app()).await.unwrap().unwrap();
+    assert_eq!((s.active, s.generation), (Colour::Blue, 1));
+    assert_eq!(s.green.unwrap().phase, DeployPhase::Deployed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_outage_at_the_switch_is_exit_5() {
+    let real = store().await;
+    let mut mock = delegating(&real);
+    mock.expect_switch().returning(|_, _| {
+        Err(StoreError::Unavailable {
+            backend: "redis",
+            message: "connection reset".into(),
+            retryable: true,
+        })
+    });
+    let deployed = Arc::new(AtomicBool::new(false));
+    let err = run(
+        &mock,
+        &gates(&real, &deployed),
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::UNREACHABLE, "{err}");
+    assert!(
+        matches!(
+            err,
+            CtlError::SwitchUnconfirmed {
+                to: Colour::Green,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(live(&real).await, (Colour::Blue, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_switch_whose_answer_was_lost_is_retried_safely() {
+    let real = store().await;
+    let mut mock = delegating(&real);
+    let (r, first) = (real.clone(), Arc::new(AtomicBool::new(true)));
+    mock.expect_switch().returning(move |a, req| {
+        // The first switch commits, but its answer is lost on the way back.
+        let out = futures_now(r.switch(a, req));
+        if first.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable {
+                backend: "redis",
+                message: "connection reset".into(),
+                retryable: true,
+            });
+        }
+        out
+    });
+    let deployed = Arc::new(AtomicBool::new(false));
+    let out = run(
+        &mock,
+        &gates(&real, &deployed),
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.generation, 2, "one switch, recognised on retry");
+    assert_eq!(live(&real).await, (Colour::Green, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_stops_the_release() {
+    let store = store().await;
+    let never = Arc::new(AtomicBool::new(false));
+    let mut t = MockTrigger::new();
+    let s = store.clone();
+    t.expect_deploy().times(1).returning(move |_, _| {
+        // Someone breaks the lease while the deploy runs.
+        futures_now(s.break_lease(
+            &app(),
+            BreakLease {
+                actor: "ops".into(),
+                reason: None,
+            },
+        ))
+        .unwrap();
+        Ok(())
+    });
+    let mut o = opts();
+    o.lease_ttl = Duration::from_millis(150);
+    o.ready_timeout = Duration::from_secs(5);
+    let err = run(&store, &gates(&store, &never), &t, &passing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CtlError::LeaseLost(_)), "{err:?}");
+    assert_eq!(err.exit_code(), exit::CONFLICT);
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_under_way_is_still_waited_for() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let open = Arc::new(AtomicU64::new(3));
+    let polls = Arc::new(AtomicU64::new(0));
+    let (o2, p) = (Arc::clone(&open), Arc::clone(&polls));
+    let mut g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green(move |r| {
+            // The gate's own drain closes them over a few looks.
+            if p.fetch_add(1, Ordering::SeqCst) > 4 {
+                o2.store(0, Ordering::SeqCst);
+            }
+            r.connections.websockets = o2.load(Ordering::SeqCst);
+        })
+        .build();
+    g.expect_drain().returning(|_, _, _| Ok(0)); // asked already: nobody new
+    let d2 = Arc::clone(&deployed);
+    let o3 = Arc::clone(&open);
+    let mut t = MockTrigger::new();
+    t.expect_deploy().times(1).returning(move |_, _| {
+        assert_eq!(
+            o3.load(Ordering::SeqCst),
+            0,
+            "deployed while websockets were still open"
+        );
+        d2.store(true, Ordering::SeqCst);
+        Ok(())
+    });
+    let out = run(&store, &g, &t, &passing_checks(), &opts())
+        .await
+        .unwrap();
+    assert!(out.switched);
+}

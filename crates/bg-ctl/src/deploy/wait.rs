@@ -1,0 +1,62 @@
+//! Waiting for the gates: poll a check until it says [`Readiness::Ready`]
+//! or a deadline passes. Time is tokio's, so tests run it paused.
+
+use tokio::time::{Duration, Instant};
+
+use super::Deployer;
+use crate::error::{CtlError, CtlResult, Timeout, WaitFor};
+use crate::gates::GateReport;
+use crate::readiness::Readiness;
+
+impl Deployer<'_> {
+    /// Polls `check` every `--poll` until it says ready, or `limit` has
+    /// passed. An unreachable gate counts as "not yet" only while
+    /// `restarting` (a gate restarting for the deploy); otherwise it ends
+    /// the wait at once.
+    pub(super) async fn wait<F, Fut>(
+        &self,
+        what: WaitFor,
+        limit: Duration,
+        restarting: bool,
+        mut check: F,
+    ) -> CtlResult<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = CtlResult<Readiness>>,
+    {
+        let deadline = Instant::now() + limit;
+        loop {
+            let pending = match check().await {
+                Ok(Readiness::Ready) => return Ok(()),
+                Ok(Readiness::Pending(why)) => why.to_string(),
+                Err(CtlError::Unreachable(why)) if restarting => why,
+                Err(e) => return Err(e),
+            };
+            if Instant::now() >= deadline {
+                return Err(CtlError::Timeout(Timeout::Gates {
+                    waited: what,
+                    limit,
+                    pending,
+                }));
+            }
+            self.report.waiting(format!("{what}: {pending}"));
+            tokio::time::sleep(self.opts.poll).await;
+        }
+    }
+
+    /// Asks the gates at `urls` in turn and applies `rule` to each report;
+    /// the first that is not ready says why.
+    pub(super) async fn each_gate(
+        &self,
+        urls: &[String],
+        rule: impl Fn(&GateReport, &str) -> CtlResult<Readiness>,
+    ) -> CtlResult<Readiness> {
+        for url in urls {
+            let r = self.gates.report(url).await?;
+            if let Readiness::Pending(why) = rule(&r, url)? {
+                return Ok(Readiness::Pending(why));
+            }
+        }
+        Ok(Readiness::Ready)
+    }
+}

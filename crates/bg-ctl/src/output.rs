@@ -1,0 +1,97 @@
+//! Results on stdout: text for people, one JSON document for scripts.
+//!
+//! A reader that stops early (`bg-ctl history | head -1`) ends the output,
+//! not the command: a closed pipe is a clean end, never a panic or an
+//! error (ripgrep's habit). Progress goes to stderr (see [`crate::report`]).
+
+use std::io::{self, Write};
+
+/// Writes `text` for people.
+///
+/// # Errors
+/// Any failed write but a closed pipe.
+pub fn human(out: &mut impl Write, text: &str) -> io::Result<()> {
+    closed_pipe_is_the_end(write!(out, "{text}").and_then(|()| out.flush()))
+}
+
+/// Writes `value` as pretty JSON, then a newline.
+///
+/// # Errors
+/// Any failed write but a closed pipe.
+pub fn json(out: &mut impl Write, value: &serde_json::Value) -> io::Result<()> {
+    let written = serde_json::to_writer_pretty(&mut *out, value)
+        .map_err(io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    closed_pipe_is_the_end(written)
+}
+
+fn closed_pipe_is_the_end(written: io::Result<()>) -> io::Result<()> {
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that went away after `room` bytes.
+    struct ClosedAfter {
+        room: usize,
+        kind: io::ErrorKind,
+    }
+
+    impl Write for ClosedAfter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from(self.kind));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_the_output_cleanly() {
+        let pipe = || ClosedAfter {
+            room: 10,
+            kind: io::ErrorKind::BrokenPipe,
+        };
+        human(&mut pipe(), "first line of history\nsecond line\n").unwrap();
+        json(
+            &mut pipe(),
+            &serde_json::json!({ "ok": true, "result": [1, 2, 3] }),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn other_write_failures_are_errors() {
+        let full = || ClosedAfter {
+            room: 0,
+            kind: io::ErrorKind::StorageFull,
+        };
+        let e = human(&mut full(), "text\n").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        let e = json(&mut full(), &serde_json::json!({ "ok": true })).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+    }
+
+    #[test]
+    fn the_output_is_what_was_given() {
+        let mut out = Vec::new();
+        human(&mut out, "app chat: no history\n").unwrap();
+        json(&mut out, &serde_json::json!({ "ok": true })).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "app chat: no history\n{\n  \"ok\": true\n}\n"
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! When a colour's gates are ready for the next step of a release: the
+//! rules of SPEC §5 (out of rotation, running the new version with a fresh
+//! view, the load balancer's confirmation, no gate ahead of the store) as
+//! pure functions over what the gates report and what the store says.
+//!
+//! No I/O and no clock here: `deploy` and `rollback` ask the gates and the
+//! store, these rules decide, and their tests need neither mocks nor time.
+
+use std::fmt;
+
+use bg_state::{Colour, Presence};
+
+use crate::error::{CtlError, CtlResult, GateAhead};
+use crate::gates::{ConnectionCounts, GateReport, redact};
+
+/// Whether a wait is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Go on.
+    Ready,
+    /// Not yet, and why.
+    Pending(NotYet),
+}
+
+/// Why the gates are not ready yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotYet {
+    /// A gate answers from another generation than the store's.
+    Generation {
+        /// The gate.
+        url: String,
+        /// Its generation.
+        at: u64,
+        /// The store's.
+        of: u64,
+    },
+    /// A gate still answers OK or HANDOVER for its colour.
+    Answers {
+        /// The gate.
+        url: String,
+        /// What it answers.
+        answer: String,
+    },
+    /// A load balancer has not yet seen the idle colour answer STOP often
+    /// enough to have taken it out.
+    StopSeen {
+        /// The probe source.
+        source: String,
+        /// The gate.
+        url: String,
+        /// STOP answers in a row it has seen.
+        seen: usize,
+        /// How many it must have seen.
+        need: usize,
+    },
+    /// A gate runs another version.
+    Runs {
+        /// The gate.
+        url: String,
+        /// What it runs.
+        version: String,
+    },
+    /// A gate cannot hear the store, or its view is too old.
+    Deaf {
+        /// The gate.
+        url: String,
+        /// How old its view is.
+        stale_ms: u64,
+    },
+    /// No gate of the colour reports its presence in the store.
+    NoPresence(Colour),
+    /// A gate's presence report says it runs another version or generation.
+    PresenceLags {
+        /// The gate's id.
+        gate: String,
+        /// What it runs.
+        version: String,
+        /// The generation it applied.
+        generation: u64,
+    },
+    /// Connections still open on the colour being drained.
+    Busy {
+        /// Open websockets.
+        websockets: u64,
+        /// Requests in flight.
+        requests: u64,
+    },
+    /// A load balancer has not yet seen a colour answer as it should after
+    /// the switch.
+    LbUnseen {
+        /// The probe source.
+        source: String,
+        /// The colour probed.
+        colour: Colour,
+        /// The answer it should see.
+        answer: &'static str,
+        /// How many in a row it has seen.
+        seen: usize,
+        /// How many it must have seen.
+        need: usize,
+    },
+    /// No gate logged any load balancer probe.
+    NoProbes,
+}
+
+impl fmt::Display for NotYet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotYet::Generation { url, at, of } => write!(f, "{url} is at generation {at} of {of}"),
+            NotYet::Answers { url, answer } => write!(f, "{url} still answers {answer}"),
+            NotYet::StopSeen {
+                source,
+                url,
+                seen,
+                need,
+            } => write!(f, "{source} has seen STOP {seen} of {need} times at {url}"),
+            NotYet::Runs { url, version } => write!(f, "{url} runs {version}"),
+            NotYet::Deaf { url, stale_ms } => {
+                write!(f, "{url} cannot hear the store (view {stale_ms} ms old)")
+            }
+            NotYet::NoPresence(colour) => write!(f, "no gate of {colour} reports its presence"),
+            NotYet::PresenceLags {
+                gate,
+                version,
+                generation,
+            } => write!(f, "gate {gate} runs {version} at generation {generation}"),
+            NotYet::Busy {
+                websockets,
+                requests,
+            } => write!(
+                f,
+                "{websockets} websockets open, {requests} requests in flight"
+            ),
+            NotYet::LbUnseen {
+                source,
+                colour,
+                answer,
+                seen,
+                need,
+            } => write!(
+                f,
+                "{source} has seen {colour} {answer} {seen} of {need} times"
+            ),
+            NotYet::NoProbes => f.write_str("no load balancer probes seen at any gate"),
+        }
+    }
+}
+
+/// A gate named for one colour that serves the other is a configuration
+/// mistake that would make every wait meaningless.
+///
+/// # Errors
+/// [`CtlError::Usage`] naming the gate (redacted) and both colours.
+pub fn serves(r: &GateReport, colour: Colour, url: &str) -> CtlResult<()> {
+    if r.colour == colour {
+        Ok(())
+    } else {
+        Err(CtlError::Usage(format!(
+            "the gate at {} was given for {colour} but serves {}",
+            redact(url),
+            r.colour
+        )))
+    }
+}
+
+/// A gate that applied a generation the store does not have: the store
+/// lost state, and switching now could send gates backwards.
+#[must_use]
+pub fn ahead_of(r: &GateReport, url: &str, generation: u64) -> Option<GateAhead> {
+    (r.generation > generation).then(|| GateAhead::Report {
+        url: url.to_owned(),
+        applied: r.generation,
+        store: generation,
+    })
+}
+
+/// No gate's presence report is ahead of the store's `generation`.
+///
+/// # Errors
+/// [`GateAhead::Presences`] listing every gate that is.
+pub fn none_ahead(presences: &[Presence], generation: u64) -> Result<(), GateAhead> {
+    let gates: Vec<(String, u64)> = presences
+        .iter()
+        .filter(|p| p.applied_generation > generation)
+        .map(|p| (p.gate_id.clone(), p.applied_generation))
+        .collect();
+    if gates.is_empty() {
+        Ok(())
+    } else {
+        Err(GateAhead::Presences {
+            store: generation,
+            gates,
+        })
+    }
+}
+
+/// Step 3, for one gate of the idle colour: at the store's `generation`,
+/// answering STOP, and seen answering STOP by every load balancer still
+/// probing (`window_ms`) one time more than its `fall` count — the load
+/// balancer marks the server down when it reads the fall-th answer, and the
+/// next probe shows that moment has passed.
+///
+/// # Errors
+/// The gate serves the other colour, or is ahead of the store.
+pub fn out_of_rotation(
+    r: &GateReport,
+    url: &str,
+    idle: Colour,
+    generation: u64,
+    fall: usize,
+    window_ms: u64,
+) -> CtlResult<Readiness> {
+    serves(r, idle, url)?;
+    if let Some(ahead) = ahead_of(r, url, generation) {
+        return Err(ahead.into());
+    }
+    if r.generation < generation {
+        return Ok(pending(NotYet::Generation {
+            url: url.to_owned(),
+            at: r.generation,
+            of: generation,
+        }));
+    }
+    if !r.is_stopped() {
+        return Ok(pending(NotYet::Answers {
+            url: url.to_owned(),
+            answer: r.answer.clone(),
+        }));
+    }
+    let need = fall + 1;
+    for (source, seen) in r.streaks(idle, "stop", window_ms) {
+        if seen < need {
+            return Ok(pending(NotYet::StopSeen {
+                source,
+                url: url.to_owned(),
+                seen,
+                need,
+            }));
+        }
+    }
+    Ok(Readiness::Ready)
+}
+
+/// Step 4: drained once no websocket is open and no request in flight.
+#[must_use]
+pub fn drained(total: ConnectionCounts) -> Readiness {
+    if total.websockets == 0 && total.requests == 0 {
+        Readiness::Ready
+    } else {
+        pending(NotYet::Busy {
+            websockets: total.websockets,
+            requests: total.requests,
+        })
+    }
+}
+
+/// A gate runs `version` and follows the store at `generation`: it hears
+/// the store and, given `max_stale_ms`, its view is at most that old. Step
+/// 6 (with the bound) and `rollback` (without) share it.
+#[must_use]
+pub fn runs_version(
+    r: &GateReport,
+    url: &str,
+    version: &str,
+    generation: u64,
+    max_stale_ms: Option<u64>,
+) -> Readiness {
+    if r.version != version {
+        return pending(NotYet::Runs {
+            url: url.to_owned(),
+            version: r.version.clone(),
+        });
+    }
+    if !r.store.healthy || max_stale_ms.is_some_and(|max| r.stale_ms > max) {
+        return pending(NotYet::Deaf {
+            url: url.to_owned(),
+            stale_ms: r.stale_ms,
+        });
+    }
+    if r.generation != generation {
+        return pending(NotYet::Generation {
+            url: url.to_owned(),
+            at: r.generation,
+            of: generation,
+        });
+    }
+    Readiness::Ready
+}
+
+/// Step 6, for one gate of the idle colour: it runs the new `version` with
+/// a view at most `max_stale_ms` old at the store's `generation` — a gate
+/// that cannot hear the store must never become the only live colour.
+///
+/// # Errors
+/// The gate serves the other colour, or is ahead of the store.
+pub fn runs_fresh(
+    r: &GateReport,
+    url: &str,
+    idle: Colour,
+    version: &str,
+    generation: u64,
+    max_stale_ms: u64,
+) -> CtlResult<Readiness> {
+    serves(r, idle, url)?;
+    if let Some(ahead) = ahead_of(r, url, generation) {
+        return Err(ahead.into());
+    }
+    Ok(runs_version(
+        r,
+        url,
+        version,
+        generation,
+        Some(max_stale_ms),
+    ))
+}
+
+/// Step 6 (and `rollback`) when no gate URL is given: the gates of
+/// `colour` that report their presence in the store all run `version` at
+/// `generation`, and there is at least one.
+#[must_use]
+pub fn presences_run(
+    presences: &[Presence],
+    colour: Colour,
+    version: &str,
+    generation: u64,
+) -> Readiness {
+    let mut of_colour = presences.iter().filter(|p| p.colour == colour).peekable();
+    if of_colour.peek().is_none() {
+        return pending(NotYet::NoPresence(colour));
+    }
+    match of_colour.find(|p| p.service_version != version || p.applied_generation != generation) {
+        Some(p) => pending(NotYet::PresenceLags {
+            gate: p.gate_id.clone(),
+            version: p.service_version.clone(),
+            generation: p.applied_generation,
+        }),
+        None => Readiness::Ready,
+    }
+}
+
+/// Step 8, for one gate of `colour`: every load balancer still probing
+/// (`window_ms`) has seen it answer `answer` at least `need` times in a row.
+///
+/// # Errors
+/// The first probe source that has not, as the reason to wait. `Ok` counts
+/// the sources: a wait over gates none of which logged a probe is not over.
+pub fn lb_has_seen(
+    r: &GateReport,
+    colour: Colour,
+    answer: &'static str,
+    need: usize,
+    window_ms: u64,
+) -> Result<usize, NotYet> {
+    let streaks = r.streaks(colour, answer, window_ms);
+    match streaks.iter().find(|(_, seen)| *seen < need) {
+        Some((source, seen)) => Err(NotYet::LbUnseen {
+            source: source.clone(),
+            colour,
+            answer,
+            seen: *seen,
+            need,
+        }),
+        None => Ok(streaks.len()),
+    }
+}
+
+fn pending(why: NotYet) -> Readiness {
+    Readiness::Pending(why)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+use bg_state::Presence;
+
+use super::*;
+use crate::gates::ProbeReport;
+use crate::testing::{GREEN, report};
+
+const WINDOW: u64 = 20_000;
+
+/// Green, idle while blue is live at generation 4: answering STOP, seen so
+/// three times by one load balancer.
+fn idle_green() -> GateReport {
+    report(Colour::Green, Colour::Blue, "v1", 4)
+}
+
+fn presence(id: &str, colour: Colour, version: &str, generation: u64) -> Presence {
+    Presence::new(id, colour, version, generation)
+}
+
+#[test]
+fn out_of_rotation_needs_stop_seen_one_more_time_than_the_fall_count() {
+    let r = idle_green();
+    assert_eq!(
+        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW).unwrap(),
+        Readiness::Ready
+    );
+    assert_eq!(
+        out_of_rotation(&r, GREEN, Colour::Green, 4, 3, WINDOW).unwrap(),
+        Readiness::Pending(NotYet::StopSeen {
+            source: "10.0.0.1".into(),
+            url: GREEN.into(),
+            seen: 3,
+            need: 4,
+        })
+    );
+}
+
+#[test]
+fn out_of_rotation_waits_for_the_generation_and_for_stop() {
+    let mut r = idle_green();
+    r.generation = 3;
+    assert!(matches!(
+        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW).unwrap(),
+        Readiness::Pending(NotYet::Generation { at: 3, of: 4, .. })
+    ));
+    let mut r = idle_green();
+    r.answer = "handover".into();
+    assert_eq!(
+        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW).unwrap(),
+        Readiness::Pending(NotYet::Answers {
+            url: GREEN.into(),
+            answer: "handover".into()
+        })
+    );
+}
+
+#[test]
+fn a_gate_of_the_other_colour_or_ahead_of_the_store_is_refused() {
+    let r = idle_green();
+    let err = out_of_rotation(&r, GREEN, Colour::Blue, 4, 2, WINDOW).unwrap_err();
+    assert!(matches!(err, CtlError::Usage(_)), "{err}");
+    let err = runs_fresh(&r, GREEN, Colour::Blue, "v1", 4, 3000).unwrap_err();
+    assert!(matches!(err, CtlError::Usage(_)), "{err}");
+
+    let err = out_of_rotation(&r, GREEN, Colour::Green, 3, 2, WINDOW).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CtlError::GateAhead(GateAhead::Report {
+                applied: 4,
+                store: 3,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let err = runs_fresh(&r, GREEN, Colour::Green, "v1", 3, 3000).unwrap_err();
+    assert!(matches!(err, CtlError::GateAhead(_)), "{err}");
+    assert_eq!(ahead_of(&r, GREEN, 4), None);
+}
+
+#[test]
+fn gates_ahead_by_presence_are_all_named() {
+    let presences = [
+        presence("blue-1", Colour::Blue, "v1", 4),
+        presence("green-1", Colour::Green, "v2", 6),
+        presence("green-2", Colour::Green, "v2", 5),
+    ];
+    assert_eq!(none_ahead(&presences, 6), Ok(()));
+    assert_eq!(
+        none_ahead(&presences, 4),
+        Err(GateAhead::Presences {
+            store: 4,
+            gates: vec![("green-1".into(), 6), ("green-2".into(), 5)],
+        })
+    );
+}
+
+#[test]
+fn drained_means_no_websocket_and_no_request() {
+    let counts = |websockets, requests| ConnectionCounts {
+        websockets,
+        requests,
+    };
+    assert_eq!(drained(counts(0, 0)), Readiness::Ready);
+    assert_eq!(
+        drained(counts(0, 2)),
+        Readiness::Pending(NotYet::Busy {
+            websockets: 0,
+            requests: 2
+        })
+    );
+    assert!(matches!(
+        drained(counts(5, 0)),
+        Readiness::Pending(NotYet::Busy { websockets: 5, .. })
+    ));
+}
+
+#[test]
+fn the_new_version_must_run_with_a_fresh_view_at_the_stores_generation() {
+    let mut r = report(Colour::Green, Colour::Blue, "v2", 4);
+    assert_eq!(
+        runs_fresh(&r, GREEN, Colour::Green, "v2", 4, 3000).unwrap(),
+        Readiness::Ready
+    );
+    assert_eq!(
+        runs_fresh(&r, GREEN, Colour::Green, "v3", 4, 3000).unwrap(),
+        Readiness::Pending(NotYet::Runs {
+            url: GREEN.into(),
+            version: "v2".into()
+        })
+    );
+    r.stale_ms = 3001;
+    assert_eq!(
+        runs_fresh(&r, GREEN, Colour::Green, "v2", 4, 3000).unwrap(),
+        Readiness::Pending(NotYet::Deaf {
+            url: GREEN.into(),
+            stale_ms: 3001
+        })
+    );
+    r.stale_ms = 20;
+    r.store.healthy = false;
+    assert!(matches!(
+        runs_fresh(&r, GREEN, Colour::Green, "v2", 4, 3000).unwrap(),
+        Readiness::Pending(NotYet::Deaf { .. })
+    ));
+    r.store.healthy = true;
+    r.generation = 3;
+    assert!(matches!(
+        runs_fresh(&r, GREEN, Colour::Green, "v2", 4, 3000).unwrap(),
+        Readiness::Pending(NotYet::Generation { at: 3, of: 4, .. })
+    ));
+}
+
+#[test]
+fn without_a_bound_only_a_store_the_gate_cannot_hear_counts_as_deaf() {
+    let mut r = report(Colour::Green, Colour::Blue, "v1", 4);
+    r.stale_ms = 60_000;
+    assert_eq!(runs_version(&r, GREEN, "v1", 4, None), Readiness::Ready);
+    r.store.healthy = false;
+    assert!(matches!(
+        runs_version(&r, GREEN, "v1", 4, None),
+        Readiness::Pending(NotYet::Deaf { .. })
+    ));
+}
+
+#[test]
+fn presences_of_the_colour_must_exist_and_all_run_the_version() {
+    let blue_only = [presence("blue-1", Colour::Blue, "v1", 4)];
+    assert_eq!(
+        presences_run(&blue_only, Colour::Green, "v2", 4),
+        Readiness::Pending(NotYet::NoPresence(Colour::Green))
+    );
+    let greens = [
+        presence("green-1", Colour::Green, "v2", 4),
+        presence("green-2", Colour::Green, "v1", 4),
+    ];
+    assert_eq!(
+        presences_run(&greens, Colour::Green, "v2", 4),
+        Readiness::Pending(NotYet::PresenceLags {
+            gate: "green-2".into(),
+            version: "v1".into(),
+            generation: 4
+        })
+    );
+    assert!(matches!(
+        presences_run(&greens[..1], Colour::Green, "v2", 3),
+        Readiness::Pending(NotYet::PresenceLags { generation: 4, .. })
+    ));
+    assert_eq!(
+        presences_run(&greens[..1], Colour::Green, "v2", 4),
+        Readiness::Ready
+    );
+}
+
+#[test]
+fn the_load_balancer_must_have_seen_each_colour_answer_often_enough() {
+    let r = report(Colour::Green, Colour::Green, "v2", 5);
+    assert_eq!(lb_has_seen(&r, Colour::Green, "ok", 3, WINDOW), Ok(1));
+    assert_eq!(
+        lb_has_seen(&r, Colour::Green, "ok", 4, WINDOW),
+        Err(NotYet::LbUnseen {
+            source: "10.0.0.1".into(),
+            colour: Colour::Green,
+            answer: "ok",
+            seen: 3,
+            need: 4,
+        })
+    );
+    // Still answering OK where STOP is due: none in a row.
+    assert!(matches!(
+        lb_has_seen(&r, Colour::Green, "stop", 1, WINDOW),
+        Err(NotYet::LbUnseen { seen: 0, .. })
+    ));
+    let mut quiet = r.clone();
+    quiet.probes.clear();
+    assert_eq!(lb_has_seen(&quiet, Colour::Green, "ok", 2, WINDOW), Ok(0));
+    // Every source counts, not only the first.
+    let mut two = r;
+    two.probes.push(ProbeReport {
+        source: Some("10.0.0.2".into()),
+        at_ms: 0,
+        colour: Colour::Green,
+        answer: "ok".into(),
+    });
+    assert!(matches!(
+        lb_has_seen(&two, Colour::Green, "ok", 2, WINDOW),
+        Err(NotYet::LbUnseen { ref source, seen: 1, .. }) if source == "10.0.0.2"
+    ));
+}
+
+#[test]
+fn reasons_read_as_before() {
+    let cases = [
+        (
+            NotYet::Generation {
+                url: GREEN.into(),
+                at: 3,
+                of: 4,
+            },
+            "http://green is at generation 3 of 4",
+        ),
+        (
+            NotYet::Runs {
+                url: GREEN.into(),
+                version: "v1".into(),
+            },
+            "http://green runs v1",
+        ),
+        (
+            NotYet::StopSeen {
+                source: "lb1".into(),
+                url: GREEN.into(),
+                seen: 1,
+                need: 4,
+            },
+            "lb1 has seen STOP 1 of 4 times at http://green",
+        ),
+        (
+            NotYet::Busy {
+                websockets: 2,
+                requests: 1,
+            },
+            "2 websockets open, 1 requests in flight",
+        ),
+        (NotYet::NoProbes, "no load balancer probes seen at any gate"),
+    ];
+    for (why, text) in cases {
+        assert_eq!(why.to_string(), text);
+    }
+}

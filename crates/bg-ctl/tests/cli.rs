@@ -1,0 +1,68 @@
+//! The built `bg-ctl` binary, run as a shell runs it.
+
+use std::process::{Command, Output, Stdio};
+
+/// `bg-ctl --store file://… --app chat ARGS`, stdout as given.
+fn bg_ctl(state: &std::path::Path, args: &[&str], stdout: Stdio) -> Output {
+    let store = format!("file://{}", state.display());
+    Command::new(env!("CARGO_BIN_EXE_bg-ctl"))
+        .args(["--store", &store, "--app", "chat", "--actor", "test"])
+        .args(args)
+        .env_remove("BG_GATE")
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("bg-ctl runs")
+}
+
+/// `bg-ctl history | head -1`, `bg-ctl status | head -1`: the reader goes
+/// away before bg-ctl writes, and bg-ctl ends as if it had read it all.
+#[test]
+fn output_to_a_closed_pipe_ends_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    for args in [
+        &["init", "--active", "blue"][..],
+        &["switch", "--reason", "one"],
+        &["switch", "--reason", "two"],
+    ] {
+        let out = bg_ctl(&state, args, Stdio::null());
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    for args in [
+        &["history"][..],
+        &["status"],
+        &["lease", "show"],
+        &["--json", "history"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = bg_ctl(&state, args, Stdio::from(writer));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+/// The same commands with a reader print what they did.
+#[test]
+fn history_is_printed_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    assert!(
+        bg_ctl(&state, &["init", "--active", "blue"], Stdio::null())
+            .status
+            .success()
+    );
+    assert!(
+        bg_ctl(&state, &["switch", "--reason", "v2"], Stdio::null())
+            .status
+            .success()
+    );
+    let out = bg_ctl(&state, &["history"], Stdio::piped());
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("(v2)"), "{text}");
+}
