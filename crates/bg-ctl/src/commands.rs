@@ -9,7 +9,7 @@ use bg_state::{
 use serde::Serialize;
 
 use crate::error::{CtlError, CtlResult, RestoreRefused, RollbackRefused};
-use crate::gates::{GateReport, Gates};
+use crate::gates::{GateStatus, Gates};
 use crate::readiness::{self, NotYet, Readiness};
 
 /// What `status` shows.
@@ -35,7 +35,7 @@ pub struct ProbedGate {
     /// Its URL.
     pub url: String,
     /// Its report.
-    pub report: Option<GateReport>,
+    pub report: Option<GateStatus>,
     /// Why it could not be asked.
     pub error: Option<String>,
 }
@@ -145,7 +145,7 @@ impl std::fmt::Display for Status {
                     "  {} ({}): answers {}, runs {}, generation {}, view {} ms old{}",
                     g.url,
                     g.colour,
-                    r.answer.to_uppercase(),
+                    r.answer.as_str().to_uppercase(),
                     r.version,
                     r.generation,
                     r.stale_ms,

@@ -11,7 +11,7 @@ use std::fmt;
 use bg_state::{Colour, Presence};
 
 use crate::error::{CtlError, CtlResult, GateAhead};
-use crate::gates::{ConnectionCounts, GateReport, redact};
+use crate::gates::{ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, redact};
 
 /// Whether a wait is over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub enum NotYet {
         /// The gate.
         url: String,
         /// What it answers.
-        answer: String,
+        answer: GateAnswer,
     },
     /// A load balancer has not yet seen the idle colour answer STOP often
     /// enough to have taken it out.
@@ -94,7 +94,7 @@ pub enum NotYet {
         /// The colour probed.
         colour: Colour,
         /// The answer it should see.
-        answer: &'static str,
+        answer: GateAnswer,
         /// How many in a row it has seen.
         seen: usize,
         /// How many it must have seen.
@@ -152,7 +152,7 @@ impl fmt::Display for NotYet {
 ///
 /// # Errors
 /// [`CtlError::Usage`] naming the gate (redacted) and both colours.
-pub fn serves(r: &GateReport, colour: Colour, url: &str) -> CtlResult<()> {
+pub fn serves(r: &GateStatus, colour: Colour, url: &str) -> CtlResult<()> {
     if r.colour == colour {
         Ok(())
     } else {
@@ -167,7 +167,7 @@ pub fn serves(r: &GateReport, colour: Colour, url: &str) -> CtlResult<()> {
 /// A gate that applied a generation the store does not have: the store
 /// lost state, and switching now could send gates backwards.
 #[must_use]
-pub fn ahead_of(r: &GateReport, url: &str, generation: u64) -> Option<GateAhead> {
+pub fn ahead_of(r: &GateStatus, url: &str, generation: u64) -> Option<GateAhead> {
     (r.generation > generation).then(|| GateAhead::Report {
         url: url.to_owned(),
         applied: r.generation,
@@ -204,7 +204,7 @@ pub fn none_ahead(presences: &[Presence], generation: u64) -> Result<(), GateAhe
 /// # Errors
 /// The gate serves the other colour, or is ahead of the store.
 pub fn out_of_rotation(
-    r: &GateReport,
+    r: &GateStatus,
     url: &str,
     idle: Colour,
     generation: u64,
@@ -225,11 +225,11 @@ pub fn out_of_rotation(
     if !r.is_stopped() {
         return Ok(pending(NotYet::Answers {
             url: url.to_owned(),
-            answer: r.answer.clone(),
+            answer: r.answer,
         }));
     }
     let need = fall + 1;
-    for (source, seen) in r.streaks(idle, "stop", window_ms) {
+    for (source, seen) in streaks(r, idle, GateAnswer::Stop, window_ms) {
         if seen < need {
             return Ok(pending(NotYet::StopSeen {
                 source,
@@ -260,7 +260,7 @@ pub fn drained(total: ConnectionCounts) -> Readiness {
 /// 6 (with the bound) and `rollback` (without) share it.
 #[must_use]
 pub fn runs_version(
-    r: &GateReport,
+    r: &GateStatus,
     url: &str,
     version: &str,
     generation: u64,
@@ -295,7 +295,7 @@ pub fn runs_version(
 /// # Errors
 /// The gate serves the other colour, or is ahead of the store.
 pub fn runs_fresh(
-    r: &GateReport,
+    r: &GateStatus,
     url: &str,
     idle: Colour,
     version: &str,
@@ -346,13 +346,13 @@ pub fn presences_run(
 /// The first probe source that has not, as the reason to wait. `Ok` counts
 /// the sources: a wait over gates none of which logged a probe is not over.
 pub fn lb_has_seen(
-    r: &GateReport,
+    r: &GateStatus,
     colour: Colour,
-    answer: &'static str,
+    answer: GateAnswer,
     need: usize,
     window_ms: u64,
 ) -> Result<usize, NotYet> {
-    let streaks = r.streaks(colour, answer, window_ms);
+    let streaks = streaks(r, colour, answer, window_ms);
     match streaks.iter().find(|(_, seen)| *seen < need) {
         Some((source, seen)) => Err(NotYet::LbUnseen {
             source: source.clone(),
@@ -363,6 +363,57 @@ pub fn lb_has_seen(
         }),
         None => Ok(streaks.len()),
     }
+}
+
+/// How many of the most recent probes from each source, in a row, were
+/// answered `answer` for `colour`. Sources are keyed by address; probes
+/// without one count as one source. Only sources still probing count: a
+/// source whose last probe is more than `window_ms` older than the newest
+/// probe in the log (someone's one-off `curl`) is left out, and the
+/// comparison is between the gate's own timestamps, so clocks need not agree.
+#[must_use]
+pub fn streaks(
+    r: &GateStatus,
+    colour: Colour,
+    answer: GateAnswer,
+    window_ms: u64,
+) -> Vec<(String, usize)> {
+    let newest = r.probes.iter().map(|p| p.at_ms).max().unwrap_or(0);
+    let key = |p: &ProbeRecord| {
+        p.source
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+    };
+    let active: Vec<String> = r
+        .probes
+        .iter()
+        .filter(|p| p.at_ms.saturating_add(window_ms) >= newest)
+        .map(key)
+        .collect();
+    // Per source: its streak so far, and whether an other answer ended it.
+    let mut by_source: Vec<(String, usize, bool)> = Vec::new();
+    for p in r
+        .probes
+        .iter()
+        .rev()
+        .filter(|p| p.colour == colour && active.contains(&key(p)))
+    {
+        let src = key(p);
+        let entry = match by_source.iter_mut().find(|(s, _, _)| *s == src) {
+            Some(e) => e,
+            None => {
+                by_source.push((src, 0, false));
+                by_source.last_mut().expect("just pushed")
+            }
+        };
+        if !entry.2 {
+            if p.answer == answer {
+                entry.1 += 1;
+            } else {
+                entry.2 = true;
+            }
+        }
+    }
+    by_source.into_iter().map(|(s, n, _)| (s, n)).collect()
 }
 
 fn pending(why: NotYet) -> Readiness {

@@ -6,11 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bg_state::{AppName, Colour, ColourStore, InitRequest, MemoryStore, MockColourStore};
+use bg_state::{
+    AppName, Colour, ColourStore, InitRequest, MemoryStore, SwitchOutcome, SwitchRequest,
+};
+use bg_testkit::store::{Overlay, Override};
 
 use crate::deploy::{DeployOptions, DeployOutcome, Deployer};
 use crate::error::CtlResult;
-use crate::gates::{ConnectionCounts, GateReport, Gates, MockGates, ProbeReport, StoreHealth};
+use crate::gates::{
+    ConnectionCounts, GateAnswer, GateStatus, Gates, MockGates, ProbeRecord, StoreHealth,
+};
 use crate::report::Reporter;
 use crate::trigger::{Checks, MockChecks, MockTrigger, Trigger};
 
@@ -41,29 +46,41 @@ pub async fn live(store: &MemoryStore) -> (Colour, u64) {
 
 /// What a gate of `colour` says, given who is live and what it runs: its
 /// answer, and one load balancer that has probed it three times.
-pub fn report(colour: Colour, live: Colour, version: &str, generation: u64) -> GateReport {
-    let answer = if colour == live { "ok" } else { "stop" };
-    GateReport {
+pub fn report(colour: Colour, live: Colour, version: &str, generation: u64) -> GateStatus {
+    let answer = if colour == live {
+        GateAnswer::Ok
+    } else {
+        GateAnswer::Stop
+    };
+    GateStatus {
+        app: AppName::new("chat").expect("a valid name"),
+        gate_id: format!("{colour}-1"),
         colour,
         version: version.into(),
-        answer: answer.into(),
+        answer,
+        live: answer.is_ok(),
         active: Some(live),
         generation,
+        handover_ms_left: None,
         stale_ms: 20,
-        store: StoreHealth { healthy: true },
-        alarm: None,
-        connections: ConnectionCounts {
-            websockets: 0,
-            requests: 0,
+        from_cache: false,
+        strict: false,
+        store: StoreHealth {
+            backend: "memory".into(),
+            healthy: true,
+            error: None,
         },
+        alarm: None,
+        connections: ConnectionCounts::default(),
         probes: (0..3)
-            .map(|_| ProbeReport {
-                source: Some("10.0.0.1".into()),
+            .map(|_| ProbeRecord {
+                source: Some([10, 0, 0, 1].into()),
                 at_ms: 0,
                 colour,
-                answer: answer.into(),
+                answer,
             })
             .collect(),
+        state: None,
     }
 }
 
@@ -73,7 +90,7 @@ pub fn report(colour: Colour, live: Colour, version: &str, generation: u64) -> G
 pub struct FakeGates {
     store: MemoryStore,
     deployed: Arc<AtomicBool>,
-    green: Box<dyn FnMut(&mut GateReport) + Send>,
+    green: Box<dyn FnMut(&mut GateStatus) + Send>,
 }
 
 impl FakeGates {
@@ -95,7 +112,7 @@ impl FakeGates {
 
     /// Changes every report green gives, after the rest is filled in.
     #[must_use]
-    pub fn green(mut self, edit: impl FnMut(&mut GateReport) + Send + 'static) -> Self {
+    pub fn green(mut self, edit: impl FnMut(&mut GateStatus) + Send + 'static) -> Self {
         self.green = Box::new(edit);
         self
     }
@@ -141,28 +158,59 @@ pub fn futures_now<T>(f: impl Future<Output = T>) -> T {
     }
 }
 
-/// A mock store that passes everything a release calls but `switch` to
-/// `real`; the test says what `switch` does.
-pub fn delegating(real: &MemoryStore) -> MockColourStore {
-    let mut mock = MockColourStore::new();
-    let r = real.clone();
-    mock.expect_acquire_lease()
-        .returning(move |a, req| futures_now(r.acquire_lease(a, req)));
-    let r = real.clone();
-    mock.expect_renew_lease()
-        .returning(move |a, f, t| futures_now(r.renew_lease(a, f, t)));
-    let r = real.clone();
-    mock.expect_get().returning(move |a| futures_now(r.get(a)));
-    let r = real.clone();
-    mock.expect_presences()
-        .returning(move |a| futures_now(r.presences(a)));
-    let r = real.clone();
-    mock.expect_record_deploy()
-        .returning(move |a, rec| futures_now(r.record_deploy(a, rec)));
-    let r = real.clone();
-    mock.expect_release_lease()
-        .returning(move |a, f| futures_now(r.release_lease(a, f)));
-    mock
+/// The error a dropped Redis connection gives.
+fn connection_reset() -> bg_state::Error {
+    bg_state::Error::Unavailable {
+        backend: "redis",
+        message: "connection reset".into(),
+        retryable: true,
+    }
+}
+
+/// Every switch fails as if the connection dropped before it reached the
+/// store; everything else reaches the store.
+#[derive(Debug, Default)]
+pub struct SwitchUnreachable;
+
+#[async_trait::async_trait]
+impl Override for SwitchUnreachable {
+    async fn switch(
+        &self,
+        _: &dyn ColourStore,
+        _: &AppName,
+        _: SwitchRequest,
+    ) -> bg_state::Result<SwitchOutcome> {
+        Err(connection_reset())
+    }
+}
+
+/// The first switch commits, but its answer is lost on the way back;
+/// every later call reaches the store as usual.
+#[derive(Debug, Default)]
+pub struct FirstSwitchAnswerLost {
+    lost: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Override for FirstSwitchAnswerLost {
+    async fn switch(
+        &self,
+        inner: &dyn ColourStore,
+        app: &AppName,
+        req: SwitchRequest,
+    ) -> bg_state::Result<SwitchOutcome> {
+        let out = inner.switch(app, req).await;
+        if self.lost.swap(true, Ordering::SeqCst) {
+            out
+        } else {
+            Err(connection_reset())
+        }
+    }
+}
+
+/// `real` with the calls `over` takes over.
+pub fn overlay(real: &MemoryStore, over: impl Override) -> Arc<dyn ColourStore> {
+    Overlay::shared(Arc::new(real.clone()), over)
 }
 
 /// Release options for [`FakeGates`]: v2 by "ci", short waits.

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::time::{Duration, Instant};
 
 use crate::error::{CtlError, CtlResult, Timeout, WaitFor};
-use crate::gates::{ConnectionCounts, Gates};
+use crate::gates::{ConnectionCounts, GateAnswer, Gates};
 use crate::readiness::{self, NotYet, Readiness};
 use crate::report::Reporter;
 use crate::trigger::{Checks, Trigger};
@@ -398,7 +398,10 @@ impl Deployer<'_> {
         let window = millis(o.lb_window);
         self.wait(WaitFor::LbConfirmation, o.ready_timeout, true, || async {
             let mut sources = 0;
-            for (colour, answer, need) in [(new, "ok", o.lb_rise), (old, "stop", o.lb_fall)] {
+            for (colour, answer, need) in [
+                (new, GateAnswer::Ok, o.lb_rise),
+                (old, GateAnswer::Stop, o.lb_fall),
+            ] {
                 for url in o.urls(colour) {
                     let r = self.gates.report(url).await?;
                     match readiness::lb_has_seen(&r, colour, answer, need, window) {

@@ -12,8 +12,8 @@ use super::*;
 use crate::error::{GateAhead, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
-    FakeGates, GREEN, app, delegating, futures_now, gates, live, opts, passing_checks, run, store,
-    trigger_that_deploys,
+    FakeGates, FirstSwitchAnswerLost, GREEN, SwitchUnreachable, app, futures_now, gates, live,
+    opts, overlay, passing_checks, run, store, trigger_that_deploys,
 };
 use crate::trigger::{MockChecks, MockTrigger};
 
@@ -403,7 +403,7 @@ async fn lingering_websockets_are_drained_first() {
 async fn the_idle_colour_must_be_out_of_rotation_first() {
     let store = store().await;
     let g = FakeGates::following(&store)
-        .green(|r| r.answer = "handover".into()) // still answering OK
+        .green(|r| r.answer = GateAnswer::Handover) // still answering OK
         .build();
     let mut t = MockTrigger::new();
     t.expect_deploy().never();
@@ -447,17 +447,10 @@ async fn no_switch_deploys_and_verifies_only() {
 #[tokio::test(start_paused = true)]
 async fn a_store_outage_at_the_switch_is_exit_5() {
     let real = store().await;
-    let mut mock = delegating(&real);
-    mock.expect_switch().returning(|_, _| {
-        Err(StoreError::Unavailable {
-            backend: "redis",
-            message: "connection reset".into(),
-            retryable: true,
-        })
-    });
+    let mock = overlay(&real, SwitchUnreachable);
     let deployed = Arc::new(AtomicBool::new(false));
     let err = run(
-        &mock,
+        &*mock,
         &gates(&real, &deployed),
         &trigger_that_deploys(&deployed),
         &passing_checks(),
@@ -482,23 +475,10 @@ async fn a_store_outage_at_the_switch_is_exit_5() {
 #[tokio::test(start_paused = true)]
 async fn a_switch_whose_answer_was_lost_is_retried_safely() {
     let real = store().await;
-    let mut mock = delegating(&real);
-    let (r, first) = (real.clone(), Arc::new(AtomicBool::new(true)));
-    mock.expect_switch().returning(move |a, req| {
-        // The first switch commits, but its answer is lost on the way back.
-        let out = futures_now(r.switch(a, req));
-        if first.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Unavailable {
-                backend: "redis",
-                message: "connection reset".into(),
-                retryable: true,
-            });
-        }
-        out
-    });
+    let mock = overlay(&real, FirstSwitchAnswerLost::default());
     let deployed = Arc::new(AtomicBool::new(false));
     let out = run(
-        &mock,
+        &*mock,
         &gates(&real, &deployed),
         &trigger_that_deploys(&deployed),
         &passing_checks(),

@@ -5,7 +5,7 @@ use tokio::time::{Duration, Instant};
 
 use super::Deployer;
 use crate::error::{CtlError, CtlResult, Timeout, WaitFor};
-use crate::gates::GateReport;
+use crate::gates::GateStatus;
 use crate::readiness::Readiness;
 
 impl Deployer<'_> {
@@ -49,7 +49,7 @@ impl Deployer<'_> {
     pub(super) async fn each_gate(
         &self,
         urls: &[String],
-        rule: impl Fn(&GateReport, &str) -> CtlResult<Readiness>,
+        rule: impl Fn(&GateStatus, &str) -> CtlResult<Readiness>,
     ) -> CtlResult<Readiness> {
         for url in urls {
             let r = self.gates.report(url).await?;

@@ -1,14 +1,14 @@
 use bg_state::Presence;
 
 use super::*;
-use crate::gates::ProbeReport;
+use crate::gates::ProbeRecord;
 use crate::testing::{GREEN, report};
 
 const WINDOW: u64 = 20_000;
 
 /// Green, idle while blue is live at generation 4: answering STOP, seen so
 /// three times by one load balancer.
-fn idle_green() -> GateReport {
+fn idle_green() -> GateStatus {
     report(Colour::Green, Colour::Blue, "v1", 4)
 }
 
@@ -43,12 +43,12 @@ fn out_of_rotation_waits_for_the_generation_and_for_stop() {
         Readiness::Pending(NotYet::Generation { at: 3, of: 4, .. })
     ));
     let mut r = idle_green();
-    r.answer = "handover".into();
+    r.answer = GateAnswer::Handover;
     assert_eq!(
         out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW).unwrap(),
         Readiness::Pending(NotYet::Answers {
             url: GREEN.into(),
-            answer: "handover".into()
+            answer: GateAnswer::Handover
         })
     );
 }
@@ -195,35 +195,41 @@ fn presences_of_the_colour_must_exist_and_all_run_the_version() {
 #[test]
 fn the_load_balancer_must_have_seen_each_colour_answer_often_enough() {
     let r = report(Colour::Green, Colour::Green, "v2", 5);
-    assert_eq!(lb_has_seen(&r, Colour::Green, "ok", 3, WINDOW), Ok(1));
     assert_eq!(
-        lb_has_seen(&r, Colour::Green, "ok", 4, WINDOW),
+        lb_has_seen(&r, Colour::Green, GateAnswer::Ok, 3, WINDOW),
+        Ok(1)
+    );
+    assert_eq!(
+        lb_has_seen(&r, Colour::Green, GateAnswer::Ok, 4, WINDOW),
         Err(NotYet::LbUnseen {
             source: "10.0.0.1".into(),
             colour: Colour::Green,
-            answer: "ok",
+            answer: GateAnswer::Ok,
             seen: 3,
             need: 4,
         })
     );
     // Still answering OK where STOP is due: none in a row.
     assert!(matches!(
-        lb_has_seen(&r, Colour::Green, "stop", 1, WINDOW),
+        lb_has_seen(&r, Colour::Green, GateAnswer::Stop, 1, WINDOW),
         Err(NotYet::LbUnseen { seen: 0, .. })
     ));
     let mut quiet = r.clone();
     quiet.probes.clear();
-    assert_eq!(lb_has_seen(&quiet, Colour::Green, "ok", 2, WINDOW), Ok(0));
+    assert_eq!(
+        lb_has_seen(&quiet, Colour::Green, GateAnswer::Ok, 2, WINDOW),
+        Ok(0)
+    );
     // Every source counts, not only the first.
     let mut two = r;
-    two.probes.push(ProbeReport {
-        source: Some("10.0.0.2".into()),
+    two.probes.push(ProbeRecord {
+        source: Some([10, 0, 0, 2].into()),
         at_ms: 0,
         colour: Colour::Green,
-        answer: "ok".into(),
+        answer: GateAnswer::Ok,
     });
     assert!(matches!(
-        lb_has_seen(&two, Colour::Green, "ok", 2, WINDOW),
+        lb_has_seen(&two, Colour::Green, GateAnswer::Ok, 2, WINDOW),
         Err(NotYet::LbUnseen { ref source, seen: 1, .. }) if source == "10.0.0.2"
     ));
 }
@@ -267,4 +273,45 @@ fn reasons_read_as_before() {
     for (why, text) in cases {
         assert_eq!(why.to_string(), text);
     }
+}
+
+fn probe(src: [u8; 4], colour: Colour, answer: GateAnswer) -> ProbeRecord {
+    ProbeRecord {
+        source: Some(src.into()),
+        at_ms: 0,
+        colour,
+        answer,
+    }
+}
+
+#[test]
+fn streaks_count_the_latest_run_per_source() {
+    let (lb1, lb2) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+    let mut r = idle_green();
+    r.probes = vec![
+        probe(lb1, Colour::Green, GateAnswer::Stop),
+        probe(lb1, Colour::Green, GateAnswer::Ok),
+        probe(lb2, Colour::Green, GateAnswer::Stop),
+        probe(lb1, Colour::Green, GateAnswer::Stop),
+        probe(lb1, Colour::Blue, GateAnswer::Ok),
+        probe(lb1, Colour::Green, GateAnswer::Stop),
+        probe(lb2, Colour::Green, GateAnswer::Stop),
+    ];
+    let mut s = streaks(&r, Colour::Green, GateAnswer::Stop, 10_000);
+    s.sort();
+    assert_eq!(
+        s,
+        vec![("10.0.0.1".to_owned(), 2), ("10.0.0.2".to_owned(), 2)]
+    );
+
+    // A source that stopped probing long before the others is not a load balancer.
+    for (i, p) in r.probes.iter_mut().enumerate() {
+        p.at_ms = 100_000 + i as u64 * 1000;
+    }
+    r.probes[2].at_ms = 1; // lb2's first probe, long ago
+    r.probes[6].source = Some([192, 168, 1, 20].into()); // someone's laptop
+    r.probes[6].at_ms = 2;
+    let mut s = streaks(&r, Colour::Green, GateAnswer::Stop, 10_000);
+    s.sort();
+    assert_eq!(s, vec![("10.0.0.1".to_owned(), 2)]);
 }
