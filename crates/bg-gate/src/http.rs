@@ -19,6 +19,7 @@ use bg_state::{Colour, Error as StoreError, SwitchRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::Refusal;
 use crate::gate::{Answer, Gate, bounded};
 use crate::probes::Probe;
 
@@ -172,18 +173,20 @@ pub(crate) fn store_error(e: &StoreError) -> Response {
 
 /// Authorises a write, counting refusals.
 pub(crate) async fn authorise(gate: &Gate, headers: &HeaderMap) -> Result<String, Response> {
-    gate.inner.auth.check(headers).await.map_err(|r| {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    gate.inner.auth.check(authorization).await.map_err(|r| {
         gate.inner
             .counters
             .auth_refusals
             .fetch_add(1, Ordering::Relaxed);
-        let kind = if r.status == StatusCode::FORBIDDEN {
-            "forbidden"
-        } else {
-            "unauthorized"
+        let (status, kind) = match r {
+            Refusal::Missing | Refusal::Invalid => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Refusal::Off | Refusal::ClaimsNotAllowed => (StatusCode::FORBIDDEN, "forbidden"),
         };
-        let mut res = error(r.status, kind, r.message);
-        if r.status == StatusCode::UNAUTHORIZED {
+        let mut res = error(status, kind, r.message());
+        if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

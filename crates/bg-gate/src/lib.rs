@@ -60,16 +60,14 @@ pub mod cli;
 mod conns;
 mod gate;
 mod http;
-mod oidc;
 mod probes;
 pub mod server;
 
-pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, NamedToken, Refusal};
+pub use auth::{
+    Auth, AuthError, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, JwksSource,
+    MIN_TOKEN_LEN, NamedToken, OidcConfig, OidcError, OidcVerifier, Refusal,
+};
 pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
 pub use gate::{Answer, Gate, GateConfig, GateError, StopStatus, View};
 pub use http::{BODY_TIMEOUT, MAX_BODY};
-pub use oidc::{
-    ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, JwksSource, OidcConfig, OidcError,
-    OidcVerifier,
-};
 pub use probes::{Probe, ProbeLog};
