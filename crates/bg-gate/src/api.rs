@@ -19,7 +19,7 @@ use bg_state::{
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::gate::{Gate, bounded};
+use crate::core::{Gate, bounded};
 use crate::http::{authorise, error, json_body, store_error};
 
 /// The longest a `changes` long poll waits.

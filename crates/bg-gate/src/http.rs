@@ -20,14 +20,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::Refusal;
-use crate::gate::{Answer, Gate, bounded};
+use crate::core::{Answer, Gate, bounded};
 use crate::probes::Probe;
 
 /// The largest request body the admin routes accept.
 pub const MAX_BODY: usize = 16 * 1024;
-/// How long a client may take to send its request body, unless the gate's
-/// configuration says otherwise.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Gate {
     /// The routes a load balancer (and anyone who reaches it) may call:

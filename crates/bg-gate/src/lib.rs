@@ -55,19 +55,18 @@
 mod agent;
 mod api;
 mod auth;
-mod cache;
 pub mod cli;
 mod conns;
-mod gate;
+mod core;
 mod http;
 mod probes;
 pub mod server;
 
+pub use crate::core::{Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, StopStatus, View};
 pub use auth::{
     Auth, AuthError, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, JwksSource,
     MIN_TOKEN_LEN, NamedToken, OidcConfig, OidcError, OidcVerifier, Refusal,
 };
 pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
-pub use gate::{Answer, Gate, GateConfig, GateError, StopStatus, View};
-pub use http::{BODY_TIMEOUT, MAX_BODY};
+pub use http::MAX_BODY;
 pub use probes::{Probe, ProbeLog};
