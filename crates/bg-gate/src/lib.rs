@@ -53,7 +53,6 @@
 //! ```
 
 mod agent;
-mod api;
 mod auth;
 pub mod cli;
 mod conns;
