@@ -41,9 +41,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = match cli.gate.start().await {
         Ok(s) => s,
-        Err((code, msg)) => {
-            eprintln!("ws_echo: {msg}");
-            return ExitCode::from(code);
+        Err(e) => {
+            eprintln!("ws_echo: {e}");
+            return ExitCode::from(e.exit_code());
         }
     };
     let service = Router::new()
@@ -52,9 +52,9 @@ async fn main() -> ExitCode {
         .with_state(server.gate().clone());
     match server.serve(service).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err((code, msg)) => {
-            eprintln!("ws_echo: {msg}");
-            ExitCode::from(code)
+        Err(e) => {
+            eprintln!("ws_echo: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -4,7 +4,7 @@
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::gate::Gate;
+use crate::core::Gate;
 
 impl Gate {
     /// Answers HAProxy agent checks on `listener` until `shutdown` resolves.

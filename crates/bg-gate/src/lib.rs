@@ -4,20 +4,30 @@
 //!
 //! # Layout
 //!
-//! * [`Gate`] and [`GateConfig`] — one gate per colour (or replica): its
-//!   view of the store, kept current by [`Gate::start`] (change hints plus a
-//!   poll), with make-before-break handover, alarms when the store loses or
-//!   lowers the state, a local cache file, presence reports and `--init`.
-//! * [`Gate::public_router`] — `/balancer-keepalive-check`,
-//!   `/running-service-id`, `/bg/check/{colour}`, `/bg/live`: for the load
-//!   balancer.
-//! * [`Gate::admin_router`] — `/bg/state`, `POST /bg/switch` and the hand-made
-//!   `POST /switch`, `POST /bg/drain`, `/metrics`: for people and tools, on a
-//!   private listener where possible.
-//! * [`Auth`] — named bearer tokens; with none configured, switching is off.
+//! The layers point one way: the HTTP layer and the runner are built on the
+//! core, the core on auth; never the other way round.
+//!
+//! * The core (`core/`): [`Gate`] and [`GateConfig`] — one gate per colour
+//!   (or replica): its [`View`] of the store, kept current by
+//!   [`Gate::start`] (change hints plus a poll), with make-before-break
+//!   handover, alarms when the store loses or lowers the state, a local
+//!   cache file, presence reports, `--init` and the on-change command.
+//! * The HTTP layer (`http/`): [`Gate::public_router`] —
+//!   `/balancer-keepalive-check`, `/running-service-id`,
+//!   `/bg/check/{colour}`, `/bg/live`: for the load balancer.
+//!   [`Gate::admin_router`] — `/bg/state`, `POST /bg/switch` and the
+//!   hand-made `POST /switch`, `POST /bg/drain`, `/metrics` and the store
+//!   API under `/bg/api/v1`: for people and tools, on a private listener
+//!   where possible.
+//! * Auth (`auth/`): [`Auth`] — named bearer tokens and GitLab CI
+//!   `id_tokens` ([`OidcVerifier`]); with none configured, switching is off.
 //! * [`Connections`] — websocket and request tracking, and the paced drain
 //!   that closes idle-colour websockets with code 1012.
 //! * [`Gate::serve_agent`] — the HAProxy `agent-check` responder.
+//! * `server` (feature `server`, on by default) — the standalone runner:
+//!   the `bg-gate` flags as a `clap` struct, listeners, signals, logging,
+//!   and exit codes. Without it the crate pulls neither `clap` nor
+//!   `tracing-subscriber`.
 //!
 //! # Example
 //!
@@ -53,23 +63,21 @@
 //! ```
 
 mod agent;
-mod api;
 mod auth;
-mod cache;
+#[cfg(feature = "server")]
 pub mod cli;
 mod conns;
-mod gate;
+mod core;
 mod http;
-mod oidc;
 mod probes;
+#[cfg(feature = "server")]
 pub mod server;
 
-pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, NamedToken, Refusal};
-pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
-pub use gate::{Answer, Gate, GateConfig, GateError, StopStatus, View};
-pub use http::{BODY_TIMEOUT, MAX_BODY};
-pub use oidc::{
-    ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, JwksSource, OidcConfig, OidcError,
-    OidcVerifier,
+pub use crate::core::{Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, StopStatus, View};
+pub use auth::{
+    Auth, AuthError, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, JwksSource,
+    MIN_TOKEN_LEN, NamedToken, OidcConfig, OidcError, OidcVerifier, Refusal,
 };
+pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
+pub use http::MAX_BODY;
 pub use probes::{Probe, ProbeLog};

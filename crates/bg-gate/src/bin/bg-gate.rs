@@ -6,6 +6,12 @@ use axum::Router;
 use bg_gate::server::GateArgs;
 use clap::Parser;
 
+const EXIT_CODES: &str = "Exit codes:\n  \
+    0  stopped by SIGTERM or SIGINT\n  \
+    1  a listener cannot be bound, or a server failed while serving\n  \
+    2  usage error or invalid option: a bad flag or value, or a store, token or OIDC\n     \
+       setting that cannot be used (an unreadable token file or JWKS file, a short BG_TOKEN)";
+
 /// The bluegreen health gate: answers the load balancer's health check for
 /// one colour (OK when live, STOP when idle) from an in-memory view of the
 /// shared state, and offers an authenticated switch.
@@ -13,12 +19,13 @@ use clap::Parser;
 #[command(
     name = "bg-gate",
     version,
-    after_help = "Example, on the embedded store (this process only):\n  \
+    after_help = format!("{EXIT_CODES}\n\n\
+        Example, on the embedded store (this process only):\n  \
         BG_TOKEN=$(head -c 24 /dev/urandom | base64) bg-gate --colour blue --init blue --service-version v1\n  \
         curl -i localhost:8080/balancer-keepalive-check\n\n\
         Example, shared through Redis:\n  \
         bg-gate --colour green --store redis://redis:6379/0 --app chat --service-version \"$IMAGE_TAG\" \\\n    \
-        --token-file /run/secrets/bg-tokens --admin-listen 127.0.0.1:9090"
+        --token-file /run/secrets/bg-tokens --admin-listen 127.0.0.1:9090")
 )]
 struct Cli {
     #[command(flatten)]
@@ -34,10 +41,10 @@ async fn main() -> ExitCode {
         Err(e) => Err(e),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((code, msg)) => {
-            eprintln!("bg-gate: {msg}");
-            ExitCode::from(code)
+        Ok(()) => ExitCode::from(bg_gate::server::exit::OK),
+        Err(e) => {
+            eprintln!("bg-gate: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

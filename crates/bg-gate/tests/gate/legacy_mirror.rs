@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
-use bg_gate::server::GateArgs;
+use bg_gate::server::{GateArgs, ServerError, exit};
 use bg_state::{Colour, SwitchRequest};
 use bg_testkit::RedisServer;
 use clap::Parser;
@@ -75,34 +75,35 @@ async fn the_gate_keeps_the_hand_made_keys_in_step() {
 
 #[tokio::test]
 async fn the_mirror_is_refused_where_it_cannot_work() {
-    for (extra, needle) in [
-        (
-            ["--store", "memory://", "--legacy-mirror", "alfa,beta"],
-            "needs a redis",
-        ),
-        (
-            [
-                "--store",
-                "redis://127.0.0.1:1/0",
-                "--legacy-mirror",
-                "alfa",
-            ],
-            "BLUE_ID,GREEN_ID",
-        ),
-        (
-            [
-                "--store",
-                "redis://127.0.0.1:1/0",
-                "--legacy-mirror",
-                "alfa,alfa",
-            ],
-            "must differ",
-        ),
-    ] {
+    let refused = |extra: [&'static str; 4]| async move {
         let mut argv = vec!["--colour", "blue"];
         argv.extend_from_slice(&extra);
-        let (code, msg) = args(&argv).start().await.unwrap_err();
-        assert_eq!(code, 2, "{msg}");
-        assert!(msg.contains(needle), "{msg}");
-    }
+        let e = args(&argv).start().await.unwrap_err();
+        assert_eq!(e.exit_code(), exit::USAGE, "{e}");
+        e
+    };
+    let e = refused(["--store", "memory://", "--legacy-mirror", "alfa,beta"]).await;
+    assert!(matches!(e, ServerError::LegacyMirrorNeedsRedis), "{e}");
+    let e = refused([
+        "--store",
+        "redis://127.0.0.1:1/0",
+        "--legacy-mirror",
+        "alfa",
+    ])
+    .await;
+    assert!(matches!(e, ServerError::LegacyMirrorIds { .. }), "{e}");
+    let e = refused([
+        "--store",
+        "redis://127.0.0.1:1/0",
+        "--legacy-mirror",
+        "alfa,alfa",
+    ])
+    .await;
+    assert!(
+        matches!(
+            e,
+            ServerError::LegacyMirror(bg_state::Error::InvalidInput(_))
+        ),
+        "{e}"
+    );
 }

@@ -2,13 +2,17 @@
 //! its behaviour when the store misbehaves.
 
 mod api;
+// The runner, the binary and the example need the `server` feature.
+#[cfg(feature = "server")]
 mod example;
 mod fuzz;
 mod http;
+#[cfg(feature = "server")]
 mod legacy_mirror;
 mod nginx;
 mod oidc;
 mod on_change;
+#[cfg(feature = "server")]
 mod process;
 mod redis;
 mod view;

@@ -2,30 +2,27 @@
 //! `docs/api.md`. Reads go to the store, never to the gate's view; writes
 //! are authenticated and recorded as the authenticated caller.
 
-// Handlers return `Result<_, Response>` so `?` ends a request with its answer.
-#![allow(clippy::result_large_err)]
-
 use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bg_state::wire::{self, ErrorBody};
+use bg_state::wire;
 use bg_state::{
     AppName, BreakLease, DeployRecord, InitRequest, LeaseRequest, Presence, SwitchRequest,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::gate::{Gate, bounded};
-use crate::http::{authorise, error, json_body, store_error};
+use super::reply::{HttpError, Reply, authorise, json_body};
+use crate::core::{Gate, bounded};
 
 /// The longest a `changes` long poll waits.
 const MAX_LONG_POLL: Duration = Duration::from_secs(25);
 
-pub(crate) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S> {
+pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S> {
     Router::new()
         .route("/bg/api/v1/apps/{app}/state", get(state))
         .route("/bg/api/v1/apps/{app}/init", post(init))
@@ -47,24 +44,18 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S>
         .with_state(gate.clone())
 }
 
-async fn not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such API path; see docs/api.md",
-    )
+async fn not_found() -> HttpError {
+    HttpError::not_found("no such API path; see docs/api.md")
 }
 
 /// The app of the path, if this gate serves it through the API.
-fn app_name(gate: &Gate, raw: &str) -> Result<AppName, Response> {
-    let app = AppName::new(raw).map_err(|e| store_error(&e))?;
+fn app_name(gate: &Gate, raw: &str) -> Result<AppName, HttpError> {
+    let app = AppName::new(raw)?;
     let own = &gate.config().app;
     if app != *own && !gate.config().api_any_app {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("this gate serves app {own} only"),
-        ));
+        return Err(HttpError::not_found(format!(
+            "this gate serves app {own} only"
+        )));
     }
     Ok(app)
 }
@@ -74,31 +65,22 @@ async fn write<T: DeserializeOwned>(
     gate: &Gate,
     app: &str,
     req: Request,
-) -> Result<(AppName, String, T), Response> {
+) -> Result<(AppName, String, T), HttpError> {
     let app = app_name(gate, app)?;
     let actor = authorise(gate, req.headers()).await?;
-    let body = json_body::<T>(gate, req).await?.ok_or_else(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid_input",
-            "a JSON body is required",
-        )
-    })?;
+    let body = json_body::<T>(gate, req)
+        .await?
+        .ok_or_else(|| HttpError::bad_request("a JSON body is required"))?;
     Ok((app, actor, body))
 }
-
-/// A handler's answer: `Err` is an error response, so `?` ends a request.
-type Reply = Result<Response, Response>;
 
 /// Runs a store call bounded by the gate's store timeout and answers it.
 async fn answer<T: serde::Serialize>(
     gate: &Gate,
     fut: impl Future<Output = bg_state::Result<T>>,
 ) -> Reply {
-    match bounded(gate.config().store_timeout, fut).await {
-        Ok(v) => Ok(Json(v).into_response()),
-        Err(e) => Err(store_error(&e)),
-    }
+    let v = bounded(gate.config().store_timeout, fut).await?;
+    Ok(Json(v).into_response())
 }
 
 fn ttl(ms: u64) -> Duration {
@@ -177,11 +159,7 @@ async fn history(
 ) -> Reply {
     let app = app_name(&gate, &app)?;
     let Ok(Query(q)) = query else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_input",
-            "history takes ?limit=N",
-        ));
+        return Err(HttpError::bad_request("history takes ?limit=N"));
     };
     let limit = q.limit.unwrap_or(20).min(wire::MAX_HISTORY_LIMIT);
     answer(&gate, async {
@@ -268,8 +246,7 @@ async fn presence(State(gate): State<Gate>, Path(app): Path<String>, req: Reques
         gate.config().store_timeout,
         gate.store().report_presence(&app, report, ttl(b.ttl_ms)),
     )
-    .await
-    .map_err(|e| store_error(&e))?;
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -287,16 +264,12 @@ async fn changes(
 ) -> Reply {
     let app = app_name(&gate, &app)?;
     let Ok(Query(q)) = query else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_input",
+        return Err(HttpError::bad_request(
             "changes takes ?since=GENERATION&timeout_ms=N",
         ));
     };
     let Ok(_permit) = gate.inner.polls.try_acquire() else {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+        return Err(HttpError::unavailable(
             "too many change polls are waiting on this gate; poll the state instead",
         ));
     };
@@ -308,12 +281,9 @@ async fn changes(
     let limit = gate.config().store_timeout;
     let store = gate.store();
     // Subscribe before reading, so a change between the two is not lost.
-    let mut sub = bounded(limit, store.subscribe(&app))
-        .await
-        .map_err(|e| store_error(&e))?;
+    let mut sub = bounded(limit, store.subscribe(&app)).await?;
     let now = bounded(limit, store.get(&app))
-        .await
-        .map_err(|e| store_error(&e))?
+        .await?
         .map_or(0, |s| s.generation);
     let answer = if now == since {
         match tokio::time::timeout(wait, sub.recv()).await {
@@ -322,8 +292,7 @@ async fn changes(
                 generation: change.generation,
             },
             Ok(None) => {
-                let body = ErrorBody::new("unavailable", "the store closed the change stream");
-                return Err((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
+                return Err(HttpError::unavailable("the store closed the change stream"));
             }
             Err(_) => wire::ChangesAnswer {
                 changed: false,

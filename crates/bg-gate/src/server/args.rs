@@ -1,16 +1,16 @@
-//! The standalone gate: its options, listeners and signals, shared by the
-//! `bg-gate` binary and services that want the same flags (see
-//! `examples/ws_echo.rs`).
+//! The gate's options as flags and environment variables, and the start-up
+//! they describe.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use bg_state::{AppName, Colour};
 use tokio::net::TcpListener;
 
+use super::error::ServerError;
+use super::run::GateServer;
 use crate::cli::parse_duration;
 use crate::{
     Auth, ClaimRule, Gate, GateConfig, JwksSource, NamedToken, OidcConfig, OidcVerifier, StopStatus,
@@ -146,26 +146,20 @@ pub struct GateArgs {
 }
 
 /// The store the options name, with the legacy mirror if one is asked for.
-fn open_store(args: &GateArgs) -> Result<Arc<dyn bg_state::ColourStore>, String> {
+fn open_store(args: &GateArgs) -> Result<Arc<dyn bg_state::ColourStore>, ServerError> {
     let mut opts = bg_state::OpenOptions::default();
     if let Some(ids) = &args.legacy_mirror {
         let Some((blue, green)) = ids.split_once(',') else {
-            return Err(format!(
-                "--legacy-mirror takes the hand-made ids of blue and green as BLUE_ID,GREEN_ID \
-                 (e.g. alfa,beta), got {ids:?}"
-            ));
+            return Err(ServerError::LegacyMirrorIds { given: ids.clone() });
         };
         let mirror = bg_state::LegacyMirror::new(args.app.clone(), blue.trim(), green.trim())
-            .map_err(|e| e.to_string())?;
+            .map_err(ServerError::LegacyMirror)?;
         opts.redis.mirror = Some(mirror);
     }
-    let store = bg_state::open_with(&args.store, &opts).map_err(|e| e.to_string())?;
+    let store = bg_state::open_with(&args.store, &opts).map_err(ServerError::Store)?;
     if let Some(mirror) = &opts.redis.mirror {
         if store.backend() != "redis" {
-            return Err(
-                "--legacy-mirror keeps keys in Redis: it needs a redis:// or rediss:// store"
-                    .into(),
-            );
+            return Err(ServerError::LegacyMirrorNeedsRedis);
         }
         tracing::info!(
             blue = mirror.key(Colour::Blue),
@@ -193,17 +187,11 @@ fn parse_claim(s: &str) -> Result<ClaimRule, String> {
 }
 
 /// The id_token verifier the OIDC options ask for, if any.
-async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, String> {
+async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, ServerError> {
     let (issuer, audience, jwks) = match (&args.oidc_issuer, &args.oidc_audience, &args.oidc_jwks) {
         (None, None, None) if args.oidc_claims.is_empty() => return Ok(None),
         (Some(i), Some(a), Some(j)) => (i, a, j),
-        _ => {
-            return Err(
-                "GitLab id_tokens need --oidc-issuer, --oidc-audience and --oidc-jwks together \
-                 (and at least one --oidc-claim)"
-                    .into(),
-            );
-        }
+        _ => return Err(ServerError::OidcOptions),
     };
     let cfg = OidcConfig::new(
         issuer.as_str(),
@@ -211,9 +199,7 @@ async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, String> {
         jwks.clone(),
         args.oidc_claims.clone(),
     );
-    let verifier = OidcVerifier::new(cfg)
-        .await
-        .map_err(|e| format!("GitLab id_tokens: {e}"))?;
+    let verifier = OidcVerifier::new(cfg).await.map_err(ServerError::Oidc)?;
     tracing::info!(
         issuer = verifier.issuer(),
         audience = verifier.audience(),
@@ -231,31 +217,31 @@ async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, String> {
 
 impl GateArgs {
     /// Builds the gate these options describe, binds its listeners and
-    /// starts following the store. Errors carry the exit code: 2 for bad
-    /// options, 1 for a listener that cannot be bound.
+    /// starts following the store.
     ///
     /// # Errors
-    /// As above, with a message for people.
-    pub async fn start(self) -> Result<GateServer, (u8, String)> {
+    /// A [`ServerError`] whose [`exit_code`](ServerError::exit_code) is 2
+    /// for options that cannot be used, 1 for a listener that cannot be
+    /// bound.
+    pub async fn start(self) -> Result<GateServer, ServerError> {
         let args = self;
-        let usage = |m: String| (2u8, m);
-        let store = open_store(&args).map_err(usage)?;
+        let store = open_store(&args)?;
         if store.backend() == "memory" {
             tracing::warn!(
                 "the state lives in this process only (memory://): other gates and bg-ctl cannot see it; use file:// or redis:// to share it"
             );
         }
         let mut auth = match &args.token_file {
-            Some(path) => Auth::from_file(path).map_err(|e| usage(e.to_string()))?,
+            Some(path) => Auth::from_file(path).map_err(ServerError::Tokens)?,
             None => Auth::none(),
         };
-        if let Some(verifier) = oidc(&args).await.map_err(usage)? {
+        if let Some(verifier) = oidc(&args).await? {
             auth = auth.with_oidc(verifier);
         }
         if let Some(secret) = &args.token {
-            let token = NamedToken::new("bg-token", secret.as_str())
-                .map_err(|e| usage(format!("BG_TOKEN: {e}")))?;
-            auth.add(token).map_err(|e| usage(e.to_string()))?;
+            let token =
+                NamedToken::new("bg-token", secret.as_str()).map_err(ServerError::BgToken)?;
+            auth.add(token).map_err(ServerError::Tokens)?;
         }
         if !auth.is_configured() {
             tracing::warn!(
@@ -279,13 +265,13 @@ impl GateArgs {
         cfg.drain_batch = args.drain_batch;
         cfg.drain_interval = args.drain_interval;
         cfg.on_change = args.on_change;
-        let gate = Gate::new(Arc::clone(&store), cfg, auth).map_err(|e| usage(e.to_string()))?;
+        let gate = Gate::new(Arc::clone(&store), cfg, auth).map_err(ServerError::Gate)?;
         let follower = gate.start();
 
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| (1u8, format!("cannot listen on {addr}: {e}")))
+                .map_err(|source| ServerError::Listen { addr, source })
         };
         let admin = match args.admin_listen {
             Some(addr) => Some(bind(addr).await?),
@@ -313,137 +299,4 @@ impl GateArgs {
             agent,
         })
     }
-}
-
-/// A started gate with its listeners bound, ready to serve.
-#[derive(Debug)]
-pub struct GateServer {
-    gate: Gate,
-    follower: tokio::task::JoinHandle<()>,
-    listener: TcpListener,
-    admin: Option<TcpListener>,
-    agent: Option<TcpListener>,
-}
-
-impl GateServer {
-    /// The gate, to track connections or await idleness.
-    #[must_use]
-    pub fn gate(&self) -> &Gate {
-        &self.gate
-    }
-
-    /// The address the public routes are served on.
-    ///
-    /// # Errors
-    /// If the listener cannot say.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves `service` (the host's own routes, may be empty) with the
-    /// gate's public routes on the main listener, the admin routes on the
-    /// admin listener or beside them, and the agent check, until SIGTERM or
-    /// SIGINT; SIGHUP re-reads the token file.
-    ///
-    /// # Errors
-    /// With exit code 1 if a server fails.
-    pub async fn serve(self, service: Router) -> Result<(), (u8, String)> {
-        let GateServer {
-            gate,
-            follower,
-            listener,
-            admin,
-            agent,
-        } = self;
-        let public = gate.track_requests(service.merge(gate.public_router()));
-        let (main_router, admin) = match admin {
-            Some(l) => (public, Some((l, gate.admin_router()))),
-            None => (public.merge(gate.admin_router()), None),
-        };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(serve(listener, main_router, stopped()));
-        if let Some((l, r)) = admin {
-            tasks.spawn(serve(l, r, stopped()));
-        }
-        if let Some(l) = agent {
-            let gate = gate.clone();
-            let stop = stopped();
-            tasks.spawn(async move {
-                gate.serve_agent(l, stop).await;
-                Ok(())
-            });
-        }
-
-        signals(&gate).await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-        let mut result = Ok(());
-        while let Some(done) = tasks.join_next().await {
-            if let Ok(Err(e)) = done {
-                result = Err((1, e));
-            }
-        }
-        follower.abort();
-        result
-    }
-}
-
-async fn serve(
-    listener: TcpListener,
-    router: Router,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop)
-    .await
-    .map_err(|e| format!("server failed: {e}"))
-}
-
-/// Waits for SIGTERM or SIGINT; re-reads the token file on SIGHUP meanwhile.
-async fn signals(gate: &Gate) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stopping");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => match gate.reload_tokens() {
-                Ok(true) => tracing::info!("token file re-read"),
-                Ok(false) => tracing::info!("SIGHUP: no token file to re-read"),
-                Err(e) => tracing::error!(error = %e, "token file not re-read; the tokens in force stay"),
-            },
-        }
-    }
-}
-
-/// Logs to stderr with `tracing`, level from `RUST_LOG` (default `info`),
-/// in colour only on a terminal and never with `NO_COLOR` set.
-pub fn init_logging() {
-    use std::io::IsTerminal;
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_ansi(colour)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }

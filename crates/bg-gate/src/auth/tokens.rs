@@ -1,0 +1,136 @@
+//! Named bearer tokens: their validation, the token file, and the
+//! constant-time comparison.
+
+use std::path::Path;
+
+use subtle::ConstantTimeEq;
+
+use super::error::AuthError;
+
+/// The shortest token accepted, in bytes.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A named secret. Its `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct NamedToken {
+    name: String,
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for NamedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedToken")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NamedToken {
+    /// A token called `name` (recorded as the actor) with `secret`.
+    ///
+    /// # Errors
+    /// [`AuthError::TokenName`] if the name is empty or has whitespace,
+    /// [`AuthError::TokenTooShort`] if the secret is shorter than
+    /// [`MIN_TOKEN_LEN`] bytes, [`AuthError::TokenWhitespace`] if it has
+    /// whitespace. The error never contains the secret.
+    pub fn new(name: impl Into<String>, secret: impl Into<String>) -> Result<Self, AuthError> {
+        let (name, secret) = (name.into(), secret.into());
+        if name.is_empty()
+            || name.len() > 100
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(AuthError::TokenName);
+        }
+        // The errors name neither the token nor its name: in a file with
+        // its columns swapped, the "name" is the secret.
+        if secret.len() < MIN_TOKEN_LEN {
+            return Err(AuthError::TokenTooShort {
+                len: secret.len(),
+                min: MIN_TOKEN_LEN,
+            });
+        }
+        if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(AuthError::TokenWhitespace);
+        }
+        Ok(NamedToken {
+            name,
+            secret: secret.into_bytes(),
+        })
+    }
+
+    /// The token's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The token whose secret is `presented`, if any. Compares against every
+/// token, so the time taken says nothing about which one (if any) came close.
+pub(super) fn matching<'a>(tokens: &'a [NamedToken], presented: &str) -> Option<&'a NamedToken> {
+    let mut found = None;
+    for t in tokens {
+        if bool::from(t.secret.as_slice().ct_eq(presented.as_bytes())) {
+            found = Some(t);
+        }
+    }
+    found
+}
+
+/// Refuses two tokens with one name or one secret.
+pub(super) fn check_unique(tokens: &[NamedToken]) -> Result<(), AuthError> {
+    for (i, a) in tokens.iter().enumerate() {
+        for b in &tokens[i + 1..] {
+            if a.name == b.name {
+                return Err(AuthError::DuplicateName {
+                    name: a.name.clone(),
+                });
+            }
+            if a.secret == b.secret {
+                return Err(AuthError::DuplicateSecret {
+                    first: a.name.clone(),
+                    second: b.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `err` as a clash among the tokens of the file at `path`.
+pub(super) fn in_file(path: &Path, err: AuthError) -> AuthError {
+    AuthError::File {
+        path: path.to_owned(),
+        source: Box::new(err),
+    }
+}
+
+/// The tokens of a file of `name token` lines; `#` comments and blank
+/// lines are skipped. Errors name the line, never quote it.
+pub(super) fn read_token_file(path: &Path) -> Result<Vec<NamedToken>, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut tokens = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(secret), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(AuthError::Malformed {
+                path: path.to_owned(),
+                line: n + 1,
+            });
+        };
+        tokens.push(NamedToken::new(name, secret).map_err(|e| AuthError::Line {
+            path: path.to_owned(),
+            line: n + 1,
+            source: Box::new(e),
+        })?);
+    }
+    check_unique(&tokens).map_err(|e| in_file(path, e))?;
+    Ok(tokens)
+}

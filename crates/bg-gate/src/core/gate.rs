@@ -1,0 +1,339 @@
+//! The gate handle: its shared state, its view held for lock-free reads,
+//! and the one place store reads are applied to that view.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bg_state::{Colour, ColourStore, Error as StoreError, State};
+use tokio::sync::{Notify, watch};
+
+use super::config::GateConfig;
+use super::view::{Answer, Folded, View};
+use crate::auth::{Auth, AuthError};
+use crate::conns::Connections;
+use crate::probes::ProbeLog;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub answers_ok: AtomicU64,
+    pub answers_handover: AtomicU64,
+    pub answers_stop: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub alarms: AtomicU64,
+    pub switches: AtomicU64,
+    pub auth_refusals: AtomicU64,
+}
+
+/// A health gate for one colour of one app. Cheap to clone.
+///
+/// Build it with [`Gate::new`], start following the store with
+/// [`Gate::start`], and serve [`Gate::public_router`] and
+/// [`Gate::admin_router`].
+#[derive(Clone)]
+pub struct Gate {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("app", &self.inner.cfg.app)
+            .field("colour", &self.inner.cfg.colour)
+            .field("store", &self.inner.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub cfg: GateConfig,
+    pub store: Arc<dyn ColourStore>,
+    pub view: ArcSwap<View>,
+    /// Serialises view updates (readers never take it), and holds the
+    /// number of the newest read applied: a read that started before it
+    /// finished after it, and is stale.
+    pub(super) update: Mutex<u64>,
+    /// Numbers store reads in the order they start.
+    pub(super) reads: AtomicU64,
+    /// Serialises cache-file writes and holds the generation last written,
+    /// so two quick adoptions cannot leave the older state on disk.
+    pub(super) cache_written: Arc<Mutex<u64>>,
+    pub changed: Notify,
+    pub started: Instant,
+    pub counters: Counters,
+    pub auth: Auth,
+    pub probes: ProbeLog,
+    pub conns: Connections,
+    /// Bounds the `changes` long polls waiting at once (each may hold a
+    /// store subscription).
+    pub polls: tokio::sync::Semaphore,
+    /// The live colour and generation of the last adopted state, for the
+    /// on-change runner; receivers wake only when the colour changes.
+    pub(super) live: watch::Sender<Option<(Colour, u64)>>,
+}
+
+/// Why a gate could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GateError {
+    /// A setting is out of range.
+    #[error("invalid gate setting {field}: {reason}")]
+    Config {
+        /// Which setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Gate {
+    /// A gate over `store` with `cfg`, switching authorised by `auth`.
+    ///
+    /// Reads the cache file if one is configured and present; a cache that
+    /// cannot be read is logged and ignored (the store decides).
+    ///
+    /// # Errors
+    /// [`GateError::Config`] for settings out of range.
+    pub fn new(
+        store: Arc<dyn ColourStore>,
+        cfg: GateConfig,
+        auth: Auth,
+    ) -> Result<Gate, GateError> {
+        let bad = |field, reason: &str| GateError::Config {
+            field,
+            reason: reason.to_owned(),
+        };
+        let v = &cfg.service_version;
+        if v.trim().is_empty()
+            || v.len() > bg_state::MAX_VERSION_LEN
+            || v.chars().any(char::is_whitespace)
+        {
+            return Err(bad(
+                "service_version",
+                "must be 1 to 128 characters without whitespace",
+            ));
+        }
+        if cfg.gate_id.trim().is_empty() || cfg.gate_id.len() > bg_state::MAX_NAME_LEN {
+            return Err(bad("gate_id", "must be 1 to 200 characters"));
+        }
+        for (field, d) in [
+            ("poll_interval", cfg.poll_interval),
+            ("presence_ttl", cfg.presence_ttl),
+            ("store_timeout", cfg.store_timeout),
+        ] {
+            if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                return Err(bad(field, "must be between 10ms and 1h"));
+            }
+        }
+        if cfg.handover > Duration::from_secs(3600) {
+            return Err(bad("handover", "must be at most 1h"));
+        }
+        let mut view = View::default();
+        if let Some(path) = &cfg.cache_file {
+            match super::cache::load(path, &cfg.app) {
+                Ok(Some(state)) => {
+                    tracing::info!(generation = state.generation, active = %state.active, "answering from the cached state until the store answers");
+                    view.state = Some(state);
+                    view.from_cache = true;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "ignoring the cache file"),
+            }
+        }
+        // A state from the cache counts as known: the first run of the
+        // on-change command pushes it even while the store is down.
+        let (live, _) = watch::channel(view.state.as_ref().map(|s| (s.active, s.generation)));
+        Ok(Gate {
+            inner: Arc::new(Inner {
+                live,
+                probes: ProbeLog::new(cfg.probe_log),
+                cfg,
+                store,
+                view: ArcSwap::from_pointee(view),
+                update: Mutex::new(0),
+                reads: AtomicU64::new(0),
+                cache_written: Arc::new(Mutex::new(0)),
+                changed: Notify::new(),
+                started: Instant::now(),
+                counters: Counters::default(),
+                auth,
+                conns: Connections::default(),
+                polls: tokio::sync::Semaphore::new(64),
+            }),
+        })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &GateConfig {
+        &self.inner.cfg
+    }
+
+    /// The store the gate follows.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn ColourStore> {
+        &self.inner.store
+    }
+
+    /// The view now. Never waits on the store.
+    #[must_use]
+    pub fn view(&self) -> Arc<View> {
+        self.inner.view.load_full()
+    }
+
+    /// The health answer for `colour` now, from the view.
+    #[must_use]
+    pub fn answer(&self, colour: Colour) -> Answer {
+        self.inner.view.load().answer(colour, Instant::now())
+    }
+
+    /// Re-reads the token file (on SIGHUP); `Ok(false)` if there is none.
+    ///
+    /// # Errors
+    /// If the file is unreadable or malformed; the tokens in force stay.
+    pub fn reload_tokens(&self) -> Result<bool, AuthError> {
+        self.inner.auth.reload()
+    }
+
+    /// The connection tracker of this gate.
+    #[must_use]
+    pub fn connections(&self) -> &Connections {
+        &self.inner.conns
+    }
+
+    /// Reads the store once and updates the view. The follower does this on
+    /// every hint and poll; call it to catch up at once (after a switch).
+    pub async fn refresh(&self) {
+        let (seq, read) = self.read_store().await;
+        self.inner.apply(seq, read);
+    }
+
+    /// Reads the store, numbered so that a slow read cannot override a newer one.
+    pub(super) async fn read_store(&self) -> (u64, Result<Option<State>, StoreError>) {
+        let seq = self.inner.reads.fetch_add(1, Ordering::Relaxed) + 1;
+        let read = bounded(
+            self.inner.cfg.store_timeout,
+            self.inner.store.get(&self.inner.cfg.app),
+        )
+        .await;
+        (seq, read)
+    }
+
+    /// Resolves once this gate's colour answers STOP (after any handover)
+    /// on a known state; a cold gate that knows nothing yet waits to learn.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.inner.changed.notified();
+            let view = self.inner.view.load_full();
+            match view.answer(self.inner.cfg.colour, Instant::now()) {
+                Answer::Stop if view.state.is_none() => notified.await,
+                Answer::Stop => return,
+                Answer::Handover => {
+                    let until = view.handover.map_or_else(Instant::now, |(_, t)| t);
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(until.into()) => {}
+                    }
+                }
+                Answer::Ok => notified.await,
+            }
+        }
+    }
+}
+
+/// A store call bounded by `limit`; running out is a retryable outage.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable {
+            backend: "gate",
+            message: format!("the store did not answer within {limit:?}"),
+            retryable: true,
+        })
+    })
+}
+
+impl Inner {
+    /// Applies store read number `seq` to the view, unless a newer read
+    /// was applied first: folds it in ([`View::fold`] holds the rules),
+    /// counts and logs what it raised, and on adoption wakes the on-change
+    /// runner and writes the cache file.
+    pub(crate) fn apply(&self, seq: u64, read: Result<Option<State>, StoreError>) {
+        let mut newest = self
+            .update
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seq < *newest {
+            // A newer read was applied while this one was in flight.
+            return;
+        }
+        *newest = seq;
+        let current = self.view.load_full();
+        let failed = read.is_err();
+        let Folded {
+            view: next,
+            adopted,
+            raised,
+        } = current.fold(read, &self.cfg.app, self.cfg.handover, Instant::now());
+        if let Some(alarm) = &raised {
+            self.counters.alarms.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(alarm = %alarm, "store disagrees with the gate");
+        }
+        if failed {
+            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            if let (None, Some(e)) = (&current.store_error, &next.store_error) {
+                tracing::warn!(error = %e, "store unavailable; answering from the last known state");
+            }
+        }
+        let save = match (&next.state, &self.cfg.cache_file) {
+            (Some(state), Some(path)) if adopted => Some((path.clone(), state.clone())),
+            _ => None,
+        };
+        let live = match &next.state {
+            Some(state) if adopted => {
+                tracing::info!(active = %state.active, generation = state.generation, "adopted state");
+                Some((state.active, state.generation))
+            }
+            _ => None,
+        };
+        self.view.store(Arc::new(next));
+        // Still under the lock, so the runner sees changes in view order.
+        if let Some(seen) = live
+            && self.cfg.on_change.is_some()
+        {
+            self.live.send_if_modified(|last| {
+                let changed = last.is_none_or(|(active, _)| active != seen.0);
+                // A newer generation of the same colour is kept for the
+                // environment of a run still to come, without waking anyone.
+                *last = Some(seen);
+                changed
+            });
+        }
+        drop(newest);
+        self.changed.notify_waiters();
+        // Off the async workers and outside the lock: an fsync can be slow.
+        if let Some((path, state)) = save {
+            let written = Arc::clone(&self.cache_written);
+            let write = move || {
+                let mut last = written
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if state.generation < *last {
+                    return; // a newer state is already on disk
+                }
+                match super::cache::save(&path, &state) {
+                    Ok(()) => *last = state.generation,
+                    Err(e) => tracing::warn!(error = %e, "cannot write the cache file"),
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(write)),
+                Err(_) => write(),
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The admin routes, for operators and tools: the gate's state, the
+//! authenticated switch (and the hand-made `/switch`), the drain, and
+//! Prometheus metrics.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bg_state::{Colour, SwitchRequest};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::reply::{HttpError, Reply, authorise, json_body};
+use crate::core::{Answer, Gate, bounded};
+
+/// `GET /bg/state`, `POST /bg/switch` and `POST /switch` (a `GET` of
+/// either is refused with 405), `POST /bg/drain`, `GET /metrics`.
+pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S> {
+    Router::new()
+        .route("/bg/state", get(state_json))
+        .route("/bg/switch", get(switch_by_get).post(switch))
+        .route("/switch", get(switch_by_get).post(switch))
+        .route("/bg/drain", post(drain))
+        .route("/metrics", get(metrics))
+        .with_state(gate.clone())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchBody {
+    to: Option<Colour>,
+    expect_generation: Option<u64>,
+    reason: Option<String>,
+    request_id: Option<String>,
+}
+
+async fn switch(State(gate): State<Gate>, req: Request) -> Reply {
+    let actor = authorise(&gate, req.headers()).await?;
+    let body: SwitchBody = json_body(&gate, req).await?.unwrap_or_default();
+    let cfg = gate.config();
+    // The hand-made endpoint's meaning: make the other colour live.
+    let to = body.to.unwrap_or(cfg.colour.other());
+    let mut request = SwitchRequest::new(to, actor);
+    request.expect_generation = body.expect_generation;
+    request.reason = body.reason;
+    request.request_id = body.request_id;
+    let out = bounded(cfg.store_timeout, gate.store().switch(&cfg.app, request)).await?;
+    if out.changed {
+        gate.inner.counters.switches.fetch_add(1, Ordering::Relaxed);
+    }
+    gate.refresh().await;
+    Ok(Json(json!({ "changed": out.changed, "state": out.state })).into_response())
+}
+
+async fn switch_by_get() -> Response {
+    let refused = HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "switching takes POST with a bearer token (the hand-made GET /switch is gone: see docs/migration.md)",
+    );
+    ([(header::ALLOW, HeaderValue::from_static("POST"))], refused).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    batch: Option<usize>,
+    interval_ms: Option<u64>,
+}
+
+async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
+    authorise(&gate, req.headers()).await?;
+    let body: Option<DrainBody> = json_body(&gate, req).await?;
+    let answer = gate.answer(gate.config().colour);
+    if answer.is_ok() {
+        return Err(HttpError::new(
+            StatusCode::CONFLICT,
+            "live",
+            "this colour still answers OK (live or in handover): draining it would cut live traffic",
+        ));
+    }
+    let batch = body
+        .as_ref()
+        .and_then(|b| b.batch)
+        .unwrap_or(10)
+        .clamp(1, 10_000);
+    let interval =
+        Duration::from_millis(body.and_then(|b| b.interval_ms).unwrap_or(1000).min(60_000));
+    let asked = gate.connections().drain(batch, interval);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "asked": asked, "batch": batch, "interval_ms": interval.as_millis() as u64 })),
+    )
+        .into_response())
+}
+
+async fn state_json(State(gate): State<Gate>) -> Json<Value> {
+    let now = Instant::now();
+    let view = gate.view();
+    let cfg = gate.config();
+    let answer = view.answer(cfg.colour, now);
+    let handover_ms_left = match (answer, view.handover) {
+        (Answer::Handover, Some((_, until))) => {
+            Some(until.saturating_duration_since(now).as_millis() as u64)
+        }
+        _ => None,
+    };
+    Json(json!({
+        "app": cfg.app,
+        "gate_id": cfg.gate_id,
+        "colour": cfg.colour,
+        "version": cfg.service_version,
+        "answer": answer.as_str(),
+        "live": answer.is_ok(),
+        "active": view.state.as_ref().map(|s| s.active),
+        "generation": view.generation(),
+        "handover_ms_left": handover_ms_left,
+        "stale_ms": view.stale_ms(now, gate.inner.started),
+        "from_cache": view.from_cache,
+        "strict": cfg.strict,
+        "store": {
+            "backend": gate.store().backend(),
+            "healthy": view.store_error.is_none(),
+            "error": view.store_error,
+        },
+        "alarm": view.alarm,
+        "connections": {
+            "websockets": gate.connections().websockets(),
+            "requests": gate.connections().requests(),
+        },
+        "probes": gate.inner.probes.snapshot(),
+        "state": view.state,
+    }))
+}
+
+async fn metrics(State(gate): State<Gate>) -> Response {
+    use std::fmt::Write;
+    let now = Instant::now();
+    let view = gate.view();
+    let cfg = gate.config();
+    let c = &gate.inner.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    metric(
+        "bg_gate_answers_total",
+        "counter",
+        "Health answers given, by answer.",
+        &[
+            ("{answer=\"ok\"}", load(&c.answers_ok)),
+            ("{answer=\"handover\"}", load(&c.answers_handover)),
+            ("{answer=\"stop\"}", load(&c.answers_stop)),
+        ],
+    );
+    metric(
+        "bg_gate_live",
+        "gauge",
+        "1 if this gate's colour answers OK.",
+        &[("", u64::from(view.answer(cfg.colour, now).is_ok()))],
+    );
+    metric(
+        "bg_gate_generation",
+        "gauge",
+        "The generation the gate answers from (0: nothing known).",
+        &[("", view.generation())],
+    );
+    metric(
+        "bg_gate_stale_milliseconds",
+        "gauge",
+        "Time since the store last confirmed the view.",
+        &[("", view.stale_ms(now, gate.inner.started))],
+    );
+    metric(
+        "bg_gate_store_up",
+        "gauge",
+        "1 if the last store read succeeded.",
+        &[("", u64::from(view.store_error.is_none()))],
+    );
+    metric(
+        "bg_gate_store_errors_total",
+        "counter",
+        "Failed store reads.",
+        &[("", load(&c.store_errors))],
+    );
+    metric(
+        "bg_gate_alarm",
+        "gauge",
+        "1 while the store disagrees with the gate (lost state, lower generation).",
+        &[("", u64::from(view.alarm.is_some()))],
+    );
+    metric(
+        "bg_gate_alarms_total",
+        "counter",
+        "Alarms raised.",
+        &[("", load(&c.alarms))],
+    );
+    metric(
+        "bg_gate_websockets",
+        "gauge",
+        "Open tracked websockets.",
+        &[("", gate.connections().websockets())],
+    );
+    metric(
+        "bg_gate_requests_in_flight",
+        "gauge",
+        "Tracked requests in flight.",
+        &[("", gate.connections().requests())],
+    );
+    metric(
+        "bg_gate_switches_total",
+        "counter",
+        "Switches made through this gate.",
+        &[("", load(&c.switches))],
+    );
+    metric(
+        "bg_gate_auth_refusals_total",
+        "counter",
+        "Write requests refused for credentials.",
+        &[("", load(&c.auth_refusals))],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,111 @@
+//! The public routes, for the load balancer: the health answers,
+//! `/running-service-id` and `/bg/live`. Answered from the view alone: no
+//! handler here calls the store (strict mode's refresh aside, which exists
+//! to compare against).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bg_state::Colour;
+
+use super::reply::HttpError;
+use crate::core::{Answer, Gate};
+use crate::probes::Probe;
+
+/// `GET/HEAD /balancer-keepalive-check`, `GET /running-service-id`,
+/// `GET /bg/check/{colour}`, `GET /bg/live`.
+pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S> {
+    Router::new()
+        .route("/balancer-keepalive-check", get(keepalive))
+        .route("/running-service-id", get(running_service_id))
+        .route("/bg/check/{colour}", get(check_colour))
+        .route("/bg/live", get(|| async { "alive" }))
+        .with_state(gate.clone())
+}
+
+fn source(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// The health answer for `colour`, recorded in the probe log.
+///
+/// This is the hottest path there is: no allocation, no store round trip
+/// (but in strict mode), one atomic load of the view.
+async fn health(gate: &Gate, colour: Colour, source: Option<std::net::IpAddr>) -> Response {
+    if gate.config().strict {
+        gate.refresh().await;
+    }
+    let now = Instant::now();
+    let view = gate.inner.view.load();
+    let answer = view.answer(colour, now);
+    let counters = &gate.inner.counters;
+    match answer {
+        Answer::Ok => &counters.answers_ok,
+        Answer::Handover => &counters.answers_handover,
+        Answer::Stop => &counters.answers_stop,
+    }
+    .fetch_add(1, Ordering::Relaxed);
+    gate.inner.probes.record(Probe {
+        source,
+        at_ms: now_ms(),
+        colour,
+        answer: answer.as_str(),
+    });
+    let cfg = gate.config();
+    let (status, word) = if answer.is_ok() {
+        (StatusCode::OK, "OK")
+    } else {
+        (
+            StatusCode::from_u16(cfg.stop_status.code()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "STOP",
+        )
+    };
+    let body: &'static str = match (cfg.seed_body, answer.is_ok()) {
+        (false, _) => word,
+        (true, true) => "<response>OK</response>",
+        (true, false) => "<response>STOP</response>",
+    };
+    let mut res = (status, body).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-bg-generation", HeaderValue::from(view.generation()));
+    h.insert(
+        "x-bg-stale-ms",
+        HeaderValue::from(view.stale_ms(now, gate.inner.started)),
+    );
+    res
+}
+
+async fn keepalive(State(gate): State<Gate>, req: Request) -> Response {
+    let src = source(&req);
+    health(&gate, gate.config().colour, src).await
+}
+
+async fn check_colour(
+    State(gate): State<Gate>,
+    Path(colour): Path<String>,
+    req: Request,
+) -> Result<Response, HttpError> {
+    let colour = colour
+        .parse::<Colour>()
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    Ok(health(&gate, colour, source(&req)).await)
+}
+
+async fn running_service_id(State(gate): State<Gate>) -> String {
+    gate.config().colour.to_string()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,61 @@
+//! The gate's HTTP surface, built on the core and never imported by it: a
+//! public router for the load balancer and an admin router for people and
+//! tools.
+//!
+//! * `health.rs` — the public routes; they answer from the view and touch
+//!   no store;
+//! * `admin.rs` — `/bg/state`, the switch, the drain, `/metrics`;
+//! * `api.rs` — the store over HTTP, `/bg/api/v1`;
+//! * `reply.rs` — `HttpError`, the one error answer, and the steps every
+//!   write shares (authorisation, the bounded JSON body).
+
+use axum::Router;
+use axum::extract::Request;
+
+use crate::core::Gate;
+
+mod admin;
+mod api;
+mod health;
+mod reply;
+
+/// The largest request body the admin routes accept.
+pub const MAX_BODY: usize = 16 * 1024;
+
+impl Gate {
+    /// The routes a load balancer (and anyone who reaches it) may call:
+    /// `GET/HEAD /balancer-keepalive-check`, `GET /running-service-id`,
+    /// `GET /bg/check/{colour}`, `GET /bg/live`. Merge it into the service's
+    /// router; it carries its own state, so it fits any `Router<S>`.
+    pub fn public_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        health::router(self)
+    }
+
+    /// The routes for operators and tools: `GET /bg/state`, `POST /bg/switch`
+    /// and `POST /switch` (authenticated), `POST /bg/drain` (authenticated),
+    /// `GET /metrics`, and the whole store under `/bg/api/v1` (writes
+    /// authenticated; see `docs/api.md`). Serve it on a private listener
+    /// where you can: anything merged into the public router is reachable
+    /// by whoever reaches the load balancer.
+    pub fn admin_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        admin::router(self)
+            .merge(api::router(self))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+    }
+
+    /// Counts the requests `router` serves as in-flight connections of
+    /// this gate (shown in `/bg/state` and `/metrics`).
+    pub fn track_requests<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        let conns = self.connections().clone();
+        router.layer(axum::middleware::from_fn(
+            move |req: Request, next: axum::middleware::Next| {
+                let guard = conns.track_request();
+                async move {
+                    let res = next.run(req).await;
+                    drop(guard);
+                    res
+                }
+            },
+        ))
+    }
+}

@@ -1,0 +1,17 @@
+//! The standalone gate: its options, listeners and signals, shared by the
+//! `bg-gate` binary and services that want the same flags (see
+//! `examples/ws_echo.rs`). Behind the `server` feature (on by default), so
+//! a service that embeds the routers alone does not pull `clap` or
+//! `tracing-subscriber`.
+//!
+//! * `args.rs` — [`GateArgs`] and [`GateArgs::start`];
+//! * `run.rs` — [`GateServer`], signals, [`init_logging`];
+//! * `error.rs` — [`ServerError`] and the [`exit`] codes.
+
+mod args;
+mod error;
+mod run;
+
+pub use args::GateArgs;
+pub use error::{ServerError, exit};
+pub use run::{GateServer, init_logging};
