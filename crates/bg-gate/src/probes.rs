@@ -3,22 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use bg_state::Colour;
-use serde::Serialize;
-
-/// One health check the gate answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Probe {
-    /// The peer address, when the server provides it (axum's
-    /// `into_make_service_with_connect_info`); `None` when embedded without it.
-    pub source: Option<std::net::IpAddr>,
-    /// When, in milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// The colour asked about.
-    pub colour: Colour,
-    /// `ok`, `handover` or `stop`.
-    pub answer: &'static str,
-}
+/// One health check the gate answered, as `GET /bg/state` reports it.
+pub use bg_state::wire::ProbeRecord as Probe;
 
 /// A bounded log of probes, newest last.
 #[derive(Debug)]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bg_state::wire::{ConnectionCounts, GateStatus, StoreHealth};
 use bg_state::{Colour, ColourStore, Error as StoreError, State};
 use tokio::sync::{Notify, watch};
 
@@ -189,6 +190,49 @@ impl Gate {
         self.inner.view.load().answer(colour, Instant::now())
     }
 
+    /// What this gate reports at `GET /bg/state`: its colour and version,
+    /// its answer, the view it answers from and how old that is, the store's
+    /// health, its connections and the load balancer's recent probes.
+    #[must_use]
+    pub fn status(&self) -> GateStatus {
+        let now = Instant::now();
+        let view = self.view();
+        let cfg = self.config();
+        let answer = view.answer(cfg.colour, now);
+        let handover_ms_left = match (answer, view.handover) {
+            (Answer::Handover, Some((_, until))) => {
+                Some(millis(until.saturating_duration_since(now)))
+            }
+            _ => None,
+        };
+        GateStatus {
+            app: cfg.app.clone(),
+            gate_id: cfg.gate_id.clone(),
+            colour: cfg.colour,
+            version: cfg.service_version.clone(),
+            answer,
+            live: answer.is_ok(),
+            active: view.state.as_ref().map(|s| s.active),
+            generation: view.generation(),
+            handover_ms_left,
+            stale_ms: view.stale_ms(now, self.inner.started),
+            from_cache: view.from_cache,
+            strict: cfg.strict,
+            store: StoreHealth {
+                backend: self.store().backend().to_owned(),
+                healthy: view.store_error.is_none(),
+                error: view.store_error.clone(),
+            },
+            alarm: view.alarm.clone(),
+            connections: ConnectionCounts {
+                websockets: self.connections().websockets(),
+                requests: self.connections().requests(),
+            },
+            probes: self.inner.probes.snapshot(),
+            state: view.state.clone(),
+        }
+    }
+
     /// Re-reads the token file (on SIGHUP); `Ok(false)` if there is none.
     ///
     /// # Errors
@@ -336,4 +380,9 @@ impl Inner {
             }
         }
     }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -5,35 +5,8 @@ use std::time::{Duration, Instant};
 
 use bg_state::{AppName, Colour, Error as StoreError, State};
 
-/// The health answer for a colour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// Live: send new connections here.
-    Ok,
-    /// No longer live, but still answering OK until the load balancer has
-    /// had time to mark the new colour up.
-    Handover,
-    /// Idle (or nothing known): no new connections.
-    Stop,
-}
-
-impl Answer {
-    /// Whether the answer is `OK`.
-    #[must_use]
-    pub fn is_ok(self) -> bool {
-        !matches!(self, Answer::Stop)
-    }
-
-    /// `ok`, `handover` or `stop`.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Answer::Ok => "ok",
-            Answer::Handover => "handover",
-            Answer::Stop => "stop",
-        }
-    }
-}
+/// The health answer for a colour: the same type `GET /bg/state` reports.
+pub use bg_state::wire::GateAnswer as Answer;
 
 /// The gate's view of the store at one moment.
 #[derive(Debug, Clone, Default)]

@@ -10,12 +10,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bg_state::wire::GateStatus;
 use bg_state::{Colour, SwitchRequest};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::reply::{HttpError, Reply, authorise, json_body};
-use crate::core::{Answer, Gate, bounded};
+use crate::core::{Gate, bounded};
 
 /// `GET /bg/state`, `POST /bg/switch` and `POST /switch` (a `GET` of
 /// either is refused with 405), `POST /bg/drain`, `GET /metrics`.
@@ -98,43 +99,8 @@ async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
         .into_response())
 }
 
-async fn state_json(State(gate): State<Gate>) -> Json<Value> {
-    let now = Instant::now();
-    let view = gate.view();
-    let cfg = gate.config();
-    let answer = view.answer(cfg.colour, now);
-    let handover_ms_left = match (answer, view.handover) {
-        (Answer::Handover, Some((_, until))) => {
-            Some(until.saturating_duration_since(now).as_millis() as u64)
-        }
-        _ => None,
-    };
-    Json(json!({
-        "app": cfg.app,
-        "gate_id": cfg.gate_id,
-        "colour": cfg.colour,
-        "version": cfg.service_version,
-        "answer": answer.as_str(),
-        "live": answer.is_ok(),
-        "active": view.state.as_ref().map(|s| s.active),
-        "generation": view.generation(),
-        "handover_ms_left": handover_ms_left,
-        "stale_ms": view.stale_ms(now, gate.inner.started),
-        "from_cache": view.from_cache,
-        "strict": cfg.strict,
-        "store": {
-            "backend": gate.store().backend(),
-            "healthy": view.store_error.is_none(),
-            "error": view.store_error,
-        },
-        "alarm": view.alarm,
-        "connections": {
-            "websockets": gate.connections().websockets(),
-            "requests": gate.connections().requests(),
-        },
-        "probes": gate.inner.probes.snapshot(),
-        "state": view.state,
-    }))
+async fn state_json(State(gate): State<Gate>) -> Json<GateStatus> {
+    Json(gate.status())
 }
 
 async fn metrics(State(gate): State<Gate>) -> Response {

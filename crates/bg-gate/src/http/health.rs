@@ -57,7 +57,7 @@ async fn health(gate: &Gate, colour: Colour, source: Option<std::net::IpAddr>) -
         source,
         at_ms: now_ms(),
         colour,
-        answer: answer.as_str(),
+        answer,
     });
     let cfg = gate.config();
     let (status, word) = if answer.is_ok() {

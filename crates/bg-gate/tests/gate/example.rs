@@ -59,7 +59,8 @@ async fn ws_echo_serves_tracks_and_drains() {
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     let state = get("/bg/state").await.unwrap();
-    assert!(state.body.contains("\"websockets\":1"), "{}", state.body);
+    let status: bg_state::wire::GateStatus = serde_json::from_str(&state.body).unwrap();
+    assert_eq!(status.connections.websockets, 1, "{status:?}");
 
     let post = |path: &'static str, body: &'static str| {
         tokio::task::spawn_blocking(move || {

@@ -107,18 +107,19 @@ async fn state_json_has_what_tools_read() {
         ] {
             assert!(v.get(field).is_some(), "missing {field}: {v}");
         }
-        assert_eq!(v["colour"], "blue");
-        assert_eq!(v["version"], "v1");
-        assert_eq!(v["active"], "blue");
-        assert_eq!(v["generation"], 1);
-        assert_eq!(v["answer"], "ok");
-        assert_eq!(v["store"]["healthy"], true);
-        assert_eq!(v["connections"]["websockets"], 1);
-        let probes = v["probes"].as_array().unwrap();
-        assert_eq!(probes.len(), 1);
-        assert_eq!(probes[0]["answer"], "ok");
+        assert_eq!(v["answer"], "ok", "the answer is a lowercase word: {v}");
+        let s = status(&r).await;
+        assert_eq!(s.colour, Colour::Blue);
+        assert_eq!(s.version, "v1");
+        assert_eq!(s.active, Some(Colour::Blue));
+        assert_eq!(s.generation, 1);
+        assert_eq!(s.answer, bg_gate::Answer::Ok);
+        assert!(s.live && s.store.healthy);
+        assert_eq!(s.connections.websockets, 1);
+        assert_eq!(s.probes.len(), 1, "reading /bg/state is not a probe");
+        assert_eq!(s.probes[0].answer, bg_gate::Answer::Ok);
         // Served without connect info, the source is simply unknown.
-        assert!(probes[0]["source"].is_null());
+        assert_eq!(s.probes[0].source, None);
     }
 }
 
@@ -325,13 +326,15 @@ async fn store_outage_is_503_and_health_answers_stay() {
         StatusCode::OK,
         "fail-static: the last known state stands"
     );
-    let v = get(&r, "/bg/state").await.json();
-    assert_eq!(v["store"]["healthy"], false);
+    let v = status(&r).await;
+    assert!(!v.store.healthy);
     assert!(
-        v["store"]["error"]
-            .as_str()
+        v.store
+            .error
+            .as_deref()
             .unwrap()
-            .contains("connection refused")
+            .contains("connection refused"),
+        "{v:?}"
     );
     let m = get(&r, "/metrics").await.body;
     assert!(m.contains("bg_gate_store_up 0"), "{m}");

@@ -109,6 +109,13 @@ pub(crate) async fn get(router: &Router, uri: &str) -> Answer {
     call(router, Method::GET, uri, None, "").await
 }
 
+/// `GET /bg/state`, read as the type bg-ctl reads it with.
+pub(crate) async fn status(router: &Router) -> bg_state::wire::GateStatus {
+    let a = get(router, "/bg/state").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("{e}: {}", a.body))
+}
+
 /// A store a behaviour is checked on, and the server behind it, if any.
 pub(crate) struct Backend {
     pub(crate) store: Arc<dyn ColourStore>,

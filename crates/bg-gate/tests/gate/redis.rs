@@ -53,9 +53,9 @@ async fn paused_and_killed_redis_under_a_running_gate() {
     answers_hold(&rb, StatusCode::OK, 15).await;
     answers_hold(&rg, StatusCode::SERVICE_UNAVAILABLE, 5).await;
     wait_for(|| blue.view().store_error.is_some()).await;
-    let v = get(&rb, "/bg/state").await.json();
-    assert_eq!(v["store"]["healthy"], false);
-    assert!(v["stale_ms"].as_u64().unwrap() > 0);
+    let v = status(&rb).await;
+    assert!(!v.store.healthy, "{v:?}");
+    assert!(v.stale_ms > 0);
     // A switch through the gate while Redis is frozen: 503, nothing else.
     let a = call(
         &rb,

@@ -28,9 +28,10 @@ async fn the_old_colour_hands_over_before_it_stops() {
         assert_eq!(blue.answer(Colour::Green), Answer::Ok);
         assert_eq!(blue.answer(Colour::Blue), Answer::Handover);
         let r = router(&blue);
-        let v = get(&r, "/bg/state").await.json();
-        assert_eq!(v["answer"], "handover", "{v}");
-        assert!(v["handover_ms_left"].as_u64().unwrap() <= 2000);
+        let v = status(&r).await;
+        assert_eq!(v.answer, Answer::Handover, "{v:?}");
+        assert!(v.live, "{v:?}");
+        assert!(v.handover_ms_left.unwrap() <= 2000);
         assert_eq!(
             get(&r, "/balancer-keepalive-check").await.status,
             StatusCode::OK
@@ -172,10 +173,10 @@ async fn a_lower_or_vanished_state_is_an_alarm_and_the_last_known_stands() {
     assert_eq!(g.answer(Colour::Green), Answer::Ok);
     let m = get(&router(&g), "/metrics").await.body;
     assert!(m.contains("bg_gate_alarm 1"), "{m}");
-    let v = get(&router(&g), "/bg/state").await.json();
+    let v = status(&router(&g)).await;
     assert!(
-        v["alarm"].as_str().unwrap().contains("init --from-gate"),
-        "{v}"
+        v.alarm.as_deref().unwrap().contains("init --from-gate"),
+        "{v:?}"
     );
 
     // The proper restore lands above, and the alarm clears.
