@@ -12,13 +12,17 @@ use tokio::sync::{OnceCell, mpsc};
 
 use crate::engine::ms;
 use crate::error::{Error, Result};
-use crate::model::{
-    AppName, Change, Colour, DeployPhase, Deployment, Event, LastChange, Lease, Presence, State,
-};
+use crate::model::{AppName, Change, Colour, Event, Lease, Presence, State};
 use crate::store::{
     BreakLease, ColourStore, DEFAULT_HISTORY_CAP, DeployRecord, InitRequest, LeaseRequest,
     Subscription, SwitchOutcome, SwitchRequest,
 };
+
+mod mirror;
+mod reply;
+
+pub use mirror::LegacyMirror;
+use reply::{Reply, parse_lease, parse_state};
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store.lua")));
 
@@ -43,75 +47,6 @@ impl Default for RedisOptions {
             response_timeout: Duration::from_secs(2),
             history_cap: DEFAULT_HISTORY_CAP,
             mirror: None,
-        }
-    }
-}
-
-/// The seed-compatibility mirror: keeps `lb-status-<id>` = `1` for the live
-/// colour and `0` for the idle one, written in the same script as every
-/// change, so services still running the hand-made health check keep working
-/// during a migration.
-///
-/// The legacy keys carry no app name, so a mirror belongs to one app: the
-/// other apps in the same store do not touch them.
-///
-/// **Single-node Redis only** (Sentinel included): the legacy keys cannot
-/// share the app's hash slot, so a Redis Cluster would refuse the script.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LegacyMirror {
-    /// The one app whose live colour the legacy keys follow.
-    pub app: AppName,
-    /// The hand-made id of the blue instance (e.g. `alfa`).
-    pub blue_id: String,
-    /// The hand-made id of the green instance (e.g. `beta`).
-    pub green_id: String,
-}
-
-impl LegacyMirror {
-    /// Mirror `app`'s live colour onto `lb-status-<blue_id>` and
-    /// `lb-status-<green_id>`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] unless both ids are 1 to 64 characters of
-    /// `A-Z a-z 0-9 . _ -` and differ.
-    pub fn new(
-        app: AppName,
-        blue_id: impl Into<String>,
-        green_id: impl Into<String>,
-    ) -> Result<Self> {
-        let (blue_id, green_id) = (blue_id.into(), green_id.into());
-        for id in [&blue_id, &green_id] {
-            let ok = !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if !ok {
-                return Err(Error::invalid(
-                    "mirror",
-                    format!(
-                        "legacy id {:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'",
-                        crate::text::shorten(id)
-                    ),
-                ));
-            }
-        }
-        if blue_id == green_id {
-            return Err(Error::invalid("mirror", "the two legacy ids must differ"));
-        }
-        Ok(LegacyMirror {
-            app,
-            blue_id,
-            green_id,
-        })
-    }
-
-    /// The legacy key of `colour`.
-    #[must_use]
-    pub fn key(&self, colour: Colour) -> String {
-        match colour {
-            Colour::Blue => format!("lb-status-{}", self.blue_id),
-            Colour::Green => format!("lb-status-{}", self.green_id),
         }
     }
 }
@@ -357,126 +292,6 @@ fn opt(s: Option<&str>) -> String {
 
 fn flag(b: bool) -> String {
     if b { "1" } else { "0" }.to_owned()
-}
-
-struct Reply {
-    status: String,
-    detail: String,
-    now: u64,
-    fields: HashMap<String, String>,
-}
-
-impl Reply {
-    fn parse(app: &AppName, raw: Vec<String>) -> Result<Reply> {
-        let bad = || Error::Unavailable {
-            backend: "redis",
-            message: format!("malformed script reply for app {app}"),
-            retryable: false,
-        };
-        let mut it = raw.into_iter();
-        let (Some(status), Some(detail), Some(now)) = (it.next(), it.next(), it.next()) else {
-            return Err(bad());
-        };
-        let now = now.parse().map_err(|_| bad())?;
-        let mut fields = HashMap::new();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            fields.insert(k, v);
-        }
-        Ok(Reply {
-            status,
-            detail,
-            now,
-            fields,
-        })
-    }
-}
-
-fn corrupt_field(app: &AppName, name: &str) -> Error {
-    Error::corrupt(
-        format!("bg:{{{app}}}:state"),
-        format!("field {name:?} is missing or garbage"),
-    )
-}
-
-fn req_field<'a>(app: &AppName, f: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
-    f.get(name)
-        .map(String::as_str)
-        .ok_or_else(|| corrupt_field(app, name))
-}
-
-fn num_field(app: &AppName, f: &HashMap<String, String>, name: &str) -> Result<u64> {
-    req_field(app, f, name)?
-        .parse()
-        .map_err(|_| corrupt_field(app, name))
-}
-
-/// The state from its hash; `None` if the app was never initialised.
-fn parse_state(app: &AppName, f: &HashMap<String, String>) -> Result<Option<State>> {
-    if !f.contains_key("generation") && !f.contains_key("active") {
-        return Ok(None);
-    }
-    let generation = num_field(app, f, "generation")?;
-    if generation == 0 {
-        return Err(corrupt_field(app, "generation"));
-    }
-    let active: Colour = req_field(app, f, "active")?
-        .parse()
-        .map_err(|_| corrupt_field(app, "active"))?;
-    let deployment = |c: Colour| -> Result<Option<Deployment>> {
-        let key = |s: &str| format!("{c}_{s}");
-        let Some(version) = f.get(&key("version")) else {
-            return Ok(None);
-        };
-        let phase = match req_field(app, f, &key("phase"))? {
-            "deploying" => DeployPhase::Deploying,
-            "deployed" => DeployPhase::Deployed,
-            _ => return Err(corrupt_field(app, &key("phase"))),
-        };
-        Ok(Some(Deployment {
-            version: version.clone(),
-            phase,
-            at_ms: num_field(app, f, &key("at"))?,
-            actor: req_field(app, f, &key("actor"))?.to_owned(),
-        }))
-    };
-    Ok(Some(State {
-        app: app.clone(),
-        active,
-        generation,
-        last_change: LastChange {
-            actor: req_field(app, f, "lc_actor")?.to_owned(),
-            at_ms: num_field(app, f, "lc_at")?,
-            reason: f.get("lc_reason").cloned(),
-            forced: f.get("lc_forced").is_some_and(|v| v == "1"),
-            request_id: f.get("lc_request").cloned(),
-            fence: match f.get("lc_fence") {
-                Some(v) => Some(v.parse().map_err(|_| corrupt_field(app, "lc_fence"))?),
-                None => None,
-            },
-        },
-        blue: deployment(Colour::Blue)?,
-        green: deployment(Colour::Green)?,
-    }))
-}
-
-/// The lease under `prefix`, if it is live at `now`.
-fn parse_lease(f: &HashMap<String, String>, prefix: &str, now: u64) -> Result<Option<Lease>> {
-    let get = |k: &str| f.get(&format!("{prefix}{k}"));
-    let Some(holder) = get("holder") else {
-        return Ok(None);
-    };
-    let num = |k: &str| -> Result<u64> {
-        get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
-            Error::corrupt("lease", format!("field {prefix}{k} is missing or garbage"))
-        })
-    };
-    let lease = Lease {
-        holder: holder.clone(),
-        fence: num("fence")?,
-        acquired_at_ms: num("acquired")?,
-        expires_at_ms: num("expires")?,
-    };
-    Ok((lease.expires_at_ms > now).then_some(lease))
 }
 
 #[async_trait]

@@ -1,0 +1,131 @@
+//! Reading the store script's replies: a status, a detail, the server's
+//! clock, and the app's state hash as field/value pairs.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::model::{AppName, Colour, DeployPhase, Deployment, LastChange, Lease, State};
+
+pub(super) struct Reply {
+    pub(super) status: String,
+    pub(super) detail: String,
+    pub(super) now: u64,
+    pub(super) fields: HashMap<String, String>,
+}
+
+impl Reply {
+    pub(super) fn parse(app: &AppName, raw: Vec<String>) -> Result<Reply> {
+        let bad = || Error::Unavailable {
+            backend: "redis",
+            message: format!("malformed script reply for app {app}"),
+            retryable: false,
+        };
+        let mut it = raw.into_iter();
+        let (Some(status), Some(detail), Some(now)) = (it.next(), it.next(), it.next()) else {
+            return Err(bad());
+        };
+        let now = now.parse().map_err(|_| bad())?;
+        let mut fields = HashMap::new();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            fields.insert(k, v);
+        }
+        Ok(Reply {
+            status,
+            detail,
+            now,
+            fields,
+        })
+    }
+}
+
+fn corrupt_field(app: &AppName, name: &str) -> Error {
+    Error::corrupt(
+        format!("bg:{{{app}}}:state"),
+        format!("field {name:?} is missing or garbage"),
+    )
+}
+
+fn req_field<'a>(app: &AppName, f: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
+    f.get(name)
+        .map(String::as_str)
+        .ok_or_else(|| corrupt_field(app, name))
+}
+
+fn num_field(app: &AppName, f: &HashMap<String, String>, name: &str) -> Result<u64> {
+    req_field(app, f, name)?
+        .parse()
+        .map_err(|_| corrupt_field(app, name))
+}
+
+/// The state from its hash; `None` if the app was never initialised.
+pub(super) fn parse_state(app: &AppName, f: &HashMap<String, String>) -> Result<Option<State>> {
+    if !f.contains_key("generation") && !f.contains_key("active") {
+        return Ok(None);
+    }
+    let generation = num_field(app, f, "generation")?;
+    if generation == 0 {
+        return Err(corrupt_field(app, "generation"));
+    }
+    let active: Colour = req_field(app, f, "active")?
+        .parse()
+        .map_err(|_| corrupt_field(app, "active"))?;
+    let deployment = |c: Colour| -> Result<Option<Deployment>> {
+        let key = |s: &str| format!("{c}_{s}");
+        let Some(version) = f.get(&key("version")) else {
+            return Ok(None);
+        };
+        let phase = match req_field(app, f, &key("phase"))? {
+            "deploying" => DeployPhase::Deploying,
+            "deployed" => DeployPhase::Deployed,
+            _ => return Err(corrupt_field(app, &key("phase"))),
+        };
+        Ok(Some(Deployment {
+            version: version.clone(),
+            phase,
+            at_ms: num_field(app, f, &key("at"))?,
+            actor: req_field(app, f, &key("actor"))?.to_owned(),
+        }))
+    };
+    Ok(Some(State {
+        app: app.clone(),
+        active,
+        generation,
+        last_change: LastChange {
+            actor: req_field(app, f, "lc_actor")?.to_owned(),
+            at_ms: num_field(app, f, "lc_at")?,
+            reason: f.get("lc_reason").cloned(),
+            forced: f.get("lc_forced").is_some_and(|v| v == "1"),
+            request_id: f.get("lc_request").cloned(),
+            fence: match f.get("lc_fence") {
+                Some(v) => Some(v.parse().map_err(|_| corrupt_field(app, "lc_fence"))?),
+                None => None,
+            },
+        },
+        blue: deployment(Colour::Blue)?,
+        green: deployment(Colour::Green)?,
+    }))
+}
+
+/// The lease under `prefix`, if it is live at `now`.
+pub(super) fn parse_lease(
+    f: &HashMap<String, String>,
+    prefix: &str,
+    now: u64,
+) -> Result<Option<Lease>> {
+    let get = |k: &str| f.get(&format!("{prefix}{k}"));
+    let Some(holder) = get("holder") else {
+        return Ok(None);
+    };
+    let num = |k: &str| -> Result<u64> {
+        get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
+            Error::corrupt("lease", format!("field {prefix}{k} is missing or garbage"))
+        })
+    };
+    let lease = Lease {
+        holder: holder.clone(),
+        fence: num("fence")?,
+        acquired_at_ms: num("acquired")?,
+        expires_at_ms: num("expires")?,
+    };
+    Ok((lease.expires_at_ms > now).then_some(lease))
+}

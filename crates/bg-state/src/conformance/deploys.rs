@@ -1,0 +1,319 @@
+//! Deploy records and the deploy lease: fences, expiry, forced acts.
+
+use std::time::Duration;
+
+use super::{Config, initialised};
+use crate::{
+    BreakLease, Colour, ColourStore, DeployPhase, DeployRecord, Error, EventKind, LeaseRequest,
+    SwitchRequest,
+};
+
+/// Deploys are recorded for the idle colour only, fenced by the lease, and
+/// leave the generation alone.
+pub async fn deploy_records(store: &dyn ColourStore, cfg: &Config) {
+    let app = initialised(store, "deploy", Colour::Blue).await;
+    let err = store
+        .record_deploy(
+            &app,
+            DeployRecord::new(Colour::Blue, "v2", DeployPhase::Deploying, "ci"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DeployToLive {
+                colour: Colour::Blue,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let s = store
+        .record_deploy(
+            &app,
+            DeployRecord::new(Colour::Green, "v2", DeployPhase::Deploying, "ci"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.generation, 1);
+    let d = s.green.clone().expect("green deployment recorded");
+    assert_eq!(
+        (d.version.as_str(), d.phase),
+        ("v2", DeployPhase::Deploying)
+    );
+    assert_eq!(d.actor, cfg.actor("ci"));
+    assert_eq!(s.blue, None);
+
+    let s = store
+        .record_deploy(
+            &app,
+            DeployRecord::new(Colour::Green, "v2", DeployPhase::Deployed, "ci"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.green.as_ref().unwrap().phase, DeployPhase::Deployed);
+    assert_eq!(store.get(&app).await.unwrap(), Some(s.clone()));
+    let events = store.history(&app, 2).await.unwrap();
+    assert!(
+        matches!(
+            &events[0].kind,
+            EventKind::Deploy { colour: Colour::Green, version, phase: DeployPhase::Deployed } if version == "v2"
+        ),
+        "{:?}",
+        events[0]
+    );
+    assert!(matches!(
+        events[1].kind,
+        EventKind::Deploy {
+            phase: DeployPhase::Deploying,
+            ..
+        }
+    ));
+
+    // Versions survive switches.
+    let out = store
+        .switch(&app, SwitchRequest::new(Colour::Green, "ci"))
+        .await
+        .unwrap();
+    assert_eq!(out.state.green.as_ref().unwrap().version, "v2");
+
+    // Fenced: with a lease held, a record needs its fence.
+    let lease = store
+        .acquire_lease(&app, LeaseRequest::new("p1", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let rec = DeployRecord::new(Colour::Blue, "v3", DeployPhase::Deploying, "p2");
+    let (state_before, history_before) = (
+        store.get(&app).await.unwrap(),
+        store.history(&app, 100).await.unwrap(),
+    );
+    let err = store.record_deploy(&app, rec.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::LeaseHeld { ref holder, .. } if holder == "p1"),
+        "{err:?}"
+    );
+    let err = store
+        .record_deploy(&app, rec.clone().fence(lease.fence + 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::StaleFence { .. }), "{err:?}");
+    assert_eq!(
+        store.get(&app).await.unwrap(),
+        state_before,
+        "a refused deploy record changed state"
+    );
+    assert_eq!(
+        store.history(&app, 100).await.unwrap(),
+        history_before,
+        "a refused deploy record was recorded"
+    );
+    let s = store
+        .record_deploy(&app, rec.clone().fence(lease.fence))
+        .await
+        .unwrap();
+    assert_eq!(s.blue.unwrap().version, "v3");
+    let s = store
+        .record_deploy(
+            &app,
+            DeployRecord::new(Colour::Blue, "v4", DeployPhase::Deploying, "ops").force(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.blue.unwrap().version, "v4");
+    assert!(store.history(&app, 1).await.unwrap()[0].forced);
+}
+
+/// One holder at a time; acquiring again as the holder extends; fences only
+/// grow; a lease refuses unfenced and stale-fenced switches unless forced.
+pub async fn lease_rules(store: &dyn ColourStore, cfg: &Config) {
+    let app = initialised(store, "lease", Colour::Blue).await;
+    let ttl = Duration::from_secs(30);
+    let a = store
+        .acquire_lease(&app, LeaseRequest::new("pipeline-a", ttl))
+        .await
+        .unwrap();
+    assert_eq!(a.holder, "pipeline-a");
+    assert!(a.fence >= 1);
+    assert!(a.expires_at_ms > a.acquired_at_ms);
+    assert_eq!(store.lease(&app).await.unwrap(), Some(a.clone()));
+
+    let again = store
+        .acquire_lease(&app, LeaseRequest::new("pipeline-a", ttl))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.fence, a.fence,
+        "re-acquiring as the holder keeps the fence"
+    );
+    assert!(again.expires_at_ms >= a.expires_at_ms);
+
+    let err = store
+        .acquire_lease(&app, LeaseRequest::new("pipeline-b", ttl))
+        .await
+        .unwrap_err();
+    match err {
+        Error::LeaseHeld {
+            holder,
+            fence,
+            expires_at_ms,
+            ..
+        } => {
+            assert_eq!(holder, "pipeline-a");
+            assert_eq!(fence, a.fence);
+            assert!(expires_at_ms >= a.expires_at_ms);
+        }
+        other => panic!("expected LeaseHeld, got {other:?}"),
+    }
+
+    // Switches while the lease is held.
+    let err = store
+        .switch(&app, SwitchRequest::new(Colour::Green, "other"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LeaseHeld { .. }), "{err:?}");
+    let err = store
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Green, "old").fence(a.fence + 7),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::StaleFence { presented, current: Some(c), .. } if presented == a.fence + 7 && c == a.fence),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.get(&app).await.unwrap().unwrap().generation,
+        1,
+        "refused switches changed state"
+    );
+    let out = store
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Green, "pipeline-a").fence(a.fence),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.state.last_change.fence, Some(a.fence));
+    let forced = store
+        .switch(&app, SwitchRequest::new(Colour::Blue, "ops").force(true))
+        .await
+        .unwrap();
+    assert!(forced.changed);
+    assert!(forced.state.last_change.forced);
+    assert!(store.history(&app, 1).await.unwrap()[0].forced);
+
+    // Renew, release, and fences only grow.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let renewed = store.renew_lease(&app, a.fence, ttl).await.unwrap();
+    assert_eq!(renewed.fence, a.fence);
+    assert!(
+        renewed.expires_at_ms > again.expires_at_ms,
+        "renewing did not extend the lease"
+    );
+    let err = store.renew_lease(&app, a.fence + 1, ttl).await.unwrap_err();
+    assert!(matches!(err, Error::StaleFence { .. }), "{err:?}");
+    assert!(
+        !store.release_lease(&app, a.fence + 1).await.unwrap(),
+        "released someone else's lease"
+    );
+    assert!(store.lease(&app).await.unwrap().is_some());
+    assert!(store.release_lease(&app, a.fence).await.unwrap());
+    assert!(
+        !store.release_lease(&app, a.fence).await.unwrap(),
+        "release is idempotent"
+    );
+    assert_eq!(store.lease(&app).await.unwrap(), None);
+    let err = store.renew_lease(&app, a.fence, ttl).await.unwrap_err();
+    assert!(
+        matches!(err, Error::StaleFence { current: None, .. }),
+        "{err:?}"
+    );
+    let err = store
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Green, "late").fence(a.fence),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::StaleFence { .. }),
+        "a released fence still switched: {err:?}"
+    );
+
+    let b = store
+        .acquire_lease(&app, LeaseRequest::new("pipeline-b", ttl))
+        .await
+        .unwrap();
+    assert!(b.fence > a.fence);
+
+    // Breaking is recorded.
+    let broken = store
+        .break_lease(
+            &app,
+            BreakLease {
+                actor: "ops".into(),
+                reason: Some("stuck job".into()),
+            },
+        )
+        .await
+        .unwrap()
+        .expect("a lease was held");
+    assert_eq!(
+        (broken.holder.as_str(), broken.fence),
+        ("pipeline-b", b.fence)
+    );
+    assert_eq!(store.lease(&app).await.unwrap(), None);
+    let last = &store.history(&app, 1).await.unwrap()[0];
+    assert_eq!(last.actor, cfg.actor("ops"));
+    assert!(last.forced);
+    assert_eq!(last.reason.as_deref(), Some("stuck job"));
+    assert!(
+        matches!(&last.kind, EventKind::LeaseBroken { holder, fence } if holder == "pipeline-b" && *fence == b.fence),
+        "{last:?}"
+    );
+    let none = store
+        .break_lease(
+            &app,
+            BreakLease {
+                actor: "ops".into(),
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+}
+
+/// A lease lapses by itself, after which another holder gets a greater fence.
+pub async fn lease_expiry(store: &dyn ColourStore) {
+    let app = initialised(store, "expiry", Colour::Blue).await;
+    let a = store
+        .acquire_lease(
+            &app,
+            LeaseRequest::new("killed-job", Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(store.lease(&app).await.unwrap(), None);
+    // An expired lease blocks nobody.
+    store
+        .switch(&app, SwitchRequest::new(Colour::Green, "next"))
+        .await
+        .unwrap();
+    let b = store
+        .acquire_lease(&app, LeaseRequest::new("next-job", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(b.fence > a.fence);
+    let err = store
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Blue, "killed-job").fence(a.fence),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::StaleFence { .. }), "{err:?}");
+}
