@@ -28,6 +28,17 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+echo "==> bg-gate embedded (no default features)"
+# What a service embedding the gate builds: no clap, no tracing-subscriber.
+cargo clippy -p bg-gate --no-default-features --lib --locked -- -D warnings
+embedded_deps=$(cargo tree -p bg-gate --no-default-features -e normal --prefix none --locked)
+for dep in clap tracing-subscriber; do
+  if grep -q "^$dep " <<<"$embedded_deps"; then
+    echo "error: bg-gate without default features still depends on $dep" >&2
+    exit 1
+  fi
+done
+
 echo "==> cargo doc"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --all-features --locked
 

@@ -64,7 +64,6 @@
 
 mod agent;
 mod auth;
-#[cfg(feature = "server")]
 pub mod cli;
 mod conns;
 mod core;

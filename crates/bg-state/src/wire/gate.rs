@@ -45,9 +45,9 @@ impl std::fmt::Display for GateAnswer {
 
 /// The body of `GET /bg/state`.
 ///
-/// Fields a newer gate adds are ignored by an older reader; fields an older
-/// gate does not send take their defaults, so `bg-ctl` and gates of nearby
-/// versions understand each other.
+/// A reader ignores fields it does not know, and the fields marked
+/// `default` may be missing; the others, and every answer, are the contract
+/// a gate and `bg-ctl` of one release share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateStatus {
     /// The app the gate serves.
