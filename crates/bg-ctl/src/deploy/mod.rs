@@ -12,7 +12,6 @@
 
 use bg_state::{
     Colour, ColourStore, DeployPhase, DeployRecord, Error as StoreError, Lease, LeaseRequest,
-    SwitchRequest,
 };
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
@@ -82,6 +81,7 @@ impl Deployer<'_> {
     /// after the switch (LB confirmation, verify), which says so.
     pub async fn run(&self) -> CtlResult<DeployOutcome> {
         let o = self.opts;
+        o.validate()?;
         if o.confirm_lb && (o.urls(Colour::Blue).is_empty() || o.urls(Colour::Green).is_empty()) {
             return Err(CtlError::Usage(
                 "--confirm-lb reads the load balancer's probes from the gates: give --gate-blue and --gate-green".into(),
@@ -295,18 +295,7 @@ impl Deployer<'_> {
         if o.smoke.is_some() {
             self.wait_running(plan).await?;
         }
-        let mut req = SwitchRequest::new(plan.idle, o.actor.clone())
-            .expect_generation(plan.generation)
-            .fence(plan.fence)
-            .request_id(format!("deploy:{}:{}", o.version, plan.fence))
-            .reason(
-                o.reason
-                    .clone()
-                    .unwrap_or_else(|| format!("release {}", o.version)),
-            );
-        req.reason = req
-            .reason
-            .map(|r| r.chars().take(bg_state::MAX_REASON_LEN).collect());
+        let req = o.switch_request(plan.idle, plan.generation, plan.fence);
         let generation = self.switch_surely(req).await?;
         self.report.step(format!(
             "switched: {} is live at generation {generation}",

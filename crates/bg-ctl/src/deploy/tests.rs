@@ -554,3 +554,68 @@ async fn a_drain_under_way_is_still_waited_for() {
         .unwrap();
     assert!(out.switched);
 }
+
+#[tokio::test(start_paused = true)]
+async fn input_the_store_would_refuse_is_refused_before_the_lease() {
+    let multi_line = "Fix the login\n\nLong description".to_owned();
+    for (version, reason) in [
+        ("v".repeat(129), None),
+        ("v 2".to_owned(), None),
+        ("v2".to_owned(), Some(multi_line)),
+    ] {
+        let store = store().await;
+        let mut t = MockTrigger::new();
+        t.expect_deploy().never();
+        let mut o = opts();
+        o.version = version;
+        o.reason = reason;
+        let never = Arc::new(AtomicBool::new(false));
+        let err = run(&store, &gates(&store, &never), &t, &passing_checks(), &o)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), exit::USAGE, "{err}");
+        let history = store.history(&app(), 10).await.unwrap();
+        assert!(
+            history
+                .iter()
+                .all(|e| !matches!(e.kind, EventKind::Deploy { .. })),
+            "nothing recorded: {history:?}"
+        );
+        assert_eq!(
+            store.lease(&app()).await.unwrap(),
+            None,
+            "no lease was taken"
+        );
+        let s = store.get(&app()).await.unwrap().unwrap();
+        assert_eq!((s.active, s.generation, s.green), (Colour::Blue, 1, None));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_version_the_store_takes_is_released_all_the_way() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let long = format!("v2-{}", "x".repeat(117));
+    let mut o = opts();
+    o.version.clone_from(&long);
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green({
+            let long = long.clone();
+            move |r| {
+                if r.version == "v2" {
+                    r.version.clone_from(&long);
+                }
+            }
+        })
+        .build();
+    let mut t = MockTrigger::new();
+    let d = Arc::clone(&deployed);
+    t.expect_deploy().times(1).returning(move |_, _| {
+        d.store(true, Ordering::SeqCst);
+        Ok(())
+    });
+    let out = run(&store, &g, &t, &passing_checks(), &o).await.unwrap();
+    assert!(out.switched);
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+}
