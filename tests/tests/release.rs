@@ -4,11 +4,12 @@
 
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bg_e2e::{Ctl, Instance, Instances, Webhooks, addr_of, gate_status, instances, run, show};
 use bg_state::{AppName, Colour, ColourStore, SwitchRequest};
-use bg_testkit::{Process, RedisServer, workspace_binary};
+use bg_testkit::{Process, RedisServer, workspace_binary, workspace_example};
 
 const TOKEN: &str = "release-test-token-0123";
 
@@ -21,17 +22,18 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
+        Rig::start_with(workspace_binary("bg-gate", "bg-gate")).await
+    }
+
+    /// The rig with `program` (`bg-gate`, or a service embedding the gate)
+    /// as both colours' instances.
+    async fn start_with(program: std::path::PathBuf) -> Rig {
         let redis = RedisServer::start();
         let gate = |colour| {
-            Instance::new(
-                workspace_binary("bg-gate", "bg-gate"),
-                colour,
-                &redis.url(),
-                "chat",
-            )
-            .args(&["--poll-interval", "100ms", "--handover", "0s"])
-            .env("BG_TOKEN", TOKEN)
-            .started("v1")
+            Instance::new(program.clone(), colour, &redis.url(), "chat")
+                .args(&["--poll-interval", "100ms", "--handover", "0s"])
+                .env("BG_TOKEN", TOKEN)
+                .started("v1")
         };
         let gates = instances([gate("blue"), gate("green")]);
         // A restart begins a moment after the hook answered, as Portainer's does.
@@ -343,4 +345,82 @@ async fn a_store_restarted_empty_is_restored_from_the_gates() {
     assert_eq!(rig.live().await, (Colour::Blue, 4));
     rig.wait_until("blue serves", |r| r.answer("blue") == 200)
         .await;
+}
+
+/// Keeps a websocket open to `addr` until `stop`: asked to leave, it
+/// opens the next one before closing the old, as clients that ignore the
+/// load balancer would, so the drain never sees zero.
+async fn clinging_client(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) {
+    use futures_util::StreamExt;
+    let connect = || async {
+        loop {
+            if let Ok((ws, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await {
+                return ws;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut ws = connect().await;
+    while !stop.load(Ordering::Relaxed) {
+        match ws.next().await {
+            Some(Ok(m)) if !m.is_close() => {}
+            _ => {
+                let next = connect().await;
+                drop(std::mem::replace(&mut ws, next));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forced_switch_during_the_drain_triggers_nothing() {
+    let _serial = crate::serial().await;
+    let rig = Rig::start_with(workspace_example("bg-gate", "ws_echo")).await;
+    let app = AppName::new("chat").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let green = addr_of(&rig.gates, "green");
+    let clients: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(clinging_client(green, Arc::clone(&stop))))
+        .collect();
+    rig.wait_until("clients on green", |_| {
+        gate_status(green).is_some_and(|s| s.connections.websockets > 0)
+    })
+    .await;
+
+    let started = Instant::now();
+    let (out, ()) = tokio::join!(rig.deploy("v2", &["--drain-timeout", "20s"]), async {
+        // Once the release drains green, an operator forces green live.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while rig
+            .store
+            .get(&app)
+            .await
+            .unwrap()
+            .and_then(|s| s.green)
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "the release never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let forced = run(rig.bg_ctl(&["switch", "--to", "green", "--force"])).await;
+        assert_eq!(forced.status.code(), Some(0), "{}", show(&forced));
+    });
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(
+        rig.hooks.calls().is_empty(),
+        "a webhook was called: {:?}\n{}",
+        rig.hooks.calls(),
+        show(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the drain ran to its timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rig.live().await, (Colour::Green, 2));
+    for c in clients {
+        c.abort();
+    }
 }

@@ -16,7 +16,7 @@ use bg_state::{
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
 
-use crate::error::{CtlError, CtlResult, Timeout, WaitFor};
+use crate::error::{CtlError, CtlResult, LeaseLost, Timeout, WaitFor};
 use crate::gates::{ConnectionCounts, GateAnswer, Gates};
 use crate::readiness::{self, NotYet, Readiness};
 use crate::report::Reporter;
@@ -101,8 +101,8 @@ impl Deployer<'_> {
         let o = self.opts;
         let plan = self.record_deploying(lease.fence).await?;
         self.wait_out_of_rotation(&plan).await?;
-        self.drain(plan.idle).await?;
-        self.trigger_deploy(plan.idle).await?;
+        self.drain(&plan).await?;
+        self.trigger_deploy(&plan).await?;
         self.verify_new_version(&plan).await?;
         if o.no_switch {
             self.report.step(format!(
@@ -193,11 +193,18 @@ impl Deployer<'_> {
             return Ok(());
         }
         let window = millis(o.lb_window);
-        self.wait(WaitFor::OutOfRotation(idle), o.ready_timeout, false, || {
-            self.each_gate(urls, move |r, url| {
-                readiness::out_of_rotation(r, url, idle, generation, o.lb_fall, window)
-            })
-        })
+        self.wait(
+            WaitFor::OutOfRotation(idle),
+            o.ready_timeout,
+            false,
+            || async {
+                self.unmoved(plan).await?;
+                self.each_gate(urls, move |r, url| {
+                    readiness::out_of_rotation(r, url, idle, generation, o.lb_fall, window)
+                })
+                .await
+            },
+        )
         .await?;
         self.report.step(format!("{idle} is out of rotation"));
         Ok(())
@@ -206,8 +213,9 @@ impl Deployer<'_> {
     /// Step 4: drain it — ask its gates to close lingering websockets in
     /// paced batches, and wait for zero (or `--drain-timeout`, then proceed
     /// or abort as told).
-    async fn drain(&self, idle: Colour) -> CtlResult<()> {
+    async fn drain(&self, plan: &Plan) -> CtlResult<()> {
         let o = self.opts;
+        let idle = plan.idle;
         let (mut open, mut asked, mut busy) = (0, 0, 0);
         for url in o.urls(idle) {
             let r = self.gates.report(url).await?;
@@ -234,6 +242,8 @@ impl Deployer<'_> {
         }
         let drained = self
             .wait(WaitFor::Drained(idle), o.drain_timeout, false, || async {
+                // Someone switched meanwhile: the colour may be live now.
+                self.unmoved(plan).await?;
                 let mut total = ConnectionCounts {
                     websockets: 0,
                     requests: 0,
@@ -260,9 +270,26 @@ impl Deployer<'_> {
         }
     }
 
-    /// Step 5: trigger its deploy (a webhook or a command).
-    async fn trigger_deploy(&self, idle: Colour) -> CtlResult<()> {
-        let version = &self.opts.version;
+    /// Step 5: trigger its deploy (a webhook or a command) — after one
+    /// more look, since the steps before can take minutes: the generation
+    /// has not moved (so the colour is still idle) and the lease is still
+    /// ours (renewed now, not at the next tick). Nothing is ever triggered
+    /// against a colour that is live.
+    async fn trigger_deploy(&self, plan: &Plan) -> CtlResult<()> {
+        let o = self.opts;
+        let (idle, version) = (plan.idle, &o.version);
+        self.unmoved(plan).await?;
+        match self
+            .store
+            .renew_lease(&o.app, plan.fence, o.lease_ttl)
+            .await
+        {
+            Ok(_) => {}
+            Err(e @ StoreError::StaleFence { .. }) => {
+                return Err(CtlError::LeaseLost(LeaseLost::Broken(e)));
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.trigger.deploy(idle, version).await?;
         self.report
             .step(format!("deploy of {version} to {idle} triggered"));
@@ -353,16 +380,7 @@ impl Deployer<'_> {
         };
         self.wait(waited, o.ready_timeout, true, || async {
             // Someone switched meanwhile: nothing to wait for any more.
-            let now = self.store.get(&o.app).await?;
-            if let Some(s) = &now
-                && s.generation != generation
-            {
-                return Err(StoreError::Conflict {
-                    expected: generation,
-                    current: Box::new(s.clone()),
-                }
-                .into());
-            }
+            self.unmoved(plan).await?;
             if urls.is_empty() {
                 let presences = self.store.presences(&o.app).await?;
                 return Ok(readiness::presences_run(
@@ -407,6 +425,25 @@ impl Deployer<'_> {
         })
         .await?;
         self.report.step("the load balancer has seen the switch");
+        Ok(())
+    }
+
+    /// A conflict if the generation moved since step 2 (someone switched,
+    /// or forced a switch, while this release ran).
+    async fn unmoved(&self, plan: &Plan) -> CtlResult<()> {
+        let o = self.opts;
+        let now = self
+            .store
+            .get(&o.app)
+            .await?
+            .ok_or_else(|| StoreError::NotInitialised { app: o.app.clone() })?;
+        if now.generation != plan.generation || now.active == plan.idle {
+            return Err(StoreError::Conflict {
+                expected: plan.generation,
+                current: Box::new(now),
+            }
+            .into());
+        }
         Ok(())
     }
 

@@ -619,3 +619,64 @@ async fn the_longest_version_the_store_takes_is_released_all_the_way() {
     assert!(out.switched);
     assert_eq!(live(&store).await, (Colour::Green, 2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_switch_during_the_drain_stops_it_at_once_and_triggers_nothing() {
+    let store = store().await;
+    let mut g = FakeGates::following(&store)
+        .green(|r| r.connections.websockets = 2) // clients keep coming back
+        .build();
+    let s = store.clone();
+    g.expect_drain().returning(move |_, _, _| {
+        // An operator forces the idle colour live while it drains.
+        futures_now(s.switch(&app(), SwitchRequest::new(Colour::Green, "ops").force(true)))
+            .unwrap();
+        Ok(2)
+    });
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let mut o = opts();
+    o.drain_timeout = Duration::from_secs(60);
+    let started = Instant::now();
+    let err = run(&store, &g, &t, &passing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the drain ran on for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_broken_during_the_drain_triggers_nothing() {
+    let store = store().await;
+    let mut g = FakeGates::following(&store)
+        .green(|r| r.connections.websockets = 2)
+        .build();
+    let s = store.clone();
+    g.expect_drain().returning(move |_, _, _| {
+        futures_now(s.break_lease(
+            &app(),
+            BreakLease {
+                actor: "ops".into(),
+                reason: None,
+            },
+        ))
+        .unwrap();
+        Ok(2)
+    });
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    // The drain runs out and proceeds before the next renewal would notice.
+    let mut o = opts();
+    o.lease_ttl = Duration::from_secs(30);
+    let err = run(&store, &g, &t, &passing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+    assert!(matches!(err, CtlError::LeaseLost(_)), "{err:?}");
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+}
