@@ -125,6 +125,21 @@ pub enum LeaseLost {
     /// Renewals kept failing until the lease's time was up.
     #[error("it could not be renewed before it expired ({0}); stopped before doing anything more")]
     Expired(StoreError),
+    /// Lost while the switch was under way; read back, the switch had
+    /// committed, but what comes after it (`--confirm-lb`, `--verify`) did
+    /// not run.
+    #[error(
+        "the switch had committed ({to} is live at generation {generation}), but the lease was lost before \
+         --confirm-lb or --verify ran; check the release by hand"
+    )]
+    AfterSwitch {
+        /// The colour now live.
+        to: Colour,
+        /// Its generation.
+        generation: u64,
+        /// How the lease was lost.
+        lost: Box<CtlError>,
+    },
 }
 
 /// What ran out of time.

@@ -208,6 +208,38 @@ impl Override for FirstSwitchAnswerLost {
     }
 }
 
+/// The first switch commits, then the lease is broken and the store stops
+/// answering switches: the answer, and every retry's, is lost while the
+/// lease is being lost.
+#[derive(Debug, Default)]
+pub struct SwitchLostWithTheLease {
+    sent: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Override for SwitchLostWithTheLease {
+    async fn switch(
+        &self,
+        inner: &dyn ColourStore,
+        app: &AppName,
+        req: SwitchRequest,
+    ) -> bg_state::Result<SwitchOutcome> {
+        if !self.sent.swap(true, Ordering::SeqCst) {
+            inner.switch(app, req).await?;
+            inner
+                .break_lease(
+                    app,
+                    bg_state::BreakLease {
+                        actor: "ops".into(),
+                        reason: None,
+                    },
+                )
+                .await?;
+        }
+        Err(connection_reset())
+    }
+}
+
 /// `real` with the calls `over` takes over.
 pub fn overlay(real: &MemoryStore, over: impl Override) -> Arc<dyn ColourStore> {
     Overlay::shared(Arc::new(real.clone()), over)

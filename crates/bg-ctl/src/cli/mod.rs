@@ -259,7 +259,12 @@ impl Cli {
                     opts: &opts,
                 };
                 let out = deployer.run().await?;
-                let text = if out.switched {
+                let text = if out.already_live {
+                    format!(
+                        "{} is already live on {} at generation {}: nothing released\n",
+                        out.version, out.colour, out.generation
+                    )
+                } else if out.switched {
                     format!(
                         "released {} on {}: live at generation {}\n",
                         out.version, out.colour, out.generation

@@ -10,8 +10,11 @@
 //! or a deadline), `switch` (a switch that survives a lost answer, and the
 //! switch back after a failed verify).
 
+use std::sync::OnceLock;
+
 use bg_state::{
     Colour, ColourStore, DeployPhase, DeployRecord, Error as StoreError, Lease, LeaseRequest,
+    State, SwitchRequest,
 };
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
@@ -41,6 +44,8 @@ pub struct DeployOutcome {
     pub generation: u64,
     /// Whether the live colour changed (false with `--no-switch`).
     pub switched: bool,
+    /// The version was live and verified already: nothing was released.
+    pub already_live: bool,
 }
 
 /// The parts a release needs, as traits so the sequence is testable.
@@ -88,18 +93,34 @@ impl Deployer<'_> {
             ));
         }
         let lease = self.take_lease().await?;
+        let sent = OnceLock::new();
         let result = tokio::select! {
-            r = self.release(&lease) => r,
+            r = self.release(&lease, &sent) => r,
             e = self.keep_lease(&lease) => Err(e),
+        };
+        let result = match (result, sent.get()) {
+            // The lease went while the switch's answer was awaited: what
+            // the store did is read back, never guessed.
+            (Err(e @ CtlError::LeaseLost(_)), Some(req)) => self.read_back(req, e).await,
+            (r, _) => r,
         };
         self.release_lease(&lease).await;
         result
     }
 
-    /// Steps 2 to 8, while the lease is held.
-    async fn release(&self, lease: &Lease) -> CtlResult<DeployOutcome> {
+    /// Steps 2 to 8, while the lease is held. The switch request goes into
+    /// `sent` before it is sent.
+    async fn release(
+        &self,
+        lease: &Lease,
+        sent: &OnceLock<SwitchRequest>,
+    ) -> CtlResult<DeployOutcome> {
         let o = self.opts;
-        let plan = self.record_deploying(lease.fence).await?;
+        let state = self.read_state().await?;
+        if let Some(done) = self.already_live(&state).await {
+            return Ok(done);
+        }
+        let plan = self.record_deploying(&state, lease.fence).await?;
         self.wait_out_of_rotation(&plan).await?;
         self.drain(&plan).await?;
         self.trigger_deploy(&plan).await?;
@@ -114,15 +135,17 @@ impl Deployer<'_> {
                 colour: plan.idle,
                 generation: plan.generation,
                 switched: false,
+                already_live: false,
             });
         }
-        let generation = self.switch(&plan).await?;
+        let generation = self.switch(&plan, sent).await?;
         self.confirm_and_verify(&plan, generation).await?;
         Ok(DeployOutcome {
             version: o.version.clone(),
             colour: plan.idle,
             generation,
             switched: true,
+            already_live: false,
         })
     }
 
@@ -155,15 +178,46 @@ impl Deployer<'_> {
         Ok(lease)
     }
 
-    /// Step 2: read the state, pick the idle colour, record "deploying V"
-    /// (fenced). Refused while a gate is ahead of the store.
-    async fn record_deploying(&self, fence: u64) -> CtlResult<Plan> {
+    /// The app's state; not initialised is an error.
+    async fn read_state(&self) -> CtlResult<State> {
         let o = self.opts;
-        let state = self
+        Ok(self
             .store
             .get(&o.app)
             .await?
-            .ok_or_else(|| StoreError::NotInitialised { app: o.app.clone() })?;
+            .ok_or_else(|| StoreError::NotInitialised { app: o.app.clone() })?)
+    }
+
+    /// A retried job (its answer lost) finds its version live, verified,
+    /// and run by every gate given for the live colour: that is success,
+    /// without a second release to the other colour.
+    async fn already_live(&self, state: &State) -> Option<DeployOutcome> {
+        let o = self.opts;
+        let live = state.deployment(state.active)?;
+        if live.version != o.version || live.phase != DeployPhase::Deployed {
+            return None;
+        }
+        let runs = self.versions(state.active).await;
+        if runs.len() != o.urls(state.active).len() || runs.iter().any(|v| *v != o.version) {
+            return None;
+        }
+        self.report.step(format!(
+            "{} is already live on {} at generation {} and verified: nothing to release",
+            o.version, state.active, state.generation
+        ));
+        Some(DeployOutcome {
+            version: o.version.clone(),
+            colour: state.active,
+            generation: state.generation,
+            switched: false,
+            already_live: true,
+        })
+    }
+
+    /// Step 2: from the state read, pick the idle colour, record
+    /// "deploying V" (fenced). Refused while a gate is ahead of the store.
+    async fn record_deploying(&self, state: &State, fence: u64) -> CtlResult<Plan> {
+        let o = self.opts;
         readiness::none_ahead(&self.store.presences(&o.app).await?, state.generation)?;
         let plan = Plan {
             idle: state.idle(),
@@ -317,12 +371,13 @@ impl Deployer<'_> {
 
     /// Step 7: the switch, compare-and-swap on the generation of step 2,
     /// fenced by the lease — after one more look if a smoke check took time.
-    async fn switch(&self, plan: &Plan) -> CtlResult<u64> {
+    async fn switch(&self, plan: &Plan, sent: &OnceLock<SwitchRequest>) -> CtlResult<u64> {
         let o = self.opts;
         if o.smoke.is_some() {
             self.wait_running(plan).await?;
         }
         let req = o.switch_request(plan.idle, plan.generation, plan.fence);
+        let _ = sent.set(req.clone());
         let generation = self.switch_surely(req).await?;
         self.report.step(format!(
             "switched: {} is live at generation {generation}",

@@ -4,8 +4,8 @@
 use bg_state::{Colour, SwitchRequest};
 use tokio::time::{Duration, Instant};
 
-use super::{Deployer, Plan};
-use crate::error::{CtlError, CtlResult, SwitchBack, VerifyFailed};
+use super::{DeployOutcome, Deployer, Plan};
+use crate::error::{CtlError, CtlResult, LeaseLost, SwitchBack, VerifyFailed};
 
 impl Deployer<'_> {
     /// Switches, retrying a store outage with the same request: the request
@@ -32,6 +32,59 @@ impl Deployer<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// After the lease was lost with the switch `req` sent: reads back
+    /// whether it committed (its request id is the last change's). If it
+    /// did, the release switched, and only what was left after the switch
+    /// (`--confirm-lb`, `--verify`) did not run; if it did not, the fenced
+    /// switch can no longer commit and `lost` stands; if the store does
+    /// not say, the switch is unconfirmed.
+    pub(super) async fn read_back(
+        &self,
+        req: &SwitchRequest,
+        lost: CtlError,
+    ) -> CtlResult<DeployOutcome> {
+        let o = self.opts;
+        let deadline = Instant::now() + o.ready_timeout;
+        let state = loop {
+            match self.store.get(&o.app).await {
+                Ok(s) => break s,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(o.poll.max(Duration::from_millis(100))).await;
+                }
+                Err(source) => {
+                    return Err(CtlError::SwitchUnconfirmed { to: req.to, source });
+                }
+            }
+        };
+        let committed = state.filter(|s| {
+            s.active == req.to
+                && req.request_id.is_some()
+                && s.last_change.request_id == req.request_id
+        });
+        let Some(state) = committed else {
+            return Err(lost);
+        };
+        let generation = state.generation;
+        if o.confirm_lb || o.verify.is_some() {
+            return Err(CtlError::LeaseLost(LeaseLost::AfterSwitch {
+                to: req.to,
+                generation,
+                lost: Box::new(lost),
+            }));
+        }
+        self.report.warn(format!(
+            "the lease was lost, but the switch had committed: {} is live at generation {generation}",
+            req.to
+        ));
+        Ok(DeployOutcome {
+            version: o.version.clone(),
+            colour: req.to,
+            generation,
+            switched: true,
+            already_live: false,
+        })
     }
 
     /// Runs the verify command through the watch window; on failure,

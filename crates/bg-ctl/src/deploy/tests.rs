@@ -12,8 +12,8 @@ use super::*;
 use crate::error::{GateAhead, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
-    FakeGates, FirstSwitchAnswerLost, GREEN, SwitchUnreachable, app, futures_now, gates, live,
-    opts, overlay, passing_checks, run, store, trigger_that_deploys,
+    FakeGates, FirstSwitchAnswerLost, GREEN, SwitchLostWithTheLease, SwitchUnreachable, app,
+    futures_now, gates, live, opts, overlay, passing_checks, run, store, trigger_that_deploys,
 };
 use crate::trigger::{MockChecks, MockTrigger};
 
@@ -40,7 +40,8 @@ async fn a_release_switches_after_the_new_version_is_seen() {
             version: "v2".into(),
             colour: Colour::Green,
             generation: 2,
-            switched: true
+            switched: true,
+            already_live: false
         }
     );
     assert_eq!(live(&store).await, (Colour::Green, 2));
@@ -679,4 +680,63 @@ async fn a_lease_broken_during_the_drain_triggers_nothing() {
     assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
     assert!(matches!(err, CtlError::LeaseLost(_)), "{err:?}");
     assert_eq!(live(&store).await, (Colour::Blue, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_switch_lost_while_the_lease_is_lost_is_read_back() {
+    let real = store().await;
+    let mock = overlay(&real, SwitchLostWithTheLease::default());
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut o = opts();
+    // The switch is retried long enough for a renewal to find the lease gone.
+    o.ready_timeout = Duration::from_secs(5);
+    let out = run(
+        &*mock,
+        &gates(&real, &deployed),
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &o,
+    )
+    .await;
+    assert_eq!(live(&real).await, (Colour::Green, 2));
+    let out = out.unwrap();
+    assert_eq!((out.switched, out.generation), (true, 2), "{out:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_version_already_live_and_verified_is_success_without_a_release() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let g = gates(&store, &deployed);
+    run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap();
+    // The job is retried after its answer was lost.
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let out = run(&store, &g, &t, &passing_checks(), &opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        DeployOutcome {
+            version: "v2".into(),
+            colour: Colour::Green,
+            generation: 2,
+            switched: false,
+            already_live: true
+        }
+    );
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+    assert_eq!(
+        store.history(&app(), 10).await.unwrap().len(),
+        4,
+        "nothing recorded"
+    );
 }
