@@ -240,6 +240,38 @@ impl Override for SwitchLostWithTheLease {
     }
 }
 
+/// Reads of the state fail once, with a dropped connection, after the
+/// first `after` reads; every other call reaches the store.
+#[derive(Debug)]
+pub struct OneReadFails {
+    after: usize,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl OneReadFails {
+    /// The read after `after` good ones fails.
+    pub fn after(after: usize) -> Self {
+        OneReadFails {
+            after,
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Override for OneReadFails {
+    async fn get(
+        &self,
+        inner: &dyn ColourStore,
+        app: &AppName,
+    ) -> bg_state::Result<Option<bg_state::State>> {
+        if self.reads.fetch_add(1, Ordering::SeqCst) == self.after {
+            return Err(connection_reset());
+        }
+        inner.get(app).await
+    }
+}
+
 /// `real` with the calls `over` takes over.
 pub fn overlay(real: &MemoryStore, over: impl Override) -> Arc<dyn ColourStore> {
     Overlay::shared(Arc::new(real.clone()), over)

@@ -332,18 +332,21 @@ impl Deployer<'_> {
     async fn trigger_deploy(&self, plan: &Plan) -> CtlResult<()> {
         let o = self.opts;
         let (idle, version) = (plan.idle, &o.version);
-        self.unmoved(plan).await?;
-        match self
-            .store
-            .renew_lease(&o.app, plan.fence, o.lease_ttl)
-            .await
-        {
-            Ok(_) => {}
-            Err(e @ StoreError::StaleFence { .. }) => {
-                return Err(CtlError::LeaseLost(LeaseLost::Broken(e)));
+        self.retrying("a last look before the trigger", || async {
+            self.unmoved(plan).await?;
+            match self
+                .store
+                .renew_lease(&o.app, plan.fence, o.lease_ttl)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e @ StoreError::StaleFence { .. }) => {
+                    Err(CtlError::LeaseLost(LeaseLost::Broken(e)))
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        }
+        })
+        .await?;
         self.trigger.deploy(idle, version).await?;
         self.report
             .step(format!("deploy of {version} to {idle} triggered"));

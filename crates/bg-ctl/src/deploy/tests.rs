@@ -12,8 +12,9 @@ use super::*;
 use crate::error::{GateAhead, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
-    FakeGates, FirstSwitchAnswerLost, GREEN, SwitchLostWithTheLease, SwitchUnreachable, app,
-    futures_now, gates, live, opts, overlay, passing_checks, run, store, trigger_that_deploys,
+    FakeGates, FirstSwitchAnswerLost, GREEN, OneReadFails, SwitchLostWithTheLease,
+    SwitchUnreachable, app, futures_now, gates, live, opts, overlay, passing_checks, run, store,
+    trigger_that_deploys,
 };
 use crate::trigger::{MockChecks, MockTrigger};
 
@@ -739,4 +740,27 @@ async fn a_version_already_live_and_verified_is_success_without_a_release() {
         4,
         "nothing recorded"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_transient_store_error_during_a_wait_is_retried() {
+    // Reads: step 2, then the waits' looks; each of them in turn fails once.
+    for after in 1..8 {
+        let real = store().await;
+        let mock = overlay(&real, OneReadFails::after(after));
+        let deployed = Arc::new(AtomicBool::new(false));
+        let out = run(
+            &*mock,
+            &gates(&real, &deployed),
+            &trigger_that_deploys(&deployed),
+            &passing_checks(),
+            &opts(),
+        )
+        .await;
+        assert!(
+            out.as_ref().is_ok_and(|o| o.switched),
+            "read {after} failed: {out:?}"
+        );
+        assert_eq!(live(&real).await, (Colour::Green, 2));
+    }
 }
