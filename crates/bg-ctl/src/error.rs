@@ -167,11 +167,11 @@ pub enum Timeout {
     /// The queue for another pipeline's lease (`--wait-lease`).
     #[error("--wait-lease ran out: {0}")]
     Lease(StoreError),
-    /// A command bg-ctl ran.
-    #[error("`{cmd}` still running after {after:?}")]
+    /// A command bg-ctl ran; it was stopped with every process it started.
+    #[error(
+        "the command was still running after {after:?}; it was stopped with every process it started"
+    )]
     Command {
-        /// The command.
-        cmd: String,
         /// Its bound.
         after: Duration,
     },
@@ -207,31 +207,27 @@ impl fmt::Display for WaitFor {
     }
 }
 
-/// How a command bg-ctl ran (`sh -c CMD`) failed.
+/// How a command bg-ctl ran (`sh -c CMD`) failed. The command line is
+/// never part of the message: it may carry credentials. Which command it
+/// was (`--smoke`, `--verify`, `--exec`) the enclosing error says.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckFailed {
     /// It could not be started.
-    #[error("cannot run `{cmd}`: {source}")]
+    #[error("the command could not be started: {source}")]
     Spawn {
-        /// The command.
-        cmd: String,
         /// Why.
         source: std::io::Error,
     },
     /// It ended unsuccessfully.
-    #[error("`{cmd}` failed ({status})")]
+    #[error("the command failed ({status})")]
     Exit {
-        /// The command.
-        cmd: String,
         /// How it ended.
         status: ExitStatus,
     },
     /// Its end could not be waited for.
-    #[error("`{cmd}` could not be waited for: {source}")]
+    #[error("the command could not be waited for: {source}")]
     Wait {
-        /// The command.
-        cmd: String,
         /// Why.
         source: std::io::Error,
     },
