@@ -401,6 +401,8 @@ mod tests {
             },
             blue: None,
             green: None,
+            blue_live: None,
+            green_live: None,
         }
     }
 
