@@ -131,12 +131,26 @@ async fn full_release_then_rollback() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(rig.live().await, (Colour::Green, 4));
 
-    // Blue is now the previous colour, recorded as running v3; once it runs
+    // Run again (its answer lost, the job retried), it finds v3 rolled back
+    // and leaves green live.
+    let out = run(rig.bg_ctl(&["rollback"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already rolled back"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(rig.live().await, (Colour::Green, 4));
+
+    // The next release goes to blue; green served v2 last, but once it runs
     // something else, a rollback to it is refused.
+    let out = rig.deploy("v5", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Blue, 5));
     rig.gates
         .lock()
         .unwrap()
-        .get_mut("blue")
+        .get_mut("green")
         .unwrap()
         .restart("v9-hotfix");
     let out = run(rig.bg_ctl(&["rollback"])).await;
@@ -146,7 +160,7 @@ async fn full_release_then_rollback() {
         "{}",
         show(&out)
     );
-    assert_eq!(rig.live().await, (Colour::Green, 4));
+    assert_eq!(rig.live().await, (Colour::Blue, 5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

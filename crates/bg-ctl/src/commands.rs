@@ -257,7 +257,11 @@ pub async fn switch(
 }
 
 /// `rollback`: make the previous colour live again, only if its gates still
-/// run the version recorded for it and answer with a fresh view.
+/// run the version it last served live and answer with a fresh view.
+///
+/// Safe to retry: the release it takes out of service is marked rolled
+/// back, so a retry (or a second rollback) finds it so, changes nothing and
+/// answers `changed: false`; it never makes that release live again.
 ///
 /// # Errors
 /// [`CtlError::RollbackRefused`] saying why, or the store's refusal.
@@ -276,16 +280,22 @@ pub async fn rollback(
     readiness::none_ahead(&store.presences(app).await?, state.generation)?;
     let previous = state.idle();
     let refused = CtlError::RollbackRefused;
-    let Some(recorded) = state.deployment(previous) else {
+    // The target is what the previous colour last served live, not its
+    // deploy record: that may be a release that failed, never went live
+    // (--no-switch), or was itself rolled back.
+    let Some(served) = state.live_version(previous) else {
         return Err(refused(RollbackRefused::NothingRecorded(previous)));
     };
-    if recorded.phase != bg_state::DeployPhase::Deployed {
-        return Err(refused(RollbackRefused::NeverVerified {
-            colour: previous,
-            version: recorded.version.clone(),
-        }));
+    if served.rolled_back {
+        // The rollback that took `previous` out of service is the last
+        // change: this is a retry of it (its answer was lost), or a second
+        // one. Either way it is done, and the live colour stays.
+        return Ok(bg_state::SwitchOutcome {
+            state,
+            changed: false,
+        });
     }
-    let want = recorded.version.clone();
+    let want = served.version.clone();
     let mut checked = 0;
     for url in urls.get(&previous).map_or(&[][..], Vec::as_slice) {
         let r = gates.report(url).await.map_err(|e| {

@@ -287,17 +287,10 @@ impl std::error::Error for VerifyFailed {}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RollbackRefused {
-    /// No deploy is recorded for the previous colour.
-    #[error("no version is recorded for {0}, so nothing says what it runs")]
+    /// No version is recorded as having been live on the previous colour
+    /// (a release that failed or stopped before its switch does not count).
+    #[error("no version is recorded as having been live on {0}, so there is nothing to return to")]
     NothingRecorded(Colour),
-    /// Its last deploy never passed its checks.
-    #[error("{colour}'s last deploy ({version}) was never verified")]
-    NeverVerified {
-        /// The previous colour.
-        colour: Colour,
-        /// The version recorded for it.
-        version: String,
-    },
     /// A gate named for it did not answer.
     #[error("{colour}'s gate does not answer: {source}")]
     GateSilent {

@@ -208,10 +208,21 @@ impl Cli {
                     reason,
                 )
                 .await?;
-                let text = format!(
-                    "rolled back: {} is live at generation {}\n",
-                    out.state.active, out.state.generation
-                );
+                let text = if out.changed {
+                    format!(
+                        "rolled back: {} is live at generation {}\n",
+                        out.state.active, out.state.generation
+                    )
+                } else {
+                    format!(
+                        "already rolled back: {} was rolled back; {} stays live at generation {}\n",
+                        out.state
+                            .live_version(out.state.idle())
+                            .map_or("the previous release", |l| l.version.as_str()),
+                        out.state.active,
+                        out.state.generation
+                    )
+                };
                 Done::new(text, &out)
             }
             Command::History { limit } => {
