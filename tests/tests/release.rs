@@ -438,3 +438,85 @@ async fn a_forced_switch_during_the_drain_triggers_nothing() {
         c.abort();
     }
 }
+
+/// A TCP proxy to `upstream` that passes every request, but once a
+/// connection has carried a POST, drops the answer and closes it: a write
+/// that commits while its answer is lost on the way back.
+async fn losing_write_answers(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let posted = Arc::new(AtomicBool::new(false));
+                let p = Arc::clone(&posted);
+                let up = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                        if buf[..n].starts_with(b"POST ") {
+                            p.store(true, Ordering::SeqCst);
+                        }
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                        if posted.load(Ordering::SeqCst) {
+                            break; // the write's answer: dropped
+                        }
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_whose_answer_was_lost_is_not_done_twice() {
+    let _serial = crate::serial().await;
+    let rig = Rig::start().await;
+    for version in ["v2", "v3"] {
+        let out = rig.deploy(version, &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    }
+    assert_eq!(rig.live().await, (Colour::Blue, 3));
+
+    // CI reaches the store through a gate, and the rollback's answer is lost.
+    let proxy = losing_write_answers(addr_of(&rig.gates, "green")).await;
+    let rollback = || {
+        let mut cmd = rig.bg_ctl(&["rollback"]);
+        cmd.env_remove("BG_STORE")
+            .env("BG_GATE", format!("http://{proxy}"));
+        cmd
+    };
+    let out = run(rollback()).await;
+    assert_eq!(out.status.code(), Some(5), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Green, 4), "it did commit");
+
+    // The job is retried: blue still runs v3, healthy, but v3 was rolled back.
+    let out = run(rollback()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already rolled back"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(rig.live().await, (Colour::Green, 4));
+}
