@@ -296,59 +296,82 @@ pub async fn rollback(
         });
     }
     let want = served.version.clone();
+    let urls = urls.get(&previous).map_or(&[][..], Vec::as_slice);
+    can_return_to(store, gates, app, urls, previous, &want, state.generation).await?;
+    let mut req = SwitchRequest::new(previous, actor)
+        .expect_generation(state.generation)
+        .rollback(true);
+    req.reason = Some(reason.unwrap_or_else(|| format!("rollback to {want}")));
+    Ok(store.switch(app, req).await?)
+}
+
+/// What `rollback` checks before it makes `colour` live again, and the
+/// switch back after a failed `--verify` too: its gates (at `urls`, or
+/// else their presence reports) answer, run `want`, and follow the store
+/// at `generation`.
+///
+/// # Errors
+/// [`CtlError::RollbackRefused`] saying why it cannot be returned to, or
+/// the store's failure.
+pub(crate) async fn can_return_to(
+    store: &dyn ColourStore,
+    gates: &dyn Gates,
+    app: &AppName,
+    urls: &[String],
+    colour: Colour,
+    want: &str,
+    generation: u64,
+) -> CtlResult<()> {
+    let refused = CtlError::RollbackRefused;
     let mut checked = 0;
-    for url in urls.get(&previous).map_or(&[][..], Vec::as_slice) {
+    for url in urls {
         let r = gates.report(url).await.map_err(|e| {
             refused(RollbackRefused::GateSilent {
-                colour: previous,
+                colour,
                 source: Box::new(e),
             })
         })?;
-        match readiness::runs_version(&r, url, &want, state.generation, None) {
+        match readiness::runs_version(&r, url, want, generation, None) {
             Readiness::Ready => checked += 1,
             Readiness::Pending(NotYet::Runs { version, .. }) => {
                 return Err(refused(RollbackRefused::RunsOther {
-                    colour: previous,
+                    colour,
                     runs: version,
-                    want,
+                    want: want.to_owned(),
                 }));
             }
             Readiness::Pending(_) => {
                 return Err(refused(RollbackRefused::NotFollowing {
-                    colour: previous,
+                    colour,
                     url: crate::gates::redact(url),
                     generation: r.generation,
-                    store: state.generation,
+                    store: generation,
                 }));
             }
         }
     }
     if checked == 0 {
         let presences = store.presences(app).await?;
-        match readiness::presences_run(&presences, previous, &want, state.generation) {
+        match readiness::presences_run(&presences, colour, want, generation) {
             Readiness::Ready => {}
             Readiness::Pending(NotYet::PresenceLags {
                 gate,
                 version,
-                generation,
+                generation: applied,
             }) => {
                 return Err(refused(RollbackRefused::PresenceLags {
-                    colour: previous,
+                    colour,
                     gate,
                     runs: version,
-                    generation,
-                    want,
-                    store: state.generation,
+                    generation: applied,
+                    want: want.to_owned(),
+                    store: generation,
                 }));
             }
-            Readiness::Pending(_) => return Err(refused(RollbackRefused::NoGate(previous))),
+            Readiness::Pending(_) => return Err(refused(RollbackRefused::NoGate(colour))),
         }
     }
-    let mut req = SwitchRequest::new(previous, actor)
-        .expect_generation(state.generation)
-        .rollback(true);
-    req.reason = Some(reason.unwrap_or_else(|| format!("rollback to {want}")));
-    Ok(store.switch(app, req).await?)
+    Ok(())
 }
 
 /// One history line.

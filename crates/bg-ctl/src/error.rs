@@ -251,12 +251,14 @@ pub struct VerifyFailed {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SwitchBack {
-    /// Not tried: the old colour no longer runs the previous version.
-    NotTried,
+    /// Not tried: what `rollback` checks does not hold for the old colour
+    /// (its gates do not answer, run something else, or do not follow the
+    /// store), and why.
+    NotTried(Box<CtlError>),
     /// Done: the old colour is live again at this generation.
     Done(u64),
-    /// Tried, and the store refused or failed.
-    Failed(StoreError),
+    /// Tried, and the store refused, or never confirmed it.
+    Failed(Box<CtlError>),
 }
 
 impl fmt::Display for VerifyFailed {
@@ -268,9 +270,9 @@ impl fmt::Display for VerifyFailed {
             back,
         } = self;
         match back {
-            SwitchBack::NotTried => write!(
+            SwitchBack::NotTried(why) => write!(
                 f,
-                "verify failed ({failure}) after the switch to {to}; {from} no longer runs the previous version, so it was not switched back"
+                "verify failed ({failure}) after the switch to {to}; not switched back to {from} ({why}): {to} stays live"
             ),
             SwitchBack::Done(_) => write!(f, "verify failed ({failure}); switched back to {from}"),
             SwitchBack::Failed(e) => write!(

@@ -91,6 +91,7 @@ pub struct FakeGates {
     store: MemoryStore,
     deployed: Arc<AtomicBool>,
     green: Box<dyn FnMut(&mut GateStatus) + Send>,
+    blue: Box<dyn FnMut(&mut GateStatus) + Send>,
 }
 
 impl FakeGates {
@@ -100,6 +101,7 @@ impl FakeGates {
             store: store.clone(),
             deployed: Arc::new(AtomicBool::new(false)),
             green: Box::new(|_| {}),
+            blue: Box::new(|_| {}),
         }
     }
 
@@ -117,12 +119,20 @@ impl FakeGates {
         self
     }
 
+    /// Changes every report blue gives, after the rest is filled in.
+    #[must_use]
+    pub fn blue(mut self, edit: impl FnMut(&mut GateStatus) + Send + 'static) -> Self {
+        self.blue = Box::new(edit);
+        self
+    }
+
     /// The gates, as a mock a test can add `drain` expectations to.
     pub fn build(self) -> MockGates {
         let FakeGates {
             store,
             deployed,
             mut green,
+            mut blue,
         } = self;
         let mut g = MockGates::new();
         g.expect_report().returning(move |url| {
@@ -140,6 +150,8 @@ impl FakeGates {
             let mut r = report(colour, state.active, version, state.generation);
             if colour == Colour::Green {
                 green(&mut r);
+            } else {
+                blue(&mut r);
             }
             Ok(r)
         });
@@ -201,6 +213,31 @@ impl Override for FirstSwitchAnswerLost {
     ) -> bg_state::Result<SwitchOutcome> {
         let out = inner.switch(app, req).await;
         if self.lost.swap(true, Ordering::SeqCst) {
+            out
+        } else {
+            Err(connection_reset())
+        }
+    }
+}
+
+/// Every switch recorded as a rollback commits, but the answer to the
+/// first one is lost on the way back.
+#[derive(Debug, Default)]
+pub struct FirstRollbackAnswerLost {
+    lost: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Override for FirstRollbackAnswerLost {
+    async fn switch(
+        &self,
+        inner: &dyn ColourStore,
+        app: &AppName,
+        req: SwitchRequest,
+    ) -> bg_state::Result<SwitchOutcome> {
+        let rollback = req.rollback;
+        let out = inner.switch(app, req).await;
+        if !rollback || self.lost.swap(true, Ordering::SeqCst) {
             out
         } else {
             Err(connection_reset())

@@ -12,9 +12,9 @@ use super::*;
 use crate::error::{GateAhead, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
-    FakeGates, FirstSwitchAnswerLost, GREEN, OneReadFails, SwitchLostWithTheLease,
-    SwitchUnreachable, app, futures_now, gates, live, opts, overlay, passing_checks, run, store,
-    trigger_that_deploys,
+    FakeGates, FirstRollbackAnswerLost, FirstSwitchAnswerLost, GREEN, OneReadFails,
+    SwitchLostWithTheLease, SwitchUnreachable, app, futures_now, gates, live, opts, overlay,
+    passing_checks, run, store, trigger_that_deploys,
 };
 use crate::trigger::{MockChecks, MockTrigger};
 
@@ -763,4 +763,65 @@ async fn one_transient_store_error_during_a_wait_is_retried() {
         );
         assert_eq!(live(&real).await, (Colour::Green, 2));
     }
+}
+
+/// Checks whose `--verify` always fails (and `--smoke` passes).
+fn failing_verify() -> MockChecks {
+    let mut checks = MockChecks::new();
+    checks
+        .expect_run()
+        .returning(|_, _, _| Err(CtlError::Failed("`./verify` failed".into())));
+    checks
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_switch_back_to_an_old_colour_that_does_not_follow_the_store() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    // Blue still runs v1, but cannot hear the store.
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .blue(|r| r.store.healthy = false)
+        .build();
+    let mut o = opts();
+    o.verify = Some("./verify".into());
+    let err = run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &failing_verify(),
+        &o,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::FAILED, "{err}");
+    assert!(
+        matches!(&err, CtlError::Verify(v) if matches!(v.back, SwitchBack::NotTried(_))),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not switched back"), "{err}");
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_switch_back_whose_answer_was_lost_is_retried_safely() {
+    let real = store().await;
+    let mock = overlay(&real, FirstRollbackAnswerLost::default());
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut o = opts();
+    o.verify = Some("./verify".into());
+    let err = run(
+        &*mock,
+        &gates(&real, &deployed),
+        &trigger_that_deploys(&deployed),
+        &failing_verify(),
+        &o,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, CtlError::Verify(v) if matches!(v.back, SwitchBack::Done(3))),
+        "{err:?}"
+    );
+    assert_eq!(live(&real).await, (Colour::Blue, 3), "switched back once");
 }
