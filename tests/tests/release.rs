@@ -520,3 +520,16 @@ async fn a_rollback_whose_answer_was_lost_is_not_done_twice() {
     );
     assert_eq!(rig.live().await, (Colour::Green, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_off_probe_is_not_a_load_balancer() {
+    let _serial = crate::serial().await;
+    let rig = Rig::start().await;
+    // Someone curls the idle gate's health route once.
+    let green = addr_of(&rig.gates, "green");
+    let a = bg_testkit::http::get(green, "/balancer-keepalive-check").unwrap();
+    assert_eq!(a.status, 503);
+    let out = rig.deploy("v2", &["--ready-timeout", "5s"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Green, 2));
+}

@@ -365,12 +365,18 @@ pub fn lb_has_seen(
     }
 }
 
+/// Probes a source must have made within the window to count as a load
+/// balancer.
+pub const LB_MIN_PROBES: usize = 3;
+
 /// How many of the most recent probes from each source, in a row, were
 /// answered `answer` for `colour`. Sources are keyed by address; probes
-/// without one count as one source. Only sources still probing count: a
-/// source whose last probe is more than `window_ms` older than the newest
-/// probe in the log (someone's one-off `curl`) is left out, and the
-/// comparison is between the gate's own timestamps, so clocks need not agree.
+/// without one count as one source. Only load balancers count: sources
+/// still probing (their last probe at most `window_ms` older than the
+/// newest in the log) that probed at least [`LB_MIN_PROBES`] times within
+/// the window at a steady interval (see [`steady`]). Someone's one-off
+/// `curl`, or a few by hand, is left out. The comparison is between the
+/// gate's own timestamps, so clocks need not agree.
 #[must_use]
 pub fn streaks(
     r: &GateStatus,
@@ -383,11 +389,22 @@ pub fn streaks(
         p.source
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
     };
-    let active: Vec<String> = r
+    let mut times: Vec<(String, Vec<u64>)> = Vec::new();
+    for p in r
         .probes
         .iter()
         .filter(|p| p.at_ms.saturating_add(window_ms) >= newest)
-        .map(key)
+    {
+        let src = key(p);
+        match times.iter_mut().find(|(s, _)| *s == src) {
+            Some((_, t)) => t.push(p.at_ms),
+            None => times.push((src, vec![p.at_ms])),
+        }
+    }
+    let active: Vec<String> = times
+        .into_iter()
+        .filter(|(_, t)| t.len() >= LB_MIN_PROBES && steady(t))
+        .map(|(s, _)| s)
         .collect();
     // Per source: its streak so far, and whether an other answer ended it.
     let mut by_source: Vec<(String, usize, bool)> = Vec::new();
@@ -414,6 +431,20 @@ pub fn streaks(
         }
     }
     by_source.into_iter().map(|(s, n, _)| (s, n)).collect()
+}
+
+/// Whether probe times (in ms, any order) come at a steady interval, as a
+/// load balancer's health checks do: the longest gap is at most three times
+/// the shortest plus a second (room for a check that waited on a slow
+/// answer, or a load balancer's faster interval while a server changes
+/// state), where someone's checks by hand come at whatever pace they type.
+#[must_use]
+pub fn steady(times: &[u64]) -> bool {
+    let mut t = times.to_vec();
+    t.sort_unstable();
+    let gaps = t.windows(2).map(|w| w[1] - w[0]);
+    let (min, max) = gaps.fold((u64::MAX, 0), |(lo, hi), g| (lo.min(g), hi.max(g)));
+    max <= min.saturating_mul(3).saturating_add(1000) || t.len() < 2
 }
 
 fn pending(why: NotYet) -> Readiness {

@@ -222,12 +222,14 @@ fn the_load_balancer_must_have_seen_each_colour_answer_often_enough() {
     );
     // Every source counts, not only the first.
     let mut two = r;
-    two.probes.push(ProbeRecord {
-        source: Some([10, 0, 0, 2].into()),
-        at_ms: 0,
-        colour: Colour::Green,
-        answer: GateAnswer::Ok,
-    });
+    for answer in [GateAnswer::Stop, GateAnswer::Stop, GateAnswer::Ok] {
+        two.probes.push(ProbeRecord {
+            source: Some([10, 0, 0, 2].into()),
+            at_ms: 0,
+            colour: Colour::Green,
+            answer,
+        });
+    }
     assert!(matches!(
         lb_has_seen(&two, Colour::Green, GateAnswer::Ok, 2, WINDOW),
         Err(NotYet::LbUnseen { ref source, seen: 1, .. }) if source == "10.0.0.2"
@@ -296,12 +298,13 @@ fn streaks_count_the_latest_run_per_source() {
         probe(lb1, Colour::Blue, GateAnswer::Ok),
         probe(lb1, Colour::Green, GateAnswer::Stop),
         probe(lb2, Colour::Green, GateAnswer::Stop),
+        probe(lb2, Colour::Green, GateAnswer::Stop),
     ];
     let mut s = streaks(&r, Colour::Green, GateAnswer::Stop, 10_000);
     s.sort();
     assert_eq!(
         s,
-        vec![("10.0.0.1".to_owned(), 2), ("10.0.0.2".to_owned(), 2)]
+        vec![("10.0.0.1".to_owned(), 2), ("10.0.0.2".to_owned(), 3)]
     );
 
     // A source that stopped probing long before the others is not a load balancer.
@@ -314,4 +317,28 @@ fn streaks_count_the_latest_run_per_source() {
     let mut s = streaks(&r, Colour::Green, GateAnswer::Stop, 10_000);
     s.sort();
     assert_eq!(s, vec![("10.0.0.1".to_owned(), 2)]);
+}
+
+#[test]
+fn only_regular_probing_makes_a_load_balancer() {
+    let (lb, person) = ([10, 0, 0, 1], [192, 168, 1, 20]);
+    let at = |src, at_ms| ProbeRecord {
+        at_ms,
+        ..probe(src, Colour::Green, GateAnswer::Stop)
+    };
+    let mut r = idle_green();
+    // A load balancer every 2 s; someone's curl, once, the newest probe.
+    r.probes = (0..5).map(|i| at(lb, 10_000 + i * 2000)).collect();
+    r.probes.push(at(person, 19_500));
+    let s = streaks(&r, Colour::Green, GateAnswer::Stop, 20_000);
+    assert_eq!(s, vec![("10.0.0.1".to_owned(), 5)]);
+    // Alone, the curl is no load balancer either: nobody to wait for.
+    r.probes = vec![at(person, 19_500)];
+    assert_eq!(streaks(&r, Colour::Green, GateAnswer::Stop, 20_000), vec![]);
+    // A few by hand, at whatever pace: still not.
+    r.probes = vec![at(person, 1_000), at(person, 1_400), at(person, 9_000)];
+    assert_eq!(streaks(&r, Colour::Green, GateAnswer::Stop, 20_000), vec![]);
+    // Steady, with a little jitter: yes.
+    assert!(steady(&[0, 2_000, 4_100, 5_900, 8_000]));
+    assert!(!steady(&[0, 400, 8_000]));
 }
