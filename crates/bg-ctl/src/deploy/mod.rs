@@ -247,6 +247,19 @@ impl Deployer<'_> {
             return Ok(());
         }
         let window = millis(o.lb_window);
+        // The load balancers as the live colour's gates know them: the idle
+        // gates may have been restarted a moment ago.
+        let mut known: Vec<String> = Vec::new();
+        for url in o.urls(plan.live) {
+            if let Ok(r) = self.gates.report(url).await {
+                for s in readiness::lb_sources(&r, window) {
+                    if !known.contains(&s) {
+                        known.push(s);
+                    }
+                }
+            }
+        }
+        let known = &known;
         self.wait(
             WaitFor::OutOfRotation(idle),
             o.ready_timeout,
@@ -254,7 +267,7 @@ impl Deployer<'_> {
             || async {
                 self.unmoved(plan).await?;
                 self.each_gate(urls, move |r, url| {
-                    readiness::out_of_rotation(r, url, idle, generation, o.lb_fall, window)
+                    readiness::out_of_rotation(r, url, idle, generation, o.lb_fall, window, known)
                 })
                 .await
             },
@@ -462,17 +475,29 @@ impl Deployer<'_> {
         let o = self.opts;
         let window = millis(o.lb_window);
         self.wait(WaitFor::LbConfirmation, o.ready_timeout, true, || async {
-            let mut sources = 0;
+            let mut reports = Vec::new();
             for (colour, answer, need) in [
                 (new, GateAnswer::Ok, o.lb_rise),
                 (old, GateAnswer::Stop, o.lb_fall),
             ] {
                 for url in o.urls(colour) {
-                    let r = self.gates.report(url).await?;
-                    match readiness::lb_has_seen(&r, colour, answer, need, window) {
-                        Ok(n) => sources += n,
-                        Err(why) => return Ok(Readiness::Pending(why)),
+                    reports.push((self.gates.report(url).await?, colour, answer, need));
+                }
+            }
+            // A load balancer found at any gate counts at every gate.
+            let mut lbs: Vec<String> = Vec::new();
+            for (r, ..) in &reports {
+                for s in readiness::lb_sources(r, window) {
+                    if !lbs.contains(&s) {
+                        lbs.push(s);
                     }
+                }
+            }
+            let mut sources = 0;
+            for (r, colour, answer, need) in &reports {
+                match readiness::lb_has_seen(r, *colour, *answer, *need, window, &lbs) {
+                    Ok(n) => sources += n,
+                    Err(why) => return Ok(Readiness::Pending(why)),
                 }
             }
             Ok(if sources == 0 {
