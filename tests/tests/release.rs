@@ -443,11 +443,25 @@ async fn a_forced_switch_during_the_drain_triggers_nothing() {
 /// connection has carried a POST, drops the answer and closes it: a write
 /// that commits while its answer is lost on the way back.
 async fn losing_write_answers(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    losing_answers(upstream, b"POST ", usize::MAX).await
+}
+
+/// A TCP proxy to `upstream` that passes everything, except that the first
+/// `times` requests containing `needle` reach it but their answers are
+/// dropped and their connections closed.
+async fn losing_answers(
+    upstream: std::net::SocketAddr,
+    needle: &'static [u8],
+    times: usize,
+) -> std::net::SocketAddr {
+    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let left = Arc::new(AtomicUsize::new(times));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            let left = Arc::clone(&left);
             tokio::spawn(async move {
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                     return;
@@ -459,7 +473,13 @@ async fn losing_write_answers(upstream: std::net::SocketAddr) -> std::net::Socke
                 let up = async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     while let Ok(n @ 1..) = from_client.read(&mut buf).await {
-                        if buf[..n].starts_with(b"POST ") {
+                        if buf[..n].windows(needle.len()).any(|w| w == needle)
+                            && left
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+                                    l.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
                             p.store(true, Ordering::SeqCst);
                         }
                         if to_server.write_all(&buf[..n]).await.is_err() {
@@ -532,4 +552,34 @@ async fn a_one_off_probe_is_not_a_load_balancer() {
     let out = rig.deploy("v2", &["--ready-timeout", "5s"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(rig.live().await, (Colour::Green, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switch_back_whose_answer_was_lost_is_retried() {
+    let _serial = crate::serial().await;
+    let rig = Rig::start().await;
+    // CI reaches the store through blue's gate; the switch back's first
+    // answer is lost.
+    let proxy = losing_answers(addr_of(&rig.gates, "blue"), b"\"rollback\":true", 1).await;
+    let mut args = vec!["deploy", "--version", "v2", "--tag-param", "tag"];
+    args.extend([
+        "--poll",
+        "50ms",
+        "--ready-timeout",
+        "30s",
+        "--lease-ttl",
+        "3s",
+    ]);
+    args.extend(["--verify", "false"]);
+    let mut cmd = rig.bg_ctl(&args);
+    cmd.env_remove("BG_STORE")
+        .env("BG_GATE", format!("http://{proxy}"));
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("switched back to blue"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(rig.live().await, (Colour::Blue, 3), "switched back once");
 }
