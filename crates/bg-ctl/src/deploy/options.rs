@@ -49,8 +49,9 @@ pub struct DeployOptions {
     pub lb_fall: usize,
     /// Probes in a row a load balancer must have seen answered OK.
     pub lb_rise: usize,
-    /// A probe source counts as a load balancer while its last probe is
-    /// within this of the newest probe a gate logged.
+    /// A probe source counts as a load balancer once it probed at least
+    /// three times within this, at a steady interval, and while its last
+    /// probe is within this of the newest probe a gate logged.
     pub lb_window: Duration,
     /// After the switch, wait until every probe source has seen it.
     pub confirm_lb: bool,
