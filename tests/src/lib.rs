@@ -190,6 +190,7 @@ pub struct Webhooks {
     pub addr: SocketAddr,
     broken: Arc<Mutex<BTreeSet<String>>>,
     restarts: Arc<Mutex<Vec<Duration>>>,
+    calls: Arc<Mutex<Vec<String>>>,
 }
 
 #[derive(Clone)]
@@ -198,6 +199,7 @@ struct HookState {
     delay: Duration,
     broken: Arc<Mutex<BTreeSet<String>>>,
     restarts: Arc<Mutex<Vec<Duration>>>,
+    calls: Arc<Mutex<Vec<String>>>,
 }
 
 impl Webhooks {
@@ -209,6 +211,7 @@ impl Webhooks {
     pub async fn serve(instances: Instances, delay: Duration) -> Webhooks {
         let broken = Arc::new(Mutex::new(BTreeSet::new()));
         let restarts = Arc::new(Mutex::new(Vec::new()));
+        let calls = Arc::new(Mutex::new(Vec::new()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
@@ -220,12 +223,14 @@ impl Webhooks {
                 delay,
                 broken: Arc::clone(&broken),
                 restarts: Arc::clone(&restarts),
+                calls: Arc::clone(&calls),
             });
         tokio::spawn(async move { axum::serve(listener, app).await });
         Webhooks {
             addr,
             broken,
             restarts,
+            calls,
         }
     }
 
@@ -245,6 +250,12 @@ impl Webhooks {
         lock(&self.broken).clear();
     }
 
+    /// The colours whose hook was called, in order, broken or not.
+    #[must_use]
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
     /// How long each restart took, from the hook to the new process
     /// listening, in the order they finished.
     #[must_use]
@@ -258,6 +269,7 @@ async fn hook(
     Path(colour): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> StatusCode {
+    lock(&s.calls).push(colour.clone());
     if lock(&s.broken).contains(&colour) {
         return StatusCode::NO_CONTENT;
     }

@@ -4,11 +4,12 @@
 
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bg_e2e::{Ctl, Instance, Instances, Webhooks, addr_of, gate_status, instances, run, show};
 use bg_state::{AppName, Colour, ColourStore, SwitchRequest};
-use bg_testkit::{Process, RedisServer, workspace_binary};
+use bg_testkit::{Process, RedisServer, workspace_binary, workspace_example};
 
 const TOKEN: &str = "release-test-token-0123";
 
@@ -21,17 +22,18 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
+        Rig::start_with(workspace_binary("bg-gate", "bg-gate")).await
+    }
+
+    /// The rig with `program` (`bg-gate`, or a service embedding the gate)
+    /// as both colours' instances.
+    async fn start_with(program: std::path::PathBuf) -> Rig {
         let redis = RedisServer::start();
         let gate = |colour| {
-            Instance::new(
-                workspace_binary("bg-gate", "bg-gate"),
-                colour,
-                &redis.url(),
-                "chat",
-            )
-            .args(&["--poll-interval", "100ms", "--handover", "0s"])
-            .env("BG_TOKEN", TOKEN)
-            .started("v1")
+            Instance::new(program.clone(), colour, &redis.url(), "chat")
+                .args(&["--poll-interval", "100ms", "--handover", "0s"])
+                .env("BG_TOKEN", TOKEN)
+                .started("v1")
         };
         let gates = instances([gate("blue"), gate("green")]);
         // A restart begins a moment after the hook answered, as Portainer's does.
@@ -129,12 +131,26 @@ async fn full_release_then_rollback() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(rig.live().await, (Colour::Green, 4));
 
-    // Blue is now the previous colour, recorded as running v3; once it runs
+    // Run again (its answer lost, the job retried), it finds v3 rolled back
+    // and leaves green live.
+    let out = run(rig.bg_ctl(&["rollback"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already rolled back"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(rig.live().await, (Colour::Green, 4));
+
+    // The next release goes to blue; green served v2 last, but once it runs
     // something else, a rollback to it is refused.
+    let out = rig.deploy("v5", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Blue, 5));
     rig.gates
         .lock()
         .unwrap()
-        .get_mut("blue")
+        .get_mut("green")
         .unwrap()
         .restart("v9-hotfix");
     let out = run(rig.bg_ctl(&["rollback"])).await;
@@ -144,7 +160,7 @@ async fn full_release_then_rollback() {
         "{}",
         show(&out)
     );
-    assert_eq!(rig.live().await, (Colour::Green, 4));
+    assert_eq!(rig.live().await, (Colour::Blue, 5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -343,4 +359,227 @@ async fn a_store_restarted_empty_is_restored_from_the_gates() {
     assert_eq!(rig.live().await, (Colour::Blue, 4));
     rig.wait_until("blue serves", |r| r.answer("blue") == 200)
         .await;
+}
+
+/// Keeps a websocket open to `addr` until `stop`: asked to leave, it
+/// opens the next one before closing the old, as clients that ignore the
+/// load balancer would, so the drain never sees zero.
+async fn clinging_client(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) {
+    use futures_util::StreamExt;
+    let connect = || async {
+        loop {
+            if let Ok((ws, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await {
+                return ws;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut ws = connect().await;
+    while !stop.load(Ordering::Relaxed) {
+        match ws.next().await {
+            Some(Ok(m)) if !m.is_close() => {}
+            _ => {
+                let next = connect().await;
+                drop(std::mem::replace(&mut ws, next));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forced_switch_during_the_drain_triggers_nothing() {
+    let _serial = crate::serial().await;
+    let rig = Rig::start_with(workspace_example("bg-gate", "ws_echo")).await;
+    let app = AppName::new("chat").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let green = addr_of(&rig.gates, "green");
+    let clients: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(clinging_client(green, Arc::clone(&stop))))
+        .collect();
+    rig.wait_until("clients on green", |_| {
+        gate_status(green).is_some_and(|s| s.connections.websockets > 0)
+    })
+    .await;
+
+    let started = Instant::now();
+    let (out, ()) = tokio::join!(rig.deploy("v2", &["--drain-timeout", "20s"]), async {
+        // Once the release drains green, an operator forces green live.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while rig
+            .store
+            .get(&app)
+            .await
+            .unwrap()
+            .and_then(|s| s.green)
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "the release never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let forced = run(rig.bg_ctl(&["switch", "--to", "green", "--force"])).await;
+        assert_eq!(forced.status.code(), Some(0), "{}", show(&forced));
+    });
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(
+        rig.hooks.calls().is_empty(),
+        "a webhook was called: {:?}\n{}",
+        rig.hooks.calls(),
+        show(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the drain ran to its timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rig.live().await, (Colour::Green, 2));
+    for c in clients {
+        c.abort();
+    }
+}
+
+/// A TCP proxy to `upstream` that passes every request, but once a
+/// connection has carried a POST, drops the answer and closes it: a write
+/// that commits while its answer is lost on the way back.
+async fn losing_write_answers(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    losing_answers(upstream, b"POST ", usize::MAX).await
+}
+
+/// A TCP proxy to `upstream` that passes everything, except that the first
+/// `times` requests containing `needle` reach it but their answers are
+/// dropped and their connections closed.
+async fn losing_answers(
+    upstream: std::net::SocketAddr,
+    needle: &'static [u8],
+    times: usize,
+) -> std::net::SocketAddr {
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let left = Arc::new(AtomicUsize::new(times));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let left = Arc::clone(&left);
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let posted = Arc::new(AtomicBool::new(false));
+                let p = Arc::clone(&posted);
+                let up = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                        if buf[..n].windows(needle.len()).any(|w| w == needle)
+                            && left
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+                                    l.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
+                            p.store(true, Ordering::SeqCst);
+                        }
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                        if posted.load(Ordering::SeqCst) {
+                            break; // the write's answer: dropped
+                        }
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_whose_answer_was_lost_is_not_done_twice() {
+    let _serial = crate::serial().await;
+    let rig = Rig::start().await;
+    for version in ["v2", "v3"] {
+        let out = rig.deploy(version, &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    }
+    assert_eq!(rig.live().await, (Colour::Blue, 3));
+
+    // CI reaches the store through a gate, and the rollback's answer is lost.
+    let proxy = losing_write_answers(addr_of(&rig.gates, "green")).await;
+    let rollback = || {
+        let mut cmd = rig.bg_ctl(&["rollback"]);
+        cmd.env_remove("BG_STORE")
+            .env("BG_GATE", format!("http://{proxy}"));
+        cmd
+    };
+    let out = run(rollback()).await;
+    assert_eq!(out.status.code(), Some(5), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Green, 4), "it did commit");
+
+    // The job is retried: blue still runs v3, healthy, but v3 was rolled back.
+    let out = run(rollback()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already rolled back"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(rig.live().await, (Colour::Green, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_off_probe_is_not_a_load_balancer() {
+    let _serial = crate::serial().await;
+    let rig = Rig::start().await;
+    // Someone curls the idle gate's health route once.
+    let green = addr_of(&rig.gates, "green");
+    let a = bg_testkit::http::get(green, "/balancer-keepalive-check").unwrap();
+    assert_eq!(a.status, 503);
+    let out = rig.deploy("v2", &["--ready-timeout", "5s"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Green, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switch_back_whose_answer_was_lost_is_retried() {
+    let _serial = crate::serial().await;
+    let rig = Rig::start().await;
+    // CI reaches the store through blue's gate; the switch back's first
+    // answer is lost.
+    let proxy = losing_answers(addr_of(&rig.gates, "blue"), b"\"rollback\":true", 1).await;
+    let mut args = vec!["deploy", "--version", "v2", "--tag-param", "tag"];
+    args.extend([
+        "--poll",
+        "50ms",
+        "--ready-timeout",
+        "30s",
+        "--lease-ttl",
+        "3s",
+    ]);
+    args.extend(["--verify", "false"]);
+    let mut cmd = rig.bg_ctl(&args);
+    cmd.env_remove("BG_STORE")
+        .env("BG_GATE", format!("http://{proxy}"));
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("switched back to blue"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(rig.live().await, (Colour::Blue, 3), "switched back once");
 }

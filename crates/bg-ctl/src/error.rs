@@ -125,6 +125,21 @@ pub enum LeaseLost {
     /// Renewals kept failing until the lease's time was up.
     #[error("it could not be renewed before it expired ({0}); stopped before doing anything more")]
     Expired(StoreError),
+    /// Lost while the switch was under way; read back, the switch had
+    /// committed, but what comes after it (`--confirm-lb`, `--verify`) did
+    /// not run.
+    #[error(
+        "the switch had committed ({to} is live at generation {generation}), but the lease was lost before \
+         --confirm-lb or --verify ran; check the release by hand"
+    )]
+    AfterSwitch {
+        /// The colour now live.
+        to: Colour,
+        /// Its generation.
+        generation: u64,
+        /// How the lease was lost.
+        lost: Box<CtlError>,
+    },
 }
 
 /// What ran out of time.
@@ -152,11 +167,11 @@ pub enum Timeout {
     /// The queue for another pipeline's lease (`--wait-lease`).
     #[error("--wait-lease ran out: {0}")]
     Lease(StoreError),
-    /// A command bg-ctl ran.
-    #[error("`{cmd}` still running after {after:?}")]
+    /// A command bg-ctl ran; it was stopped with every process it started.
+    #[error(
+        "the command was still running after {after:?}; it was stopped with every process it started"
+    )]
     Command {
-        /// The command.
-        cmd: String,
         /// Its bound.
         after: Duration,
     },
@@ -192,31 +207,27 @@ impl fmt::Display for WaitFor {
     }
 }
 
-/// How a command bg-ctl ran (`sh -c CMD`) failed.
+/// How a command bg-ctl ran (`sh -c CMD`) failed. The command line is
+/// never part of the message: it may carry credentials. Which command it
+/// was (`--smoke`, `--verify`, `--exec`) the enclosing error says.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckFailed {
     /// It could not be started.
-    #[error("cannot run `{cmd}`: {source}")]
+    #[error("the command could not be started: {source}")]
     Spawn {
-        /// The command.
-        cmd: String,
         /// Why.
         source: std::io::Error,
     },
     /// It ended unsuccessfully.
-    #[error("`{cmd}` failed ({status})")]
+    #[error("the command failed ({status})")]
     Exit {
-        /// The command.
-        cmd: String,
         /// How it ended.
         status: ExitStatus,
     },
     /// Its end could not be waited for.
-    #[error("`{cmd}` could not be waited for: {source}")]
+    #[error("the command could not be waited for: {source}")]
     Wait {
-        /// The command.
-        cmd: String,
         /// Why.
         source: std::io::Error,
     },
@@ -240,12 +251,14 @@ pub struct VerifyFailed {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SwitchBack {
-    /// Not tried: the old colour no longer runs the previous version.
-    NotTried,
+    /// Not tried: what `rollback` checks does not hold for the old colour
+    /// (its gates do not answer, run something else, or do not follow the
+    /// store), and why.
+    NotTried(Box<CtlError>),
     /// Done: the old colour is live again at this generation.
     Done(u64),
-    /// Tried, and the store refused or failed.
-    Failed(StoreError),
+    /// Tried, and the store refused, or never confirmed it.
+    Failed(Box<CtlError>),
 }
 
 impl fmt::Display for VerifyFailed {
@@ -257,9 +270,9 @@ impl fmt::Display for VerifyFailed {
             back,
         } = self;
         match back {
-            SwitchBack::NotTried => write!(
+            SwitchBack::NotTried(why) => write!(
                 f,
-                "verify failed ({failure}) after the switch to {to}; {from} no longer runs the previous version, so it was not switched back"
+                "verify failed ({failure}) after the switch to {to}; not switched back to {from} ({why}): {to} stays live"
             ),
             SwitchBack::Done(_) => write!(f, "verify failed ({failure}); switched back to {from}"),
             SwitchBack::Failed(e) => write!(
@@ -276,17 +289,10 @@ impl std::error::Error for VerifyFailed {}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RollbackRefused {
-    /// No deploy is recorded for the previous colour.
-    #[error("no version is recorded for {0}, so nothing says what it runs")]
+    /// No version is recorded as having been live on the previous colour
+    /// (a release that failed or stopped before its switch does not count).
+    #[error("no version is recorded as having been live on {0}, so there is nothing to return to")]
     NothingRecorded(Colour),
-    /// Its last deploy never passed its checks.
-    #[error("{colour}'s last deploy ({version}) was never verified")]
-    NeverVerified {
-        /// The previous colour.
-        colour: Colour,
-        /// The version recorded for it.
-        version: String,
-    },
     /// A gate named for it did not answer.
     #[error("{colour}'s gate does not answer: {source}")]
     GateSilent {

@@ -199,7 +199,9 @@ pub fn none_ahead(presences: &[Presence], generation: u64) -> Result<(), GateAhe
 /// answering STOP, and seen answering STOP by every load balancer still
 /// probing (`window_ms`) one time more than its `fall` count — the load
 /// balancer marks the server down when it reads the fall-th answer, and the
-/// next probe shows that moment has passed.
+/// next probe shows that moment has passed. The load balancers are those
+/// [`lb_sources`] finds in `r`, and `known` ones found at other gates (a
+/// gate restarted a moment ago has logged only a few probes).
 ///
 /// # Errors
 /// The gate serves the other colour, or is ahead of the store.
@@ -210,6 +212,7 @@ pub fn out_of_rotation(
     generation: u64,
     fall: usize,
     window_ms: u64,
+    known: &[String],
 ) -> CtlResult<Readiness> {
     serves(r, idle, url)?;
     if let Some(ahead) = ahead_of(r, url, generation) {
@@ -229,7 +232,15 @@ pub fn out_of_rotation(
         }));
     }
     let need = fall + 1;
-    for (source, seen) in streaks(r, idle, GateAnswer::Stop, window_ms) {
+    let mut lbs = lb_sources(r, window_ms);
+    lbs.extend(
+        known
+            .iter()
+            .filter(|k| !lbs.contains(k))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    for (source, seen) in streaks_among(r, idle, GateAnswer::Stop, window_ms, &lbs) {
         if seen < need {
             return Ok(pending(NotYet::StopSeen {
                 source,
@@ -339,8 +350,11 @@ pub fn presences_run(
     }
 }
 
-/// Step 8, for one gate of `colour`: every load balancer still probing
-/// (`window_ms`) has seen it answer `answer` at least `need` times in a row.
+/// Step 8, for one gate of `colour`: every load balancer in `lbs` still
+/// probing it (`window_ms`) has seen it answer `answer` at least `need`
+/// times in a row. `lbs` are the sources [`lb_sources`] found at any gate
+/// of either colour: a gate restarted by the release has only a few probes
+/// of its own, and the load balancer must still be seen there.
 ///
 /// # Errors
 /// The first probe source that has not, as the reason to wait. `Ok` counts
@@ -351,8 +365,9 @@ pub fn lb_has_seen(
     answer: GateAnswer,
     need: usize,
     window_ms: u64,
+    lbs: &[String],
 ) -> Result<usize, NotYet> {
-    let streaks = streaks(r, colour, answer, window_ms);
+    let streaks = streaks_among(r, colour, answer, window_ms, lbs);
     match streaks.iter().find(|(_, seen)| *seen < need) {
         Some((source, seen)) => Err(NotYet::LbUnseen {
             source: source.clone(),
@@ -365,12 +380,47 @@ pub fn lb_has_seen(
     }
 }
 
-/// How many of the most recent probes from each source, in a row, were
-/// answered `answer` for `colour`. Sources are keyed by address; probes
-/// without one count as one source. Only sources still probing count: a
-/// source whose last probe is more than `window_ms` older than the newest
-/// probe in the log (someone's one-off `curl`) is left out, and the
-/// comparison is between the gate's own timestamps, so clocks need not agree.
+/// Probes a source must have made within the window to count as a load
+/// balancer.
+pub const LB_MIN_PROBES: usize = 3;
+
+/// The load balancers among the sources that probed `r`'s gate: sources
+/// still probing (their last probe at most `window_ms` older than the
+/// newest in the log) that probed at least [`LB_MIN_PROBES`] times within
+/// the window at a steady interval (see [`steady`]). Someone's one-off
+/// `curl`, or a few by hand, is left out. Sources are keyed by address;
+/// probes without one count as one source. The comparison is between the
+/// gate's own timestamps, so clocks need not agree.
+#[must_use]
+pub fn lb_sources(r: &GateStatus, window_ms: u64) -> Vec<String> {
+    let newest = r.probes.iter().map(|p| p.at_ms).max().unwrap_or(0);
+    let mut times: Vec<(String, Vec<u64>)> = Vec::new();
+    for p in r
+        .probes
+        .iter()
+        .filter(|p| p.at_ms.saturating_add(window_ms) >= newest)
+    {
+        let src = source_key(p);
+        match times.iter_mut().find(|(s, _)| *s == src) {
+            Some((_, t)) => t.push(p.at_ms),
+            None => times.push((src, vec![p.at_ms])),
+        }
+    }
+    times
+        .into_iter()
+        .filter(|(_, t)| t.len() >= LB_MIN_PROBES && steady(t))
+        .map(|(s, _)| s)
+        .collect()
+}
+
+fn source_key(p: &ProbeRecord) -> String {
+    p.source
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+}
+
+/// How many of the most recent probes from each load balancer (as
+/// [`lb_sources`] finds them in `r`), in a row, were answered `answer` for
+/// `colour`.
 #[must_use]
 pub fn streaks(
     r: &GateStatus,
@@ -378,16 +428,28 @@ pub fn streaks(
     answer: GateAnswer,
     window_ms: u64,
 ) -> Vec<(String, usize)> {
+    streaks_among(r, colour, answer, window_ms, &lb_sources(r, window_ms))
+}
+
+/// [`streaks`] of the sources in `lbs` that still probe `r`'s gate (their
+/// last probe at most `window_ms` older than the newest in its log), however
+/// few probes it logged of them.
+#[must_use]
+pub fn streaks_among(
+    r: &GateStatus,
+    colour: Colour,
+    answer: GateAnswer,
+    window_ms: u64,
+    lbs: &[String],
+) -> Vec<(String, usize)> {
     let newest = r.probes.iter().map(|p| p.at_ms).max().unwrap_or(0);
-    let key = |p: &ProbeRecord| {
-        p.source
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
-    };
+    let key = source_key;
     let active: Vec<String> = r
         .probes
         .iter()
         .filter(|p| p.at_ms.saturating_add(window_ms) >= newest)
         .map(key)
+        .filter(|s| lbs.contains(s))
         .collect();
     // Per source: its streak so far, and whether an other answer ended it.
     let mut by_source: Vec<(String, usize, bool)> = Vec::new();
@@ -414,6 +476,25 @@ pub fn streaks(
         }
     }
     by_source.into_iter().map(|(s, n, _)| (s, n)).collect()
+}
+
+/// Whether probe times (in ms, any order) come at a steady interval, as a
+/// load balancer's health checks do: no gap is more than ten times the
+/// median gap plus two seconds. Lenient on purpose: a load balancer that
+/// checks faster while a server changes state (HAProxy's `fastinter`) still
+/// counts, since leaving a real one out would let a release go ahead before
+/// it saw STOP; a person's few checks by hand rarely keep such a pace.
+#[must_use]
+pub fn steady(times: &[u64]) -> bool {
+    let mut t = times.to_vec();
+    t.sort_unstable();
+    let mut gaps: Vec<u64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort_unstable();
+    let (Some(&median), Some(&max)) = (gaps.get((gaps.len().saturating_sub(1)) / 2), gaps.last())
+    else {
+        return true;
+    };
+    max <= median.saturating_mul(10).saturating_add(2000)
 }
 
 fn pending(why: NotYet) -> Readiness {

@@ -91,6 +91,7 @@ pub struct FakeGates {
     store: MemoryStore,
     deployed: Arc<AtomicBool>,
     green: Box<dyn FnMut(&mut GateStatus) + Send>,
+    blue: Box<dyn FnMut(&mut GateStatus) + Send>,
 }
 
 impl FakeGates {
@@ -100,6 +101,7 @@ impl FakeGates {
             store: store.clone(),
             deployed: Arc::new(AtomicBool::new(false)),
             green: Box::new(|_| {}),
+            blue: Box::new(|_| {}),
         }
     }
 
@@ -117,12 +119,20 @@ impl FakeGates {
         self
     }
 
+    /// Changes every report blue gives, after the rest is filled in.
+    #[must_use]
+    pub fn blue(mut self, edit: impl FnMut(&mut GateStatus) + Send + 'static) -> Self {
+        self.blue = Box::new(edit);
+        self
+    }
+
     /// The gates, as a mock a test can add `drain` expectations to.
     pub fn build(self) -> MockGates {
         let FakeGates {
             store,
             deployed,
             mut green,
+            mut blue,
         } = self;
         let mut g = MockGates::new();
         g.expect_report().returning(move |url| {
@@ -140,6 +150,8 @@ impl FakeGates {
             let mut r = report(colour, state.active, version, state.generation);
             if colour == Colour::Green {
                 green(&mut r);
+            } else {
+                blue(&mut r);
             }
             Ok(r)
         });
@@ -205,6 +217,95 @@ impl Override for FirstSwitchAnswerLost {
         } else {
             Err(connection_reset())
         }
+    }
+}
+
+/// Every switch recorded as a rollback commits, but the answer to the
+/// first one is lost on the way back.
+#[derive(Debug, Default)]
+pub struct FirstRollbackAnswerLost {
+    lost: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Override for FirstRollbackAnswerLost {
+    async fn switch(
+        &self,
+        inner: &dyn ColourStore,
+        app: &AppName,
+        req: SwitchRequest,
+    ) -> bg_state::Result<SwitchOutcome> {
+        let rollback = req.rollback;
+        let out = inner.switch(app, req).await;
+        if !rollback || self.lost.swap(true, Ordering::SeqCst) {
+            out
+        } else {
+            Err(connection_reset())
+        }
+    }
+}
+
+/// The first switch commits, then the lease is broken and the store stops
+/// answering switches: the answer, and every retry's, is lost while the
+/// lease is being lost.
+#[derive(Debug, Default)]
+pub struct SwitchLostWithTheLease {
+    sent: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Override for SwitchLostWithTheLease {
+    async fn switch(
+        &self,
+        inner: &dyn ColourStore,
+        app: &AppName,
+        req: SwitchRequest,
+    ) -> bg_state::Result<SwitchOutcome> {
+        if !self.sent.swap(true, Ordering::SeqCst) {
+            inner.switch(app, req).await?;
+            inner
+                .break_lease(
+                    app,
+                    bg_state::BreakLease {
+                        actor: "ops".into(),
+                        reason: None,
+                    },
+                )
+                .await?;
+        }
+        Err(connection_reset())
+    }
+}
+
+/// Reads of the state fail once, with a dropped connection, after the
+/// first `after` reads; every other call reaches the store.
+#[derive(Debug)]
+pub struct OneReadFails {
+    after: usize,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl OneReadFails {
+    /// The read after `after` good ones fails.
+    pub fn after(after: usize) -> Self {
+        OneReadFails {
+            after,
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Override for OneReadFails {
+    async fn get(
+        &self,
+        inner: &dyn ColourStore,
+        app: &AppName,
+    ) -> bg_state::Result<Option<bg_state::State>> {
+        if self.reads.fetch_add(1, Ordering::SeqCst) == self.after {
+            return Err(connection_reset());
+        }
+        inner.get(app).await
     }
 }
 

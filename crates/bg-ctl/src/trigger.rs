@@ -150,7 +150,10 @@ impl Trigger for ExecTrigger {
     }
 }
 
-/// Checks run with `sh -c`.
+/// Checks run with `sh -c`, each in a process group of its own: on a
+/// timeout, or when bg-ctl stops waiting for it, the whole group is
+/// killed, so a child the command started (a `curl` left hanging, a
+/// `docker compose` it forked) does not outlive it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShellChecks;
 
@@ -159,22 +162,47 @@ impl Checks for ShellChecks {
     async fn run(&self, cmd: &str, env: Vec<(String, String)>, timeout: Duration) -> CtlResult<()> {
         let mut child = tokio::process::Command::new("sh");
         child.arg("-c").arg(cmd).envs(env).kill_on_drop(true);
+        #[cfg(unix)]
+        child.process_group(0);
         // Its output goes to ours (stderr), where CI logs show it; stdout
         // stays clean for --json.
         child.stdout(std::process::Stdio::from(std::io::stderr()));
-        let cmd = cmd.to_owned();
         let mut child = match child.spawn() {
             Ok(child) => child,
-            Err(source) => return Err(CheckFailed::Spawn { cmd, source }.into()),
+            Err(source) => return Err(CheckFailed::Spawn { source }.into()),
         };
-        match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(CheckFailed::Exit { cmd, status }.into()),
-            Ok(Err(source)) => Err(CheckFailed::Wait { cmd, source }.into()),
-            Err(_) => Err(CtlError::Timeout(Timeout::Command {
-                cmd,
-                after: timeout,
-            })),
+        let mut group = Group(child.id());
+        let waited = tokio::time::timeout(timeout, child.wait()).await;
+        match waited {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => return Err(CheckFailed::Exit { status }.into()),
+            Ok(Err(source)) => return Err(CheckFailed::Wait { source }.into()),
+            Err(_) => {
+                drop(group); // the whole group, now
+                let _ = child.wait().await;
+                return Err(CtlError::Timeout(Timeout::Command { after: timeout }));
+            }
+        }
+        // Ended by itself: what it left running in the background is its own.
+        group.0 = None;
+        Ok(())
+    }
+}
+
+/// A command's process group, killed when this is dropped: on a timeout,
+/// or when the future waiting for the command is dropped.
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pid) = self
+            .0
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            // Already gone is fine: nothing is left to stop.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
     }
 }
@@ -217,5 +245,64 @@ mod tests {
             matches!(err, CtlError::Timeout(Timeout::Command { .. })),
             "{err:?}"
         );
+    }
+
+    /// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+    fn ended(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deploy_command_that_hangs_is_stopped_with_its_children_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let cmd = format!(
+            "sleep 30 & echo $! > {}; curl_token=hunter2-secret wait",
+            pidfile.display()
+        );
+        let exec = ExecTrigger {
+            cmd,
+            timeout: Duration::from_millis(500),
+        };
+        let err = exec.deploy(Colour::Green, "v2").await.unwrap_err();
+        assert!(
+            matches!(err, CtlError::Timeout(Timeout::Command { .. })),
+            "{err:?}"
+        );
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let pid = pid.trim();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !ended(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command's child {pid} still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let shown = err.to_string();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("sleep"),
+            "the command line is shown: {shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_command_is_never_shown() {
+        let err = ShellChecks
+            .run(
+                "curl -fsS https://user:hunter2@example.invalid/ >/dev/null 2>&1; exit 22",
+                vec![],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("22"), "{shown}");
     }
 }

@@ -79,4 +79,4 @@ pub use auth::{
 };
 pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
 pub use http::MAX_BODY;
-pub use probes::{Probe, ProbeLog};
+pub use probes::{BadLbSource, LbSource, Probe, ProbeLog};

@@ -148,6 +148,8 @@ impl AppRecord {
             },
             blue: old.and_then(|s| s.blue.clone()),
             green: old.and_then(|s| s.green.clone()),
+            blue_live: old.and_then(|s| s.blue_live.clone()),
+            green_live: old.and_then(|s| s.green_live.clone()),
         };
         let kind = EventKind::Init { active: req.active };
         Ok((self.commit(state, kind, cap), Effect::Notify))
@@ -198,6 +200,7 @@ impl AppRecord {
             request_id: req.request_id.clone(),
             fence: req.fence,
         };
+        state.apply_switch_to_live(req.to, req.rollback);
         let kind = if req.rollback {
             EventKind::Rollback { from, to: req.to }
         } else {

@@ -87,7 +87,7 @@ pub use backend::remote::RemoteStore;
 pub use error::{Error, InvalidInput, Result};
 pub use model::{
     Actor, AppName, Change, Colour, DeployPhase, Deployment, Event, EventKind, LastChange, Lease,
-    Millis, Presence, State,
+    LiveVersion, Millis, Presence, State,
 };
 pub use open::{OpenOptions, open, open_with};
 #[cfg(any(test, feature = "mock"))]

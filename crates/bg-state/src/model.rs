@@ -161,6 +161,13 @@ pub struct State {
     pub blue: Option<Deployment>,
     /// What runs on the green instance, as far as deploys recorded it.
     pub green: Option<Deployment>,
+    /// The version blue last served live: what a rollback to blue may
+    /// return to. Unlike `blue`, no deploy record changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_live: Option<LiveVersion>,
+    /// The version green last served live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub green_live: Option<LiveVersion>,
 }
 
 impl State {
@@ -176,6 +183,51 @@ impl State {
         match colour {
             Colour::Blue => self.blue.as_ref(),
             Colour::Green => self.green.as_ref(),
+        }
+    }
+
+    /// The version `colour` last served live.
+    #[must_use]
+    pub fn live_version(&self, colour: Colour) -> Option<&LiveVersion> {
+        match colour {
+            Colour::Blue => self.blue_live.as_ref(),
+            Colour::Green => self.green_live.as_ref(),
+        }
+    }
+
+    pub(crate) fn live_version_mut(&mut self, colour: Colour) -> &mut Option<LiveVersion> {
+        match colour {
+            Colour::Blue => &mut self.blue_live,
+            Colour::Green => &mut self.green_live,
+        }
+    }
+
+    /// What a switch to `to` does to the versions served live: a plain
+    /// switch to a colour with a verified deploy record makes that version
+    /// its live one; a rollback returns to what it served before (its
+    /// record may be a release that never went live) and marks the version
+    /// it leaves as rolled back. Every backend applies this same rule.
+    pub(crate) fn apply_switch_to_live(&mut self, to: Colour, rollback: bool) {
+        let verified = self
+            .deployment(to)
+            .filter(|d| d.phase == DeployPhase::Deployed)
+            .map(|d| d.version.clone());
+        let entering = self.live_version_mut(to);
+        match (rollback, verified) {
+            (false, Some(version)) => {
+                *entering = Some(LiveVersion {
+                    version,
+                    rolled_back: false,
+                });
+            }
+            _ => {
+                if let Some(l) = entering.as_mut() {
+                    l.rolled_back = false;
+                }
+            }
+        }
+        if rollback && let Some(l) = self.live_version_mut(to.other()).as_mut() {
+            l.rolled_back = true;
         }
     }
 
@@ -242,6 +294,17 @@ pub struct Deployment {
     pub at_ms: Millis,
     /// Who recorded it.
     pub actor: Actor,
+}
+
+/// A version a colour served live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveVersion {
+    /// The version.
+    pub version: String,
+    /// A rollback took the live colour away from it: a rollback never
+    /// returns to it, only a deliberate switch does.
+    #[serde(default)]
+    pub rolled_back: bool,
 }
 
 /// The deploy lease: at most one pipeline per app works on a release at a time.

@@ -437,7 +437,12 @@ pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
 }
 
 impl InitRequest {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks what every store checks before taking this request, so a
+    /// caller can refuse bad input before it acts on anything.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<()> {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_opt("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
         check_number("min_generation", self.min_generation)
@@ -445,7 +450,12 @@ impl InitRequest {
 }
 
 impl SwitchRequest {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks what every store checks before taking this request, so a
+    /// caller can refuse bad input before it acts on anything.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<()> {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_opt("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
         check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)?;
@@ -455,7 +465,12 @@ impl SwitchRequest {
 }
 
 impl DeployRecord {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks what every store checks before taking this request, so a
+    /// caller can refuse bad input before it acts on anything.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<()> {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_text("version", &self.version, MAX_VERSION_LEN)?;
         if self.version.chars().any(char::is_whitespace) {
@@ -469,14 +484,24 @@ impl DeployRecord {
 }
 
 impl LeaseRequest {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks what every store checks before taking this request, so a
+    /// caller can refuse bad input before it acts on anything.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<()> {
         check_text("holder", &self.holder, MAX_NAME_LEN)?;
         check_ttl(self.ttl)
     }
 }
 
 impl BreakLease {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks what every store checks before taking this request, so a
+    /// caller can refuse bad input before it acts on anything.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<()> {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_opt("reason", self.reason.as_deref(), MAX_REASON_LEN)
     }

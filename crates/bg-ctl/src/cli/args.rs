@@ -125,7 +125,7 @@ pub(super) enum Command {
         after_help = "Example:\n  bg-ctl --app chat switch --to green --expect-generation 7 --reason \"release v2\""
     )]
     Switch {
-        /// The colour to make live (default: the idle one).
+        /// The colour to make live (default: the idle one). Pass it in CI: without it a retry after a lost answer flips back.
         #[arg(long, value_parser = parse_colour)]
         to: Option<Colour>,
         /// Only if the generation is still this (default: the one just read).
@@ -230,7 +230,7 @@ pub(super) struct DeployArgs {
     /// Probes in a row answered OK that show a colour is in rotation.
     #[arg(long, default_value_t = 2)]
     pub(super) lb_rise: usize,
-    /// A probe source counts as a load balancer while it probed within this of the newest probe.
+    /// A probe source counts as a load balancer once it probed at least 3 times within this, at a steady interval, and while it probed within this of the newest probe.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub(super) lb_window: Duration,
     /// Deploy and verify only; promote later with `bg-ctl switch`.

@@ -208,10 +208,21 @@ impl Cli {
                     reason,
                 )
                 .await?;
-                let text = format!(
-                    "rolled back: {} is live at generation {}\n",
-                    out.state.active, out.state.generation
-                );
+                let text = if out.changed {
+                    format!(
+                        "rolled back: {} is live at generation {}\n",
+                        out.state.active, out.state.generation
+                    )
+                } else {
+                    format!(
+                        "already rolled back: {} was rolled back; {} stays live at generation {}\n",
+                        out.state
+                            .live_version(out.state.idle())
+                            .map_or("the previous release", |l| l.version.as_str()),
+                        out.state.active,
+                        out.state.generation
+                    )
+                };
                 Done::new(text, &out)
             }
             Command::History { limit } => {
@@ -259,7 +270,12 @@ impl Cli {
                     opts: &opts,
                 };
                 let out = deployer.run().await?;
-                let text = if out.switched {
+                let text = if out.already_live {
+                    format!(
+                        "{} is already live on {} at generation {}: nothing released\n",
+                        out.version, out.colour, out.generation
+                    )
+                } else if out.switched {
                     format!(
                         "released {} on {}: live at generation {}\n",
                         out.version, out.colour, out.generation

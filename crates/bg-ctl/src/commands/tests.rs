@@ -6,8 +6,35 @@ use super::*;
 use crate::error::exit;
 use crate::gates::MockGates;
 
+/// Records a verified deploy of `version` to `colour` and switches to it,
+/// as a release does.
+async fn released(store: &MemoryStore, app: &AppName, colour: Colour, version: &str) {
+    for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
+        store
+            .record_deploy(app, DeployRecord::new(colour, version, phase, "ci"))
+            .await
+            .unwrap();
+    }
+    store
+        .switch(app, SwitchRequest::new(colour, "ci"))
+        .await
+        .unwrap();
+}
+
+/// What green's gate reports in the store.
+async fn green_runs(store: &MemoryStore, app: &AppName, version: &str, generation: u64) {
+    store
+        .report_presence(
+            app,
+            Presence::new("green-1", Colour::Green, version, generation),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
-async fn rollback_needs_a_verified_version_that_still_runs() {
+async fn rollback_targets_the_last_version_live_there() {
     let store = MemoryStore::new();
     let app = AppName::new("chat").unwrap();
     store
@@ -16,74 +43,101 @@ async fn rollback_needs_a_verified_version_that_still_runs() {
         .unwrap();
     let urls = BTreeMap::new();
     let gates = MockGates::new();
+    let refusal = |e: CtlError| match e {
+        CtlError::RollbackRefused(r) => r,
+        other => panic!("not a refusal: {other}"),
+    };
 
-    // Nothing recorded for green.
-    let err = rollback(&store, &gates, &app, &urls, "ops", None)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CtlError::RollbackRefused(RollbackRefused::NothingRecorded(Colour::Green))
-        ),
-        "{err}"
-    );
-
-    // Recorded, but never verified (a release that failed its smoke test).
-    store
-        .record_deploy(
-            &app,
-            DeployRecord::new(Colour::Green, "v2", DeployPhase::Deploying, "ci"),
-        )
-        .await
-        .unwrap();
+    // v2 deployed to green and verified, never switched to (--no-switch):
+    // never live there, so no rollback target.
+    for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
+        store
+            .record_deploy(&app, DeployRecord::new(Colour::Green, "v2", phase, "ci"))
+            .await
+            .unwrap();
+    }
+    green_runs(&store, &app, "v2", 1).await;
     let err = rollback(&store, &gates, &app, &urls, "ops", None)
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), exit::FAILED);
     assert!(
         matches!(
-            err,
-            CtlError::RollbackRefused(RollbackRefused::NeverVerified {
-                colour: Colour::Green,
-                ..
-            })
+            refusal(err),
+            RollbackRefused::NothingRecorded(Colour::Green)
         ),
-        "{err}"
+        "--no-switch made a rollback target"
     );
+    assert_eq!(store.get(&app).await.unwrap().unwrap().active, Colour::Blue);
 
-    // Verified, but no gate of green says it still runs it.
+    // Promoted (green live with v2), then v3 released to blue.
+    store
+        .switch(&app, SwitchRequest::new(Colour::Green, "ci"))
+        .await
+        .unwrap();
+    released(&store, &app, Colour::Blue, "v3").await;
+
+    // A release of v4 to green fails after its trigger: green's record says
+    // v4, but the rollback target is still v2.
     store
         .record_deploy(
             &app,
-            DeployRecord::new(Colour::Green, "v2", DeployPhase::Deployed, "ci"),
+            DeployRecord::new(Colour::Green, "v4", DeployPhase::Deploying, "ci"),
         )
         .await
         .unwrap();
+    green_runs(&store, &app, "v4", 3).await;
     let err = rollback(&store, &gates, &app, &urls, "ops", None)
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            CtlError::RollbackRefused(RollbackRefused::NoGate(Colour::Green))
-        ),
-        "{err}"
+        matches!(refusal(err), RollbackRefused::PresenceLags { ref runs, ref want, .. }
+            if runs == "v4" && want == "v2"),
+        "the failed release became the target"
     );
 
-    // Its gate reports it: the rollback goes through, recorded as one.
+    // Green still runs v2 (the restart never happened): back to it.
+    green_runs(&store, &app, "v2", 3).await;
+    let out = rollback(&store, &gates, &app, &urls, "ops", None)
+        .await
+        .unwrap();
+    assert_eq!((out.state.active, out.state.generation), (Colour::Green, 4));
+    assert!(out.changed);
+    let last = &store.history(&app, 1).await.unwrap()[0];
+    assert!(matches!(last.kind, EventKind::Rollback { .. }), "{last:?}");
+}
+
+#[tokio::test]
+async fn a_retried_rollback_never_makes_the_rolled_back_release_live_again() {
+    let store = MemoryStore::new();
+    let app = AppName::new("chat").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "ops"))
+        .await
+        .unwrap();
+    released(&store, &app, Colour::Green, "v2").await;
+    released(&store, &app, Colour::Blue, "v3").await;
+    let (urls, gates) = (BTreeMap::new(), MockGates::new());
+    green_runs(&store, &app, "v2", 3).await;
+    let out = rollback(&store, &gates, &app, &urls, "ops", None)
+        .await
+        .unwrap();
+    assert_eq!((out.state.active, out.state.generation), (Colour::Green, 4));
+
+    // The answer was lost; the job runs again. Blue, healthy, still runs
+    // v3 — the release just rolled back.
     store
         .report_presence(
             &app,
-            Presence::new("green-1", Colour::Green, "v2", 1),
+            Presence::new("blue-1", Colour::Blue, "v3", 4),
             Duration::from_secs(30),
         )
         .await
         .unwrap();
-    let out = rollback(&store, &gates, &app, &urls, "ops", None)
+    let again = rollback(&store, &gates, &app, &urls, "ops", None)
         .await
         .unwrap();
-    assert_eq!((out.state.active, out.state.generation), (Colour::Green, 2));
-    let last = &store.history(&app, 1).await.unwrap()[0];
-    assert!(matches!(last.kind, EventKind::Rollback { .. }), "{last:?}");
+    assert!(!again.changed, "{again:?}");
+    let s = store.get(&app).await.unwrap().unwrap();
+    assert_eq!((s.active, s.generation), (Colour::Green, 4));
 }

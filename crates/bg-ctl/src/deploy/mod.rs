@@ -10,14 +10,16 @@
 //! or a deadline), `switch` (a switch that survives a lost answer, and the
 //! switch back after a failed verify).
 
+use std::sync::OnceLock;
+
 use bg_state::{
     Colour, ColourStore, DeployPhase, DeployRecord, Error as StoreError, Lease, LeaseRequest,
-    SwitchRequest,
+    State, SwitchRequest,
 };
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
 
-use crate::error::{CtlError, CtlResult, Timeout, WaitFor};
+use crate::error::{CtlError, CtlResult, LeaseLost, Timeout, WaitFor};
 use crate::gates::{ConnectionCounts, GateAnswer, Gates};
 use crate::readiness::{self, NotYet, Readiness};
 use crate::report::Reporter;
@@ -42,6 +44,8 @@ pub struct DeployOutcome {
     pub generation: u64,
     /// Whether the live colour changed (false with `--no-switch`).
     pub switched: bool,
+    /// The version was live and verified already: nothing was released.
+    pub already_live: bool,
 }
 
 /// The parts a release needs, as traits so the sequence is testable.
@@ -82,27 +86,44 @@ impl Deployer<'_> {
     /// after the switch (LB confirmation, verify), which says so.
     pub async fn run(&self) -> CtlResult<DeployOutcome> {
         let o = self.opts;
+        o.validate()?;
         if o.confirm_lb && (o.urls(Colour::Blue).is_empty() || o.urls(Colour::Green).is_empty()) {
             return Err(CtlError::Usage(
                 "--confirm-lb reads the load balancer's probes from the gates: give --gate-blue and --gate-green".into(),
             ));
         }
         let lease = self.take_lease().await?;
+        let sent = OnceLock::new();
         let result = tokio::select! {
-            r = self.release(&lease) => r,
+            r = self.release(&lease, &sent) => r,
             e = self.keep_lease(&lease) => Err(e),
+        };
+        let result = match (result, sent.get()) {
+            // The lease went while the switch's answer was awaited: what
+            // the store did is read back, never guessed.
+            (Err(e @ CtlError::LeaseLost(_)), Some(req)) => self.read_back(req, e).await,
+            (r, _) => r,
         };
         self.release_lease(&lease).await;
         result
     }
 
-    /// Steps 2 to 8, while the lease is held.
-    async fn release(&self, lease: &Lease) -> CtlResult<DeployOutcome> {
+    /// Steps 2 to 8, while the lease is held. The switch request goes into
+    /// `sent` before it is sent.
+    async fn release(
+        &self,
+        lease: &Lease,
+        sent: &OnceLock<SwitchRequest>,
+    ) -> CtlResult<DeployOutcome> {
         let o = self.opts;
-        let plan = self.record_deploying(lease.fence).await?;
+        let state = self.read_state().await?;
+        if let Some(done) = self.already_live(&state).await {
+            return Ok(done);
+        }
+        let plan = self.record_deploying(&state, lease.fence).await?;
         self.wait_out_of_rotation(&plan).await?;
-        self.drain(plan.idle).await?;
-        self.trigger_deploy(plan.idle).await?;
+        self.drain(&plan).await?;
+        self.trigger_deploy(&plan).await?;
         self.verify_new_version(&plan).await?;
         if o.no_switch {
             self.report.step(format!(
@@ -114,15 +135,17 @@ impl Deployer<'_> {
                 colour: plan.idle,
                 generation: plan.generation,
                 switched: false,
+                already_live: false,
             });
         }
-        let generation = self.switch(&plan).await?;
+        let generation = self.switch(&plan, sent).await?;
         self.confirm_and_verify(&plan, generation).await?;
         Ok(DeployOutcome {
             version: o.version.clone(),
             colour: plan.idle,
             generation,
             switched: true,
+            already_live: false,
         })
     }
 
@@ -155,15 +178,46 @@ impl Deployer<'_> {
         Ok(lease)
     }
 
-    /// Step 2: read the state, pick the idle colour, record "deploying V"
-    /// (fenced). Refused while a gate is ahead of the store.
-    async fn record_deploying(&self, fence: u64) -> CtlResult<Plan> {
+    /// The app's state; not initialised is an error.
+    async fn read_state(&self) -> CtlResult<State> {
         let o = self.opts;
-        let state = self
+        Ok(self
             .store
             .get(&o.app)
             .await?
-            .ok_or_else(|| StoreError::NotInitialised { app: o.app.clone() })?;
+            .ok_or_else(|| StoreError::NotInitialised { app: o.app.clone() })?)
+    }
+
+    /// A retried job (its answer lost) finds its version live, verified,
+    /// and run by every gate given for the live colour: that is success,
+    /// without a second release to the other colour.
+    async fn already_live(&self, state: &State) -> Option<DeployOutcome> {
+        let o = self.opts;
+        let live = state.deployment(state.active)?;
+        if live.version != o.version || live.phase != DeployPhase::Deployed {
+            return None;
+        }
+        let runs = self.versions(state.active).await;
+        if runs.len() != o.urls(state.active).len() || runs.iter().any(|v| *v != o.version) {
+            return None;
+        }
+        self.report.step(format!(
+            "{} is already live on {} at generation {} and verified: nothing to release",
+            o.version, state.active, state.generation
+        ));
+        Some(DeployOutcome {
+            version: o.version.clone(),
+            colour: state.active,
+            generation: state.generation,
+            switched: false,
+            already_live: true,
+        })
+    }
+
+    /// Step 2: from the state read, pick the idle colour, record
+    /// "deploying V" (fenced). Refused while a gate is ahead of the store.
+    async fn record_deploying(&self, state: &State, fence: u64) -> CtlResult<Plan> {
+        let o = self.opts;
         readiness::none_ahead(&self.store.presences(&o.app).await?, state.generation)?;
         let plan = Plan {
             idle: state.idle(),
@@ -193,11 +247,31 @@ impl Deployer<'_> {
             return Ok(());
         }
         let window = millis(o.lb_window);
-        self.wait(WaitFor::OutOfRotation(idle), o.ready_timeout, false, || {
-            self.each_gate(urls, move |r, url| {
-                readiness::out_of_rotation(r, url, idle, generation, o.lb_fall, window)
-            })
-        })
+        // The load balancers as the live colour's gates know them: the idle
+        // gates may have been restarted a moment ago.
+        let mut known: Vec<String> = Vec::new();
+        for url in o.urls(plan.live) {
+            if let Ok(r) = self.gates.report(url).await {
+                for s in readiness::lb_sources(&r, window) {
+                    if !known.contains(&s) {
+                        known.push(s);
+                    }
+                }
+            }
+        }
+        let known = &known;
+        self.wait(
+            WaitFor::OutOfRotation(idle),
+            o.ready_timeout,
+            false,
+            || async {
+                self.unmoved(plan).await?;
+                self.each_gate(urls, move |r, url| {
+                    readiness::out_of_rotation(r, url, idle, generation, o.lb_fall, window, known)
+                })
+                .await
+            },
+        )
         .await?;
         self.report.step(format!("{idle} is out of rotation"));
         Ok(())
@@ -206,8 +280,9 @@ impl Deployer<'_> {
     /// Step 4: drain it — ask its gates to close lingering websockets in
     /// paced batches, and wait for zero (or `--drain-timeout`, then proceed
     /// or abort as told).
-    async fn drain(&self, idle: Colour) -> CtlResult<()> {
+    async fn drain(&self, plan: &Plan) -> CtlResult<()> {
         let o = self.opts;
+        let idle = plan.idle;
         let (mut open, mut asked, mut busy) = (0, 0, 0);
         for url in o.urls(idle) {
             let r = self.gates.report(url).await?;
@@ -234,6 +309,8 @@ impl Deployer<'_> {
         }
         let drained = self
             .wait(WaitFor::Drained(idle), o.drain_timeout, false, || async {
+                // Someone switched meanwhile: the colour may be live now.
+                self.unmoved(plan).await?;
                 let mut total = ConnectionCounts {
                     websockets: 0,
                     requests: 0,
@@ -260,9 +337,29 @@ impl Deployer<'_> {
         }
     }
 
-    /// Step 5: trigger its deploy (a webhook or a command).
-    async fn trigger_deploy(&self, idle: Colour) -> CtlResult<()> {
-        let version = &self.opts.version;
+    /// Step 5: trigger its deploy (a webhook or a command) — after one
+    /// more look, since the steps before can take minutes: the generation
+    /// has not moved (so the colour is still idle) and the lease is still
+    /// ours (renewed now, not at the next tick). Nothing is ever triggered
+    /// against a colour that is live.
+    async fn trigger_deploy(&self, plan: &Plan) -> CtlResult<()> {
+        let o = self.opts;
+        let (idle, version) = (plan.idle, &o.version);
+        self.retrying("a last look before the trigger", || async {
+            self.unmoved(plan).await?;
+            match self
+                .store
+                .renew_lease(&o.app, plan.fence, o.lease_ttl)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e @ StoreError::StaleFence { .. }) => {
+                    Err(CtlError::LeaseLost(LeaseLost::Broken(e)))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
         self.trigger.deploy(idle, version).await?;
         self.report
             .step(format!("deploy of {version} to {idle} triggered"));
@@ -290,23 +387,13 @@ impl Deployer<'_> {
 
     /// Step 7: the switch, compare-and-swap on the generation of step 2,
     /// fenced by the lease — after one more look if a smoke check took time.
-    async fn switch(&self, plan: &Plan) -> CtlResult<u64> {
+    async fn switch(&self, plan: &Plan, sent: &OnceLock<SwitchRequest>) -> CtlResult<u64> {
         let o = self.opts;
         if o.smoke.is_some() {
             self.wait_running(plan).await?;
         }
-        let mut req = SwitchRequest::new(plan.idle, o.actor.clone())
-            .expect_generation(plan.generation)
-            .fence(plan.fence)
-            .request_id(format!("deploy:{}:{}", o.version, plan.fence))
-            .reason(
-                o.reason
-                    .clone()
-                    .unwrap_or_else(|| format!("release {}", o.version)),
-            );
-        req.reason = req
-            .reason
-            .map(|r| r.chars().take(bg_state::MAX_REASON_LEN).collect());
+        let req = o.switch_request(plan.idle, plan.generation, plan.fence);
+        let _ = sent.set(req.clone());
         let generation = self.switch_surely(req).await?;
         self.report.step(format!(
             "switched: {} is live at generation {generation}",
@@ -364,16 +451,7 @@ impl Deployer<'_> {
         };
         self.wait(waited, o.ready_timeout, true, || async {
             // Someone switched meanwhile: nothing to wait for any more.
-            let now = self.store.get(&o.app).await?;
-            if let Some(s) = &now
-                && s.generation != generation
-            {
-                return Err(StoreError::Conflict {
-                    expected: generation,
-                    current: Box::new(s.clone()),
-                }
-                .into());
-            }
+            self.unmoved(plan).await?;
             if urls.is_empty() {
                 let presences = self.store.presences(&o.app).await?;
                 return Ok(readiness::presences_run(
@@ -397,17 +475,29 @@ impl Deployer<'_> {
         let o = self.opts;
         let window = millis(o.lb_window);
         self.wait(WaitFor::LbConfirmation, o.ready_timeout, true, || async {
-            let mut sources = 0;
+            let mut reports = Vec::new();
             for (colour, answer, need) in [
                 (new, GateAnswer::Ok, o.lb_rise),
                 (old, GateAnswer::Stop, o.lb_fall),
             ] {
                 for url in o.urls(colour) {
-                    let r = self.gates.report(url).await?;
-                    match readiness::lb_has_seen(&r, colour, answer, need, window) {
-                        Ok(n) => sources += n,
-                        Err(why) => return Ok(Readiness::Pending(why)),
+                    reports.push((self.gates.report(url).await?, colour, answer, need));
+                }
+            }
+            // A load balancer found at any gate counts at every gate.
+            let mut lbs: Vec<String> = Vec::new();
+            for (r, ..) in &reports {
+                for s in readiness::lb_sources(r, window) {
+                    if !lbs.contains(&s) {
+                        lbs.push(s);
                     }
+                }
+            }
+            let mut sources = 0;
+            for (r, colour, answer, need) in &reports {
+                match readiness::lb_has_seen(r, *colour, *answer, *need, window, &lbs) {
+                    Ok(n) => sources += n,
+                    Err(why) => return Ok(Readiness::Pending(why)),
                 }
             }
             Ok(if sources == 0 {
@@ -418,6 +508,25 @@ impl Deployer<'_> {
         })
         .await?;
         self.report.step("the load balancer has seen the switch");
+        Ok(())
+    }
+
+    /// A conflict if the generation moved since step 2 (someone switched,
+    /// or forced a switch, while this release ran).
+    async fn unmoved(&self, plan: &Plan) -> CtlResult<()> {
+        let o = self.opts;
+        let now = self
+            .store
+            .get(&o.app)
+            .await?
+            .ok_or_else(|| StoreError::NotInitialised { app: o.app.clone() })?;
+        if now.generation != plan.generation || now.active == plan.idle {
+            return Err(StoreError::Conflict {
+                expected: plan.generation,
+                current: Box::new(now),
+            }
+            .into());
+        }
         Ok(())
     }
 

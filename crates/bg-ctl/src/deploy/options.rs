@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bg_state::{AppName, Colour};
+use bg_state::{AppName, Colour, DeployPhase, DeployRecord, SwitchRequest};
+
+use crate::error::{CtlError, CtlResult};
 
 /// What to do when the drain does not finish in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -47,8 +49,9 @@ pub struct DeployOptions {
     pub lb_fall: usize,
     /// Probes in a row a load balancer must have seen answered OK.
     pub lb_rise: usize,
-    /// A probe source counts as a load balancer while its last probe is
-    /// within this of the newest probe a gate logged.
+    /// A probe source counts as a load balancer once it probed at least
+    /// three times within this, at a steady interval, and while its last
+    /// probe is within this of the newest probe a gate logged.
     pub lb_window: Duration,
     /// After the switch, wait until every probe source has seen it.
     pub confirm_lb: bool,
@@ -101,6 +104,63 @@ impl DeployOptions {
             poll: Duration::from_millis(250),
             reason: None,
         }
+    }
+
+    /// Refuses, before anything happens, what the store would refuse later:
+    /// a version it cannot record or a reason it cannot keep (a multi-line
+    /// commit message, say) would otherwise stop the release at the switch,
+    /// after the idle colour was restarted.
+    ///
+    /// # Errors
+    /// [`CtlError::Usage`] naming the option.
+    pub fn validate(&self) -> CtlResult<()> {
+        let usage = |option: &str, e: bg_state::Error| {
+            let why = match e {
+                bg_state::Error::InvalidInput(i) => i.reason,
+                other => other.to_string(),
+            };
+            CtlError::Usage(format!("{option}: {why}"))
+        };
+        DeployRecord::new(
+            Colour::Blue,
+            self.version.clone(),
+            DeployPhase::Deploying,
+            self.actor.clone(),
+        )
+        .fence(1)
+        .validate()
+        .map_err(|e| usage("--version or --actor", e))?;
+        self.switch_request(Colour::Blue, 1, 1)
+            .validate()
+            .map_err(|e| {
+                usage(
+                    "--reason (one line: $CI_COMMIT_TITLE, not $CI_COMMIT_MESSAGE)",
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// The switch of step 7 to `to`: compare-and-swap on `generation`,
+    /// fenced, with an idempotency key unique to this lease (the fence) so
+    /// a retry after a lost answer is recognised.
+    pub(super) fn switch_request(&self, to: Colour, generation: u64, fence: u64) -> SwitchRequest {
+        let id: String = format!("deploy:{fence}:{}", self.version)
+            .chars()
+            .take(bg_state::MAX_REQUEST_ID_LEN)
+            .collect();
+        let reason = self
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("release {}", self.version))
+            .chars()
+            .take(bg_state::MAX_REASON_LEN)
+            .collect::<String>();
+        SwitchRequest::new(to, self.actor.clone())
+            .expect_generation(generation)
+            .fence(fence)
+            .request_id(id)
+            .reason(reason)
     }
 
     /// The gates given for `colour`.

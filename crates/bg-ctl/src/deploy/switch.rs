@@ -1,11 +1,11 @@
 //! Switching: a switch that survives a lost answer (step 7), and the
 //! `--verify` watch that switches back when it fails (step 8).
 
-use bg_state::{Colour, SwitchRequest};
+use bg_state::{Colour, Error as StoreError, SwitchRequest};
 use tokio::time::{Duration, Instant};
 
-use super::{Deployer, Plan};
-use crate::error::{CtlError, CtlResult, SwitchBack, VerifyFailed};
+use super::{DeployOutcome, Deployer, Plan};
+use crate::error::{CtlError, CtlResult, LeaseLost, RollbackRefused, SwitchBack, VerifyFailed};
 
 impl Deployer<'_> {
     /// Switches, retrying a store outage with the same request: the request
@@ -32,6 +32,59 @@ impl Deployer<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// After the lease was lost with the switch `req` sent: reads back
+    /// whether it committed (its request id is the last change's). If it
+    /// did, the release switched, and only what was left after the switch
+    /// (`--confirm-lb`, `--verify`) did not run; if it did not, the fenced
+    /// switch can no longer commit and `lost` stands; if the store does
+    /// not say, the switch is unconfirmed.
+    pub(super) async fn read_back(
+        &self,
+        req: &SwitchRequest,
+        lost: CtlError,
+    ) -> CtlResult<DeployOutcome> {
+        let o = self.opts;
+        let deadline = Instant::now() + o.ready_timeout;
+        let state = loop {
+            match self.store.get(&o.app).await {
+                Ok(s) => break s,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(o.poll.max(Duration::from_millis(100))).await;
+                }
+                Err(source) => {
+                    return Err(CtlError::SwitchUnconfirmed { to: req.to, source });
+                }
+            }
+        };
+        let committed = state.filter(|s| {
+            s.active == req.to
+                && req.request_id.is_some()
+                && s.last_change.request_id == req.request_id
+        });
+        let Some(state) = committed else {
+            return Err(lost);
+        };
+        let generation = state.generation;
+        if o.confirm_lb || o.verify.is_some() {
+            return Err(CtlError::LeaseLost(LeaseLost::AfterSwitch {
+                to: req.to,
+                generation,
+                lost: Box::new(lost),
+            }));
+        }
+        self.report.warn(format!(
+            "the lease was lost, but the switch had committed: {} is live at generation {generation}",
+            req.to
+        ));
+        Ok(DeployOutcome {
+            version: o.version.clone(),
+            colour: req.to,
+            generation,
+            switched: true,
+            already_live: false,
+        })
     }
 
     /// Runs the verify command through the watch window; on failure,
@@ -62,8 +115,10 @@ impl Deployer<'_> {
     }
 
     /// After a failed verify: the old colour live again, compare-and-swap
-    /// on the switch's `generation` and fenced, only if its gates still run
-    /// what they ran before the release.
+    /// on the switch's `generation` and fenced — only where `rollback`
+    /// would go: its gates answer, still run what they ran before the
+    /// release, and follow the store. The switch is retried by request id
+    /// like the release's own.
     async fn switch_back(&self, plan: &Plan, generation: u64, failure: CtlError) -> CtlError {
         let o = self.opts;
         let (new, old) = (plan.idle, plan.live);
@@ -75,24 +130,60 @@ impl Deployer<'_> {
                 back,
             }))
         };
-        let now = self.versions(old).await;
-        if now.is_empty() || now != plan.old_versions {
-            return failed(SwitchBack::NotTried);
+        // What it ran before the release: its gates said so at step 2.
+        let want = match plan.old_versions.split_first() {
+            Some((first, rest)) if rest.iter().all(|v| v == first) => first.clone(),
+            Some(_) => {
+                return failed(SwitchBack::NotTried(Box::new(CtlError::Failed(format!(
+                    "{old}'s gates ran different versions before the release"
+                )))));
+            }
+            None => match self.store.get(&o.app).await {
+                Ok(Some(s)) => match s.live_version(old) {
+                    Some(l) => l.version.clone(),
+                    None => {
+                        return failed(SwitchBack::NotTried(Box::new(CtlError::RollbackRefused(
+                            RollbackRefused::NothingRecorded(old),
+                        ))));
+                    }
+                },
+                Ok(None) => {
+                    return failed(SwitchBack::NotTried(Box::new(
+                        StoreError::NotInitialised { app: o.app.clone() }.into(),
+                    )));
+                }
+                Err(e) => return failed(SwitchBack::NotTried(Box::new(e.into()))),
+            },
+        };
+        let checked = crate::commands::can_return_to(
+            self.store,
+            self.gates,
+            &o.app,
+            o.urls(old),
+            old,
+            &want,
+            generation,
+        )
+        .await;
+        if let Err(why) = checked {
+            self.report
+                .warn(format!("not switching back to {old}: {why}"));
+            return failed(SwitchBack::NotTried(Box::new(why)));
         }
         let req = SwitchRequest::new(old, o.actor.clone())
             .expect_generation(generation)
             .fence(plan.fence)
             .rollback(true)
+            .request_id(format!("switch-back:{}", plan.fence))
             .reason(format!("verify failed for {}", o.version));
-        match self.store.switch(&o.app, req).await {
-            Ok(out) => {
+        match self.switch_surely(req).await {
+            Ok(generation) => {
                 self.report.step(format!(
-                    "switched back: {old} is live at generation {}",
-                    out.state.generation
+                    "switched back: {old} is live at generation {generation}"
                 ));
-                failed(SwitchBack::Done(out.state.generation))
+                failed(SwitchBack::Done(generation))
             }
-            Err(e) => failed(SwitchBack::Failed(e)),
+            Err(e) => failed(SwitchBack::Failed(Box::new(e))),
         }
     }
 

@@ -12,8 +12,9 @@ use super::*;
 use crate::error::{GateAhead, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
-    FakeGates, FirstSwitchAnswerLost, GREEN, SwitchUnreachable, app, futures_now, gates, live,
-    opts, overlay, passing_checks, run, store, trigger_that_deploys,
+    FakeGates, FirstRollbackAnswerLost, FirstSwitchAnswerLost, GREEN, OneReadFails,
+    SwitchLostWithTheLease, SwitchUnreachable, app, futures_now, gates, live, opts, overlay,
+    passing_checks, run, store, trigger_that_deploys,
 };
 use crate::trigger::{MockChecks, MockTrigger};
 
@@ -40,7 +41,8 @@ async fn a_release_switches_after_the_new_version_is_seen() {
             version: "v2".into(),
             colour: Colour::Green,
             generation: 2,
-            switched: true
+            switched: true,
+            already_live: false
         }
     );
     assert_eq!(live(&store).await, (Colour::Green, 2));
@@ -553,4 +555,273 @@ async fn a_drain_under_way_is_still_waited_for() {
         .await
         .unwrap();
     assert!(out.switched);
+}
+
+#[tokio::test(start_paused = true)]
+async fn input_the_store_would_refuse_is_refused_before_the_lease() {
+    let multi_line = "Fix the login\n\nLong description".to_owned();
+    for (version, reason) in [
+        ("v".repeat(129), None),
+        ("v 2".to_owned(), None),
+        ("v2".to_owned(), Some(multi_line)),
+    ] {
+        let store = store().await;
+        let mut t = MockTrigger::new();
+        t.expect_deploy().never();
+        let mut o = opts();
+        o.version = version;
+        o.reason = reason;
+        let never = Arc::new(AtomicBool::new(false));
+        let err = run(&store, &gates(&store, &never), &t, &passing_checks(), &o)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), exit::USAGE, "{err}");
+        let history = store.history(&app(), 10).await.unwrap();
+        assert!(
+            history
+                .iter()
+                .all(|e| !matches!(e.kind, EventKind::Deploy { .. })),
+            "nothing recorded: {history:?}"
+        );
+        assert_eq!(
+            store.lease(&app()).await.unwrap(),
+            None,
+            "no lease was taken"
+        );
+        let s = store.get(&app()).await.unwrap().unwrap();
+        assert_eq!((s.active, s.generation, s.green), (Colour::Blue, 1, None));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_version_the_store_takes_is_released_all_the_way() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let long = format!("v2-{}", "x".repeat(117));
+    let mut o = opts();
+    o.version.clone_from(&long);
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green({
+            let long = long.clone();
+            move |r| {
+                if r.version == "v2" {
+                    r.version.clone_from(&long);
+                }
+            }
+        })
+        .build();
+    let mut t = MockTrigger::new();
+    let d = Arc::clone(&deployed);
+    t.expect_deploy().times(1).returning(move |_, _| {
+        d.store(true, Ordering::SeqCst);
+        Ok(())
+    });
+    let out = run(&store, &g, &t, &passing_checks(), &o).await.unwrap();
+    assert!(out.switched);
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_switch_during_the_drain_stops_it_at_once_and_triggers_nothing() {
+    let store = store().await;
+    let mut g = FakeGates::following(&store)
+        .green(|r| r.connections.websockets = 2) // clients keep coming back
+        .build();
+    let s = store.clone();
+    g.expect_drain().returning(move |_, _, _| {
+        // An operator forces the idle colour live while it drains.
+        futures_now(s.switch(&app(), SwitchRequest::new(Colour::Green, "ops").force(true)))
+            .unwrap();
+        Ok(2)
+    });
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let mut o = opts();
+    o.drain_timeout = Duration::from_secs(60);
+    let started = Instant::now();
+    let err = run(&store, &g, &t, &passing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the drain ran on for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_broken_during_the_drain_triggers_nothing() {
+    let store = store().await;
+    let mut g = FakeGates::following(&store)
+        .green(|r| r.connections.websockets = 2)
+        .build();
+    let s = store.clone();
+    g.expect_drain().returning(move |_, _, _| {
+        futures_now(s.break_lease(
+            &app(),
+            BreakLease {
+                actor: "ops".into(),
+                reason: None,
+            },
+        ))
+        .unwrap();
+        Ok(2)
+    });
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    // The drain runs out and proceeds before the next renewal would notice.
+    let mut o = opts();
+    o.lease_ttl = Duration::from_secs(30);
+    let err = run(&store, &g, &t, &passing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
+    assert!(matches!(err, CtlError::LeaseLost(_)), "{err:?}");
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_switch_lost_while_the_lease_is_lost_is_read_back() {
+    let real = store().await;
+    let mock = overlay(&real, SwitchLostWithTheLease::default());
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut o = opts();
+    // The switch is retried long enough for a renewal to find the lease gone.
+    o.ready_timeout = Duration::from_secs(5);
+    let out = run(
+        &*mock,
+        &gates(&real, &deployed),
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &o,
+    )
+    .await;
+    assert_eq!(live(&real).await, (Colour::Green, 2));
+    let out = out.unwrap();
+    assert_eq!((out.switched, out.generation), (true, 2), "{out:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_version_already_live_and_verified_is_success_without_a_release() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let g = gates(&store, &deployed);
+    run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap();
+    // The job is retried after its answer was lost.
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let out = run(&store, &g, &t, &passing_checks(), &opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        DeployOutcome {
+            version: "v2".into(),
+            colour: Colour::Green,
+            generation: 2,
+            switched: false,
+            already_live: true
+        }
+    );
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+    assert_eq!(
+        store.history(&app(), 10).await.unwrap().len(),
+        4,
+        "nothing recorded"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_transient_store_error_during_a_wait_is_retried() {
+    // Reads: step 2, then the waits' looks; each of them in turn fails once.
+    for after in 1..8 {
+        let real = store().await;
+        let mock = overlay(&real, OneReadFails::after(after));
+        let deployed = Arc::new(AtomicBool::new(false));
+        let out = run(
+            &*mock,
+            &gates(&real, &deployed),
+            &trigger_that_deploys(&deployed),
+            &passing_checks(),
+            &opts(),
+        )
+        .await;
+        assert!(
+            out.as_ref().is_ok_and(|o| o.switched),
+            "read {after} failed: {out:?}"
+        );
+        assert_eq!(live(&real).await, (Colour::Green, 2));
+    }
+}
+
+/// Checks whose `--verify` always fails (and `--smoke` passes).
+fn failing_verify() -> MockChecks {
+    let mut checks = MockChecks::new();
+    checks
+        .expect_run()
+        .returning(|_, _, _| Err(CtlError::Failed("`./verify` failed".into())));
+    checks
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_switch_back_to_an_old_colour_that_does_not_follow_the_store() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    // Blue still runs v1, but cannot hear the store.
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .blue(|r| r.store.healthy = false)
+        .build();
+    let mut o = opts();
+    o.verify = Some("./verify".into());
+    let err = run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &failing_verify(),
+        &o,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::FAILED, "{err}");
+    assert!(
+        matches!(&err, CtlError::Verify(v) if matches!(v.back, SwitchBack::NotTried(_))),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not switched back"), "{err}");
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_switch_back_whose_answer_was_lost_is_retried_safely() {
+    let real = store().await;
+    let mock = overlay(&real, FirstRollbackAnswerLost::default());
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut o = opts();
+    o.verify = Some("./verify".into());
+    let err = run(
+        &*mock,
+        &gates(&real, &deployed),
+        &trigger_that_deploys(&deployed),
+        &failing_verify(),
+        &o,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, CtlError::Verify(v) if matches!(v.back, SwitchBack::Done(3))),
+        "{err:?}"
+    );
+    assert_eq!(live(&real).await, (Colour::Blue, 3), "switched back once");
 }

@@ -12,7 +12,8 @@ impl Deployer<'_> {
     /// Polls `check` every `--poll` until it says ready, or `limit` has
     /// passed. An unreachable gate counts as "not yet" only while
     /// `restarting` (a gate restarting for the deploy); otherwise it ends
-    /// the wait at once.
+    /// the wait at once. A store error worth a retry (a dropped connection)
+    /// is "not yet" too, until the deadline, where it is the answer.
     pub(super) async fn wait<F, Fut>(
         &self,
         what: WaitFor,
@@ -30,6 +31,9 @@ impl Deployer<'_> {
                 Ok(Readiness::Ready) => return Ok(()),
                 Ok(Readiness::Pending(why)) => why.to_string(),
                 Err(CtlError::Unreachable(why)) if restarting => why,
+                Err(CtlError::Store(e)) if e.is_retryable() && Instant::now() < deadline => {
+                    format!("the store: {e}")
+                }
                 Err(e) => return Err(e),
             };
             if Instant::now() >= deadline {
@@ -41,6 +45,25 @@ impl Deployer<'_> {
             }
             self.report.waiting(format!("{what}: {pending}"));
             tokio::time::sleep(self.opts.poll).await;
+        }
+    }
+
+    /// Runs `op` until it succeeds or fails for good: a store error worth a
+    /// retry is retried every `--poll` within `--ready-timeout`.
+    pub(super) async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> CtlResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = CtlResult<T>>,
+    {
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        loop {
+            match op().await {
+                Err(CtlError::Store(e)) if e.is_retryable() && Instant::now() < deadline => {
+                    self.report.waiting(format!("{what}: {e}; retrying"));
+                    tokio::time::sleep(self.opts.poll.max(Duration::from_millis(100))).await;
+                }
+                r => return r,
+            }
         }
     }
 

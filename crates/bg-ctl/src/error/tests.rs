@@ -49,7 +49,6 @@ fn every_failure_keeps_its_documented_exit_code_and_kind() {
         ),
         (
             CtlError::Smoke(Box::new(CtlError::Timeout(Timeout::Command {
-                cmd: "./smoke".into(),
                 after: Duration::from_secs(1),
             }))),
             exit::FAILED,

@@ -20,11 +20,11 @@ fn presence(id: &str, colour: Colour, version: &str, generation: u64) -> Presenc
 fn out_of_rotation_needs_stop_seen_one_more_time_than_the_fall_count() {
     let r = idle_green();
     assert_eq!(
-        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW).unwrap(),
+        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW, &[]).unwrap(),
         Readiness::Ready
     );
     assert_eq!(
-        out_of_rotation(&r, GREEN, Colour::Green, 4, 3, WINDOW).unwrap(),
+        out_of_rotation(&r, GREEN, Colour::Green, 4, 3, WINDOW, &[]).unwrap(),
         Readiness::Pending(NotYet::StopSeen {
             source: "10.0.0.1".into(),
             url: GREEN.into(),
@@ -39,13 +39,13 @@ fn out_of_rotation_waits_for_the_generation_and_for_stop() {
     let mut r = idle_green();
     r.generation = 3;
     assert!(matches!(
-        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW).unwrap(),
+        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW, &[]).unwrap(),
         Readiness::Pending(NotYet::Generation { at: 3, of: 4, .. })
     ));
     let mut r = idle_green();
     r.answer = GateAnswer::Handover;
     assert_eq!(
-        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW).unwrap(),
+        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, WINDOW, &[]).unwrap(),
         Readiness::Pending(NotYet::Answers {
             url: GREEN.into(),
             answer: GateAnswer::Handover
@@ -56,12 +56,12 @@ fn out_of_rotation_waits_for_the_generation_and_for_stop() {
 #[test]
 fn a_gate_of_the_other_colour_or_ahead_of_the_store_is_refused() {
     let r = idle_green();
-    let err = out_of_rotation(&r, GREEN, Colour::Blue, 4, 2, WINDOW).unwrap_err();
+    let err = out_of_rotation(&r, GREEN, Colour::Blue, 4, 2, WINDOW, &[]).unwrap_err();
     assert!(matches!(err, CtlError::Usage(_)), "{err}");
     let err = runs_fresh(&r, GREEN, Colour::Blue, "v1", 4, 3000).unwrap_err();
     assert!(matches!(err, CtlError::Usage(_)), "{err}");
 
-    let err = out_of_rotation(&r, GREEN, Colour::Green, 3, 2, WINDOW).unwrap_err();
+    let err = out_of_rotation(&r, GREEN, Colour::Green, 3, 2, WINDOW, &[]).unwrap_err();
     assert!(
         matches!(
             err,
@@ -196,11 +196,25 @@ fn presences_of_the_colour_must_exist_and_all_run_the_version() {
 fn the_load_balancer_must_have_seen_each_colour_answer_often_enough() {
     let r = report(Colour::Green, Colour::Green, "v2", 5);
     assert_eq!(
-        lb_has_seen(&r, Colour::Green, GateAnswer::Ok, 3, WINDOW),
+        lb_has_seen(
+            &r,
+            Colour::Green,
+            GateAnswer::Ok,
+            3,
+            WINDOW,
+            &lb_sources(&r, WINDOW)
+        ),
         Ok(1)
     );
     assert_eq!(
-        lb_has_seen(&r, Colour::Green, GateAnswer::Ok, 4, WINDOW),
+        lb_has_seen(
+            &r,
+            Colour::Green,
+            GateAnswer::Ok,
+            4,
+            WINDOW,
+            &lb_sources(&r, WINDOW)
+        ),
         Err(NotYet::LbUnseen {
             source: "10.0.0.1".into(),
             colour: Colour::Green,
@@ -211,25 +225,41 @@ fn the_load_balancer_must_have_seen_each_colour_answer_often_enough() {
     );
     // Still answering OK where STOP is due: none in a row.
     assert!(matches!(
-        lb_has_seen(&r, Colour::Green, GateAnswer::Stop, 1, WINDOW),
+        lb_has_seen(
+            &r,
+            Colour::Green,
+            GateAnswer::Stop,
+            1,
+            WINDOW,
+            &lb_sources(&r, WINDOW)
+        ),
         Err(NotYet::LbUnseen { seen: 0, .. })
     ));
     let mut quiet = r.clone();
     quiet.probes.clear();
     assert_eq!(
-        lb_has_seen(&quiet, Colour::Green, GateAnswer::Ok, 2, WINDOW),
+        lb_has_seen(
+            &quiet,
+            Colour::Green,
+            GateAnswer::Ok,
+            2,
+            WINDOW,
+            &lb_sources(&quiet, WINDOW)
+        ),
         Ok(0)
     );
     // Every source counts, not only the first.
     let mut two = r;
-    two.probes.push(ProbeRecord {
-        source: Some([10, 0, 0, 2].into()),
-        at_ms: 0,
-        colour: Colour::Green,
-        answer: GateAnswer::Ok,
-    });
+    for answer in [GateAnswer::Stop, GateAnswer::Stop, GateAnswer::Ok] {
+        two.probes.push(ProbeRecord {
+            source: Some([10, 0, 0, 2].into()),
+            at_ms: 0,
+            colour: Colour::Green,
+            answer,
+        });
+    }
     assert!(matches!(
-        lb_has_seen(&two, Colour::Green, GateAnswer::Ok, 2, WINDOW),
+        lb_has_seen(&two, Colour::Green, GateAnswer::Ok, 2, WINDOW, &lb_sources(&two, WINDOW)),
         Err(NotYet::LbUnseen { ref source, seen: 1, .. }) if source == "10.0.0.2"
     ));
 }
@@ -296,12 +326,13 @@ fn streaks_count_the_latest_run_per_source() {
         probe(lb1, Colour::Blue, GateAnswer::Ok),
         probe(lb1, Colour::Green, GateAnswer::Stop),
         probe(lb2, Colour::Green, GateAnswer::Stop),
+        probe(lb2, Colour::Green, GateAnswer::Stop),
     ];
     let mut s = streaks(&r, Colour::Green, GateAnswer::Stop, 10_000);
     s.sort();
     assert_eq!(
         s,
-        vec![("10.0.0.1".to_owned(), 2), ("10.0.0.2".to_owned(), 2)]
+        vec![("10.0.0.1".to_owned(), 2), ("10.0.0.2".to_owned(), 3)]
     );
 
     // A source that stopped probing long before the others is not a load balancer.
@@ -314,4 +345,82 @@ fn streaks_count_the_latest_run_per_source() {
     let mut s = streaks(&r, Colour::Green, GateAnswer::Stop, 10_000);
     s.sort();
     assert_eq!(s, vec![("10.0.0.1".to_owned(), 2)]);
+}
+
+#[test]
+fn only_regular_probing_makes_a_load_balancer() {
+    let (lb, person) = ([10, 0, 0, 1], [192, 168, 1, 20]);
+    let at = |src, at_ms| ProbeRecord {
+        at_ms,
+        ..probe(src, Colour::Green, GateAnswer::Stop)
+    };
+    let mut r = idle_green();
+    // A load balancer every 2 s; someone's curl, once, the newest probe.
+    r.probes = (0..5).map(|i| at(lb, 10_000 + i * 2000)).collect();
+    r.probes.push(at(person, 19_500));
+    let s = streaks(&r, Colour::Green, GateAnswer::Stop, 20_000);
+    assert_eq!(s, vec![("10.0.0.1".to_owned(), 5)]);
+    // Alone, the curl is no load balancer either: nobody to wait for.
+    r.probes = vec![at(person, 19_500)];
+    assert_eq!(streaks(&r, Colour::Green, GateAnswer::Stop, 20_000), vec![]);
+    // A few by hand, at whatever pace: still not.
+    r.probes = vec![at(person, 1_000), at(person, 1_400), at(person, 9_000)];
+    assert_eq!(streaks(&r, Colour::Green, GateAnswer::Stop, 20_000), vec![]);
+    // Steady, with a little jitter: yes.
+    assert!(steady(&[0, 2_000, 4_100, 5_900, 8_000]));
+    assert!(!steady(&[0, 400, 8_000]));
+    // HAProxy at `inter 5s`, then `fastinter 100ms` while the server goes down.
+    assert!(steady(&[0, 5_000, 10_000, 15_000, 15_100, 15_200]));
+}
+
+#[test]
+fn a_load_balancer_found_at_one_gate_counts_at_a_gate_just_restarted() {
+    let lb = [10, 0, 0, 1];
+    let mut old = idle_green();
+    old.probes = (0..5)
+        .map(|i| ProbeRecord {
+            at_ms: i * 2000,
+            ..probe(lb, Colour::Green, GateAnswer::Stop)
+        })
+        .collect();
+    let lbs = lb_sources(&old, WINDOW);
+    assert_eq!(lbs, vec!["10.0.0.1".to_owned()]);
+    // The restarted gate has seen it once: alone, not yet a load balancer;
+    // known from the other gate, it has to have seen OK `need` times.
+    let mut new = report(Colour::Blue, Colour::Blue, "v2", 5);
+    new.probes = vec![probe(lb, Colour::Blue, GateAnswer::Ok)];
+    assert_eq!(
+        lb_has_seen(
+            &new,
+            Colour::Blue,
+            GateAnswer::Ok,
+            2,
+            WINDOW,
+            &lb_sources(&new, WINDOW)
+        ),
+        Ok(0)
+    );
+    assert!(matches!(
+        lb_has_seen(&new, Colour::Blue, GateAnswer::Ok, 2, WINDOW, &lbs),
+        Err(NotYet::LbUnseen {
+            seen: 1,
+            need: 2,
+            ..
+        })
+    ));
+    // Step 3 the same way: an idle gate restarted a moment ago.
+    let mut idle = idle_green();
+    idle.probes = vec![probe(lb, Colour::Green, GateAnswer::Stop)];
+    assert_eq!(
+        out_of_rotation(&idle, GREEN, Colour::Green, 4, 2, WINDOW, &[]).unwrap(),
+        Readiness::Ready
+    );
+    assert!(matches!(
+        out_of_rotation(&idle, GREEN, Colour::Green, 4, 2, WINDOW, &lbs).unwrap(),
+        Readiness::Pending(NotYet::StopSeen {
+            seen: 1,
+            need: 3,
+            ..
+        })
+    ));
 }

@@ -80,6 +80,11 @@ pub struct GateConfig {
     pub presence_ttl: Duration,
     /// How many load-balancer probes to remember. Default 64.
     pub probe_log: usize,
+    /// Where the load balancers' health checks come from. When given, only
+    /// probes from these ranges are logged (and so counted by `bg-ctl`);
+    /// anyone else still gets an answer. Empty by default: every source is
+    /// logged, and `bg-ctl` tells load balancers by their steady probing.
+    pub lb_sources: Vec<crate::probes::LbSource>,
     /// Bound on any store call the gate makes. Default 2 s.
     pub store_timeout: Duration,
     /// Close this colour's tracked websockets by itself once it has answered
@@ -132,6 +137,7 @@ impl GateConfig {
             init: None,
             presence_ttl: Duration::from_secs(15),
             probe_log: 64,
+            lb_sources: Vec::new(),
             store_timeout: Duration::from_secs(2),
             drain_after: None,
             drain_batch: 10,

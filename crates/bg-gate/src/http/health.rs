@@ -53,13 +53,17 @@ async fn health(gate: &Gate, colour: Colour, source: Option<std::net::IpAddr>) -
         Answer::Stop => &counters.answers_stop,
     }
     .fetch_add(1, Ordering::Relaxed);
-    gate.inner.probes.record(Probe {
-        source,
-        at_ms: now_ms(),
-        colour,
-        answer,
-    });
     let cfg = gate.config();
+    if cfg.lb_sources.is_empty()
+        || source.is_some_and(|ip| cfg.lb_sources.iter().any(|r| r.contains(ip)))
+    {
+        gate.inner.probes.record(Probe {
+            source,
+            at_ms: now_ms(),
+            colour,
+            answer,
+        });
+    }
     let (status, word) = if answer.is_ok() {
         (StatusCode::OK, "OK")
     } else {

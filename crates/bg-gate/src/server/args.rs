@@ -120,6 +120,15 @@ pub struct GateArgs {
     #[arg(long, env = "BG_GATE_ID")]
     gate_id: Option<String>,
 
+    /// A load balancer's address range (CIDR, repeatable): only health checks from these count as a load balancer's probes.
+    #[arg(
+        long = "lb-source",
+        env = "BG_LB_SOURCES",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    lb_sources: Vec<crate::probes::LbSource>,
+
     /// Close this colour's websockets by itself (paced, close code 1012) once it has been idle this long.
     #[arg(long, env = "BG_DRAIN_AFTER", value_parser = parse_duration)]
     drain_after: Option<Duration>,
@@ -263,6 +272,7 @@ impl GateArgs {
         cfg.store_timeout = args.store_timeout;
         cfg.drain_after = args.drain_after;
         cfg.drain_batch = args.drain_batch;
+        cfg.lb_sources = args.lb_sources;
         cfg.drain_interval = args.drain_interval;
         cfg.on_change = args.on_change;
         let gate = Gate::new(Arc::clone(&store), cfg, auth).map_err(ServerError::Gate)?;

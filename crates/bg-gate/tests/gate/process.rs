@@ -10,6 +10,15 @@ use bg_testkit::{Process, RedisServer, free_port, http, wait_for_port};
 use super::TOKEN;
 
 fn start_gate(redis: &RedisServer, colour: &str, poll: &str) -> (Process, SocketAddr) {
+    start_gate_with(redis, colour, poll, &[])
+}
+
+fn start_gate_with(
+    redis: &RedisServer,
+    colour: &str,
+    poll: &str,
+    extra: &[&str],
+) -> (Process, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
     cmd.args(["--colour", colour, "--store", &redis.url(), "--app", "chat"])
@@ -22,6 +31,7 @@ fn start_gate(redis: &RedisServer, colour: &str, poll: &str) -> (Process, Socket
             "--handover",
             "0s",
         ])
+        .args(extra)
         .env("BG_TOKEN", TOKEN)
         .env("RUST_LOG", "info");
     let p = Process::spawn(&format!("bg-gate {colour}"), cmd);
@@ -111,6 +121,14 @@ fn bad_options_are_usage_errors() {
             vec!["--colour", "blue", "--stop-status", "500"],
             "not a STOP status",
         ),
+        (
+            vec!["--colour", "blue", "--lb-source", "10.0.0.0/33"],
+            "not an address range",
+        ),
+        (
+            vec!["--colour", "blue", "--lb-source", "lb.internal"],
+            "not an address range",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_bg-gate"))
             .args(&args)
@@ -130,5 +148,44 @@ fn bad_options_are_usage_errors() {
     assert!(
         err.contains("at least 16") && !err.contains("short\""),
         "{err}"
+    );
+}
+
+#[test]
+fn with_lb_sources_only_their_probes_are_logged() {
+    let redis = RedisServer::start();
+    let probes = |addr| {
+        let state = http::get(addr, "/bg/state").unwrap();
+        let status: bg_state::wire::GateStatus = serde_json::from_str(&state.body).unwrap();
+        status.probes
+    };
+    let (_other, other) = start_gate_with(&redis, "green", "1s", &["--lb-source", "10.0.0.0/8"]);
+    let (_ours, ours) = start_gate_with(
+        &redis,
+        "blue",
+        "1s",
+        &[
+            "--lb-source",
+            "192.168.7.0/24",
+            "--lb-source",
+            "127.0.0.1/32",
+        ],
+    );
+    for addr in [other, ours] {
+        for _ in 0..3 {
+            answer(addr);
+        }
+    }
+    assert_eq!(
+        probes(other),
+        vec![],
+        "a source not listed is no load balancer"
+    );
+    let logged = probes(ours);
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    assert!(
+        logged
+            .iter()
+            .all(|p| p.source == Some([127, 0, 0, 1].into()))
     );
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::{Config, initialised};
 use crate::{
     BreakLease, Colour, ColourStore, DeployPhase, DeployRecord, Error, EventKind, LeaseRequest,
-    SwitchRequest,
+    LiveVersion, SwitchRequest,
 };
 
 /// Deploys are recorded for the idle colour only, fenced by the lease, and
@@ -316,4 +316,72 @@ pub async fn lease_expiry(store: &dyn ColourStore) {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::StaleFence { .. }), "{err:?}");
+}
+
+/// Each colour keeps the version it last served live, apart from its deploy
+/// record: a switch sets it from a verified record; a release that failed,
+/// or stopped before the switch (`--no-switch`), leaves it; a rollback
+/// marks the release it takes out of service, and keeps what the colour it
+/// returns to served.
+pub async fn live_versions(store: &dyn ColourStore) {
+    let app = initialised(store, "live", Colour::Blue).await;
+    let record = |c, v: &str, p| {
+        let app = app.clone();
+        let rec = DeployRecord::new(c, v, p, "ci");
+        async move { store.record_deploy(&app, rec).await.unwrap() }
+    };
+    let switch = |c, rollback| {
+        let app = app.clone();
+        async move {
+            store
+                .switch(&app, SwitchRequest::new(c, "ci").rollback(rollback))
+                .await
+                .unwrap()
+                .state
+        }
+    };
+    let live = |v: &str, rolled_back| {
+        Some(LiveVersion {
+            version: v.into(),
+            rolled_back,
+        })
+    };
+    let s = store.get(&app).await.unwrap().unwrap();
+    assert_eq!((s.blue_live.clone(), s.green_live.clone()), (None, None));
+
+    // v2 to green, verified and switched: green served v2.
+    record(Colour::Green, "v2", DeployPhase::Deploying).await;
+    record(Colour::Green, "v2", DeployPhase::Deployed).await;
+    let s = switch(Colour::Green, false).await;
+    assert_eq!(s.green_live, live("v2", false));
+    assert_eq!(s.live_version(Colour::Green), s.green_live.as_ref());
+
+    // v3 to blue, verified, not switched (--no-switch): blue never served it.
+    record(Colour::Blue, "v3", DeployPhase::Deploying).await;
+    let s = record(Colour::Blue, "v3", DeployPhase::Deployed).await;
+    assert_eq!(
+        (s.blue_live.clone(), s.green_live.clone()),
+        (None, live("v2", false))
+    );
+    // Promoted later: now it did.
+    let s = switch(Colour::Blue, false).await;
+    assert_eq!(s.blue_live, live("v3", false));
+
+    // v4 to green fails after the trigger: green still served v2 last.
+    let s = record(Colour::Green, "v4", DeployPhase::Deploying).await;
+    assert_eq!(s.green_live, live("v2", false));
+    assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
+
+    // A rollback to green: it serves v2 again (its record, v4, never went
+    // live), and blue's v3 is marked rolled back.
+    let s = switch(Colour::Green, true).await;
+    assert_eq!(
+        (s.blue_live.clone(), s.green_live.clone()),
+        (live("v3", true), live("v2", false))
+    );
+    assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
+
+    // A deliberate switch back to blue clears the mark.
+    let s = switch(Colour::Blue, false).await;
+    assert_eq!(s.blue_live, live("v3", false));
 }

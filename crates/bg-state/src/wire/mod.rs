@@ -366,7 +366,13 @@ pub fn error_from_body(app: &AppName, status: u16, b: ErrorBody) -> Error {
             retryable: b.retryable.unwrap_or(true),
         },
         "unauthorized" | "forbidden" => Error::Unauthorized { message: b.message },
-        "too_large" | "timeout" => InvalidInput::new("body", b.message).into(),
+        "too_large" => InvalidInput::new("body", b.message).into(),
+        // The gate gave up waiting for the body: the transport, not the input.
+        "timeout" => Error::Unavailable {
+            backend: "remote",
+            message: b.message,
+            retryable: true,
+        },
         _ => Error::Unavailable {
             backend: "remote",
             message: format!("the gate answered {status}: {}", b.message),
@@ -395,6 +401,8 @@ mod tests {
             },
             blue: None,
             green: None,
+            blue_live: None,
+            green_live: None,
         }
     }
 
@@ -471,5 +479,25 @@ mod tests {
                 _ => assert_eq!(format!("{e:?}"), format!("{back:?}"), "{json}"),
             }
         }
+    }
+
+    /// A gate that gave up waiting for a request's body says nothing about
+    /// the input: it is a transport failure, worth a retry, and bg-ctl's
+    /// exit 5 — not an invalid input (exit 2).
+    #[test]
+    fn a_gate_timeout_is_unavailable_not_invalid_input() {
+        let app = AppName::new("chat").unwrap();
+        let body = ErrorBody::new("timeout", "the request body did not arrive in time");
+        let e = error_from_body(&app, 408, body);
+        assert!(
+            matches!(
+                e,
+                Error::Unavailable {
+                    retryable: true,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 }

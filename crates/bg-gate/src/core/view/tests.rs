@@ -21,6 +21,8 @@ fn state(active: Colour, generation: u64) -> State {
         },
         blue: None,
         green: None,
+        blue_live: None,
+        green_live: None,
     }
 }
 

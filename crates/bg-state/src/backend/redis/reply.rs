@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::model::{AppName, Colour, DeployPhase, Deployment, LastChange, Lease, State};
+use crate::model::{
+    AppName, Colour, DeployPhase, Deployment, LastChange, Lease, LiveVersion, State,
+};
 
 pub(super) struct Reply {
     pub(super) status: String,
@@ -86,6 +88,12 @@ pub(super) fn parse_state(app: &AppName, f: &HashMap<String, String>) -> Result<
             actor: req_field(app, f, &key("actor"))?.to_owned(),
         }))
     };
+    let live = |c: Colour| {
+        f.get(&format!("{c}_live")).map(|v| LiveVersion {
+            version: v.clone(),
+            rolled_back: f.get(&format!("{c}_live_rb")).is_some_and(|v| v == "1"),
+        })
+    };
     Ok(Some(State {
         app: app.clone(),
         active,
@@ -103,6 +111,8 @@ pub(super) fn parse_state(app: &AppName, f: &HashMap<String, String>) -> Result<
         },
         blue: deployment(Colour::Blue)?,
         green: deployment(Colour::Green)?,
+        blue_live: live(Colour::Blue),
+        green_live: live(Colour::Green),
     }))
 }
 

@@ -148,6 +148,18 @@ elseif op == 'switch' then
   redis.call('HSET', S, 'active', to, 'generation', num(gen), 'high_water', num(high),
     'lc_actor', ARGV[6], 'lc_at', num(now), 'lc_forced', ARGV[11])
   set_opt('lc_reason', ARGV[7]); set_opt('lc_request', rid); set_opt('lc_fence', fence)
+  -- The versions served live ({colour}_live, {colour}_live_rb), by the rule
+  -- of State::apply_switch_to_live: a plain switch to a verified record
+  -- makes it the live version; a rollback keeps what the colour served and
+  -- marks the one it leaves.
+  local rollback = ARGV[12] == '1'
+  if not rollback and field(to .. '_phase') == 'deployed' then
+    redis.call('HSET', S, to .. '_live', field(to .. '_version'))
+  end
+  redis.call('HDEL', S, to .. '_live_rb')
+  if rollback and field(active .. '_live') ~= nil then
+    redis.call('HSET', S, active .. '_live_rb', '1')
+  end
   event({ generation = gen, at_ms = now, actor = ARGV[6], forced = ARGV[11] == '1',
     reason = opt(ARGV[7]), event = (ARGV[12] == '1') and 'rollback' or 'switch', from = active, to = to })
   mirror(); publish()
