@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use bg_state::{Colour, Error as StoreError};
 
+use crate::reason::NotYet;
+
 /// A failed command. Every variant maps to one documented exit code.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -142,6 +144,21 @@ pub enum LeaseLost {
     },
 }
 
+/// Why a wait on the gates was still not over when it ran out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Pending {
+    /// The gates answered, and not yet as the step needs.
+    #[error("{0}")]
+    Gates(NotYet),
+    /// A gate restarting for the deploy did not answer.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The store failed in a way that a retry could help.
+    #[error("the store: {0}")]
+    Store(StoreError),
+}
+
 /// What ran out of time.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -154,7 +171,7 @@ pub enum Timeout {
         /// For how long.
         limit: Duration,
         /// Why it was still not done at the end.
-        pending: String,
+        pending: Pending,
     },
     /// The load balancer's confirmation, after the switch was made.
     #[error("switched to {to}, but the load balancer did not confirm it: {wait}")]

@@ -12,6 +12,7 @@
 //!   failure path is tested against mocks.
 //! * [`readiness`] — when the gates are ready for the next step: pure rules
 //!   over gate reports and the state, shared by `deploy` and `rollback`.
+//! * [`reason`] — why a wait is not over yet ([`reason::NotYet`]).
 //! * [`commands`] — status, init (and restore from gates), switch,
 //!   rollback, history, lease.
 //! * [`gates`] — what a gate's `/bg/state` says, and its drain.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod gates;
 pub mod output;
 pub mod readiness;
+pub mod reason;
 pub mod report;
 #[cfg(test)]
 mod testing;

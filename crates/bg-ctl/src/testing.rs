@@ -12,7 +12,7 @@ use bg_state::{
 use bg_testkit::store::{Overlay, Override};
 
 use crate::deploy::{DeployOptions, DeployOutcome, Deployer};
-use crate::error::CtlResult;
+use crate::error::{CheckFailed, CtlResult};
 use crate::gates::{
     ConnectionCounts, GateAnswer, GateStatus, Gates, MockGates, ProbeRecord, StoreHealth,
 };
@@ -347,6 +347,19 @@ pub fn trigger_that_deploys(deployed: &Arc<AtomicBool>) -> MockTrigger {
 pub fn passing_checks() -> MockChecks {
     let mut c = MockChecks::new();
     c.expect_run().returning(|_, _, _| Ok(()));
+    c
+}
+
+/// Checks that all fail as a command exiting 1 does.
+pub fn failing_checks() -> MockChecks {
+    use std::os::unix::process::ExitStatusExt;
+    let mut c = MockChecks::new();
+    c.expect_run().returning(|_, _, _| {
+        Err(CheckFailed::Exit {
+            status: std::process::ExitStatus::from_raw(1 << 8),
+        }
+        .into())
+    });
     c
 }
 

@@ -9,14 +9,14 @@ use bg_state::{
 };
 
 use super::*;
-use crate::error::{GateAhead, SwitchBack, exit};
+use crate::error::{CheckFailed, GateAhead, LeaseLost, Pending, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
     FakeGates, FirstRollbackAnswerLost, FirstSwitchAnswerLost, GREEN, OneReadFails,
-    SwitchLostWithTheLease, SwitchUnreachable, app, futures_now, gates, live, opts, overlay,
-    passing_checks, run, store, trigger_that_deploys,
+    SwitchLostWithTheLease, SwitchUnreachable, app, failing_checks, futures_now, gates, live, opts,
+    overlay, passing_checks, run, store, trigger_that_deploys,
 };
-use crate::trigger::{MockChecks, MockTrigger};
+use crate::trigger::MockTrigger;
 
 #[tokio::test(start_paused = true)]
 async fn a_release_switches_after_the_new_version_is_seen() {
@@ -101,9 +101,9 @@ async fn a_webhook_that_deploys_nothing_ends_in_a_timeout_and_no_switch() {
             &err,
             CtlError::Timeout(Timeout::Gates {
                 waited: WaitFor::Running { .. },
-                pending,
+                pending: Pending::Gates(NotYet::Runs { url, version }),
                 ..
-            }) if *pending == NotYet::Runs { url: GREEN.into(), version: "v1".into() }.to_string()
+            }) if url == GREEN && version == "v1"
         ),
         "{err}"
     );
@@ -233,10 +233,7 @@ async fn failures_before_the_switch_leave_the_live_colour() {
     // The smoke check fails.
     let store = self::store().await;
     let deployed = Arc::new(AtomicBool::new(false));
-    let mut checks = MockChecks::new();
-    checks
-        .expect_run()
-        .returning(|_, _, _| Err(CtlError::Failed("`curl …` failed (exit status: 22)".into())));
+    let checks = failing_checks();
     let mut o = opts();
     o.smoke = Some("curl -f $BG_GATE_URL".into());
     let err = run(
@@ -249,7 +246,10 @@ async fn failures_before_the_switch_leave_the_live_colour() {
     .await
     .unwrap_err();
     assert_eq!(err.exit_code(), exit::FAILED);
-    assert!(matches!(err, CtlError::Smoke(_)), "{err}");
+    assert!(
+        matches!(&err, CtlError::Smoke(e) if matches!(**e, CtlError::Check(CheckFailed::Exit { .. }))),
+        "{err}"
+    );
     assert_eq!(live(&store).await, (Colour::Blue, 1));
     let last = &store.history(&app(), 1).await.unwrap()[0];
     assert!(
@@ -285,10 +285,7 @@ async fn failures_before_the_switch_leave_the_live_colour() {
 async fn a_failed_verify_switches_back() {
     let store = store().await;
     let deployed = Arc::new(AtomicBool::new(false));
-    let mut checks = MockChecks::new();
-    checks
-        .expect_run()
-        .returning(|_, _, _| Err(CtlError::Failed("`./verify` failed".into())));
+    let checks = failing_checks();
     let mut o = opts();
     o.verify = Some("./verify".into());
     let err = run(
@@ -303,7 +300,8 @@ async fn a_failed_verify_switches_back() {
     assert_eq!(err.exit_code(), exit::FAILED);
     assert!(
         matches!(&err, CtlError::Verify(v)
-            if v.from == Colour::Blue && matches!(v.back, SwitchBack::Done(3))),
+            if matches!(v.failure, CtlError::Check(CheckFailed::Exit { .. }))
+                && v.from == Colour::Blue && matches!(v.back, SwitchBack::Done(3))),
         "{err}"
     );
     assert_eq!(live(&store).await, (Colour::Blue, 3));
@@ -516,7 +514,10 @@ async fn a_lost_lease_stops_the_release() {
     let err = run(&store, &gates(&store, &never), &t, &passing_checks(), &o)
         .await
         .unwrap_err();
-    assert!(matches!(err, CtlError::LeaseLost(_)), "{err:?}");
+    assert!(
+        matches!(err, CtlError::LeaseLost(LeaseLost::Broken(_))),
+        "{err:?}"
+    );
     assert_eq!(err.exit_code(), exit::CONFLICT);
     assert_eq!(live(&store).await, (Colour::Blue, 1));
 }
@@ -679,7 +680,10 @@ async fn a_lease_broken_during_the_drain_triggers_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), exit::CONFLICT, "{err}");
-    assert!(matches!(err, CtlError::LeaseLost(_)), "{err:?}");
+    assert!(
+        matches!(err, CtlError::LeaseLost(LeaseLost::Broken(_))),
+        "{err:?}"
+    );
     assert_eq!(live(&store).await, (Colour::Blue, 1));
 }
 
@@ -765,15 +769,6 @@ async fn one_transient_store_error_during_a_wait_is_retried() {
     }
 }
 
-/// Checks whose `--verify` always fails (and `--smoke` passes).
-fn failing_verify() -> MockChecks {
-    let mut checks = MockChecks::new();
-    checks
-        .expect_run()
-        .returning(|_, _, _| Err(CtlError::Failed("`./verify` failed".into())));
-    checks
-}
-
 #[tokio::test(start_paused = true)]
 async fn no_switch_back_to_an_old_colour_that_does_not_follow_the_store() {
     let store = store().await;
@@ -789,7 +784,7 @@ async fn no_switch_back_to_an_old_colour_that_does_not_follow_the_store() {
         &store,
         &g,
         &trigger_that_deploys(&deployed),
-        &failing_verify(),
+        &failing_checks(),
         &o,
     )
     .await
@@ -814,7 +809,7 @@ async fn a_switch_back_whose_answer_was_lost_is_retried_safely() {
         &*mock,
         &gates(&real, &deployed),
         &trigger_that_deploys(&deployed),
-        &failing_verify(),
+        &failing_checks(),
         &o,
     )
     .await

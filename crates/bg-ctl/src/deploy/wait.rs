@@ -4,7 +4,7 @@
 use tokio::time::{Duration, Instant};
 
 use super::Deployer;
-use crate::error::{CtlError, CtlResult, Timeout, WaitFor};
+use crate::error::{CtlError, CtlResult, Pending, Timeout, WaitFor};
 use crate::gates::GateStatus;
 use crate::readiness::Readiness;
 
@@ -29,10 +29,10 @@ impl Deployer<'_> {
         loop {
             let pending = match check().await {
                 Ok(Readiness::Ready) => return Ok(()),
-                Ok(Readiness::Pending(why)) => why.to_string(),
-                Err(CtlError::Unreachable(why)) if restarting => why,
+                Ok(Readiness::Pending(why)) => Pending::Gates(why),
+                Err(CtlError::Unreachable(why)) if restarting => Pending::Unreachable(why),
                 Err(CtlError::Store(e)) if e.is_retryable() && Instant::now() < deadline => {
-                    format!("the store: {e}")
+                    Pending::Store(e)
                 }
                 Err(e) => return Err(e),
             };
