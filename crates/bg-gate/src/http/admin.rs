@@ -15,7 +15,7 @@ use bg_state::{Colour, SwitchRequest};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::reply::{HttpError, Reply, authorise, json_body};
+use super::reply::{HttpError, Reply, authorise, json_body, method_not_allowed};
 use crate::core::{Gate, bounded};
 
 /// `GET /bg/state`, `POST /bg/switch` and `POST /switch` (a `GET` of
@@ -27,6 +27,7 @@ pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S>
         .route("/switch", get(switch_by_get).post(switch))
         .route("/bg/drain", post(drain))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(gate.clone())
 }
 

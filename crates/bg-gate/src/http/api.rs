@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use bg_state::{
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::reply::{HttpError, Reply, authorise, json_body};
+use super::reply::{HttpError, Reply, Segment, authorise, json_body, method_not_allowed};
 use crate::core::{Gate, bounded};
 
 /// The longest a `changes` long poll waits.
@@ -41,6 +41,7 @@ pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S>
         // A route, not a fallback: a host router may have a fallback of its
         // own, and axum refuses to merge two.
         .route("/bg/api/v1/{*rest}", axum::routing::any(not_found))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(gate.clone())
 }
 
@@ -87,7 +88,7 @@ fn ttl(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
-async fn state(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
+async fn state(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
     let app = app_name(&gate, &app)?;
     answer(&gate, async {
         Ok(wire::StateAnswer {
@@ -97,7 +98,7 @@ async fn state(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
     .await
 }
 
-async fn init(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+async fn init(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, actor, b) = write::<wire::InitBody>(&gate, &app, req).await?;
     let request = InitRequest {
         active: b.active,
@@ -116,7 +117,7 @@ async fn init(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -
     res
 }
 
-async fn switch(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+async fn switch(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, actor, b) = write::<wire::SwitchBody>(&gate, &app, req).await?;
     let request = SwitchRequest {
         to: b.to,
@@ -133,7 +134,7 @@ async fn switch(State(gate): State<Gate>, Path(app): Path<String>, req: Request)
     res
 }
 
-async fn deploy(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+async fn deploy(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, actor, b) = write::<wire::DeployBody>(&gate, &app, req).await?;
     let mut rec = DeployRecord::new(b.colour, b.version, b.phase, actor);
     rec.fence = b.fence;
@@ -154,7 +155,7 @@ struct HistoryQuery {
 
 async fn history(
     State(gate): State<Gate>,
-    Path(app): Path<String>,
+    Segment(app): Segment,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
     let app = app_name(&gate, &app)?;
@@ -170,7 +171,7 @@ async fn history(
     .await
 }
 
-async fn lease(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
+async fn lease(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
     let app = app_name(&gate, &app)?;
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
@@ -180,7 +181,7 @@ async fn lease(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
     .await
 }
 
-async fn acquire(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+async fn acquire(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, _actor, b) = write::<wire::AcquireBody>(&gate, &app, req).await?;
     let request = LeaseRequest::new(b.holder, ttl(b.ttl_ms));
     answer(&gate, async {
@@ -191,7 +192,7 @@ async fn acquire(State(gate): State<Gate>, Path(app): Path<String>, req: Request
     .await
 }
 
-async fn renew(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+async fn renew(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, _actor, b) = write::<wire::RenewBody>(&gate, &app, req).await?;
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
@@ -205,7 +206,7 @@ async fn renew(State(gate): State<Gate>, Path(app): Path<String>, req: Request) 
     .await
 }
 
-async fn release(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+async fn release(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, _actor, b) = write::<wire::ReleaseBody>(&gate, &app, req).await?;
     answer(&gate, async {
         Ok(wire::ReleasedAnswer {
@@ -215,7 +216,7 @@ async fn release(State(gate): State<Gate>, Path(app): Path<String>, req: Request
     .await
 }
 
-async fn break_lease(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+async fn break_lease(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, actor, b) = write::<wire::BreakBody>(&gate, &app, req).await?;
     let request = BreakLease {
         actor,
@@ -229,7 +230,7 @@ async fn break_lease(State(gate): State<Gate>, Path(app): Path<String>, req: Req
     .await
 }
 
-async fn presences(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
+async fn presences(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
     let app = app_name(&gate, &app)?;
     answer(&gate, async {
         Ok(wire::GatesAnswer {
@@ -239,7 +240,7 @@ async fn presences(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
     .await
 }
 
-async fn presence(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
+async fn presence(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, _actor, b) = write::<wire::PresenceBody>(&gate, &app, req).await?;
     let report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
     bounded(
@@ -259,7 +260,7 @@ struct ChangesQuery {
 
 async fn changes(
     State(gate): State<Gate>,
-    Path(app): Path<String>,
+    Segment(app): Segment,
     query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
     let app = app_name(&gate, &app)?;

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bg_state::Error as StoreError;
@@ -104,6 +105,32 @@ impl IntoResponse for HttpError {
             }
         }
     }
+}
+
+/// One path segment (`{app}`, `{colour}`), percent-decoded; a segment
+/// that does not decode to UTF-8 is `400 invalid_input`, like every other
+/// bad input, instead of axum's plain-text rejection.
+pub(crate) struct Segment(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(s)| Segment(s))
+            .map_err(|e| HttpError::bad_request(format!("bad path: {}", e.body_text())))
+    }
+}
+
+/// The answer to a method a route does not take: `405
+/// method_not_allowed` (axum adds the `Allow` header).
+pub(crate) async fn method_not_allowed() -> HttpError {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not take that method; the Allow header lists those it takes",
+    )
 }
 
 /// The actor a write is authorised as, from its `Authorization` header;

@@ -3,6 +3,7 @@
 
 mod api;
 // The runner, the binary and the example need the `server` feature.
+mod errors;
 #[cfg(feature = "server")]
 mod example;
 mod fuzz;
