@@ -45,6 +45,11 @@ pub struct GateArgs {
     #[arg(long, env = "BG_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
 
+    /// Serve the admin routes beside the health check on a --listen address that is not
+    /// loopback. Without it, and without --admin-listen, such a gate refuses to start.
+    #[arg(long, env = "BG_ADMIN_ON_PUBLIC")]
+    admin_on_public: bool,
+
     /// The version of the service this gate stands for (image tag, commit).
     #[arg(long, env = "BG_SERVICE_VERSION", default_value = "unknown")]
     service_version: String,
@@ -225,6 +230,11 @@ impl GateArgs {
     /// bound.
     pub async fn start(self) -> Result<GateServer, ServerError> {
         let args = self;
+        if args.admin_listen.is_none() && !args.listen.ip().is_loopback() && !args.admin_on_public {
+            return Err(ServerError::AdminOnPublic {
+                listen: args.listen,
+            });
+        }
         let store = open_store(&args)?;
         if store.backend() == "memory" {
             tracing::warn!(
@@ -282,6 +292,12 @@ impl GateArgs {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        if args.admin_listen.is_none() && !args.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %args.listen,
+                "the admin routes (state, switch, drain, store API, metrics) share the public listener, as --admin-on-public asks"
+            );
+        }
         tracing::info!(
             listen = %args.listen,
             admin = ?args.admin_listen,

@@ -132,3 +132,72 @@ fn bad_options_are_usage_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn admin_routes_on_a_public_listener_need_to_be_asked_for() {
+    // Not loopback, no --admin-listen: refused before anything is bound.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--listen", "0.0.0.0:0"]);
+    let (code, err) = exit_within(cmd, std::time::Duration::from_secs(20));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--admin-listen") && err.contains("--admin-on-public"),
+        "{err}"
+    );
+
+    // Asked for explicitly, the gate serves them there.
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--init", "blue", "--admin-on-public"])
+        .args(["--listen", &format!("0.0.0.0:{port}")]);
+    let p = Process::spawn("bg-gate public admin", cmd);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr, std::time::Duration::from_secs(20));
+    assert_eq!(http::get(addr, "/bg/state").unwrap().status, 200);
+    drop(p);
+
+    // A private admin listener needs no such flag.
+    let port = free_port();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--init", "blue"])
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .args(["--admin-listen", &admin.to_string()]);
+    let _p = Process::spawn("bg-gate private admin", cmd);
+    wait_for_port(admin, std::time::Duration::from_secs(20));
+    assert_eq!(http::get(admin, "/bg/state").unwrap().status, 200);
+    let public: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(http::get(public, "/bg/state").unwrap().status, 404);
+}
+
+/// The exit code and standard error of `cmd`, killed (code `None`) if it
+/// is still running after `limit`: a gate that should have refused to
+/// start would otherwise serve forever.
+pub(crate) fn exit_within(mut cmd: Command, limit: std::time::Duration) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (code, err)
+}
