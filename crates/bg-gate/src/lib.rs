@@ -76,7 +76,7 @@ pub mod server;
 pub use crate::core::{Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, StopStatus, View};
 pub use auth::{
     Auth, AuthError, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, JwksSource,
-    MIN_TOKEN_LEN, NamedToken, OidcConfig, OidcError, OidcVerifier, Refusal,
+    MAX_TOKEN_NAME_LEN, MIN_TOKEN_LEN, NamedToken, OidcConfig, OidcError, OidcVerifier, Refusal,
 };
 pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
 pub use http::MAX_BODY;

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
-    /// A token name is empty, too long, or has whitespace.
-    #[error("a token name must be 1 to 100 characters without spaces")]
+    /// A token name is empty, too long, or has a character outside
+    /// `[A-Za-z0-9._@-]`.
+    #[error("a token name must be 1 to 64 of the characters A-Z a-z 0-9 . _ @ -")]
     TokenName,
     /// A token is shorter than [`MIN_TOKEN_LEN`](crate::MIN_TOKEN_LEN).
     #[error("a token is {len} bytes long; at least {min} are required")]
@@ -62,6 +63,15 @@ pub enum AuthError {
         line: usize,
         /// What is wrong with the token.
         source: Box<AuthError>,
+    },
+    /// The token file holds no token: taking it would turn switching off.
+    #[error(
+        "token file {} holds no token: at least one `name token` line is required",
+        path.display()
+    )]
+    NoTokens {
+        /// The file.
+        path: PathBuf,
     },
     /// The tokens of a file clash, with each other or with a token given
     /// besides the file.

@@ -22,7 +22,7 @@ pub use claims::ClaimRule;
 pub use error::{AuthError, OidcError, Refusal};
 pub use jwks::JwksSource;
 pub use oidc::{DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, OidcConfig, OidcVerifier};
-pub use tokens::{MIN_TOKEN_LEN, NamedToken};
+pub use tokens::{MAX_TOKEN_NAME_LEN, MIN_TOKEN_LEN, NamedToken};
 
 /// The gate's write authorisation: bearer tokens and, when one is set with
 /// [`Auth::with_oidc`], GitLab CI `id_tokens`. With nothing configured,

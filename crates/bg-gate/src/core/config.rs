@@ -100,9 +100,10 @@ pub struct GateConfig {
     /// answers from changes, and once when it first knows a state (so a
     /// load balancer configured by it is right after a restart): the push
     /// model for load balancers without active health checks, such as
-    /// open-source nginx. It sees `BG_ACTIVE` (the live colour),
-    /// `BG_GENERATION`, `BG_APP` and `BG_COLOUR` (this gate's colour), not
-    /// `BG_TOKEN`. Runs go one at a time, off the health-check path, once
+    /// open-source nginx. Its environment is minimal: `BG_ACTIVE` (the live
+    /// colour), `BG_GENERATION`, `BG_APP` and `BG_COLOUR` (this gate's
+    /// colour), and of the gate's own only `PATH`, `HOME`, `LANG`, `LC_ALL`
+    /// and `TZ` — no token, no store URL. Runs go one at a time, off the health-check path, once
     /// [`Gate::start`](crate::Gate::start) has been called; a run that fails
     /// or outlasts 30 s (then killed) is logged and retried, with a pause
     /// growing from 1 s to 30 s, until it succeeds or a newer change

@@ -18,7 +18,7 @@ use crate::{
 
 /// The gate's options, as flags and environment variables. Flatten it into
 /// a service's own `clap` parser to give it the same options as `bg-gate`.
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 pub struct GateArgs {
     /// The colour this gate serves.
     #[arg(long, env = "BG_COLOUR", value_parser = parse_colour)]
@@ -54,12 +54,14 @@ pub struct GateArgs {
     #[arg(long, env = "BG_SERVICE_VERSION", default_value = "unknown")]
     service_version: String,
 
-    /// A file of `name token` lines allowed to switch; re-read on SIGHUP.
+    /// A file of `name token` lines allowed to write; re-read on SIGHUP. One more
+    /// token may come from the environment as BG_TOKEN (never from the command line).
     #[arg(long, env = "BG_TOKEN_FILE")]
     token_file: Option<PathBuf>,
 
-    /// One more token allowed to switch, recorded as actor `bg-token`. At least 16 bytes.
-    #[arg(long = "token", env = "BG_TOKEN", hide_env_values = true, hide = true)]
+    /// One more token, recorded as actor `bg-token`: read from `BG_TOKEN` only, since a
+    /// command line is visible to every user of the host.
+    #[arg(skip = std::env::var("BG_TOKEN").ok())]
     token: Option<String>,
 
     /// Accept GitLab CI id_tokens from this issuer (`iss`), e.g. `https://gitlab.com`.
@@ -148,6 +150,45 @@ pub struct GateArgs {
     /// Needs a single-node redis:// store.
     #[arg(long, env = "BG_LEGACY_MIRROR", value_name = "BLUE_ID,GREEN_ID")]
     legacy_mirror: Option<String>,
+}
+
+/// Shows the options with their secrets left out: the token, the store
+/// URL's credentials, and the on-change command (it may carry a load
+/// balancer's API key).
+impl std::fmt::Debug for GateArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: bool| if v { "<set>" } else { "<unset>" };
+        f.debug_struct("GateArgs")
+            .field("colour", &self.colour)
+            .field("store", &bg_state::redact_url(&self.store))
+            .field("app", &self.app)
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_on_public", &self.admin_on_public)
+            .field("service_version", &self.service_version)
+            .field("token_file", &self.token_file)
+            .field("token", &set(self.token.is_some()))
+            .field("oidc_issuer", &self.oidc_issuer)
+            .field("oidc_audience", &self.oidc_audience)
+            .field("oidc_jwks", &self.oidc_jwks)
+            .field("oidc_claims", &self.oidc_claims)
+            .field("init", &self.init)
+            .field("stop_status", &self.stop_status)
+            .field("seed_body", &self.seed_body)
+            .field("poll_interval", &self.poll_interval)
+            .field("handover", &self.handover)
+            .field("cache_file", &self.cache_file)
+            .field("agent_listen", &self.agent_listen)
+            .field("strict", &self.strict)
+            .field("store_timeout", &self.store_timeout)
+            .field("gate_id", &self.gate_id)
+            .field("drain_after", &self.drain_after)
+            .field("drain_batch", &self.drain_batch)
+            .field("drain_interval", &self.drain_interval)
+            .field("on_change", &set(self.on_change.is_some()))
+            .field("legacy_mirror", &self.legacy_mirror)
+            .finish()
+    }
 }
 
 /// The store the options name, with the legacy mirror if one is asked for.
@@ -314,5 +355,50 @@ impl GateArgs {
             admin,
             agent,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::GateArgs;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gate: GateArgs,
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let cli = Cli::try_parse_from([
+            "bg-gate",
+            "--colour",
+            "blue",
+            "--store",
+            "redis://:hunter2-store-password@redis:6379/0",
+            "--on-change",
+            "curl -H 'X-Key: lb-api-secret' http://lb/reload",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        for secret in ["hunter2-store-password", "lb-api-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("redis"), "{shown}");
+    }
+
+    #[test]
+    fn a_token_is_never_taken_from_the_command_line() {
+        let e = Cli::try_parse_from([
+            "bg-gate",
+            "--colour",
+            "blue",
+            "--token",
+            "0123456789abcdef-on-the-command-line",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{e}");
     }
 }
