@@ -21,7 +21,10 @@ mod tokens;
 pub use claims::ClaimRule;
 pub use error::{AuthError, OidcError, Refusal};
 pub use jwks::JwksSource;
-pub use oidc::{DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, OidcConfig, OidcVerifier};
+pub use oidc::{
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, DEFAULT_REFRESH_INTERVAL, OidcConfig,
+    OidcVerifier,
+};
 pub use tokens::{MAX_TOKEN_NAME_LEN, MIN_TOKEN_LEN, NamedToken};
 
 /// The gate's write authorisation: bearer tokens and, when one is set with
@@ -88,6 +91,11 @@ impl Auth {
     #[must_use]
     pub fn oidc(&self) -> Option<&OidcVerifier> {
         self.oidc.as_deref()
+    }
+
+    /// The verifier as shared, for the gate's key refresh timer.
+    pub(crate) fn oidc_shared(&self) -> Option<&Arc<OidcVerifier>> {
+        self.oidc.as_ref()
     }
 
     /// Adds one more token (e.g. from `BG_TOKEN`) to these; it stays across

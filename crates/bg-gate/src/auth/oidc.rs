@@ -16,6 +16,10 @@ use super::jwks::{JwksSource, KeySet, KeySource};
 /// The least time between two JWKS refetches triggered by unknown key ids.
 pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How often the JWKS is loaded again, unknown key ids or not, so keys the
+/// issuer withdrew stop being accepted.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(600);
+
 /// The bound on one JWKS download.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,6 +46,11 @@ pub struct OidcConfig {
     /// The least time between two refetches for unknown key ids (the
     /// start-up load does not count).
     pub refetch_interval: Duration,
+    /// How often the key set is loaded again on a timer, once a gate
+    /// holding this verifier is started ([`Gate::start`](crate::Gate::start)):
+    /// keys withdrawn from the set are dropped then. A load that fails
+    /// keeps the keys in force.
+    pub refresh_interval: Duration,
     /// The bound on one JWKS download.
     pub fetch_timeout: Duration,
 }
@@ -61,6 +70,7 @@ impl OidcConfig {
             jwks,
             rules,
             refetch_interval: DEFAULT_REFETCH_INTERVAL,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
         }
     }
@@ -81,6 +91,7 @@ pub struct OidcVerifier {
     /// one download instead of starting their own.
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
     refetch_interval: Duration,
+    refresh_interval: Duration,
 }
 
 impl fmt::Debug for OidcVerifier {
@@ -114,6 +125,7 @@ impl OidcVerifier {
             jwks,
             rules,
             refetch_interval,
+            refresh_interval,
             fetch_timeout,
         } = config;
         if issuer.trim().is_empty() {
@@ -155,6 +167,7 @@ impl OidcVerifier {
             keys: RwLock::new(Arc::new(KeySet::new())),
             last_refetch: tokio::sync::Mutex::new(None),
             refetch_interval,
+            refresh_interval: refresh_interval.max(Duration::from_millis(10)),
         };
         match verifier.source.load().await {
             Ok(keys) => verifier.install(keys),
@@ -270,6 +283,28 @@ impl OidcVerifier {
             .keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    /// Loads the key set again and puts it in force whole, so a key the
+    /// issuer withdrew is dropped; on failure the keys in force stay.
+    pub(crate) async fn refresh_keys(&self) {
+        let _serialised = self.last_refetch.lock().await;
+        match self.source.load().await {
+            Ok(keys) => {
+                tracing::debug!(jwks = %self.source.name(), keys = keys.len(), "JWKS refreshed");
+                self.install(keys);
+            }
+            Err(e) => tracing::warn!(
+                jwks = %self.source.name(),
+                error = %e,
+                "JWKS not refreshed; the keys in force stay"
+            ),
+        }
+    }
+
+    /// How often [`OidcVerifier::refresh_keys`] runs on a timer.
+    pub(crate) fn refresh_interval(&self) -> Duration {
+        self.refresh_interval
     }
 
     async fn refetch_for(&self, kid: &str) -> Option<Arc<DecodingKey>> {

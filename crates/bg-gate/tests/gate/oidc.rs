@@ -620,3 +620,55 @@ async fn a_bad_configuration_is_refused_at_start_up() {
     .await;
     assert!(matches!(e, OidcError::NotAJwks { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn the_jwks_is_refreshed_on_a_timer_and_withdrawn_keys_stop_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, JWKS_1_2).unwrap();
+    let mut cfg = OidcConfig::new(
+        ISS,
+        AUD,
+        JwksSource::File(path.clone()),
+        rules(&["project_id=42"]),
+    );
+    cfg.refresh_interval = std::time::Duration::from_millis(100);
+    let verifier = OidcVerifier::new(cfg).await.unwrap();
+    let store = memory_with(Colour::Blue).await;
+    let gate = gate_with(&store, Auth::none().with_oidc(verifier));
+    let _follower = gate.start();
+    let r = router(&gate);
+    let switch = |token: String| {
+        let r = r.clone();
+        async move {
+            call(
+                &r,
+                Method::POST,
+                "/bg/switch",
+                Some(&token),
+                r#"{"to":"blue"}"#,
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(switch(good()).await, StatusCode::OK);
+
+    // The issuer withdraws key-1; nobody presents an unknown key id.
+    let mut set: Value = serde_json::from_str(JWKS_1_2).unwrap();
+    set["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["kid"] == "key-2");
+    std::fs::write(&path, set.to_string()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while switch(good()).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a withdrawn key is still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let key_2 = sign(KEY_2, Some("key-2"), &claims());
+    assert_eq!(switch(key_2).await, StatusCode::OK);
+}
