@@ -46,8 +46,11 @@ pub enum AuthError {
         /// Why.
         source: std::io::Error,
     },
-    /// A line of the token file is not `name token`.
-    #[error("{} line {line}: expected `name token`", path.display())]
+    /// A line of the token file is not `name token [scope]`.
+    #[error(
+        "{} line {line}: expected `name token` or `name token scope` (scope `ci` or `admin`)",
+        path.display()
+    )]
     Malformed {
         /// The file.
         path: PathBuf,
@@ -233,6 +236,10 @@ pub enum Refusal {
     /// A genuine `id_token` whose claims break a rule (HTTP 403).
     #[error("{}", self.message())]
     ClaimsNotAllowed,
+    /// A valid credential whose scope does not cover the act: `ci` for
+    /// one that needs `admin` (HTTP 403).
+    #[error("{}", self.message())]
+    NeedsAdmin,
 }
 
 impl Refusal {
@@ -245,6 +252,9 @@ impl Refusal {
             Refusal::Invalid => "invalid token",
             Refusal::ClaimsNotAllowed => {
                 "this token's claims are not allowed to switch through this gate"
+            }
+            Refusal::NeedsAdmin => {
+                "this act (init, a forced act, lease break, presence) needs a credential with the admin scope"
             }
         }
     }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::claims::{self, ClaimRule};
 use super::error::{OidcError, Refusal};
 use super::jwks::{JwksSource, KeySet, KeySource};
+use super::scope::{Caller, Scope};
 
 /// The least time between two JWKS refetches triggered by unknown key ids.
 pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -43,6 +44,11 @@ pub struct OidcConfig {
     /// required, since any project on the issuer can mint a token for any
     /// audience.
     pub rules: Vec<ClaimRule>,
+    /// Rules that grant the `admin` scope to a token that meets `rules`
+    /// too, with the same meaning (rules for different claims must all
+    /// match, rules for one claim are alternatives). Empty, the default:
+    /// `id_tokens` get the `ci` scope only.
+    pub admin_rules: Vec<ClaimRule>,
     /// The least time between two refetches for unknown key ids (the
     /// start-up load does not count).
     pub refetch_interval: Duration,
@@ -69,6 +75,7 @@ impl OidcConfig {
             audience: audience.into(),
             jwks,
             rules,
+            admin_rules: Vec::new(),
             refetch_interval: DEFAULT_REFETCH_INTERVAL,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
@@ -83,6 +90,7 @@ pub struct OidcVerifier {
     issuer: String,
     audience: String,
     rules: Vec<ClaimRule>,
+    admin_rules: Vec<ClaimRule>,
     source: KeySource,
     validation: Validation,
     keys: RwLock<Arc<KeySet>>,
@@ -124,6 +132,7 @@ impl OidcVerifier {
             audience,
             jwks,
             rules,
+            admin_rules,
             refetch_interval,
             refresh_interval,
             fetch_timeout,
@@ -162,6 +171,7 @@ impl OidcVerifier {
             issuer,
             audience,
             rules,
+            admin_rules,
             source,
             validation,
             keys: RwLock::new(Arc::new(KeySet::new())),
@@ -201,6 +211,12 @@ impl OidcVerifier {
         &self.rules
     }
 
+    /// The rules that grant the `admin` scope (empty: none is granted).
+    #[must_use]
+    pub fn admin_rules(&self) -> &[ClaimRule] {
+        &self.admin_rules
+    }
+
     /// The ids of the keys in force, sorted.
     #[must_use]
     pub fn key_ids(&self) -> Vec<String> {
@@ -218,6 +234,15 @@ impl OidcVerifier {
     /// [`Refusal::ClaimsNotAllowed`] for a genuine token whose claims break
     /// a rule.
     pub async fn verify(&self, token: &str) -> Result<String, Refusal> {
+        self.verify_caller(token).await.map(|c| c.actor)
+    }
+
+    /// As [`OidcVerifier::verify`], with the token's [`Scope`]: `admin` when
+    /// its claims also meet the admin rules, `ci` otherwise.
+    ///
+    /// # Errors
+    /// As [`OidcVerifier::verify`].
+    pub async fn verify_caller(&self, token: &str) -> Result<Caller, Refusal> {
         if token.len() > MAX_TOKEN_LEN {
             tracing::debug!("JWT refused: too long");
             return Err(Refusal::Invalid);
@@ -262,7 +287,14 @@ impl OidcVerifier {
             );
             return Err(Refusal::ClaimsNotAllowed);
         }
-        Ok(actor)
+        let scope = if !self.admin_rules.is_empty()
+            && claims::broken_rule(&self.admin_rules, &claims).is_none()
+        {
+            Scope::Admin
+        } else {
+            Scope::Ci
+        };
+        Ok(Caller::new(actor, scope))
     }
 
     fn current(&self) -> Arc<KeySet> {

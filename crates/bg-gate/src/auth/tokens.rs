@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::AuthError;
+use super::scope::Scope;
 
 /// The shortest token accepted, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -21,6 +22,7 @@ pub const MAX_TOKEN_NAME_LEN: usize = 64;
 pub struct NamedToken {
     name: String,
     digest: [u8; 32],
+    scope: Scope,
 }
 
 fn digest(secret: &[u8]) -> [u8; 32] {
@@ -31,6 +33,7 @@ impl std::fmt::Debug for NamedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NamedToken")
             .field("name", &self.name)
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +71,21 @@ impl NamedToken {
         Ok(NamedToken {
             name,
             digest: digest(secret.as_bytes()),
+            scope: Scope::Ci,
         })
+    }
+
+    /// This token with `scope` (a new token has [`Scope::Ci`]).
+    #[must_use]
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// What the token may do.
+    #[must_use]
+    pub fn scope(&self) -> Scope {
+        self.scope
     }
 
     /// The token's name.
@@ -120,7 +137,7 @@ pub(super) fn in_file(path: &Path, err: AuthError) -> AuthError {
     }
 }
 
-/// The tokens of a file of `name token` lines; `#` comments and blank
+/// The tokens of a file of `name token [scope]` lines; `#` comments and blank
 /// lines are skipped. Errors name the line, never quote it.
 pub(super) fn read_token_file(path: &Path) -> Result<Vec<NamedToken>, AuthError> {
     let text = std::fs::read_to_string(path).map_err(|source| AuthError::ReadFile {
@@ -133,18 +150,26 @@ pub(super) fn read_token_file(path: &Path) -> Result<Vec<NamedToken>, AuthError>
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut parts = line.split_whitespace();
-        let (Some(name), Some(secret), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(AuthError::Malformed {
-                path: path.to_owned(),
-                line: n + 1,
-            });
+        let malformed = || AuthError::Malformed {
+            path: path.to_owned(),
+            line: n + 1,
         };
-        tokens.push(NamedToken::new(name, secret).map_err(|e| AuthError::Line {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(secret), scope, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        let scope = match scope {
+            None => Scope::Ci,
+            Some(s) => s.parse().map_err(|_| malformed())?,
+        };
+        let token = NamedToken::new(name, secret).map_err(|e| AuthError::Line {
             path: path.to_owned(),
             line: n + 1,
             source: Box::new(e),
-        })?);
+        })?;
+        tokens.push(token.with_scope(scope));
     }
     if tokens.is_empty() {
         return Err(AuthError::NoTokens {

@@ -16,8 +16,15 @@ use bg_state::{
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::reply::{HttpError, Reply, Segment, authorise, json_body, method_not_allowed};
+use super::reply::{HttpError, Reply, Segment, authorise, json_body, method_not_allowed, require};
+use crate::auth::{Caller, Scope};
 use crate::core::{Gate, bounded};
+
+/// How far above the highest generation known (to the store, its gates'
+/// presence reports and this gate) a generation floor or a reported
+/// generation may reach. A restore needs only "above every gate"; a
+/// number near the ceiling would leave the app unable to switch.
+pub const GENERATION_MARGIN: u64 = 1_000_000;
 
 /// The longest a `changes` long poll waits.
 const MAX_LONG_POLL: Duration = Duration::from_secs(25);
@@ -61,14 +68,16 @@ fn app_name(gate: &Gate, raw: &str) -> Result<AppName, HttpError> {
     Ok(app)
 }
 
-/// The app, the authenticated actor and the body of a write.
+/// The app, the authenticated caller (whose scope covers `needed`) and
+/// the body of a write.
 async fn write<T: DeserializeOwned>(
     gate: &Gate,
     app: &str,
     req: Request,
-) -> Result<(AppName, String, T), HttpError> {
+    needed: Scope,
+) -> Result<(AppName, Caller, T), HttpError> {
     let app = app_name(gate, app)?;
-    let actor = authorise(gate, req.headers()).await?;
+    let actor = authorise(gate, req.headers(), needed).await?;
     let body = json_body::<T>(gate, req)
         .await?
         .ok_or_else(|| HttpError::bad_request("a JSON body is required"))?;
@@ -82,6 +91,41 @@ async fn answer<T: serde::Serialize>(
 ) -> Reply {
     let v = bounded(gate.config().store_timeout, fut).await?;
     Ok(Json(v).into_response())
+}
+
+/// The highest generation a caller may name for `app`: the highest known
+/// plus [`GENERATION_MARGIN`].
+async fn generation_bound(gate: &Gate, app: &AppName) -> Result<u64, HttpError> {
+    let limit = gate.config().store_timeout;
+    let state = bounded(limit, gate.store().get(app)).await?;
+    let presences = bounded(limit, gate.store().presences(app)).await?;
+    let mut known = state.map_or(0, |s| s.generation);
+    known = presences
+        .iter()
+        .map(|p| p.applied_generation)
+        .fold(known, u64::max);
+    if *app == gate.config().app {
+        known = known.max(gate.view().generation());
+    }
+    Ok(known.saturating_add(GENERATION_MARGIN))
+}
+
+/// Refuses `value` of `field` above [`generation_bound`].
+async fn check_generation(
+    gate: &Gate,
+    app: &AppName,
+    field: &str,
+    value: u64,
+) -> Result<(), HttpError> {
+    let bound = generation_bound(gate, app).await?;
+    if value > bound {
+        return Err(HttpError::bad_request(format!(
+            "{field} {value} is more than {GENERATION_MARGIN} above the highest generation known ({}); \
+             nothing was changed",
+            bound - GENERATION_MARGIN
+        )));
+    }
+    Ok(())
 }
 
 fn ttl(ms: u64) -> Duration {
@@ -99,10 +143,13 @@ async fn state(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
 }
 
 async fn init(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, actor, b) = write::<wire::InitBody>(&gate, &app, req).await?;
+    let (app, caller, b) = write::<wire::InitBody>(&gate, &app, req, Scope::Admin).await?;
+    if let Some(floor) = b.min_generation {
+        check_generation(&gate, &app, "min_generation", floor).await?;
+    }
     let request = InitRequest {
         active: b.active,
-        actor,
+        actor: caller.actor,
         reason: b.reason,
         force: b.force,
         min_generation: b.min_generation,
@@ -118,10 +165,13 @@ async fn init(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> 
 }
 
 async fn switch(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, actor, b) = write::<wire::SwitchBody>(&gate, &app, req).await?;
+    let (app, caller, b) = write::<wire::SwitchBody>(&gate, &app, req, Scope::Ci).await?;
+    if b.force {
+        require(&gate, &caller, Scope::Admin)?;
+    }
     let request = SwitchRequest {
         to: b.to,
-        actor,
+        actor: caller.actor,
         reason: b.reason,
         expect_generation: b.expect_generation,
         fence: b.fence,
@@ -135,8 +185,11 @@ async fn switch(State(gate): State<Gate>, Segment(app): Segment, req: Request) -
 }
 
 async fn deploy(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, actor, b) = write::<wire::DeployBody>(&gate, &app, req).await?;
-    let mut rec = DeployRecord::new(b.colour, b.version, b.phase, actor);
+    let (app, caller, b) = write::<wire::DeployBody>(&gate, &app, req, Scope::Ci).await?;
+    if b.force {
+        require(&gate, &caller, Scope::Admin)?;
+    }
+    let mut rec = DeployRecord::new(b.colour, b.version, b.phase, caller.actor);
     rec.fence = b.fence;
     rec.force = b.force;
     answer(&gate, async {
@@ -182,7 +235,7 @@ async fn lease(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
 }
 
 async fn acquire(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::AcquireBody>(&gate, &app, req).await?;
+    let (app, _actor, b) = write::<wire::AcquireBody>(&gate, &app, req, Scope::Ci).await?;
     let request = LeaseRequest::new(b.holder, ttl(b.ttl_ms));
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
@@ -193,7 +246,7 @@ async fn acquire(State(gate): State<Gate>, Segment(app): Segment, req: Request) 
 }
 
 async fn renew(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::RenewBody>(&gate, &app, req).await?;
+    let (app, _actor, b) = write::<wire::RenewBody>(&gate, &app, req, Scope::Ci).await?;
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
             lease: Some(
@@ -207,7 +260,7 @@ async fn renew(State(gate): State<Gate>, Segment(app): Segment, req: Request) ->
 }
 
 async fn release(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::ReleaseBody>(&gate, &app, req).await?;
+    let (app, _actor, b) = write::<wire::ReleaseBody>(&gate, &app, req, Scope::Ci).await?;
     answer(&gate, async {
         Ok(wire::ReleasedAnswer {
             released: gate.store().release_lease(&app, b.fence).await?,
@@ -217,9 +270,9 @@ async fn release(State(gate): State<Gate>, Segment(app): Segment, req: Request) 
 }
 
 async fn break_lease(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, actor, b) = write::<wire::BreakBody>(&gate, &app, req).await?;
+    let (app, caller, b) = write::<wire::BreakBody>(&gate, &app, req, Scope::Admin).await?;
     let request = BreakLease {
-        actor,
+        actor: caller.actor,
         reason: b.reason,
     };
     answer(&gate, async {
@@ -241,7 +294,8 @@ async fn presences(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
 }
 
 async fn presence(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::PresenceBody>(&gate, &app, req).await?;
+    let (app, _caller, b) = write::<wire::PresenceBody>(&gate, &app, req, Scope::Admin).await?;
+    check_generation(&gate, &app, "applied_generation", b.applied_generation).await?;
     let report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
     bounded(
         gate.config().store_timeout,

@@ -16,6 +16,7 @@ use crate::core::Gate;
 
 mod admin;
 mod api;
+pub use api::GENERATION_MARGIN;
 mod health;
 mod reply;
 

@@ -14,7 +14,7 @@ use bg_state::Error as StoreError;
 use bg_state::wire::{self, ErrorBody};
 use serde::Deserialize;
 
-use crate::auth::Refusal;
+use crate::auth::{Caller, Refusal, Scope};
 use crate::core::Gate;
 
 /// A handler's answer: `Err` ends the request with an error body, so `?`
@@ -91,7 +91,7 @@ impl IntoResponse for HttpError {
                     Refusal::Missing | Refusal::Invalid => {
                         (StatusCode::UNAUTHORIZED, "unauthorized")
                     }
-                    Refusal::Off | Refusal::ClaimsNotAllowed => {
+                    Refusal::Off | Refusal::ClaimsNotAllowed | Refusal::NeedsAdmin => {
                         (StatusCode::FORBIDDEN, "forbidden")
                     }
                 };
@@ -133,19 +133,42 @@ pub(crate) async fn method_not_allowed() -> HttpError {
     )
 }
 
-/// The actor a write is authorised as, from its `Authorization` header;
-/// refusals are counted.
-pub(crate) async fn authorise(gate: &Gate, headers: &HeaderMap) -> Result<String, HttpError> {
+/// Who a write is authorised as, from its `Authorization` header, if its
+/// credential's scope covers `needed`; refusals are counted.
+pub(crate) async fn authorise(
+    gate: &Gate,
+    headers: &HeaderMap,
+    needed: Scope,
+) -> Result<Caller, HttpError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    gate.inner.auth.check(authorization).await.map_err(|r| {
-        gate.inner
-            .counters
-            .auth_refusals
-            .fetch_add(1, Ordering::Relaxed);
-        HttpError::Auth(r)
-    })
+    let caller = gate
+        .inner
+        .auth
+        .caller(authorization)
+        .await
+        .map_err(|r| refused(gate, r))?;
+    require(gate, &caller, needed)?;
+    Ok(caller)
+}
+
+/// Refuses (403, counted) a `caller` whose scope does not cover `needed`.
+pub(crate) fn require(gate: &Gate, caller: &Caller, needed: Scope) -> Result<(), HttpError> {
+    if caller.scope.allows(needed) {
+        Ok(())
+    } else {
+        tracing::info!(actor = %caller.actor, scope = %caller.scope, %needed, "write refused: scope");
+        Err(refused(gate, Refusal::NeedsAdmin))
+    }
+}
+
+fn refused(gate: &Gate, r: Refusal) -> HttpError {
+    gate.inner
+        .counters
+        .auth_refusals
+        .fetch_add(1, Ordering::Relaxed);
+    HttpError::Auth(r)
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`](crate::MAX_BODY) bytes within

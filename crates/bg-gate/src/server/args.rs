@@ -54,13 +54,14 @@ pub struct GateArgs {
     #[arg(long, env = "BG_SERVICE_VERSION", default_value = "unknown")]
     service_version: String,
 
-    /// A file of `name token` lines allowed to write; re-read on SIGHUP. One more
+    /// A file of `name token [scope]` lines (scope `ci`, the default, or `admin`) allowed to
+    /// write; re-read on SIGHUP. One more
     /// token may come from the environment as BG_TOKEN (never from the command line).
     #[arg(long, env = "BG_TOKEN_FILE")]
     token_file: Option<PathBuf>,
 
-    /// One more token, recorded as actor `bg-token`: read from `BG_TOKEN` only, since a
-    /// command line is visible to every user of the host.
+    /// One more token, recorded as actor `bg-token`, with the ci scope: read from `BG_TOKEN`
+    /// only, since a command line is visible to every user of the host.
     #[arg(skip = std::env::var("BG_TOKEN").ok())]
     token: Option<String>,
 
@@ -86,6 +87,18 @@ pub struct GateArgs {
         value_parser = parse_claim
     )]
     oidc_claims: Vec<ClaimRule>,
+
+    /// A claim an id_token must also carry to get the admin scope (init, forced acts, lease
+    /// break, presence), NAME=VALUE (ref_protected=true); repeatable, comma-separated in the
+    /// environment, same meaning as --oidc-claim. Without one, id_tokens get the ci scope only.
+    #[arg(
+        long = "oidc-admin-claim",
+        env = "BG_OIDC_ADMIN_CLAIMS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ',',
+        value_parser = parse_claim
+    )]
+    oidc_admin_claims: Vec<ClaimRule>,
 
     /// Initialise the store with this colour live if neither the store nor the gate knows a state.
     #[arg(long, env = "BG_INIT", value_parser = parse_colour)]
@@ -172,6 +185,7 @@ impl std::fmt::Debug for GateArgs {
             .field("oidc_audience", &self.oidc_audience)
             .field("oidc_jwks", &self.oidc_jwks)
             .field("oidc_claims", &self.oidc_claims)
+            .field("oidc_admin_claims", &self.oidc_admin_claims)
             .field("init", &self.init)
             .field("stop_status", &self.stop_status)
             .field("seed_body", &self.seed_body)
@@ -235,16 +249,19 @@ fn parse_claim(s: &str) -> Result<ClaimRule, String> {
 /// The id_token verifier the OIDC options ask for, if any.
 async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, ServerError> {
     let (issuer, audience, jwks) = match (&args.oidc_issuer, &args.oidc_audience, &args.oidc_jwks) {
-        (None, None, None) if args.oidc_claims.is_empty() => return Ok(None),
+        (None, None, None) if args.oidc_claims.is_empty() && args.oidc_admin_claims.is_empty() => {
+            return Ok(None);
+        }
         (Some(i), Some(a), Some(j)) => (i, a, j),
         _ => return Err(ServerError::OidcOptions),
     };
-    let cfg = OidcConfig::new(
+    let mut cfg = OidcConfig::new(
         issuer.as_str(),
         audience.as_str(),
         jwks.clone(),
         args.oidc_claims.clone(),
     );
+    cfg.admin_rules.clone_from(&args.oidc_admin_claims);
     let verifier = OidcVerifier::new(cfg).await.map_err(ServerError::Oidc)?;
     tracing::info!(
         issuer = verifier.issuer(),
@@ -252,6 +269,12 @@ async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, ServerError> {
         jwks = %jwks,
         rules = %verifier
             .rules()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        admin_rules = %verifier
+            .admin_rules()
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()

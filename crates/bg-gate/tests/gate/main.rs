@@ -16,6 +16,7 @@ mod on_change;
 #[cfg(feature = "server")]
 mod process;
 mod redis;
+mod scopes;
 mod view;
 
 use std::sync::Arc;
@@ -43,8 +44,15 @@ pub(crate) fn config(colour: Colour) -> GateConfig {
     cfg
 }
 
+/// The tests' token, named `ci` but with the admin scope: most tests act
+/// as an operator (`scopes.rs` checks what the `ci` scope may not do).
 pub(crate) fn auth() -> Auth {
-    Auth::with_tokens(vec![NamedToken::new("ci", TOKEN).unwrap()]).unwrap()
+    Auth::with_tokens(vec![
+        NamedToken::new("ci", TOKEN)
+            .unwrap()
+            .with_scope(bg_gate::Scope::Admin),
+    ])
+    .unwrap()
 }
 
 /// A gate over `store`, its view brought up to date.
