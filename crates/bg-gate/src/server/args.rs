@@ -9,6 +9,7 @@ use std::time::Duration;
 use bg_state::{AppName, Colour};
 use tokio::net::TcpListener;
 
+use super::conn::Limits;
 use super::error::ServerError;
 use super::run::GateServer;
 use crate::cli::parse_duration;
@@ -132,6 +133,21 @@ pub struct GateArgs {
     #[arg(long, env = "BG_STRICT")]
     strict: bool,
 
+    /// Close a connection whose request head has not fully arrived this long after its first
+    /// byte (or after the connection was opened), on every listener.
+    #[arg(long, env = "BG_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+
+    /// Close a kept-alive connection that sends no new request for this long (websockets,
+    /// once upgraded, are not subject to it).
+    #[arg(long, env = "BG_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Open connections (websockets included) each listener serves; beyond it, a reserve of
+    /// 64 more is served the health routes only, one request each, and the rest are closed.
+    #[arg(long, env = "BG_MAX_CONNECTIONS", default_value_t = super::conn::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+
     /// Bound on every store call.
     #[arg(long, env = "BG_STORE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     store_timeout: Duration,
@@ -194,6 +210,9 @@ impl std::fmt::Debug for GateArgs {
             .field("cache_file", &self.cache_file)
             .field("agent_listen", &self.agent_listen)
             .field("strict", &self.strict)
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
             .field("store_timeout", &self.store_timeout)
             .field("gate_id", &self.gate_id)
             .field("drain_after", &self.drain_after)
@@ -299,6 +318,28 @@ impl GateArgs {
                 listen: args.listen,
             });
         }
+        for (name, d) in [
+            ("--header-timeout", args.header_timeout),
+            ("--idle-timeout", args.idle_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(ServerError::Limit {
+                    option: name,
+                    reason: "must be between 100ms and 1h",
+                });
+            }
+        }
+        if args.max_connections == 0 {
+            return Err(ServerError::Limit {
+                option: "--max-connections",
+                reason: "must be at least 1",
+            });
+        }
+        let limits = Limits {
+            header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+        };
         let store = open_store(&args)?;
         if store.backend() == "memory" {
             tracing::warn!(
@@ -377,6 +418,7 @@ impl GateArgs {
             listener,
             admin,
             agent,
+            limits,
         })
     }
 }

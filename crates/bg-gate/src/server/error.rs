@@ -67,6 +67,14 @@ pub enum ServerError {
         /// The shared listener's address.
         listen: SocketAddr,
     },
+    /// A connection limit is out of range (exit 2).
+    #[error("{option} {reason}")]
+    Limit {
+        /// The option.
+        option: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A gate setting is out of range (exit 2).
     #[error(transparent)]
     Gate(GateError),
@@ -98,7 +106,8 @@ impl ServerError {
             | ServerError::OidcOptions
             | ServerError::Oidc(_)
             | ServerError::Gate(_)
-            | ServerError::AdminOnPublic { .. } => exit::USAGE,
+            | ServerError::AdminOnPublic { .. }
+            | ServerError::Limit { .. } => exit::USAGE,
             ServerError::Listen { .. } | ServerError::Serve(_) => exit::FAILED,
         }
     }

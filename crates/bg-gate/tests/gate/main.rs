@@ -10,6 +10,8 @@ mod fuzz;
 mod http;
 #[cfg(feature = "server")]
 mod legacy_mirror;
+#[cfg(feature = "server")]
+mod limits;
 mod nginx;
 mod oidc;
 mod on_change;
