@@ -81,4 +81,4 @@ pub use auth::{
 };
 pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
 pub use http::{GENERATION_MARGIN, MAX_BODY};
-pub use probes::{Probe, ProbeLog};
+pub use probes::{MAX_PROBE_SOURCES, Probe, ProbeLog};

@@ -78,7 +78,8 @@ pub struct GateConfig {
     pub init: Option<Colour>,
     /// How long a presence report lasts. Default 15 s; renewed every third of it.
     pub presence_ttl: Duration,
-    /// How many load-balancer probes to remember. Default 64.
+    /// How many load-balancer probes to remember per source (of at most
+    /// [`MAX_PROBE_SOURCES`](crate::MAX_PROBE_SOURCES) sources). Default 64.
     pub probe_log: usize,
     /// Bound on any store call the gate makes. Default 2 s.
     pub store_timeout: Duration,

@@ -15,6 +15,7 @@ mod limits;
 mod nginx;
 mod oidc;
 mod on_change;
+mod probes;
 #[cfg(feature = "server")]
 mod process;
 mod redis;
