@@ -73,7 +73,10 @@ mod probes;
 #[cfg(feature = "server")]
 pub mod server;
 
-pub use crate::core::{Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, StopStatus, View};
+pub use crate::core::{
+    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, MAX_POLLS, MAX_POLLS_PER_SOURCE, StopStatus,
+    View,
+};
 pub use auth::{
     Auth, AuthError, Caller, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL,
     DEFAULT_REFRESH_INTERVAL, JwksSource, MAX_TOKEN_NAME_LEN, MIN_TOKEN_LEN, NamedToken,

@@ -2,9 +2,11 @@
 //! `docs/api.md`. Reads go to the store, never to the gate's view; writes
 //! are authenticated and recorded as the authenticated caller.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::PoisonError;
 use std::time::Duration;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -18,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use super::reply::{HttpError, Reply, Segment, authorise, json_body, method_not_allowed, require};
 use crate::auth::{Caller, Scope};
-use crate::core::{Gate, bounded};
+use crate::core::{Gate, MAX_POLLS_PER_SOURCE, bounded};
 
 /// How far above the highest generation known (to the store, its gates'
 /// presence reports and this gate) a generation floor or a reported
@@ -312,15 +314,69 @@ struct ChangesQuery {
     timeout_ms: Option<u64>,
 }
 
+/// A place among the polls of one source, given back on drop.
+struct SourceSlot<'a> {
+    gate: &'a Gate,
+    source: Option<IpAddr>,
+}
+
+impl<'a> SourceSlot<'a> {
+    fn take(gate: &'a Gate, source: Option<IpAddr>) -> Option<Self> {
+        let mut by_source = gate
+            .inner
+            .polls_by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = by_source.entry(source).or_insert(0);
+        if *n >= MAX_POLLS_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { gate, source })
+    }
+}
+
+impl Drop for SourceSlot<'_> {
+    fn drop(&mut self) {
+        let mut by_source = self
+            .gate
+            .inner
+            .polls_by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
 async fn changes(
     State(gate): State<Gate>,
     Segment(app): Segment,
     query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
 ) -> Reply {
     let app = app_name(&gate, &app)?;
     let Ok(Query(q)) = query else {
         return Err(HttpError::bad_request(
             "changes takes ?since=GENERATION&timeout_ms=N",
+        ));
+    };
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip());
+    let Some(_slot) = SourceSlot::take(&gate, source) else {
+        return Err(HttpError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!(
+                "{MAX_POLLS_PER_SOURCE} change polls from this address are waiting already; \
+                 wait for one to end"
+            ),
         ));
     };
     let Ok(_permit) = gate.inner.polls.try_acquire() else {
@@ -333,32 +389,61 @@ async fn changes(
         .timeout_ms
         .map_or(MAX_LONG_POLL, Duration::from_millis)
         .min(MAX_LONG_POLL);
-    let limit = gate.config().store_timeout;
-    let store = gate.store();
-    // Subscribe before reading, so a change between the two is not lost.
-    let mut sub = bounded(limit, store.subscribe(&app)).await?;
-    let now = bounded(limit, store.get(&app))
-        .await?
-        .map_or(0, |s| s.generation);
-    let answer = if now == since {
-        match tokio::time::timeout(wait, sub.recv()).await {
-            Ok(Some(change)) => wire::ChangesAnswer {
-                changed: true,
-                generation: change.generation,
-            },
-            Ok(None) => {
-                return Err(HttpError::unavailable("the store closed the change stream"));
+    let generation = if app == gate.config().app {
+        // The gate's own app: its view, which the follower keeps current
+        // through its one subscription, and the broadcast of it.
+        let mut rx = gate.inner.generation.subscribe();
+        let now = *rx.borrow_and_update();
+        if now == since {
+            match tokio::time::timeout(wait, rx.wait_for(|g| *g != since)).await {
+                Ok(Ok(g)) => Some(*g),
+                Ok(Err(_)) => return Err(HttpError::unavailable("the gate is shutting down")),
+                Err(_) => None,
             }
-            Err(_) => wire::ChangesAnswer {
-                changed: false,
-                generation: Some(since),
-            },
+        } else {
+            Some(now)
         }
     } else {
-        wire::ChangesAnswer {
+        // Another app (`api_any_app`): polled through the gate's one store
+        // client, never a subscription of its own.
+        poll_store(&gate, &app, since, wait).await?
+    };
+    let answer = match generation {
+        Some(g) => wire::ChangesAnswer {
             changed: true,
-            generation: Some(now),
-        }
+            generation: Some(g),
+        },
+        None => wire::ChangesAnswer {
+            changed: false,
+            generation: Some(since),
+        },
     };
     Ok(Json(answer).into_response())
+}
+
+/// The generation of `app` once it is not `since`, read every poll
+/// interval until `wait` runs out (`None`).
+async fn poll_store(
+    gate: &Gate,
+    app: &AppName,
+    since: u64,
+    wait: Duration,
+) -> Result<Option<u64>, HttpError> {
+    let limit = gate.config().store_timeout;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let now = bounded(limit, gate.store().get(app))
+            .await?
+            .map_or(0, |s| s.generation);
+        if now != since {
+            return Ok(Some(now));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + gate.config().poll_interval),
+        )
+        .await;
+    }
 }

@@ -2,6 +2,7 @@
 //! its behaviour when the store misbehaves.
 
 mod api;
+mod changes;
 // The runner, the binary and the example need the `server` feature.
 mod errors;
 #[cfg(feature = "server")]
