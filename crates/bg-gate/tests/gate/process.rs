@@ -201,3 +201,62 @@ pub(crate) fn exit_within(mut cmd: Command, limit: std::time::Duration) -> (Opti
         .unwrap();
     (code, err)
 }
+
+#[test]
+fn an_empty_token_file_is_refused_at_start_and_ignored_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# nobody yet\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--listen", "127.0.0.1:0"])
+        .arg("--token-file")
+        .arg(&tokens);
+    let (code, err) = exit_within(cmd, std::time::Duration::from_secs(20));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("holds no token"), "{err}");
+
+    std::fs::write(&tokens, format!("ci {TOKEN}\n")).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--init", "blue", "--handover", "0s"])
+        .args(["--listen", &addr.to_string()])
+        .arg("--token-file")
+        .arg(&tokens);
+    let p = Process::spawn("bg-gate tokens", cmd);
+    wait_for_port(addr, std::time::Duration::from_secs(20));
+    let auth = format!("Bearer {TOKEN}");
+    let switch = |to: &str| {
+        http::request(
+            addr,
+            "POST",
+            "/bg/switch",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            &format!(r#"{{"to":"{to}"}}"#),
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(switch("green"), 200);
+
+    // Emptied and re-read: the token in force stays, and it is an error.
+    std::fs::write(&tokens, "").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &p.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !p.output().contains("ERROR") {
+        assert!(Instant::now() < deadline, "{}", p.output());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = p.output();
+    assert!(
+        log.contains("holds no token") && !log.contains(TOKEN),
+        "{log}"
+    );
+    assert!(!log.contains("token file re-read"), "{log}");
+    assert_eq!(switch("blue"), 200, "{}", p.output());
+}
