@@ -61,9 +61,14 @@ impl Default for Limits {
 
 /// Serves `router` on `listener` within `limits` until `stop` resolves,
 /// then shuts every connection down gracefully and waits for them. A
-/// connection over the cap is served by `health` alone, from a small
-/// reserve, or closed at once when that is taken too.
-pub(crate) async fn serve(
+/// connection over the cap is served by `health` alone (give it
+/// [`Gate::public_router`](crate::Gate::public_router)), from a small
+/// reserve, or closed at once when that is taken too. Requests carry
+/// `ConnectInfo<SocketAddr>`, as the probe log wants.
+///
+/// This is how the standalone gate serves each listener; a service that
+/// serves its own router with the gate's routers merged can use it too.
+pub async fn serve(
     listener: TcpListener,
     router: Router,
     health: Router,

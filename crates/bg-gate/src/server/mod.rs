@@ -18,6 +18,7 @@ mod run;
 pub use args::GateArgs;
 pub use conn::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HEALTH_RESERVE, Limits,
+    serve,
 };
 pub use error::{ServerError, exit};
 pub use run::{GateServer, init_logging};
