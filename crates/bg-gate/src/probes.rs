@@ -106,11 +106,23 @@ impl ProbeLog {
         }
     }
 
-    fn find(&self, source: Option<IpAddr>) -> Option<std::sync::Arc<Ring>> {
-        self.slots
-            .iter()
-            .filter_map(ArcSwapOption::load_full)
-            .find(|r| r.source == source)
+    /// Records `packed` in the ring of `source`, if it has one; whether it
+    /// had. On the health path: a guard per slot looked at, no reference
+    /// count touched.
+    fn record_known(&self, source: Option<IpAddr>, packed: u64, at_ms: u64) -> bool {
+        for slot in &*self.slots {
+            let ring = slot.load();
+            match &*ring {
+                Some(r) if r.source == source => {
+                    r.record(packed, at_ms);
+                    return true;
+                }
+                Some(_) => {}
+                // Slots are claimed in order and never emptied.
+                None => return false,
+            }
+        }
+        false
     }
 
     pub(crate) fn record(&self, probe: Probe) {
@@ -118,14 +130,12 @@ impl ProbeLog {
             return;
         }
         let packed = pack(probe.at_ms, probe.colour, probe.answer);
-        if let Some(ring) = self.find(probe.source) {
-            ring.record(packed, probe.at_ms);
+        if self.record_known(probe.source, packed, probe.at_ms) {
             return;
         }
         let _claiming = self.claiming.lock().unwrap_or_else(PoisonError::into_inner);
         // Another request may have claimed it meanwhile.
-        if let Some(ring) = self.find(probe.source) {
-            ring.record(packed, probe.at_ms);
+        if self.record_known(probe.source, packed, probe.at_ms) {
             return;
         }
         let free = self.slots.iter().find(|s| s.load().is_none()).or_else(|| {
