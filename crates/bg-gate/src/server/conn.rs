@@ -127,6 +127,9 @@ struct Activity {
     idle_since: Mutex<Instant>,
     /// When the first byte since going idle arrived, in ms after `born`.
     head_started_ms: AtomicU64,
+    /// When bytes last went out, in ms after `born`: a response body still
+    /// streaming (server-sent events, a slow download) is not idle.
+    wrote_ms: AtomicU64,
     born: Instant,
 }
 
@@ -139,6 +142,7 @@ impl Activity {
             reading: AtomicBool::new(true),
             idle_since: Mutex::new(now),
             head_started_ms: AtomicU64::new(0),
+            wrote_ms: AtomicU64::new(0),
             born: now,
         }
     }
@@ -148,6 +152,14 @@ impl Activity {
             let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
             self.head_started_ms.store(ms, Ordering::Release);
         }
+    }
+
+    fn ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn wrote_some(&self) {
+        self.wrote_ms.store(self.ms(), Ordering::Relaxed);
     }
 
     fn request_started(&self) {
@@ -178,7 +190,8 @@ impl Activity {
                 .idle_since
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            Some(since + limits.idle_timeout)
+            let wrote = self.born + Duration::from_millis(self.wrote_ms.load(Ordering::Relaxed));
+            Some(since.max(wrote) + limits.idle_timeout)
         }
     }
 }
@@ -213,7 +226,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_some();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -229,7 +246,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_some();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

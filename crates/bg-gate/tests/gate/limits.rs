@@ -117,3 +117,49 @@ async fn websockets_are_not_subject_to_the_idle_limit() {
         .unwrap();
     assert_eq!(echo.to_text().unwrap(), "still here");
 }
+
+#[tokio::test]
+async fn a_streaming_response_is_not_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let store = memory_with(Colour::Blue).await;
+    let g = gate(&store, config(Colour::Blue)).await;
+    let app: Router = Router::new().route(
+        "/events",
+        axum::routing::get(|| async {
+            let ticks = futures_util::stream::unfold(0u32, |n| async move {
+                if n == 8 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Some((
+                    Ok::<_, std::convert::Infallible>(format!("tick {n}\n")),
+                    n + 1,
+                ))
+            });
+            axum::body::Body::from_stream(ticks)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = bg_gate::server::Limits {
+        header_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        ..bg_gate::server::Limits::default()
+    };
+    let server = tokio::spawn(bg_gate::server::serve(
+        listener,
+        app,
+        g.public_router(),
+        limits,
+        std::future::pending(),
+    ));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).await.unwrap();
+    // 3.2 s of ticks, past the 1 s idle limit: all of them arrived.
+    assert!(got.contains("tick 7"), "{got}");
+    server.abort();
+}
