@@ -1,16 +1,36 @@
 //! The HAProxy `agent-check` responder: one line per connection, `ready`
 //! while this colour answers OK and `drain` when it is idle.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::core::Gate;
 
+/// Agent connections being answered at once; more wait in the backlog.
+const MAX_AGENT_CONNECTIONS: usize = 256;
+/// How long writing the answer may take before the connection is dropped.
+const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Gate {
     /// Answers HAProxy agent checks on `listener` until `shutdown` resolves.
+    /// At most 256 connections are answered at once, each within 5 s.
     pub async fn serve_agent(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(MAX_AGENT_CONNECTIONS));
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
+            // A slot first, so a flood waits in the backlog instead of
+            // holding descriptors here.
+            let slot = tokio::select! {
+                () = &mut shutdown => return,
+                s = Arc::clone(&slots).acquire_owned() => match s {
+                    Ok(s) => s,
+                    Err(_) => return,
+                },
+            };
             let accepted = tokio::select! {
                 () = &mut shutdown => return,
                 a = listener.accept() => a,
@@ -23,8 +43,12 @@ impl Gate {
                         b"drain\n"
                     };
                     tokio::spawn(async move {
-                        let _ = stream.write_all(line).await;
-                        let _ = stream.shutdown().await;
+                        let _ = tokio::time::timeout(AGENT_WRITE_TIMEOUT, async {
+                            let _ = stream.write_all(line).await;
+                            let _ = stream.shutdown().await;
+                        })
+                        .await;
+                        drop(slot);
                     });
                 }
                 Err(e) => {

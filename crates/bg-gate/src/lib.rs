@@ -72,11 +72,15 @@ mod probes;
 #[cfg(feature = "server")]
 pub mod server;
 
-pub use crate::core::{Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, StopStatus, View};
+pub use crate::core::{
+    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, MAX_POLLS, MAX_POLLS_PER_SOURCE, StopStatus,
+    View,
+};
 pub use auth::{
-    Auth, AuthError, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, JwksSource,
-    MIN_TOKEN_LEN, NamedToken, OidcConfig, OidcError, OidcVerifier, Refusal,
+    Auth, AuthError, Caller, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL,
+    DEFAULT_REFRESH_INTERVAL, JwksSource, MAX_TOKEN_NAME_LEN, MIN_TOKEN_LEN, NamedToken,
+    OidcConfig, OidcError, OidcVerifier, Refusal, Scope, UnknownScope,
 };
 pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
-pub use http::MAX_BODY;
-pub use probes::{BadLbSource, LbSource, Probe, ProbeLog};
+pub use http::{GENERATION_MARGIN, MAX_BODY};
+pub use probes::{BadLbSource, LbSource, MAX_PROBE_SOURCES, Probe, ProbeLog};

@@ -1,54 +1,183 @@
-//! The load balancer's recent health checks, as this gate answered them,
-//! and the address ranges (`--lb-source`) that say who the load balancers
-//! are.
+//! The load balancer's recent health checks, as this gate answered them: a
+//! bounded ring per source, in a table with a bounded number of sources, so
+//! a burst from one source never evicts another source's probes; and the
+//! address ranges (`--lb-source`) that say who the load balancers are.
+//!
+//! Recording takes no lock: a probe is packed into one `u64` and stored in
+//! its source's ring with atomics. Only a source not seen before takes the
+//! table's lock, to claim a slot.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use arc_swap::ArcSwapOption;
+use bg_state::Colour;
+
+use crate::core::Answer;
 
 /// One health check the gate answered, as `GET /bg/state` reports it.
 pub use bg_state::wire::ProbeRecord as Probe;
 
-/// A bounded log of probes, newest last.
+/// How many sources the probe log keeps probes of.
+pub const MAX_PROBE_SOURCES: usize = 32;
+
+/// A source whose newest probe is older than this may give its slot to a
+/// new source when the table is full: load balancers probe every few
+/// seconds, so a slot this quiet is not one.
+const STALE_SOURCE_MS: u64 = 5 * 60 * 1000;
+
+/// The probes of one source, newest overwriting oldest.
+#[derive(Debug)]
+struct Ring {
+    source: Option<IpAddr>,
+    /// Packed probes (see [`pack`]); 0 is an empty entry.
+    entries: Box<[AtomicU64]>,
+    next: AtomicUsize,
+    newest_ms: AtomicU64,
+}
+
+impl Ring {
+    fn new(source: Option<IpAddr>, cap: usize) -> Self {
+        Ring {
+            source,
+            entries: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+            next: AtomicUsize::new(0),
+            newest_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, packed: u64, at_ms: u64) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.entries.len();
+        self.entries[i].store(packed, Ordering::Release);
+        self.newest_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
+}
+
+/// A bounded log of probes: up to `cap` per source, of up to
+/// [`MAX_PROBE_SOURCES`] sources.
 #[derive(Debug)]
 pub struct ProbeLog {
     cap: usize,
-    entries: Mutex<VecDeque<Probe>>,
+    slots: Box<[ArcSwapOption<Ring>]>,
+    /// Taken only to claim a slot for a new source.
+    claiming: Mutex<()>,
+}
+
+/// A probe in one word: the time in the high bits, colour and answer in
+/// the low three. Never 0 (the time is never 0).
+fn pack(at_ms: u64, colour: Colour, answer: Answer) -> u64 {
+    let colour = match colour {
+        Colour::Blue => 0,
+        Colour::Green => 1,
+    };
+    let answer = match answer {
+        Answer::Ok => 0,
+        Answer::Handover => 1,
+        Answer::Stop => 2,
+    };
+    (at_ms.max(1) << 3) | (colour << 2) | answer
+}
+
+fn unpack(source: Option<IpAddr>, packed: u64) -> Probe {
+    Probe {
+        source,
+        at_ms: packed >> 3,
+        colour: if packed & 4 == 0 {
+            Colour::Blue
+        } else {
+            Colour::Green
+        },
+        answer: match packed & 3 {
+            0 => Answer::Ok,
+            1 => Answer::Handover,
+            _ => Answer::Stop,
+        },
+    }
 }
 
 impl ProbeLog {
     pub(crate) fn new(cap: usize) -> Self {
         ProbeLog {
             cap,
-            entries: Mutex::new(VecDeque::with_capacity(cap)),
+            slots: (0..MAX_PROBE_SOURCES)
+                .map(|_| ArcSwapOption::empty())
+                .collect(),
+            claiming: Mutex::new(()),
         }
+    }
+
+    /// Records `packed` in the ring of `source`, if it has one; whether it
+    /// had. On the health path: a guard per slot looked at, no reference
+    /// count touched.
+    fn record_known(&self, source: Option<IpAddr>, packed: u64, at_ms: u64) -> bool {
+        for slot in &*self.slots {
+            let ring = slot.load();
+            match &*ring {
+                Some(r) if r.source == source => {
+                    r.record(packed, at_ms);
+                    return true;
+                }
+                Some(_) => {}
+                // Slots are claimed in order and never emptied.
+                None => return false,
+            }
+        }
+        false
     }
 
     pub(crate) fn record(&self, probe: Probe) {
         if self.cap == 0 {
             return;
         }
-        let mut e = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if e.len() == self.cap {
-            e.pop_front();
+        let packed = pack(probe.at_ms, probe.colour, probe.answer);
+        if self.record_known(probe.source, packed, probe.at_ms) {
+            return;
         }
-        e.push_back(probe);
+        let _claiming = self.claiming.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another request may have claimed it meanwhile.
+        if self.record_known(probe.source, packed, probe.at_ms) {
+            return;
+        }
+        let free = self.slots.iter().find(|s| s.load().is_none()).or_else(|| {
+            self.slots.iter().find(|s| {
+                s.load().as_ref().is_some_and(|r| {
+                    probe
+                        .at_ms
+                        .saturating_sub(r.newest_ms.load(Ordering::Relaxed))
+                        > STALE_SOURCE_MS
+                })
+            })
+        });
+        // With every slot taken by a recent source, a new one is not
+        // recorded: it cannot push out a load balancer.
+        if let Some(slot) = free {
+            let ring = Ring::new(probe.source, self.cap);
+            ring.record(packed, probe.at_ms);
+            slot.store(Some(std::sync::Arc::new(ring)));
+        }
     }
 
     /// The probes remembered, oldest first.
     #[must_use]
     pub fn snapshot(&self) -> Vec<Probe> {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let mut out: Vec<Probe> = self
+            .slots
             .iter()
-            .cloned()
-            .collect()
+            .filter_map(ArcSwapOption::load_full)
+            .flat_map(|r| {
+                r.entries
+                    .iter()
+                    .map(|e| e.load(Ordering::Acquire))
+                    .filter(|p| *p != 0)
+                    .map(|p| unpack(r.source, p))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by_key(|p| p.at_ms);
+        out
     }
 }
 

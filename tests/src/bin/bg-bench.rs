@@ -74,7 +74,11 @@ fn wrk(url: &str) -> Wrk {
         ])
         .output()
         .expect("wrk runs (scripts/bench.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Requests per second, p50 and p99 from `wrk --latency` output.
+fn parse_wrk(text: &str) -> Wrk {
     let find = |prefix: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
@@ -86,6 +90,133 @@ fn wrk(url: &str) -> Wrk {
         p50: find("50%"),
         p99: find("99%"),
     }
+}
+
+/// Rounds of the same-runtime comparison; each round runs every variant
+/// once, in a rotated order, so drift (thermal, other load) spreads evenly.
+const ROUNDS: usize = 5;
+
+/// `taskset -c CPUS` in front of `program` when `taskset` exists and the
+/// machine has at least two cores, so server and load generator do not
+/// fight over one; `None` otherwise.
+fn pinned(cpus: &str) -> Option<Vec<String>> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let has_taskset = Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (cores >= 2 && has_taskset).then(|| vec!["taskset".into(), "-c".into(), cpus.into()])
+}
+
+/// `wrk` as [`wrk`] does, pinned to the second core when pinning is possible.
+fn wrk_pinned(url: &str, pin: bool) -> Wrk {
+    if !pin {
+        return wrk(url);
+    }
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c32",
+            &format!("-d{WRK_SECONDS}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .expect("wrk runs (scripts/bench.sh installs it)");
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+/// The gate's health path and the request tracking against a bare handler,
+/// all three served by `bg-bare` (same runtime, same server loop), in
+/// alternating rounds; medians of the rounds.
+fn same_runtime(md: &mut String) {
+    let pin = pinned("0");
+    let variants = ["bare", "gate", "tracked"];
+    let servers: Vec<(Process, SocketAddr)> = variants
+        .iter()
+        .map(|mode| {
+            let a = addr();
+            let mut cmd = match &pin {
+                Some(prefix) => {
+                    let mut c = Command::new(&prefix[0]);
+                    c.args(&prefix[1..]).arg(sibling("bg-bare"));
+                    c
+                }
+                None => Command::new(sibling("bg-bare")),
+            };
+            cmd.arg(a.to_string()).arg(mode);
+            let p = Process::spawn(&format!("bg-bare {mode}"), cmd);
+            wait_for_port(a, Duration::from_secs(10));
+            (p, a)
+        })
+        .collect();
+    let path = "/balancer-keepalive-check";
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..ROUNDS {
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            eprintln!("  round {} of {ROUNDS}: {}", round + 1, variants[i]);
+            let w = wrk_pinned(&format!("http://{}{path}", servers[i].1), pin.is_some());
+            rps[i].push(w.rps);
+        }
+    }
+    let med: Vec<f64> = rps.iter().map(|r| median(r.clone())).collect();
+    let ratio = |i: usize| med[i] / med[0].max(1.0);
+    let verdict = |r: f64| if r >= 0.95 { "met" } else { "**missed**" };
+    let _ = writeln!(
+        md,
+        "## Same runtime: health path and request tracking
+
+         `bg-bare` serves each variant with `bg_gate::server::serve`, the loop `bg-gate` uses,          on one Tokio runtime: a bare handler answering `OK`, the gate's public router, and the          bare handler inside `Gate::track_requests` (what an embedding service pays on its own          routes). {ROUNDS} rounds of `wrk -c32 -d{WRK_SECONDS}s`, the order rotated every round;          medians. {}
+",
+        if pin.is_some() {
+            "Servers pinned to core 0, `wrk` (one thread) to core 1 (`taskset`)."
+        } else {
+            "Not pinned (no `taskset`, or one core): `wrk -t2` shares the cores with the server."
+        }
+    );
+    let _ = writeln!(
+        md,
+        "| variant | median requests/s | vs bare | target | rounds |
+| --- | ---: | ---: | --- | --- |"
+    );
+    for (i, name) in ["bare handler", "gate health path", "tracked bare handler"]
+        .iter()
+        .enumerate()
+    {
+        let rounds = rps[i]
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let target = if i == 0 {
+            "—".to_owned()
+        } else {
+            format!("≥ 0.95×: {}", verdict(ratio(i)))
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0} | {:.2}× | {target} | {rounds} |",
+            med[i],
+            ratio(i)
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// One keep-alive client at a fixed 1,000 requests per second for 10 s.
@@ -330,6 +461,9 @@ async fn main() {
         md,
         "## Gate memory\n\nResident set of the `bg-gate` process: {idle_rss:.1} MiB idle, {load_rss:.1} MiB at most under the load above (target < 20 MiB idle).\n"
     );
+
+    eprintln!("same runtime: bare, gate, tracked ({ROUNDS} alternating rounds)");
+    same_runtime(&mut md);
 
     // 2. Switch propagation.
     eprintln!("switch propagation: 1000 switches with notifications, 1000 polling only");

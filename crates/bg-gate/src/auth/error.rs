@@ -9,8 +9,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
-    /// A token name is empty, too long, or has whitespace.
-    #[error("a token name must be 1 to 100 characters without spaces")]
+    /// A token name is empty, too long, or has a character outside
+    /// `[A-Za-z0-9._@-]`.
+    #[error("a token name must be 1 to 64 of the characters A-Z a-z 0-9 . _ @ -")]
     TokenName,
     /// A token is shorter than [`MIN_TOKEN_LEN`](crate::MIN_TOKEN_LEN).
     #[error("a token is {len} bytes long; at least {min} are required")]
@@ -45,8 +46,11 @@ pub enum AuthError {
         /// Why.
         source: std::io::Error,
     },
-    /// A line of the token file is not `name token`.
-    #[error("{} line {line}: expected `name token`", path.display())]
+    /// A line of the token file is not `name token [scope]`.
+    #[error(
+        "{} line {line}: expected `name token` or `name token scope` (scope `ci` or `admin`)",
+        path.display()
+    )]
     Malformed {
         /// The file.
         path: PathBuf,
@@ -62,6 +66,15 @@ pub enum AuthError {
         line: usize,
         /// What is wrong with the token.
         source: Box<AuthError>,
+    },
+    /// The token file holds no token: taking it would turn switching off.
+    #[error(
+        "token file {} holds no token: at least one `name token` line is required",
+        path.display()
+    )]
+    NoTokens {
+        /// The file.
+        path: PathBuf,
     },
     /// The tokens of a file clash, with each other or with a token given
     /// besides the file.
@@ -223,6 +236,10 @@ pub enum Refusal {
     /// A genuine `id_token` whose claims break a rule (HTTP 403).
     #[error("{}", self.message())]
     ClaimsNotAllowed,
+    /// A valid credential whose scope does not cover the act: `ci` for
+    /// one that needs `admin` (HTTP 403).
+    #[error("{}", self.message())]
+    NeedsAdmin,
 }
 
 impl Refusal {
@@ -235,6 +252,9 @@ impl Refusal {
             Refusal::Invalid => "invalid token",
             Refusal::ClaimsNotAllowed => {
                 "this token's claims are not allowed to switch through this gate"
+            }
+            Refusal::NeedsAdmin => {
+                "this act (init, a forced act, lease break, presence) needs a credential with the admin scope"
             }
         }
     }

@@ -16,13 +16,18 @@ mod claims;
 mod error;
 mod jwks;
 mod oidc;
+mod scope;
 mod tokens;
 
 pub use claims::ClaimRule;
 pub use error::{AuthError, OidcError, Refusal};
 pub use jwks::JwksSource;
-pub use oidc::{DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, OidcConfig, OidcVerifier};
-pub use tokens::{MIN_TOKEN_LEN, NamedToken};
+pub use oidc::{
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL, DEFAULT_REFRESH_INTERVAL, OidcConfig,
+    OidcVerifier,
+};
+pub use scope::{Caller, Scope, UnknownScope};
+pub use tokens::{MAX_TOKEN_NAME_LEN, MIN_TOKEN_LEN, NamedToken};
 
 /// The gate's write authorisation: bearer tokens and, when one is set with
 /// [`Auth::with_oidc`], GitLab CI `id_tokens`. With nothing configured,
@@ -59,8 +64,9 @@ impl Auth {
         })
     }
 
-    /// Tokens from a file of `name token` lines (`#` comments and blank
-    /// lines allowed); [`Auth::reload`] re-reads it.
+    /// Tokens from a file of `name token [scope]` lines (`#` comments and
+    /// blank lines allowed; the scope is `ci`, the default, or `admin`);
+    /// [`Auth::reload`] re-reads it.
     ///
     /// # Errors
     /// If the file cannot be read ([`AuthError::ReadFile`]), a line is
@@ -88,6 +94,11 @@ impl Auth {
     #[must_use]
     pub fn oidc(&self) -> Option<&OidcVerifier> {
         self.oidc.as_deref()
+    }
+
+    /// The verifier as shared, for the gate's key refresh timer.
+    pub(crate) fn oidc_shared(&self) -> Option<&Arc<OidcVerifier>> {
+        self.oidc.as_ref()
     }
 
     /// Adds one more token (e.g. from `BG_TOKEN`) to these; it stays across
@@ -158,6 +169,15 @@ impl Auth {
     /// expired credentials, [`Refusal::ClaimsNotAllowed`] for a genuine
     /// `id_token` whose claims break a rule.
     pub async fn check(&self, authorization: Option<&str>) -> Result<String, Refusal> {
+        self.caller(authorization).await.map(|c| c.actor)
+    }
+
+    /// As [`Auth::check`], with the credential's [`Scope`]: a named token's
+    /// from the token file, an `id_token`'s from the admin claim rules.
+    ///
+    /// # Errors
+    /// As [`Auth::check`].
+    pub async fn caller(&self, authorization: Option<&str>) -> Result<Caller, Refusal> {
         let tokens = self.current();
         if tokens.is_empty() && self.oidc.is_none() {
             return Err(Refusal::Off);
@@ -166,10 +186,10 @@ impl Auth {
             return Err(Refusal::Missing);
         };
         if let Some(t) = tokens::matching(&tokens, presented) {
-            return Ok(t.name().to_owned());
+            return Ok(Caller::new(t.name().to_owned(), t.scope()));
         }
         match &self.oidc {
-            Some(oidc) if looks_like_jwt(presented) => oidc.verify(presented).await,
+            Some(oidc) if looks_like_jwt(presented) => oidc.verify_caller(presented).await,
             _ => Err(Refusal::Invalid),
         }
     }

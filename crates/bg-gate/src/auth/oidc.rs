@@ -12,9 +12,14 @@ use serde_json::{Map, Value};
 use super::claims::{self, ClaimRule};
 use super::error::{OidcError, Refusal};
 use super::jwks::{JwksSource, KeySet, KeySource};
+use super::scope::{Caller, Scope};
 
 /// The least time between two JWKS refetches triggered by unknown key ids.
 pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How often the JWKS is loaded again, unknown key ids or not, so keys the
+/// issuer withdrew stop being accepted.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(600);
 
 /// The bound on one JWKS download.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,9 +44,19 @@ pub struct OidcConfig {
     /// required, since any project on the issuer can mint a token for any
     /// audience.
     pub rules: Vec<ClaimRule>,
+    /// Rules that grant the `admin` scope to a token that meets `rules`
+    /// too, with the same meaning (rules for different claims must all
+    /// match, rules for one claim are alternatives). Empty, the default:
+    /// `id_tokens` get the `ci` scope only.
+    pub admin_rules: Vec<ClaimRule>,
     /// The least time between two refetches for unknown key ids (the
     /// start-up load does not count).
     pub refetch_interval: Duration,
+    /// How often the key set is loaded again on a timer, once a gate
+    /// holding this verifier is started ([`Gate::start`](crate::Gate::start)):
+    /// keys withdrawn from the set are dropped then. A load that fails
+    /// keeps the keys in force.
+    pub refresh_interval: Duration,
     /// The bound on one JWKS download.
     pub fetch_timeout: Duration,
 }
@@ -60,7 +75,9 @@ impl OidcConfig {
             audience: audience.into(),
             jwks,
             rules,
+            admin_rules: Vec::new(),
             refetch_interval: DEFAULT_REFETCH_INTERVAL,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
         }
     }
@@ -73,6 +90,7 @@ pub struct OidcVerifier {
     issuer: String,
     audience: String,
     rules: Vec<ClaimRule>,
+    admin_rules: Vec<ClaimRule>,
     source: KeySource,
     validation: Validation,
     keys: RwLock<Arc<KeySet>>,
@@ -81,6 +99,7 @@ pub struct OidcVerifier {
     /// one download instead of starting their own.
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
     refetch_interval: Duration,
+    refresh_interval: Duration,
 }
 
 impl fmt::Debug for OidcVerifier {
@@ -113,7 +132,9 @@ impl OidcVerifier {
             audience,
             jwks,
             rules,
+            admin_rules,
             refetch_interval,
+            refresh_interval,
             fetch_timeout,
         } = config;
         if issuer.trim().is_empty() {
@@ -150,11 +171,13 @@ impl OidcVerifier {
             issuer,
             audience,
             rules,
+            admin_rules,
             source,
             validation,
             keys: RwLock::new(Arc::new(KeySet::new())),
             last_refetch: tokio::sync::Mutex::new(None),
             refetch_interval,
+            refresh_interval: refresh_interval.max(Duration::from_millis(10)),
         };
         match verifier.source.load().await {
             Ok(keys) => verifier.install(keys),
@@ -188,6 +211,12 @@ impl OidcVerifier {
         &self.rules
     }
 
+    /// The rules that grant the `admin` scope (empty: none is granted).
+    #[must_use]
+    pub fn admin_rules(&self) -> &[ClaimRule] {
+        &self.admin_rules
+    }
+
     /// The ids of the keys in force, sorted.
     #[must_use]
     pub fn key_ids(&self) -> Vec<String> {
@@ -205,6 +234,15 @@ impl OidcVerifier {
     /// [`Refusal::ClaimsNotAllowed`] for a genuine token whose claims break
     /// a rule.
     pub async fn verify(&self, token: &str) -> Result<String, Refusal> {
+        self.verify_caller(token).await.map(|c| c.actor)
+    }
+
+    /// As [`OidcVerifier::verify`], with the token's [`Scope`]: `admin` when
+    /// its claims also meet the admin rules, `ci` otherwise.
+    ///
+    /// # Errors
+    /// As [`OidcVerifier::verify`].
+    pub async fn verify_caller(&self, token: &str) -> Result<Caller, Refusal> {
         if token.len() > MAX_TOKEN_LEN {
             tracing::debug!("JWT refused: too long");
             return Err(Refusal::Invalid);
@@ -249,7 +287,14 @@ impl OidcVerifier {
             );
             return Err(Refusal::ClaimsNotAllowed);
         }
-        Ok(actor)
+        let scope = if !self.admin_rules.is_empty()
+            && claims::broken_rule(&self.admin_rules, &claims).is_none()
+        {
+            Scope::Admin
+        } else {
+            Scope::Ci
+        };
+        Ok(Caller::new(actor, scope))
     }
 
     fn current(&self) -> Arc<KeySet> {
@@ -270,6 +315,28 @@ impl OidcVerifier {
             .keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    /// Loads the key set again and puts it in force whole, so a key the
+    /// issuer withdrew is dropped; on failure the keys in force stay.
+    pub(crate) async fn refresh_keys(&self) {
+        let _serialised = self.last_refetch.lock().await;
+        match self.source.load().await {
+            Ok(keys) => {
+                tracing::debug!(jwks = %self.source.name(), keys = keys.len(), "JWKS refreshed");
+                self.install(keys);
+            }
+            Err(e) => tracing::warn!(
+                jwks = %self.source.name(),
+                error = %e,
+                "JWKS not refreshed; the keys in force stay"
+            ),
+        }
+    }
+
+    /// How often [`OidcVerifier::refresh_keys`] runs on a timer.
+    pub(crate) fn refresh_interval(&self) -> Duration {
+        self.refresh_interval
     }
 
     async fn refetch_for(&self, kid: &str) -> Option<Arc<DecodingKey>> {

@@ -133,3 +133,64 @@ async fn token_file_and_reload() {
         AuthError::Malformed { line: 1, .. }
     ));
 }
+
+#[test]
+fn a_token_file_with_no_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    for text in ["", "\n\n", "# only a comment\n  \n"] {
+        std::fs::write(&path, text).unwrap();
+        let e = Auth::from_file(&path).unwrap_err();
+        assert!(matches!(e, AuthError::NoTokens { .. }), "{text:?}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_that_finds_no_token_keeps_the_tokens_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, format!("ci {GOOD}\n")).unwrap();
+    let auth = Auth::from_file(&path).unwrap();
+    std::fs::write(&path, "").unwrap();
+    let e = auth.reload().unwrap_err();
+    assert!(matches!(e, AuthError::NoTokens { .. }), "{e}");
+    assert_eq!(auth.check(Some(&bearer_header(GOOD))).await.unwrap(), "ci");
+}
+
+#[test]
+fn token_names_are_restricted() {
+    for good in ["ci", "a", "deploy-bot_2.prod@ops", &"n".repeat(64)] {
+        assert!(NamedToken::new(good, GOOD).is_ok(), "{good:?}");
+    }
+    for bad in [
+        "",
+        &"n".repeat(65),
+        "two words",
+        "new\nline",
+        "semi;colon",
+        "quote\"",
+        "slash/name",
+        "ünïcode",
+        "=",
+    ] {
+        let e = NamedToken::new(bad, GOOD).unwrap_err();
+        assert!(matches!(e, AuthError::TokenName), "{bad:?}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_of_any_length_compare_by_digest() {
+    let auth = Auth::with_tokens(vec![NamedToken::new("ci", GOOD).unwrap()]).unwrap();
+    // A prefix, an extension and a same-length change are all refused.
+    for wrong in [
+        &GOOD[..GOOD.len() - 1],
+        &format!("{GOOD}x"),
+        "0123456789abcdef-cj",
+    ] {
+        assert_eq!(
+            auth.check(Some(&bearer_header(wrong))).await.unwrap_err(),
+            Refusal::Invalid
+        );
+    }
+    assert_eq!(auth.check(Some(&bearer_header(GOOD))).await.unwrap(), "ci");
+}

@@ -3,24 +3,37 @@
 
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::AuthError;
+use super::scope::Scope;
 
 /// The shortest token accepted, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// A named secret. Its `Debug` never shows the secret.
+/// The longest token name accepted, in characters.
+pub const MAX_TOKEN_NAME_LEN: usize = 64;
+
+/// A named secret. Only the secret's SHA-256 digest is kept, and compared:
+/// digests all have one length, so the comparison's time says nothing of
+/// the secret's length. Its `Debug` never shows the secret.
 #[derive(Clone)]
 pub struct NamedToken {
     name: String,
-    secret: Vec<u8>,
+    digest: [u8; 32],
+    scope: Scope,
+}
+
+fn digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
 }
 
 impl std::fmt::Debug for NamedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NamedToken")
             .field("name", &self.name)
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -29,15 +42,18 @@ impl NamedToken {
     /// A token called `name` (recorded as the actor) with `secret`.
     ///
     /// # Errors
-    /// [`AuthError::TokenName`] if the name is empty or has whitespace,
+    /// [`AuthError::TokenName`] unless the name is 1 to 64 of
+    /// `A-Z a-z 0-9 . _ @ -` (it goes into history and logs),
     /// [`AuthError::TokenTooShort`] if the secret is shorter than
     /// [`MIN_TOKEN_LEN`] bytes, [`AuthError::TokenWhitespace`] if it has
     /// whitespace. The error never contains the secret.
     pub fn new(name: impl Into<String>, secret: impl Into<String>) -> Result<Self, AuthError> {
         let (name, secret) = (name.into(), secret.into());
         if name.is_empty()
-            || name.len() > 100
-            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            || name.len() > MAX_TOKEN_NAME_LEN
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_@".contains(&b))
         {
             return Err(AuthError::TokenName);
         }
@@ -54,8 +70,22 @@ impl NamedToken {
         }
         Ok(NamedToken {
             name,
-            secret: secret.into_bytes(),
+            digest: digest(secret.as_bytes()),
+            scope: Scope::Ci,
         })
+    }
+
+    /// This token with `scope` (a new token has [`Scope::Ci`]).
+    #[must_use]
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// What the token may do.
+    #[must_use]
+    pub fn scope(&self) -> Scope {
+        self.scope
     }
 
     /// The token's name.
@@ -65,12 +95,14 @@ impl NamedToken {
     }
 }
 
-/// The token whose secret is `presented`, if any. Compares against every
-/// token, so the time taken says nothing about which one (if any) came close.
+/// The token whose secret is `presented`, if any. Compares the digests,
+/// in constant time, against every token, so the time taken says nothing
+/// about which one (if any) came close, nor how long any of them is.
 pub(super) fn matching<'a>(tokens: &'a [NamedToken], presented: &str) -> Option<&'a NamedToken> {
+    let presented = digest(presented.as_bytes());
     let mut found = None;
     for t in tokens {
-        if bool::from(t.secret.as_slice().ct_eq(presented.as_bytes())) {
+        if bool::from(t.digest.ct_eq(&presented)) {
             found = Some(t);
         }
     }
@@ -86,7 +118,7 @@ pub(super) fn check_unique(tokens: &[NamedToken]) -> Result<(), AuthError> {
                     name: a.name.clone(),
                 });
             }
-            if a.secret == b.secret {
+            if a.digest == b.digest {
                 return Err(AuthError::DuplicateSecret {
                     first: a.name.clone(),
                     second: b.name.clone(),
@@ -105,7 +137,7 @@ pub(super) fn in_file(path: &Path, err: AuthError) -> AuthError {
     }
 }
 
-/// The tokens of a file of `name token` lines; `#` comments and blank
+/// The tokens of a file of `name token [scope]` lines; `#` comments and blank
 /// lines are skipped. Errors name the line, never quote it.
 pub(super) fn read_token_file(path: &Path) -> Result<Vec<NamedToken>, AuthError> {
     let text = std::fs::read_to_string(path).map_err(|source| AuthError::ReadFile {
@@ -118,18 +150,31 @@ pub(super) fn read_token_file(path: &Path) -> Result<Vec<NamedToken>, AuthError>
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut parts = line.split_whitespace();
-        let (Some(name), Some(secret), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(AuthError::Malformed {
-                path: path.to_owned(),
-                line: n + 1,
-            });
+        let malformed = || AuthError::Malformed {
+            path: path.to_owned(),
+            line: n + 1,
         };
-        tokens.push(NamedToken::new(name, secret).map_err(|e| AuthError::Line {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(secret), scope, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        let scope = match scope {
+            None => Scope::Ci,
+            Some(s) => s.parse().map_err(|_| malformed())?,
+        };
+        let token = NamedToken::new(name, secret).map_err(|e| AuthError::Line {
             path: path.to_owned(),
             line: n + 1,
             source: Box::new(e),
-        })?);
+        })?;
+        tokens.push(token.with_scope(scope));
+    }
+    if tokens.is_empty() {
+        return Err(AuthError::NoTokens {
+            path: path.to_owned(),
+        });
     }
     check_unique(&tokens).map_err(|e| in_file(path, e))?;
     Ok(tokens)

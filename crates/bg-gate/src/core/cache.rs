@@ -1,6 +1,7 @@
 //! The local cache of the last adopted state, for a restart during an outage.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use bg_state::{AppName, State};
@@ -40,7 +41,8 @@ pub(crate) fn load(path: &Path, app: &AppName) -> Result<Option<State>, String> 
     Ok(Some(cache.state))
 }
 
-/// Writes `state` atomically: temp file, fsync, rename.
+/// Writes `state` atomically: a temporary file created exclusively, fsync,
+/// rename.
 pub(crate) fn save(path: &Path, state: &State) -> std::io::Result<()> {
     let cache = Cache {
         format: FORMAT.to_owned(),
@@ -50,8 +52,52 @@ pub(crate) fn save(path: &Path, state: &State) -> std::io::Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::File::create(&tmp)?;
+    // Created, never opened: a file or symlink planted at the temporary
+    // name is removed (the link, not its target) and the name made anew.
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+    };
+    let mut f = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp)?;
+            create()?
+        }
+        other => other?,
+    };
     f.write_all(&json)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_planted_symlink_at_the_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.json");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let mut tmp_name = path.file_name().unwrap().to_owned();
+        tmp_name.push(format!(".tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, path.with_file_name(tmp_name)).unwrap();
+
+        let app = AppName::new("chat").unwrap();
+        let store = bg_state::open("memory://").unwrap();
+        let state = store
+            .init(
+                &app,
+                bg_state::InitRequest::new(bg_state::Colour::Blue, "t"),
+            )
+            .await
+            .unwrap();
+        save(&path, &state).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(load(&path, &app).unwrap().unwrap().generation, 1);
+    }
 }

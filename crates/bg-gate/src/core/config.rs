@@ -78,7 +78,8 @@ pub struct GateConfig {
     pub init: Option<Colour>,
     /// How long a presence report lasts. Default 15 s; renewed every third of it.
     pub presence_ttl: Duration,
-    /// How many load-balancer probes to remember. Default 64.
+    /// How many load-balancer probes to remember per source (of at most
+    /// [`MAX_PROBE_SOURCES`](crate::MAX_PROBE_SOURCES) sources). Default 64.
     pub probe_log: usize,
     /// Where the load balancers' health checks come from. When given, only
     /// probes from these ranges are logged (and so counted by `bg-ctl`);
@@ -105,9 +106,10 @@ pub struct GateConfig {
     /// answers from changes, and once when it first knows a state (so a
     /// load balancer configured by it is right after a restart): the push
     /// model for load balancers without active health checks, such as
-    /// open-source nginx. It sees `BG_ACTIVE` (the live colour),
-    /// `BG_GENERATION`, `BG_APP` and `BG_COLOUR` (this gate's colour), not
-    /// `BG_TOKEN`. Runs go one at a time, off the health-check path, once
+    /// open-source nginx. Its environment is minimal: `BG_ACTIVE` (the live
+    /// colour), `BG_GENERATION`, `BG_APP` and `BG_COLOUR` (this gate's
+    /// colour), and of the gate's own only `PATH`, `HOME`, `LANG`, `LC_ALL`
+    /// and `TZ` — no token, no store URL. Runs go one at a time, off the health-check path, once
     /// [`Gate::start`](crate::Gate::start) has been called; a run that fails
     /// or outlasts 30 s (then killed) is logged and retried, with a pause
     /// growing from 1 s to 30 s, until it succeeds or a newer change

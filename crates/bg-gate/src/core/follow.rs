@@ -26,8 +26,26 @@ impl Gate {
                 self.inner.live.subscribe(),
             ));
         }
+        if let Some(oidc) = self.inner.auth.oidc_shared() {
+            tokio::spawn(refresh_jwks(Arc::downgrade(oidc)));
+        }
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(follow(weak))
+    }
+}
+
+/// Loads the id_token verifier's key set again on its timer, until the
+/// gate (and with it the verifier) is gone.
+async fn refresh_jwks(weak: Weak<crate::auth::OidcVerifier>) {
+    loop {
+        let Some(interval) = weak.upgrade().map(|v| v.refresh_interval()) else {
+            return;
+        };
+        tokio::time::sleep(interval).await;
+        let Some(verifier) = weak.upgrade() else {
+            return;
+        };
+        verifier.refresh_keys().await;
     }
 }
 

@@ -16,6 +16,11 @@ use crate::auth::{Auth, AuthError};
 use crate::conns::Connections;
 use crate::probes::ProbeLog;
 
+/// The `changes` long polls that may wait on one gate at once.
+pub const MAX_POLLS: usize = 1024;
+/// The `changes` long polls that may wait at once per source address.
+pub const MAX_POLLS_PER_SOURCE: usize = 32;
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -67,9 +72,13 @@ pub(crate) struct Inner {
     pub auth: Auth,
     pub probes: ProbeLog,
     pub conns: Connections,
-    /// Bounds the `changes` long polls waiting at once (each may hold a
-    /// store subscription).
+    /// Bounds the `changes` long polls waiting at once.
     pub polls: tokio::sync::Semaphore,
+    /// The `changes` long polls waiting per source address.
+    pub polls_by_source: Mutex<std::collections::HashMap<Option<std::net::IpAddr>, usize>>,
+    /// The generation of the view, for the `changes` long polls: they all
+    /// wait on this one broadcast, fed by the follower's one subscription.
+    pub generation: watch::Sender<u64>,
     /// The live colour and generation of the last adopted state, for the
     /// on-change runner; receivers wake only when the colour changes.
     pub(super) live: watch::Sender<Option<(Colour, u64)>>,
@@ -146,6 +155,7 @@ impl Gate {
         // A state from the cache counts as known: the first run of the
         // on-change command pushes it even while the store is down.
         let (live, _) = watch::channel(view.state.as_ref().map(|s| (s.active, s.generation)));
+        let (generation, _) = watch::channel(view.generation());
         Ok(Gate {
             inner: Arc::new(Inner {
                 live,
@@ -161,7 +171,9 @@ impl Gate {
                 counters: Counters::default(),
                 auth,
                 conns: Connections::default(),
-                polls: tokio::sync::Semaphore::new(64),
+                polls: tokio::sync::Semaphore::new(MAX_POLLS),
+                polls_by_source: Mutex::default(),
+                generation,
             }),
         })
     }
@@ -344,7 +356,13 @@ impl Inner {
             }
             _ => None,
         };
+        let generation = next.generation();
         self.view.store(Arc::new(next));
+        self.generation.send_if_modified(|g| {
+            let changed = *g != generation;
+            *g = generation;
+            changed
+        });
         // Still under the lock, so the runner sees changes in view order.
         if let Some(seen) = live
             && self.cfg.on_change.is_some()

@@ -21,5 +21,5 @@ mod view;
 
 pub use config::{BODY_TIMEOUT, GateConfig, StopStatus};
 pub(crate) use gate::bounded;
-pub use gate::{Gate, GateError};
+pub use gate::{Gate, GateError, MAX_POLLS, MAX_POLLS_PER_SOURCE};
 pub use view::{Answer, View};

@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 use bg_state::{AppName, Colour};
 use tokio::sync::watch;
 
+/// The only variables of the gate's environment the command sees, besides
+/// the `BG_*` ones set for it.
+const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+
 /// How long one run of the command may take before it is killed.
 const ON_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -60,13 +64,23 @@ async fn run_on_change(
     generation: u64,
 ) -> bool {
     let mut cmd = std::process::Command::new("sh");
+    // A minimal environment: the gate's own holds its store URL, tokens
+    // and whatever else its host gave it, none of which the command needs.
+    cmd.env_clear();
+    for name in INHERITED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    }
     cmd.arg("-c")
         .arg(command)
         .env("BG_ACTIVE", active.to_string())
         .env("BG_GENERATION", generation.to_string())
         .env("BG_APP", app.as_str())
         .env("BG_COLOUR", colour.to_string())
-        .env_remove("BG_TOKEN")
         .stdin(std::process::Stdio::null())
         // The gate's stdout is not a log; the command's output joins the log stream.
         .stdout(std::io::stderr());

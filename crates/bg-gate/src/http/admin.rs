@@ -15,7 +15,8 @@ use bg_state::{Colour, SwitchRequest};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::reply::{HttpError, Reply, authorise, json_body};
+use super::reply::{HttpError, Reply, authorise, json_body, method_not_allowed};
+use crate::auth::Scope;
 use crate::core::{Gate, bounded};
 
 /// `GET /bg/state`, `POST /bg/switch` and `POST /switch` (a `GET` of
@@ -27,6 +28,7 @@ pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S>
         .route("/switch", get(switch_by_get).post(switch))
         .route("/bg/drain", post(drain))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(gate.clone())
 }
 
@@ -40,7 +42,7 @@ struct SwitchBody {
 }
 
 async fn switch(State(gate): State<Gate>, req: Request) -> Reply {
-    let actor = authorise(&gate, req.headers()).await?;
+    let actor = authorise(&gate, req.headers(), Scope::Ci).await?.actor;
     let body: SwitchBody = json_body(&gate, req).await?.unwrap_or_default();
     let cfg = gate.config();
     // The hand-made endpoint's meaning: make the other colour live.
@@ -74,7 +76,7 @@ struct DrainBody {
 }
 
 async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
-    authorise(&gate, req.headers()).await?;
+    authorise(&gate, req.headers(), Scope::Ci).await?;
     let body: Option<DrainBody> = json_body(&gate, req).await?;
     let answer = gate.answer(gate.config().colour);
     if answer.is_ok() {

@@ -2,9 +2,11 @@
 //! `docs/api.md`. Reads go to the store, never to the gate's view; writes
 //! are authenticated and recorded as the authenticated caller.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::PoisonError;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -16,8 +18,15 @@ use bg_state::{
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::reply::{HttpError, Reply, authorise, json_body};
-use crate::core::{Gate, bounded};
+use super::reply::{HttpError, Reply, Segment, authorise, json_body, method_not_allowed, require};
+use crate::auth::{Caller, Scope};
+use crate::core::{Gate, MAX_POLLS_PER_SOURCE, bounded};
+
+/// How far above the highest generation known (to the store, its gates'
+/// presence reports and this gate) a generation floor or a reported
+/// generation may reach. A restore needs only "above every gate"; a
+/// number near the ceiling would leave the app unable to switch.
+pub const GENERATION_MARGIN: u64 = 1_000_000;
 
 /// The longest a `changes` long poll waits.
 const MAX_LONG_POLL: Duration = Duration::from_secs(25);
@@ -41,6 +50,7 @@ pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S>
         // A route, not a fallback: a host router may have a fallback of its
         // own, and axum refuses to merge two.
         .route("/bg/api/v1/{*rest}", axum::routing::any(not_found))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(gate.clone())
 }
 
@@ -60,14 +70,16 @@ fn app_name(gate: &Gate, raw: &str) -> Result<AppName, HttpError> {
     Ok(app)
 }
 
-/// The app, the authenticated actor and the body of a write.
+/// The app, the authenticated caller (whose scope covers `needed`) and
+/// the body of a write.
 async fn write<T: DeserializeOwned>(
     gate: &Gate,
     app: &str,
     req: Request,
-) -> Result<(AppName, String, T), HttpError> {
+    needed: Scope,
+) -> Result<(AppName, Caller, T), HttpError> {
     let app = app_name(gate, app)?;
-    let actor = authorise(gate, req.headers()).await?;
+    let actor = authorise(gate, req.headers(), needed).await?;
     let body = json_body::<T>(gate, req)
         .await?
         .ok_or_else(|| HttpError::bad_request("a JSON body is required"))?;
@@ -83,11 +95,46 @@ async fn answer<T: serde::Serialize>(
     Ok(Json(v).into_response())
 }
 
+/// The highest generation a caller may name for `app`: the highest known
+/// plus [`GENERATION_MARGIN`].
+async fn generation_bound(gate: &Gate, app: &AppName) -> Result<u64, HttpError> {
+    let limit = gate.config().store_timeout;
+    let state = bounded(limit, gate.store().get(app)).await?;
+    let presences = bounded(limit, gate.store().presences(app)).await?;
+    let mut known = state.map_or(0, |s| s.generation);
+    known = presences
+        .iter()
+        .map(|p| p.applied_generation)
+        .fold(known, u64::max);
+    if *app == gate.config().app {
+        known = known.max(gate.view().generation());
+    }
+    Ok(known.saturating_add(GENERATION_MARGIN))
+}
+
+/// Refuses `value` of `field` above [`generation_bound`].
+async fn check_generation(
+    gate: &Gate,
+    app: &AppName,
+    field: &str,
+    value: u64,
+) -> Result<(), HttpError> {
+    let bound = generation_bound(gate, app).await?;
+    if value > bound {
+        return Err(HttpError::bad_request(format!(
+            "{field} {value} is more than {GENERATION_MARGIN} above the highest generation known ({}); \
+             nothing was changed",
+            bound - GENERATION_MARGIN
+        )));
+    }
+    Ok(())
+}
+
 fn ttl(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
-async fn state(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
+async fn state(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
     let app = app_name(&gate, &app)?;
     answer(&gate, async {
         Ok(wire::StateAnswer {
@@ -97,11 +144,14 @@ async fn state(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
     .await
 }
 
-async fn init(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
-    let (app, actor, b) = write::<wire::InitBody>(&gate, &app, req).await?;
+async fn init(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
+    let (app, caller, b) = write::<wire::InitBody>(&gate, &app, req, Scope::Admin).await?;
+    if let Some(floor) = b.min_generation {
+        check_generation(&gate, &app, "min_generation", floor).await?;
+    }
     let request = InitRequest {
         active: b.active,
-        actor,
+        actor: caller.actor,
         reason: b.reason,
         force: b.force,
         min_generation: b.min_generation,
@@ -116,11 +166,14 @@ async fn init(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -
     res
 }
 
-async fn switch(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
-    let (app, actor, b) = write::<wire::SwitchBody>(&gate, &app, req).await?;
+async fn switch(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
+    let (app, caller, b) = write::<wire::SwitchBody>(&gate, &app, req, Scope::Ci).await?;
+    if b.force {
+        require(&gate, &caller, Scope::Admin)?;
+    }
     let request = SwitchRequest {
         to: b.to,
-        actor,
+        actor: caller.actor,
         reason: b.reason,
         expect_generation: b.expect_generation,
         fence: b.fence,
@@ -133,9 +186,12 @@ async fn switch(State(gate): State<Gate>, Path(app): Path<String>, req: Request)
     res
 }
 
-async fn deploy(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
-    let (app, actor, b) = write::<wire::DeployBody>(&gate, &app, req).await?;
-    let mut rec = DeployRecord::new(b.colour, b.version, b.phase, actor);
+async fn deploy(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
+    let (app, caller, b) = write::<wire::DeployBody>(&gate, &app, req, Scope::Ci).await?;
+    if b.force {
+        require(&gate, &caller, Scope::Admin)?;
+    }
+    let mut rec = DeployRecord::new(b.colour, b.version, b.phase, caller.actor);
     rec.fence = b.fence;
     rec.force = b.force;
     answer(&gate, async {
@@ -154,7 +210,7 @@ struct HistoryQuery {
 
 async fn history(
     State(gate): State<Gate>,
-    Path(app): Path<String>,
+    Segment(app): Segment,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
     let app = app_name(&gate, &app)?;
@@ -170,7 +226,7 @@ async fn history(
     .await
 }
 
-async fn lease(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
+async fn lease(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
     let app = app_name(&gate, &app)?;
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
@@ -180,8 +236,8 @@ async fn lease(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
     .await
 }
 
-async fn acquire(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::AcquireBody>(&gate, &app, req).await?;
+async fn acquire(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
+    let (app, _actor, b) = write::<wire::AcquireBody>(&gate, &app, req, Scope::Ci).await?;
     let request = LeaseRequest::new(b.holder, ttl(b.ttl_ms));
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
@@ -191,8 +247,8 @@ async fn acquire(State(gate): State<Gate>, Path(app): Path<String>, req: Request
     .await
 }
 
-async fn renew(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::RenewBody>(&gate, &app, req).await?;
+async fn renew(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
+    let (app, _actor, b) = write::<wire::RenewBody>(&gate, &app, req, Scope::Ci).await?;
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
             lease: Some(
@@ -205,8 +261,8 @@ async fn renew(State(gate): State<Gate>, Path(app): Path<String>, req: Request) 
     .await
 }
 
-async fn release(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::ReleaseBody>(&gate, &app, req).await?;
+async fn release(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
+    let (app, _actor, b) = write::<wire::ReleaseBody>(&gate, &app, req, Scope::Ci).await?;
     answer(&gate, async {
         Ok(wire::ReleasedAnswer {
             released: gate.store().release_lease(&app, b.fence).await?,
@@ -215,10 +271,10 @@ async fn release(State(gate): State<Gate>, Path(app): Path<String>, req: Request
     .await
 }
 
-async fn break_lease(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
-    let (app, actor, b) = write::<wire::BreakBody>(&gate, &app, req).await?;
+async fn break_lease(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
+    let (app, caller, b) = write::<wire::BreakBody>(&gate, &app, req, Scope::Admin).await?;
     let request = BreakLease {
-        actor,
+        actor: caller.actor,
         reason: b.reason,
     };
     answer(&gate, async {
@@ -229,7 +285,7 @@ async fn break_lease(State(gate): State<Gate>, Path(app): Path<String>, req: Req
     .await
 }
 
-async fn presences(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
+async fn presences(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
     let app = app_name(&gate, &app)?;
     answer(&gate, async {
         Ok(wire::GatesAnswer {
@@ -239,8 +295,9 @@ async fn presences(State(gate): State<Gate>, Path(app): Path<String>) -> Reply {
     .await
 }
 
-async fn presence(State(gate): State<Gate>, Path(app): Path<String>, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::PresenceBody>(&gate, &app, req).await?;
+async fn presence(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
+    let (app, _caller, b) = write::<wire::PresenceBody>(&gate, &app, req, Scope::Admin).await?;
+    check_generation(&gate, &app, "applied_generation", b.applied_generation).await?;
     let report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
     bounded(
         gate.config().store_timeout,
@@ -257,15 +314,69 @@ struct ChangesQuery {
     timeout_ms: Option<u64>,
 }
 
+/// A place among the polls of one source, given back on drop.
+struct SourceSlot<'a> {
+    gate: &'a Gate,
+    source: Option<IpAddr>,
+}
+
+impl<'a> SourceSlot<'a> {
+    fn take(gate: &'a Gate, source: Option<IpAddr>) -> Option<Self> {
+        let mut by_source = gate
+            .inner
+            .polls_by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = by_source.entry(source).or_insert(0);
+        if *n >= MAX_POLLS_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { gate, source })
+    }
+}
+
+impl Drop for SourceSlot<'_> {
+    fn drop(&mut self) {
+        let mut by_source = self
+            .gate
+            .inner
+            .polls_by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
 async fn changes(
     State(gate): State<Gate>,
-    Path(app): Path<String>,
+    Segment(app): Segment,
     query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
 ) -> Reply {
     let app = app_name(&gate, &app)?;
     let Ok(Query(q)) = query else {
         return Err(HttpError::bad_request(
             "changes takes ?since=GENERATION&timeout_ms=N",
+        ));
+    };
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip());
+    let Some(_slot) = SourceSlot::take(&gate, source) else {
+        return Err(HttpError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!(
+                "{MAX_POLLS_PER_SOURCE} change polls from this address are waiting already; \
+                 wait for one to end"
+            ),
         ));
     };
     let Ok(_permit) = gate.inner.polls.try_acquire() else {
@@ -278,32 +389,61 @@ async fn changes(
         .timeout_ms
         .map_or(MAX_LONG_POLL, Duration::from_millis)
         .min(MAX_LONG_POLL);
-    let limit = gate.config().store_timeout;
-    let store = gate.store();
-    // Subscribe before reading, so a change between the two is not lost.
-    let mut sub = bounded(limit, store.subscribe(&app)).await?;
-    let now = bounded(limit, store.get(&app))
-        .await?
-        .map_or(0, |s| s.generation);
-    let answer = if now == since {
-        match tokio::time::timeout(wait, sub.recv()).await {
-            Ok(Some(change)) => wire::ChangesAnswer {
-                changed: true,
-                generation: change.generation,
-            },
-            Ok(None) => {
-                return Err(HttpError::unavailable("the store closed the change stream"));
+    let generation = if app == gate.config().app {
+        // The gate's own app: its view, which the follower keeps current
+        // through its one subscription, and the broadcast of it.
+        let mut rx = gate.inner.generation.subscribe();
+        let now = *rx.borrow_and_update();
+        if now == since {
+            match tokio::time::timeout(wait, rx.wait_for(|g| *g != since)).await {
+                Ok(Ok(g)) => Some(*g),
+                Ok(Err(_)) => return Err(HttpError::unavailable("the gate is shutting down")),
+                Err(_) => None,
             }
-            Err(_) => wire::ChangesAnswer {
-                changed: false,
-                generation: Some(since),
-            },
+        } else {
+            Some(now)
         }
     } else {
-        wire::ChangesAnswer {
+        // Another app (`api_any_app`): polled through the gate's one store
+        // client, never a subscription of its own.
+        poll_store(&gate, &app, since, wait).await?
+    };
+    let answer = match generation {
+        Some(g) => wire::ChangesAnswer {
             changed: true,
-            generation: Some(now),
-        }
+            generation: Some(g),
+        },
+        None => wire::ChangesAnswer {
+            changed: false,
+            generation: Some(since),
+        },
     };
     Ok(Json(answer).into_response())
+}
+
+/// The generation of `app` once it is not `since`, read every poll
+/// interval until `wait` runs out (`None`).
+async fn poll_store(
+    gate: &Gate,
+    app: &AppName,
+    since: u64,
+    wait: Duration,
+) -> Result<Option<u64>, HttpError> {
+    let limit = gate.config().store_timeout;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let now = bounded(limit, gate.store().get(app))
+            .await?
+            .map_or(0, |s| s.generation);
+        if now != since {
+            return Ok(Some(now));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + gate.config().poll_interval),
+        )
+        .await;
+    }
 }

@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bg_state::Colour;
 
-use super::reply::HttpError;
+use super::reply::{HttpError, Segment, method_not_allowed};
 use crate::core::{Answer, Gate};
 use crate::probes::Probe;
 
@@ -26,6 +26,7 @@ pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S>
         .route("/running-service-id", get(running_service_id))
         .route("/bg/check/{colour}", get(check_colour))
         .route("/bg/live", get(|| async { "alive" }))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(gate.clone())
 }
 
@@ -95,7 +96,7 @@ async fn keepalive(State(gate): State<Gate>, req: Request) -> Response {
 
 async fn check_colour(
     State(gate): State<Gate>,
-    Path(colour): Path<String>,
+    Segment(colour): Segment,
     req: Request,
 ) -> Result<Response, HttpError> {
     let colour = colour

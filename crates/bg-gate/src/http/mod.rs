@@ -9,13 +9,17 @@
 //! * `reply.rs` — `HttpError`, the one error answer, and the steps every
 //!   write shares (authorisation, the bounded JSON body).
 
-use axum::Router;
-use axum::extract::Request;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use axum::Router;
+
+use crate::conns::{Connections, RequestGuard};
 use crate::core::Gate;
 
 mod admin;
 mod api;
+pub use api::GENERATION_MARGIN;
 mod health;
 mod reply;
 
@@ -45,17 +49,73 @@ impl Gate {
 
     /// Counts the requests `router` serves as in-flight connections of
     /// this gate (shown in `/bg/state` and `/metrics`).
+    ///
+    /// A plain tower layer: no boxed future, one counter up and down.
     pub fn track_requests<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
-        let conns = self.connections().clone();
-        router.layer(axum::middleware::from_fn(
-            move |req: Request, next: axum::middleware::Next| {
-                let guard = conns.track_request();
-                async move {
-                    let res = next.run(req).await;
-                    drop(guard);
-                    res
-                }
-            },
-        ))
+        router.layer(TrackLayer {
+            conns: self.connections().clone(),
+        })
+    }
+}
+
+/// Counts each request as in flight until its response is produced.
+#[derive(Clone)]
+struct TrackLayer {
+    conns: Connections,
+}
+
+impl<S> tower_layer::Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track {
+            inner,
+            conns: self.conns.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Track<S> {
+    inner: S,
+    conns: Connections,
+}
+
+impl<S, B> tower_service::Service<axum::http::Request<B>> for Track<S>
+where
+    S: tower_service::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        Tracked {
+            guard: Some(self.conns.track_request()),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Tracked<F> {
+        #[pin]
+        inner: F,
+        guard: Option<RequestGuard>,
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.guard.take();
+        Poll::Ready(out)
     }
 }

@@ -6,14 +6,15 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bg_state::Error as StoreError;
 use bg_state::wire::{self, ErrorBody};
 use serde::Deserialize;
 
-use crate::auth::Refusal;
+use crate::auth::{Caller, Refusal, Scope};
 use crate::core::Gate;
 
 /// A handler's answer: `Err` ends the request with an error body, so `?`
@@ -90,7 +91,7 @@ impl IntoResponse for HttpError {
                     Refusal::Missing | Refusal::Invalid => {
                         (StatusCode::UNAUTHORIZED, "unauthorized")
                     }
-                    Refusal::Off | Refusal::ClaimsNotAllowed => {
+                    Refusal::Off | Refusal::ClaimsNotAllowed | Refusal::NeedsAdmin => {
                         (StatusCode::FORBIDDEN, "forbidden")
                     }
                 };
@@ -106,19 +107,68 @@ impl IntoResponse for HttpError {
     }
 }
 
-/// The actor a write is authorised as, from its `Authorization` header;
-/// refusals are counted.
-pub(crate) async fn authorise(gate: &Gate, headers: &HeaderMap) -> Result<String, HttpError> {
+/// One path segment (`{app}`, `{colour}`), percent-decoded; a segment
+/// that does not decode to UTF-8 is `400 invalid_input`, like every other
+/// bad input, instead of axum's plain-text rejection.
+pub(crate) struct Segment(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(s)| Segment(s))
+            .map_err(|e| HttpError::bad_request(format!("bad path: {}", e.body_text())))
+    }
+}
+
+/// The answer to a method a route does not take: `405
+/// method_not_allowed` (axum adds the `Allow` header).
+pub(crate) async fn method_not_allowed() -> HttpError {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not take that method; the Allow header lists those it takes",
+    )
+}
+
+/// Who a write is authorised as, from its `Authorization` header, if its
+/// credential's scope covers `needed`; refusals are counted.
+pub(crate) async fn authorise(
+    gate: &Gate,
+    headers: &HeaderMap,
+    needed: Scope,
+) -> Result<Caller, HttpError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    gate.inner.auth.check(authorization).await.map_err(|r| {
-        gate.inner
-            .counters
-            .auth_refusals
-            .fetch_add(1, Ordering::Relaxed);
-        HttpError::Auth(r)
-    })
+    let caller = gate
+        .inner
+        .auth
+        .caller(authorization)
+        .await
+        .map_err(|r| refused(gate, r))?;
+    require(gate, &caller, needed)?;
+    Ok(caller)
+}
+
+/// Refuses (403, counted) a `caller` whose scope does not cover `needed`.
+pub(crate) fn require(gate: &Gate, caller: &Caller, needed: Scope) -> Result<(), HttpError> {
+    if caller.scope.allows(needed) {
+        Ok(())
+    } else {
+        tracing::info!(actor = %caller.actor, scope = %caller.scope, %needed, "write refused: scope");
+        Err(refused(gate, Refusal::NeedsAdmin))
+    }
+}
+
+fn refused(gate: &Gate, r: Refusal) -> HttpError {
+    gate.inner
+        .counters
+        .auth_refusals
+        .fetch_add(1, Ordering::Relaxed);
+    HttpError::Auth(r)
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`](crate::MAX_BODY) bytes within

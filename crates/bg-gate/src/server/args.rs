@@ -9,6 +9,7 @@ use std::time::Duration;
 use bg_state::{AppName, Colour};
 use tokio::net::TcpListener;
 
+use super::conn::Limits;
 use super::error::ServerError;
 use super::run::GateServer;
 use crate::cli::parse_duration;
@@ -18,7 +19,7 @@ use crate::{
 
 /// The gate's options, as flags and environment variables. Flatten it into
 /// a service's own `clap` parser to give it the same options as `bg-gate`.
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 pub struct GateArgs {
     /// The colour this gate serves.
     #[arg(long, env = "BG_COLOUR", value_parser = parse_colour)]
@@ -45,16 +46,24 @@ pub struct GateArgs {
     #[arg(long, env = "BG_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
 
+    /// Serve the admin routes beside the health check on a --listen address that is not
+    /// loopback. Without it, and without --admin-listen, such a gate refuses to start.
+    #[arg(long, env = "BG_ADMIN_ON_PUBLIC")]
+    admin_on_public: bool,
+
     /// The version of the service this gate stands for (image tag, commit).
     #[arg(long, env = "BG_SERVICE_VERSION", default_value = "unknown")]
     service_version: String,
 
-    /// A file of `name token` lines allowed to switch; re-read on SIGHUP.
+    /// A file of `name token [scope]` lines (scope `ci`, the default, or `admin`) allowed to
+    /// write; re-read on SIGHUP. One more
+    /// token may come from the environment as BG_TOKEN (never from the command line).
     #[arg(long, env = "BG_TOKEN_FILE")]
     token_file: Option<PathBuf>,
 
-    /// One more token allowed to switch, recorded as actor `bg-token`. At least 16 bytes.
-    #[arg(long = "token", env = "BG_TOKEN", hide_env_values = true, hide = true)]
+    /// One more token, recorded as actor `bg-token`, with the ci scope: read from `BG_TOKEN`
+    /// only, since a command line is visible to every user of the host.
+    #[arg(skip = std::env::var("BG_TOKEN").ok())]
     token: Option<String>,
 
     /// Accept GitLab CI id_tokens from this issuer (`iss`), e.g. `https://gitlab.com`.
@@ -79,6 +88,18 @@ pub struct GateArgs {
         value_parser = parse_claim
     )]
     oidc_claims: Vec<ClaimRule>,
+
+    /// A claim an id_token must also carry to get the admin scope (init, forced acts, lease
+    /// break, presence), NAME=VALUE (ref_protected=true); repeatable, comma-separated in the
+    /// environment, same meaning as --oidc-claim. Without one, id_tokens get the ci scope only.
+    #[arg(
+        long = "oidc-admin-claim",
+        env = "BG_OIDC_ADMIN_CLAIMS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ',',
+        value_parser = parse_claim
+    )]
+    oidc_admin_claims: Vec<ClaimRule>,
 
     /// Initialise the store with this colour live if neither the store nor the gate knows a state.
     #[arg(long, env = "BG_INIT", value_parser = parse_colour)]
@@ -111,6 +132,21 @@ pub struct GateArgs {
     /// Read the store on every health check (the hand-made design), for comparison.
     #[arg(long, env = "BG_STRICT")]
     strict: bool,
+
+    /// Close a connection whose request head has not fully arrived this long after its first
+    /// byte (or after the connection was opened), on every listener.
+    #[arg(long, env = "BG_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+
+    /// Close a kept-alive connection that sends no new request for this long (websockets,
+    /// once upgraded, are not subject to it).
+    #[arg(long, env = "BG_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Open connections (websockets included) each listener serves; beyond it, a reserve of
+    /// 64 more is served the health routes only, one request each, and the rest are closed.
+    #[arg(long, env = "BG_MAX_CONNECTIONS", default_value_t = super::conn::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 
     /// Bound on every store call.
     #[arg(long, env = "BG_STORE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
@@ -152,6 +188,49 @@ pub struct GateArgs {
     /// Needs a single-node redis:// store.
     #[arg(long, env = "BG_LEGACY_MIRROR", value_name = "BLUE_ID,GREEN_ID")]
     legacy_mirror: Option<String>,
+}
+
+/// Shows the options with their secrets left out: the token, the store
+/// URL's credentials, and the on-change command (it may carry a load
+/// balancer's API key).
+impl std::fmt::Debug for GateArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: bool| if v { "<set>" } else { "<unset>" };
+        f.debug_struct("GateArgs")
+            .field("colour", &self.colour)
+            .field("store", &bg_state::redact_url(&self.store))
+            .field("app", &self.app)
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_on_public", &self.admin_on_public)
+            .field("service_version", &self.service_version)
+            .field("token_file", &self.token_file)
+            .field("token", &set(self.token.is_some()))
+            .field("oidc_issuer", &self.oidc_issuer)
+            .field("oidc_audience", &self.oidc_audience)
+            .field("oidc_jwks", &self.oidc_jwks)
+            .field("oidc_claims", &self.oidc_claims)
+            .field("oidc_admin_claims", &self.oidc_admin_claims)
+            .field("init", &self.init)
+            .field("stop_status", &self.stop_status)
+            .field("seed_body", &self.seed_body)
+            .field("poll_interval", &self.poll_interval)
+            .field("handover", &self.handover)
+            .field("cache_file", &self.cache_file)
+            .field("agent_listen", &self.agent_listen)
+            .field("strict", &self.strict)
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("store_timeout", &self.store_timeout)
+            .field("gate_id", &self.gate_id)
+            .field("drain_after", &self.drain_after)
+            .field("drain_batch", &self.drain_batch)
+            .field("drain_interval", &self.drain_interval)
+            .field("on_change", &set(self.on_change.is_some()))
+            .field("legacy_mirror", &self.legacy_mirror)
+            .finish()
+    }
 }
 
 /// The store the options name, with the legacy mirror if one is asked for.
@@ -198,16 +277,19 @@ fn parse_claim(s: &str) -> Result<ClaimRule, String> {
 /// The id_token verifier the OIDC options ask for, if any.
 async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, ServerError> {
     let (issuer, audience, jwks) = match (&args.oidc_issuer, &args.oidc_audience, &args.oidc_jwks) {
-        (None, None, None) if args.oidc_claims.is_empty() => return Ok(None),
+        (None, None, None) if args.oidc_claims.is_empty() && args.oidc_admin_claims.is_empty() => {
+            return Ok(None);
+        }
         (Some(i), Some(a), Some(j)) => (i, a, j),
         _ => return Err(ServerError::OidcOptions),
     };
-    let cfg = OidcConfig::new(
+    let mut cfg = OidcConfig::new(
         issuer.as_str(),
         audience.as_str(),
         jwks.clone(),
         args.oidc_claims.clone(),
     );
+    cfg.admin_rules.clone_from(&args.oidc_admin_claims);
     let verifier = OidcVerifier::new(cfg).await.map_err(ServerError::Oidc)?;
     tracing::info!(
         issuer = verifier.issuer(),
@@ -215,6 +297,12 @@ async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, ServerError> {
         jwks = %jwks,
         rules = %verifier
             .rules()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        admin_rules = %verifier
+            .admin_rules()
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
@@ -234,6 +322,33 @@ impl GateArgs {
     /// bound.
     pub async fn start(self) -> Result<GateServer, ServerError> {
         let args = self;
+        if args.admin_listen.is_none() && !args.listen.ip().is_loopback() && !args.admin_on_public {
+            return Err(ServerError::AdminOnPublic {
+                listen: args.listen,
+            });
+        }
+        for (name, d) in [
+            ("--header-timeout", args.header_timeout),
+            ("--idle-timeout", args.idle_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(ServerError::Limit {
+                    option: name,
+                    reason: "must be between 100ms and 1h",
+                });
+            }
+        }
+        if args.max_connections == 0 {
+            return Err(ServerError::Limit {
+                option: "--max-connections",
+                reason: "must be at least 1",
+            });
+        }
+        let limits = Limits {
+            header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+        };
         let store = open_store(&args)?;
         if store.backend() == "memory" {
             tracing::warn!(
@@ -292,6 +407,12 @@ impl GateArgs {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        if args.admin_listen.is_none() && !args.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %args.listen,
+                "the admin routes (state, switch, drain, store API, metrics) share the public listener, as --admin-on-public asks"
+            );
+        }
         tracing::info!(
             listen = %args.listen,
             admin = ?args.admin_listen,
@@ -307,6 +428,52 @@ impl GateArgs {
             listener,
             admin,
             agent,
+            limits,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::GateArgs;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gate: GateArgs,
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let cli = Cli::try_parse_from([
+            "bg-gate",
+            "--colour",
+            "blue",
+            "--store",
+            "redis://:hunter2-store-password@redis:6379/0",
+            "--on-change",
+            "curl -H 'X-Key: lb-api-secret' http://lb/reload",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        for secret in ["hunter2-store-password", "lb-api-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("redis"), "{shown}");
+    }
+
+    #[test]
+    fn a_token_is_never_taken_from_the_command_line() {
+        let e = Cli::try_parse_from([
+            "bg-gate",
+            "--colour",
+            "blue",
+            "--token",
+            "0123456789abcdef-on-the-command-line",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{e}");
     }
 }

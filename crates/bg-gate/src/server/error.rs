@@ -55,6 +55,26 @@ pub enum ServerError {
     /// The OIDC verifier cannot be built (exit 2).
     #[error("GitLab id_tokens: {0}")]
     Oidc(#[source] OidcError),
+    /// The admin routes would share a listener that is not loopback, and
+    /// neither `--admin-listen` nor `--admin-on-public` says so (exit 2).
+    #[error(
+        "--listen {listen} is not a loopback address, and without --admin-listen the admin \
+         routes (switch, drain, store API, state, metrics) would be served there too: give \
+         them a private address with --admin-listen, or pass --admin-on-public if that is \
+         really meant"
+    )]
+    AdminOnPublic {
+        /// The shared listener's address.
+        listen: SocketAddr,
+    },
+    /// A connection limit is out of range (exit 2).
+    #[error("{option} {reason}")]
+    Limit {
+        /// The option.
+        option: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A gate setting is out of range (exit 2).
     #[error(transparent)]
     Gate(GateError),
@@ -85,7 +105,9 @@ impl ServerError {
             | ServerError::BgToken(_)
             | ServerError::OidcOptions
             | ServerError::Oidc(_)
-            | ServerError::Gate(_) => exit::USAGE,
+            | ServerError::Gate(_)
+            | ServerError::AdminOnPublic { .. }
+            | ServerError::Limit { .. } => exit::USAGE,
             ServerError::Listen { .. } | ServerError::Serve(_) => exit::FAILED,
         }
     }

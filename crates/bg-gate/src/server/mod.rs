@@ -6,12 +6,19 @@
 //!
 //! * `args.rs` — [`GateArgs`] and [`GateArgs::start`];
 //! * `run.rs` — [`GateServer`], signals, [`init_logging`];
+//! * `conn.rs` — serving a listener within [`Limits`]: request head and
+//!   idle timeouts, a connection cap with a reserve for the health routes;
 //! * `error.rs` — [`ServerError`] and the [`exit`] codes.
 
 mod args;
+mod conn;
 mod error;
 mod run;
 
 pub use args::GateArgs;
+pub use conn::{
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HEALTH_RESERVE, Limits,
+    serve,
+};
 pub use error::{ServerError, exit};
 pub use run::{GateServer, init_logging};

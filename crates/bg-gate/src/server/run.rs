@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use super::conn::Limits;
 use super::error::ServerError;
 use crate::Gate;
 
@@ -17,6 +18,7 @@ pub struct GateServer {
     pub(super) listener: TcpListener,
     pub(super) admin: Option<TcpListener>,
     pub(super) agent: Option<TcpListener>,
+    pub(super) limits: Limits,
 }
 
 impl GateServer {
@@ -48,6 +50,7 @@ impl GateServer {
             listener,
             admin,
             agent,
+            limits,
         } = self;
         let public = gate.track_requests(service.merge(gate.public_router()));
         let (main_router, admin) = match admin {
@@ -62,9 +65,16 @@ impl GateServer {
             }
         };
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(serve(listener, main_router, stopped()));
+        let health: Router = gate.public_router();
+        tasks.spawn(serve(
+            listener,
+            main_router,
+            health.clone(),
+            limits,
+            stopped(),
+        ));
         if let Some((l, r)) = admin {
-            tasks.spawn(serve(l, r, stopped()));
+            tasks.spawn(serve(l, r, health, limits, stopped()));
         }
         if let Some(l) = agent {
             let gate = gate.clone();
@@ -92,15 +102,12 @@ impl GateServer {
 async fn serve(
     listener: TcpListener,
     router: Router,
+    health: Router,
+    limits: Limits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop)
-    .await
-    .map_err(ServerError::Serve)
+    super::conn::serve(listener, router, health, limits, stop).await;
+    Ok(())
 }
 
 /// Waits for SIGTERM or SIGINT; re-reads the token file on SIGHUP meanwhile.

@@ -435,3 +435,30 @@ async fn a_body_that_never_finishes_times_out() {
     }
     assert_eq!(store.get(&app()).await.unwrap().unwrap().generation, 1);
 }
+
+#[tokio::test]
+async fn tracked_requests_count_while_in_flight() {
+    let store = memory_with(Colour::Blue).await;
+    let g = gate(&store, config(Colour::Blue)).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let wait = Arc::clone(&release);
+    let service: Router = g.track_requests(Router::new().route(
+        "/slow",
+        axum::routing::get(move || {
+            let wait = Arc::clone(&wait);
+            async move {
+                wait.notified().await;
+                "done"
+            }
+        }),
+    ));
+    assert_eq!(g.connections().requests(), 0);
+    let pending = tokio::spawn(async move { get(&service, "/slow").await });
+    while g.connections().requests() != 1 {
+        tokio::task::yield_now().await;
+    }
+    release.notify_one();
+    let a = pending.await.unwrap();
+    assert_eq!(a.body, "done");
+    assert_eq!(g.connections().requests(), 0);
+}

@@ -2,19 +2,25 @@
 //! its behaviour when the store misbehaves.
 
 mod api;
+mod changes;
 // The runner, the binary and the example need the `server` feature.
+mod errors;
 #[cfg(feature = "server")]
 mod example;
 mod fuzz;
 mod http;
 #[cfg(feature = "server")]
 mod legacy_mirror;
+#[cfg(feature = "server")]
+mod limits;
 mod nginx;
 mod oidc;
 mod on_change;
+mod probes;
 #[cfg(feature = "server")]
 mod process;
 mod redis;
+mod scopes;
 mod view;
 
 use std::sync::Arc;
@@ -42,8 +48,15 @@ pub(crate) fn config(colour: Colour) -> GateConfig {
     cfg
 }
 
+/// The tests' token, named `ci` but with the admin scope: most tests act
+/// as an operator (`scopes.rs` checks what the `ci` scope may not do).
 pub(crate) fn auth() -> Auth {
-    Auth::with_tokens(vec![NamedToken::new("ci", TOKEN).unwrap()]).unwrap()
+    Auth::with_tokens(vec![
+        NamedToken::new("ci", TOKEN)
+            .unwrap()
+            .with_scope(bg_gate::Scope::Admin),
+    ])
+    .unwrap()
 }
 
 /// A gate over `store`, its view brought up to date.

@@ -620,3 +620,100 @@ async fn a_bad_configuration_is_refused_at_start_up() {
     .await;
     assert!(matches!(e, OidcError::NotAJwks { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn the_jwks_is_refreshed_on_a_timer_and_withdrawn_keys_stop_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, JWKS_1_2).unwrap();
+    let mut cfg = OidcConfig::new(
+        ISS,
+        AUD,
+        JwksSource::File(path.clone()),
+        rules(&["project_id=42"]),
+    );
+    cfg.refresh_interval = std::time::Duration::from_millis(100);
+    let verifier = OidcVerifier::new(cfg).await.unwrap();
+    let store = memory_with(Colour::Blue).await;
+    let gate = gate_with(&store, Auth::none().with_oidc(verifier));
+    let _follower = gate.start();
+    let r = router(&gate);
+    let switch = |token: String| {
+        let r = r.clone();
+        async move {
+            call(
+                &r,
+                Method::POST,
+                "/bg/switch",
+                Some(&token),
+                r#"{"to":"blue"}"#,
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(switch(good()).await, StatusCode::OK);
+
+    // The issuer withdraws key-1; nobody presents an unknown key id.
+    let mut set: Value = serde_json::from_str(JWKS_1_2).unwrap();
+    set["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["kid"] == "key-2");
+    std::fs::write(&path, set.to_string()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while switch(good()).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a withdrawn key is still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let key_2 = sign(KEY_2, Some("key-2"), &claims());
+    assert_eq!(switch(key_2).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn id_tokens_get_the_admin_scope_only_by_the_admin_rules() {
+    let mut cfg = OidcConfig::new(ISS, AUD, fixture("jwks-1.json"), rules(&["project_id=42"]));
+    cfg.admin_rules = rules(&["ref_protected=true", "environment=production"]);
+    let verifier = OidcVerifier::new(cfg).await.unwrap();
+    let store = memory_with(Colour::Blue).await;
+    let r = router(&gate_with(&store, Auth::none().with_oidc(verifier)));
+    let init = r#"{"active":"blue","force":true}"#;
+    let path = "/bg/api/v1/apps/chat/init";
+
+    // A protected ref in production: admin.
+    let a = call(&r, Method::POST, path, Some(&good()), init).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let generation_after = generation(&store).await;
+
+    // An unprotected ref: a CI credential, refused for init, allowed to switch.
+    for claims in [
+        with("ref_protected", json!("false")),
+        with("environment", json!("staging")),
+        without("environment"),
+    ] {
+        let token = sign(KEY_1, Some("key-1"), &claims);
+        let a = call(&r, Method::POST, path, Some(&token), init).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+        assert_eq!(a.json()["kind"], "forbidden");
+        assert_eq!(generation(&store).await, generation_after);
+        let a = call(
+            &r,
+            Method::POST,
+            "/bg/switch",
+            Some(&token),
+            r#"{"to":"blue"}"#,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+
+    // Without admin rules, no id_token is admin.
+    let verifier = file_verifier().await;
+    assert!(verifier.admin_rules().is_empty());
+    let r = router(&gate_with(&store, Auth::none().with_oidc(verifier)));
+    let a = call(&r, Method::POST, path, Some(&good()), init).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+}

@@ -171,3 +171,41 @@ async fn a_restart_during_an_outage_pushes_the_cached_state() {
     let _follower = g.start();
     wait_for(|| lines(&out) == ["green 2"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_gets_a_minimal_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env");
+    let store = memory_with(Colour::Blue).await;
+    let mut cfg = config(Colour::Green);
+    cfg.on_change = Some(format!("env > {}.part && mv {0}.part {0}", q(&out)));
+    let gate = Gate::new(Arc::clone(&store), cfg, auth()).unwrap();
+    let _follower = gate.start();
+    wait_for(|| out.exists()).await;
+    let names: Vec<String> = lines(&out)
+        .iter()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
+        .collect();
+    // `sh` itself may add PWD, SHLVL and `_`; nothing of the gate's own
+    // environment (store URL, tokens, cloud credentials) comes through.
+    let allowed = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "BG_ACTIVE",
+        "BG_GENERATION",
+        "BG_APP",
+        "BG_COLOUR",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+    ];
+    for name in &names {
+        assert!(allowed.contains(&name.as_str()), "{name} in {names:?}");
+    }
+    assert!(names.iter().any(|n| n == "PATH"), "{names:?}");
+    assert!(names.iter().any(|n| n == "BG_ACTIVE"), "{names:?}");
+}

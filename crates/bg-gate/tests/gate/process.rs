@@ -189,3 +189,131 @@ fn with_lb_sources_only_their_probes_are_logged() {
             .all(|p| p.source == Some([127, 0, 0, 1].into()))
     );
 }
+
+#[test]
+fn admin_routes_on_a_public_listener_need_to_be_asked_for() {
+    // Not loopback, no --admin-listen: refused before anything is bound.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--listen", "0.0.0.0:0"]);
+    let (code, err) = exit_within(cmd, std::time::Duration::from_secs(20));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--admin-listen") && err.contains("--admin-on-public"),
+        "{err}"
+    );
+
+    // Asked for explicitly, the gate serves them there.
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--init", "blue", "--admin-on-public"])
+        .args(["--listen", &format!("0.0.0.0:{port}")]);
+    let p = Process::spawn("bg-gate public admin", cmd);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr, std::time::Duration::from_secs(20));
+    assert_eq!(http::get(addr, "/bg/state").unwrap().status, 200);
+    drop(p);
+
+    // A private admin listener needs no such flag.
+    let port = free_port();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--init", "blue"])
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .args(["--admin-listen", &admin.to_string()]);
+    let _p = Process::spawn("bg-gate private admin", cmd);
+    wait_for_port(admin, std::time::Duration::from_secs(20));
+    assert_eq!(http::get(admin, "/bg/state").unwrap().status, 200);
+    let public: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(http::get(public, "/bg/state").unwrap().status, 404);
+}
+
+/// The exit code and standard error of `cmd`, killed (code `None`) if it
+/// is still running after `limit`: a gate that should have refused to
+/// start would otherwise serve forever.
+pub(crate) fn exit_within(mut cmd: Command, limit: std::time::Duration) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (code, err)
+}
+
+#[test]
+fn an_empty_token_file_is_refused_at_start_and_ignored_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# nobody yet\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--listen", "127.0.0.1:0"])
+        .arg("--token-file")
+        .arg(&tokens);
+    let (code, err) = exit_within(cmd, std::time::Duration::from_secs(20));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("holds no token"), "{err}");
+
+    std::fs::write(&tokens, format!("ci {TOKEN}\n")).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-gate"));
+    cmd.args(["--colour", "blue", "--init", "blue", "--handover", "0s"])
+        .args(["--listen", &addr.to_string()])
+        .arg("--token-file")
+        .arg(&tokens);
+    let p = Process::spawn("bg-gate tokens", cmd);
+    wait_for_port(addr, std::time::Duration::from_secs(20));
+    let auth = format!("Bearer {TOKEN}");
+    let switch = |to: &str| {
+        http::request(
+            addr,
+            "POST",
+            "/bg/switch",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            &format!(r#"{{"to":"{to}"}}"#),
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(switch("green"), 200);
+
+    // Emptied and re-read: the token in force stays, and it is an error.
+    std::fs::write(&tokens, "").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &p.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !p.output().contains("ERROR") {
+        assert!(Instant::now() < deadline, "{}", p.output());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = p.output();
+    assert!(
+        log.contains("holds no token") && !log.contains(TOKEN),
+        "{log}"
+    );
+    assert!(!log.contains("token file re-read"), "{log}");
+    assert_eq!(switch("blue"), 200, "{}", p.output());
+}
