@@ -76,6 +76,19 @@ pub enum CtlError {
     /// Anything else, with its own message (exit 1).
     #[error("{0}")]
     Failed(String),
+    /// Told to stop (SIGINT or SIGTERM, e.g. a cancelled CI job): what was
+    /// running was dropped, and any command it ran was stopped with its
+    /// process group (exit 128 + the signal's number: 130, 143).
+    #[error("stopped by {}; check with `bg-ctl status` and `bg-ctl lease show`", signal_name(*.0))]
+    Stopped(i32),
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 /// A gate ahead of the store: the store lost state, and only
@@ -403,6 +416,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Usage(_) => exit::USAGE,
+            CtlError::Stopped(signal) => 128 + u8::try_from(*signal).unwrap_or(0).min(127),
             CtlError::GateAhead(_) | CtlError::LeaseLost(_) => exit::CONFLICT,
             CtlError::Timeout(_) => exit::TIMEOUT,
             CtlError::Unreachable(_) | CtlError::SwitchUnconfirmed { .. } => exit::UNREACHABLE,
@@ -430,6 +444,7 @@ impl CtlError {
     pub fn kind(&self) -> &'static str {
         match self {
             CtlError::Usage(_) => "usage",
+            CtlError::Stopped(_) => "stopped",
             CtlError::GateAhead(_) => "gate_ahead",
             CtlError::LeaseLost(_) => "lease_lost",
             CtlError::Timeout(_) => "timeout",

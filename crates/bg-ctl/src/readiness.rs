@@ -254,9 +254,11 @@ pub const LB_MIN_PROBES: usize = 3;
 /// still probing (their last probe at most `window_ms` older than the
 /// newest in the log) that probed at least [`LB_MIN_PROBES`] times within
 /// the window at a steady interval (see [`steady`]). Someone's one-off
-/// `curl`, or a few by hand, is left out. Sources are keyed by address;
-/// probes without one count as one source. The comparison is between the
-/// gate's own timestamps, so clocks need not agree.
+/// `curl`, or a few by hand, is left out. A gate told its load balancers
+/// (`--lb-source`) logs only theirs: then every source still probing
+/// counts, from its first probe. Sources are keyed by address; probes
+/// without one count as one source. The comparison is between the gate's
+/// own timestamps, so clocks need not agree.
 #[must_use]
 pub fn lb_sources(r: &GateStatus, window_ms: u64) -> Vec<String> {
     let newest = r.probes.iter().map(|p| p.at_ms).max().unwrap_or(0);
@@ -274,7 +276,7 @@ pub fn lb_sources(r: &GateStatus, window_ms: u64) -> Vec<String> {
     }
     times
         .into_iter()
-        .filter(|(_, t)| t.len() >= LB_MIN_PROBES && steady(t))
+        .filter(|(_, t)| r.named_lb_sources || (t.len() >= LB_MIN_PROBES && steady(t)))
         .map(|(s, _)| s)
         .collect()
 }

@@ -80,6 +80,7 @@ pub fn report(colour: Colour, live: Colour, version: &str, generation: u64) -> G
                 answer,
             })
             .collect(),
+        named_lb_sources: false,
         state: None,
     }
 }

@@ -66,3 +66,57 @@ fn history_is_printed_newest_first() {
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].contains("(v2)"), "{text}");
 }
+
+/// A cancelled CI job sends SIGTERM: bg-ctl stops the deploy command it
+/// runs, with everything that command started, and exits 143.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_signal_stops_the_deploy_command_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let out = bg_ctl(&state, &["init", "--active", "blue"], Stdio::null());
+    assert!(out.status.success(), "{out:?}");
+    let pidfile = dir.path().join("child.pid");
+    let store = format!("file://{}", state.display());
+    let exec = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bg-ctl"))
+        .args(["--store", &store, "--app", "chat", "--actor", "test"])
+        .args(["deploy", "--version", "v2", "--exec", &exec])
+        .env_remove("BG_GATE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bg-ctl runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pid = loop {
+        if let Ok(p) = std::fs::read_to_string(&pidfile)
+            && !p.trim().is_empty()
+        {
+            break p.trim().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deploy command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deploy command's child {pid} outlived bg-ctl"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

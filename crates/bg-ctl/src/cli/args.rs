@@ -15,7 +15,8 @@ const EXIT_CODES: &str = "Exit codes:\n  \
     3  conflict: the generation moved, the lease is held by another, or a switch was refused\n     \
        because a lease is held or a gate is ahead of the store\n  \
     4  timed out waiting: new version, drain, load balancer confirmation, --wait-lease\n  \
-    5  store or gate unreachable";
+    5  store or gate unreachable\n  \
+    130, 143  stopped by SIGINT or SIGTERM; a command it ran is stopped with its process group";
 
 /// bluegreen's command line: see and change which colour is live, and run
 /// a whole blue/green release from CI.
@@ -230,7 +231,7 @@ pub(super) struct DeployArgs {
     /// Probes in a row answered OK that show a colour is in rotation.
     #[arg(long, default_value_t = 2)]
     pub(super) lb_rise: usize,
-    /// A probe source counts as a load balancer once it probed at least 3 times within this, at a steady interval, and while it probed within this of the newest probe.
+    /// A probe source counts as a load balancer once it probed at least 3 times within this, at a steady interval, and while it probed within this of the newest probe. Keep it at least 3 times your load balancer's check interval, or start the gates with --lb-source, whose sources count from their first probe.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub(super) lb_window: Duration,
     /// Deploy and verify only; promote later with `bg-ctl switch`.

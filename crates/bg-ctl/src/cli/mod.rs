@@ -60,7 +60,12 @@ impl Cli {
     pub async fn run(self) -> u8 {
         let json = self.global.json;
         let report = Reporter::new();
-        let result = self.dispatch(&report).await;
+        // A cancelled job must not leave a deploy command running: on a
+        // signal the command's future is dropped, which stops what it runs.
+        let result = tokio::select! {
+            result = self.dispatch(&report) => result,
+            signal = stop_signal() => Err(CtlError::Stopped(signal)),
+        };
         report.finish();
         let mut stdout = std::io::stdout().lock();
         match result {
@@ -359,4 +364,30 @@ fn holder(actor: &str) -> String {
         .map(|j| format!(" job {j}"))
         .unwrap_or_default();
     format!("{base}{job} pid {} #{nonce:08x}", std::process::id())
+}
+
+/// The first SIGINT or SIGTERM, by number; never, if they cannot be
+/// listened for.
+async fn stop_signal() -> i32 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => 2,
+                _ = term.recv() => 15,
+            },
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => 2,
+            Err(_) => std::future::pending().await,
+        }
+    }
 }

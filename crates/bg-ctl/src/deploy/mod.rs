@@ -118,6 +118,18 @@ impl Deployer<'_> {
         let o = self.opts;
         let state = self.read_state().await?;
         if let Some(done) = self.already_live(&state).await {
+            if o.confirm_lb || o.verify.is_some() {
+                // A retry of a release whose confirmation or verify failed
+                // must not pass unchecked: check again what it asked for.
+                let plan = Plan {
+                    idle: state.active,
+                    live: state.idle(),
+                    generation: state.generation,
+                    fence: lease.fence,
+                    old_versions: self.versions(state.idle()).await,
+                };
+                self.confirm_and_verify(&plan, state.generation).await?;
+            }
             return Ok(done);
         }
         let plan = self.record_deploying(&state, lease.fence).await?;

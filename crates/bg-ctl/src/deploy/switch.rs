@@ -155,16 +155,29 @@ impl Deployer<'_> {
                 Err(e) => return failed(SwitchBack::NotTried(Box::new(e.into()))),
             },
         };
-        let checked = crate::commands::can_return_to(
-            self.store,
-            self.gates,
-            &o.app,
-            o.urls(old),
-            old,
-            &want,
-            generation,
-        )
-        .await;
+        // A verify that fails at once can beat the old colour's gates to
+        // the news of the switch: give them until --ready-timeout to follow.
+        let deadline = Instant::now() + o.ready_timeout;
+        let checked = loop {
+            let checked = crate::commands::can_return_to(
+                self.store,
+                self.gates,
+                &o.app,
+                o.urls(old),
+                old,
+                &want,
+                generation,
+            )
+            .await;
+            match checked {
+                Err(CtlError::RollbackRefused(RollbackRefused::NotFollowing { .. }))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(o.poll).await;
+                }
+                checked => break checked,
+            }
+        };
         if let Err(why) = checked {
             self.report
                 .warn(format!("not switching back to {old}: {why}"));

@@ -747,6 +747,34 @@ async fn a_version_already_live_and_verified_is_success_without_a_release() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_retry_checks_again_what_the_release_asked_for() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let g = gates(&store, &deployed);
+    run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap();
+    // The same release, retried with --verify, now failing: not a success.
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let mut o = opts();
+    o.verify = Some("./verify".into());
+    let err = run(&store, &g, &t, &failing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CtlError::Verify(v) if v.to == Colour::Green && v.from == Colour::Blue),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn one_transient_store_error_during_a_wait_is_retried() {
     // Reads: step 2, then the waits' looks; each of them in turn fails once.
     for after in 1..8 {

@@ -65,6 +65,8 @@ fn every_failure_keeps_its_documented_exit_code_and_kind() {
             "failed",
         ),
         (CtlError::Failed("else".into()), exit::FAILED, "failed"),
+        (CtlError::Stopped(15), 143, "stopped"),
+        (CtlError::Stopped(2), 130, "stopped"),
         (
             CtlError::Store(unavailable()),
             exit::UNREACHABLE,

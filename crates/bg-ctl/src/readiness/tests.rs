@@ -374,6 +374,39 @@ fn only_regular_probing_makes_a_load_balancer() {
 }
 
 #[test]
+fn named_load_balancers_count_from_their_first_probe() {
+    let slow_lb = [10, 0, 0, 9];
+    let at = |at_ms| ProbeRecord {
+        at_ms,
+        ..probe(slow_lb, Colour::Green, GateAnswer::Stop)
+    };
+    let mut r = idle_green();
+    // A load balancer checking every 30 s: one probe in a 20 s window.
+    r.probes = vec![at(0), at(30_000)];
+    assert_eq!(
+        streaks(&r, Colour::Green, GateAnswer::Stop, 20_000),
+        vec![],
+        "unnamed, it is not recognised by its pace"
+    );
+    // Named with --lb-source, the gate logs only load balancers: it counts,
+    // and the release waits for it.
+    r.named_lb_sources = true;
+    assert_eq!(
+        streaks(&r, Colour::Green, GateAnswer::Stop, 20_000),
+        vec![("10.0.0.9".to_owned(), 1)]
+    );
+    assert_eq!(
+        out_of_rotation(&r, GREEN, Colour::Green, 4, 2, 20_000, &[]).unwrap(),
+        Readiness::Pending(NotYet::StopSeen {
+            source: "10.0.0.9".into(),
+            url: GREEN.into(),
+            seen: 1,
+            need: 3,
+        })
+    );
+}
+
+#[test]
 fn a_load_balancer_found_at_one_gate_counts_at_a_gate_just_restarted() {
     let lb = [10, 0, 0, 1];
     let mut old = idle_green();

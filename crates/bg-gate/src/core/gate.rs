@@ -241,6 +241,7 @@ impl Gate {
                 requests: self.connections().requests(),
             },
             probes: self.inner.probes.snapshot(),
+            named_lb_sources: !cfg.lb_sources.is_empty(),
             state: view.state.clone(),
         }
     }

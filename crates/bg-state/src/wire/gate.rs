@@ -88,6 +88,11 @@ pub struct GateStatus {
     /// The load balancer's recent probes, oldest first.
     #[serde(default)]
     pub probes: Vec<ProbeRecord>,
+    /// Whether the gate was told which sources are load balancers
+    /// (`--lb-source`): it then logs only their probes, and each source in
+    /// the log is a load balancer from its first probe.
+    #[serde(default)]
+    pub named_lb_sources: bool,
     /// The state it answers from.
     #[serde(default)]
     pub state: Option<State>,
