@@ -2,8 +2,8 @@ use std::time::{Duration, Instant};
 
 use bg_state::conformance::run_all;
 use bg_state::{
-    AppName, Colour, ColourStore, Error, InitRequest, LegacyMirror, RedisOptions, RedisStore,
-    SwitchRequest,
+    AppName, Colour, ColourStore, DeployPhase, DeployRecord, Error, InitRequest, LegacyMirror,
+    LiveVersion, RedisOptions, RedisStore, SwitchRequest,
 };
 use bg_testkit::RedisServer;
 
@@ -480,6 +480,79 @@ async fn a_wrong_password_is_not_retryable() {
         ),
         "{err:?}"
     );
+}
+
+/// A hash written before the per-colour live versions existed has none; the
+/// colour a switch leaves gets the version its verified deploy record says
+/// it served, so the first rollback after the upgrade has a target.
+#[tokio::test]
+async fn a_hash_without_live_versions_gets_them_on_a_switch() {
+    let server = RedisServer::start();
+    let store = RedisStore::with_options(&server.url(), options()).unwrap();
+    let mut conn = raw(&server).await;
+    let app = AppName::new("upgraded").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    for (colour, version) in [(Colour::Green, "v1"), (Colour::Blue, "v2")] {
+        for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
+            store
+                .record_deploy(&app, DeployRecord::new(colour, version, phase, "ci"))
+                .await
+                .unwrap();
+        }
+        store
+            .switch(&app, SwitchRequest::new(colour, "ci"))
+            .await
+            .unwrap();
+    }
+    // Blue serves v2, green's record is v1, which it served before.
+    let _: () = redis::cmd("HDEL")
+        .arg("bg:{upgraded}:state")
+        .arg(&["blue_live", "blue_live_rb", "green_live", "green_live_rb"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let s = store.get(&app).await.unwrap().unwrap();
+    assert_eq!(
+        (s.active, s.blue_live, s.green_live),
+        (Colour::Blue, None, None)
+    );
+
+    let live = |v: &str, rolled_back| {
+        Some(LiveVersion {
+            version: v.into(),
+            rolled_back,
+        })
+    };
+    // A release of v3 to green, switched: blue leaves serving v2.
+    for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
+        store
+            .record_deploy(&app, DeployRecord::new(Colour::Green, "v3", phase, "ci"))
+            .await
+            .unwrap();
+    }
+    let s = store
+        .switch(&app, SwitchRequest::new(Colour::Green, "ci"))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(
+        (s.blue_live, s.green_live),
+        (live("v2", false), live("v3", false))
+    );
+    // So the rollback has a target, and marks the release it leaves.
+    let s = store
+        .switch(&app, SwitchRequest::new(Colour::Blue, "ci").rollback(true))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(
+        (s.blue_live.clone(), s.green_live.clone()),
+        (live("v2", false), live("v3", true))
+    );
+    assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
 }
 
 /// The script and the client read a stored live version by one rule, the

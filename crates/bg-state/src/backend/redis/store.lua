@@ -167,10 +167,15 @@ elseif op == 'switch' then
     'lc_actor', ARGV[6], 'lc_at', num(now), 'lc_forced', ARGV[11])
   set_opt('lc_reason', ARGV[7]); set_opt('lc_request', rid); set_opt('lc_fence', fence)
   -- The versions served live ({colour}_live, {colour}_live_rb), by the rule
-  -- of State::apply_switch_to_live: a plain switch to a verified record
-  -- makes it the live version; a rollback keeps what the colour served and
-  -- marks the one it leaves. corrupt() made sure a phase comes with a version.
+  -- of State::apply_switch_to_live: the colour left without a live version
+  -- (data from before they were kept, or a forced init) gets its verified
+  -- record's version; a plain switch to a verified record makes it the live
+  -- version; a rollback keeps what the colour served and marks the one it
+  -- leaves. corrupt() made sure a phase comes with a version.
   local rollback = ARGV[12] == '1'
+  if field(active .. '_live') == nil and field(active .. '_phase') == 'deployed' then
+    redis.call('HSET', S, active .. '_live', field(active .. '_version'))
+  end
   if not rollback and field(to .. '_phase') == 'deployed' then
     redis.call('HSET', S, to .. '_live', field(to .. '_version'))
   end
