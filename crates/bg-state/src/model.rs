@@ -202,12 +202,28 @@ impl State {
         }
     }
 
-    /// What a switch to `to` does to the versions served live: a plain
-    /// switch to a colour with a verified deploy record makes that version
-    /// its live one; a rollback returns to what it served before (its
-    /// record may be a release that never went live) and marks the version
-    /// it leaves as rolled back. Every backend applies this same rule.
+    /// What a switch to `to` (from the other colour) does to the versions
+    /// served live: the colour it leaves, if it has no live version (state
+    /// from before live versions were kept, or a forced init), gets its
+    /// deploy record's version when that was verified, since that is what
+    /// it served; a plain switch to a colour with a verified deploy record
+    /// makes that version its live one; a rollback returns to what it
+    /// served before (its record may be a release that never went live)
+    /// and marks the version it leaves as rolled back. Every backend
+    /// applies this same rule.
     pub(crate) fn apply_switch_to_live(&mut self, to: Colour, rollback: bool) {
+        let from = to.other();
+        if self.live_version(from).is_none()
+            && let Some(d) = self
+                .deployment(from)
+                .filter(|d| d.phase == DeployPhase::Deployed)
+        {
+            let version = d.version.clone();
+            *self.live_version_mut(from) = Some(LiveVersion {
+                version,
+                rolled_back: false,
+            });
+        }
         let verified = self
             .deployment(to)
             .filter(|d| d.phase == DeployPhase::Deployed)
@@ -226,7 +242,7 @@ impl State {
                 }
             }
         }
-        if rollback && let Some(l) = self.live_version_mut(to.other()).as_mut() {
+        if rollback && let Some(l) = self.live_version_mut(from).as_mut() {
             l.rolled_back = true;
         }
     }

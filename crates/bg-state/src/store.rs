@@ -411,6 +411,20 @@ pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result
     Ok(())
 }
 
+/// The rule for a version string: 1 to [`MAX_VERSION_LEN`] characters, no
+/// whitespace or control characters. The Redis script checks stored live
+/// versions by the same rule (`valid_version` in `store.lua`).
+pub(crate) fn check_version(version: &str) -> Result<()> {
+    check_text("version", version, MAX_VERSION_LEN)?;
+    if version.chars().any(char::is_whitespace) {
+        return Err(Error::invalid(
+            "version",
+            "version must not contain whitespace",
+        ));
+    }
+    Ok(())
+}
+
 fn check_number(field: &'static str, value: Option<u64>) -> Result<()> {
     match value {
         Some(0) => Err(Error::invalid(field, format!("{field} must be at least 1"))),
@@ -472,13 +486,7 @@ impl DeployRecord {
     /// [`Error::InvalidInput`] naming the field.
     pub fn validate(&self) -> Result<()> {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
-        check_text("version", &self.version, MAX_VERSION_LEN)?;
-        if self.version.chars().any(char::is_whitespace) {
-            return Err(Error::invalid(
-                "version",
-                "version must not contain whitespace",
-            ));
-        }
+        check_version(&self.version)?;
         check_number("fence", self.fence)
     }
 }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::{Config, initialised};
 use crate::{
-    BreakLease, Colour, ColourStore, DeployPhase, DeployRecord, Error, EventKind, LeaseRequest,
-    LiveVersion, SwitchRequest,
+    BreakLease, Colour, ColourStore, DeployPhase, DeployRecord, Error, EventKind, InitRequest,
+    LeaseRequest, LiveVersion, SwitchRequest,
 };
 
 /// Deploys are recorded for the idle colour only, fenced by the lease, and
@@ -384,4 +384,53 @@ pub async fn live_versions(store: &dyn ColourStore) {
     // A deliberate switch back to blue clears the mark.
     let s = switch(Colour::Blue, false).await;
     assert_eq!(s.blue_live, live("v3", false));
+}
+
+/// A colour that went live without a live version (state from before the
+/// live versions were recorded, or a forced init) gets one when a switch
+/// leaves it: its deploy record's version if that was verified, since that
+/// is what it served; nothing for a record that never was.
+pub async fn live_version_of_the_colour_left(store: &dyn ColourStore) {
+    for (phase, expected) in [
+        (DeployPhase::Deployed, Some("v1")),
+        (DeployPhase::Deploying, None),
+    ] {
+        for rollback in [false, true] {
+            let app = initialised(store, "left", Colour::Blue).await;
+            store
+                .record_deploy(
+                    &app,
+                    DeployRecord::new(Colour::Green, "v1", DeployPhase::Deploying, "ci"),
+                )
+                .await
+                .unwrap();
+            if phase == DeployPhase::Deployed {
+                store
+                    .record_deploy(&app, DeployRecord::new(Colour::Green, "v1", phase, "ci"))
+                    .await
+                    .unwrap();
+            }
+            // Green goes live without passing through a switch.
+            let s = store
+                .init(&app, InitRequest::new(Colour::Green, "ops").force(true))
+                .await
+                .unwrap();
+            assert_eq!((s.blue_live, s.green_live), (None, None));
+            let s = store
+                .switch(
+                    &app,
+                    SwitchRequest::new(Colour::Blue, "ci").rollback(rollback),
+                )
+                .await
+                .unwrap()
+                .state;
+            let want = expected.map(|v| LiveVersion {
+                version: v.into(),
+                rolled_back: rollback,
+            });
+            assert_eq!(s.green_live, want, "{phase} record, rollback {rollback}");
+            assert_eq!(s.blue_live, None);
+            assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
+        }
+    }
 }

@@ -26,7 +26,9 @@ mod race;
 mod switching;
 
 pub use bookkeeping::{bad_input_changes_nothing, history_is_bounded, notifications, presence};
-pub use deploys::{deploy_records, lease_expiry, lease_rules, live_versions};
+pub use deploys::{
+    deploy_records, lease_expiry, lease_rules, live_version_of_the_colour_left, live_versions,
+};
 pub use race::compare_and_swap_race;
 pub use switching::{
     generation_never_goes_down, init_rules, switch_compare_and_swap, switch_retries_are_recognised,
@@ -84,6 +86,7 @@ pub async fn run_all(stores: &[Arc<dyn ColourStore>], cfg: &Config) {
     switch_retries_are_recognised(store).await;
     deploy_records(store, cfg).await;
     live_versions(store).await;
+    live_version_of_the_colour_left(store).await;
     lease_rules(store, cfg).await;
     lease_expiry(store).await;
     history_is_bounded(store, cfg.history_cap).await;

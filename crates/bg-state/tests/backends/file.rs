@@ -2,7 +2,10 @@ use std::fs;
 use std::time::Duration;
 
 use bg_state::conformance::run_all;
-use bg_state::{AppName, Colour, ColourStore, Error, FileStore, InitRequest, SwitchRequest};
+use bg_state::{
+    AppName, Colour, ColourStore, DeployPhase, DeployRecord, Error, FileStore, InitRequest,
+    LiveVersion, SwitchRequest,
+};
 
 use super::{HISTORY_CAP, config, shared};
 
@@ -125,4 +128,72 @@ async fn a_held_lock_times_out_as_retryable() {
     s.switch(&app, SwitchRequest::new(Colour::Green, "t"))
         .await
         .unwrap();
+}
+
+/// A state file written before the per-colour live versions existed has
+/// none; it still loads, and the colour a switch leaves gets the version its
+/// verified deploy record says it served.
+#[tokio::test]
+async fn a_file_without_live_versions_gets_them_on_a_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let app = AppName::new("chat").unwrap();
+    let s = store(&path);
+    s.init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
+        s.record_deploy(&app, DeployRecord::new(Colour::Green, "v1", phase, "ci"))
+            .await
+            .unwrap();
+    }
+    s.switch(&app, SwitchRequest::new(Colour::Green, "ci"))
+        .await
+        .unwrap();
+    drop(s);
+
+    // Green serves v1, as the file's own deploy record says; no live fields.
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let state = doc["apps"]["chat"]["state"].as_object_mut().unwrap();
+    assert!(state.contains_key("green_live"), "{state:?}");
+    state.retain(|k, _| !k.ends_with("_live"));
+    fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+
+    let s = store(&path);
+    let old = s.get(&app).await.unwrap().unwrap();
+    assert_eq!(
+        (old.active, old.blue_live, old.green_live),
+        (Colour::Green, None, None)
+    );
+    for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
+        s.record_deploy(&app, DeployRecord::new(Colour::Blue, "v2", phase, "ci"))
+            .await
+            .unwrap();
+    }
+    let live = |v: &str, rolled_back| {
+        Some(LiveVersion {
+            version: v.into(),
+            rolled_back,
+        })
+    };
+    let now = s
+        .switch(&app, SwitchRequest::new(Colour::Blue, "ci"))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(
+        (now.blue_live, now.green_live),
+        (live("v2", false), live("v1", false))
+    );
+    let back = s
+        .switch(&app, SwitchRequest::new(Colour::Green, "ci").rollback(true))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(
+        (back.blue_live.clone(), back.green_live.clone()),
+        (live("v2", true), live("v1", false))
+    );
+    assert_eq!(store(&path).get(&app).await.unwrap().unwrap(), back);
 }

@@ -2,8 +2,8 @@ use std::time::{Duration, Instant};
 
 use bg_state::conformance::run_all;
 use bg_state::{
-    AppName, Colour, ColourStore, Error, InitRequest, LegacyMirror, RedisOptions, RedisStore,
-    SwitchRequest,
+    AppName, Colour, ColourStore, DeployPhase, DeployRecord, Error, InitRequest, LegacyMirror,
+    LiveVersion, RedisOptions, RedisStore, SwitchRequest,
 };
 use bg_testkit::RedisServer;
 
@@ -192,22 +192,54 @@ async fn corrupt_state_is_reported_and_left_alone() {
     let server = RedisServer::start();
     let store = RedisStore::with_options(&server.url(), options()).unwrap();
     let mut conn = raw(&server).await;
-    let cases: [(&str, &[(&str, &str)]); 5] = [
-        ("garbage-gen", &[("generation", "lots"), ("active", "blue")]),
-        ("bad-colour", &[("generation", "3"), ("active", "purple")]),
-        ("no-active", &[("generation", "3")]),
-        ("no-actor", &[("generation", "3"), ("active", "blue")]),
+    const OK: [(&str, &str); 4] = [
+        ("generation", "3"),
+        ("active", "blue"),
+        ("lc_actor", "ops"),
+        ("lc_at", "1"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        OK.iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<(&str, &str)>>()
+    };
+    let cases: [(&str, Vec<(&str, &str)>); 11] = [
+        (
+            "garbage-gen",
+            vec![("generation", "lots"), ("active", "blue")],
+        ),
+        (
+            "bad-colour",
+            vec![("generation", "3"), ("active", "purple")],
+        ),
+        ("no-active", vec![("generation", "3")]),
+        ("no-actor", vec![("generation", "3"), ("active", "blue")]),
         (
             "bad-deploy",
-            &[
-                ("generation", "3"),
-                ("active", "blue"),
-                ("lc_actor", "ops"),
-                ("lc_at", "1"),
-                ("green_version", "v1"),
-                ("green_phase", "sideways"),
-            ],
+            with(&[("green_version", "v1"), ("green_phase", "sideways")]),
         ),
+        // A phase without a version: the switch to green would otherwise
+        // write half of itself before failing on the missing version.
+        (
+            "phase-no-version",
+            with(&[
+                ("green_phase", "deployed"),
+                ("green_at", "1"),
+                ("green_actor", "ci"),
+            ]),
+        ),
+        ("empty-live", with(&[("green_live", "")])),
+        ("spaced-live", with(&[("green_live", "v 1")])),
+        (
+            "bad-live-rb",
+            with(&[("blue_live", "v1"), ("blue_live_rb", "yes")]),
+        ),
+        (
+            "empty-live-rb",
+            with(&[("green_live", "v1"), ("green_live_rb", "")]),
+        ),
+        ("rb-no-live", with(&[("blue_live_rb", "1")])),
     ];
     for (name, fields) in cases {
         let app = AppName::new(name).unwrap();
@@ -223,6 +255,8 @@ async fn corrupt_state_is_reported_and_left_alone() {
             .query_async(&mut conn)
             .await
             .unwrap();
+        let history = format!("bg:{{{name}}}:history");
+        let mut sub = store.subscribe(&app).await.unwrap();
 
         let err = store.get(&app).await.unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{name}: {err:?}");
@@ -247,6 +281,18 @@ async fn corrupt_state_is_reported_and_left_alone() {
             .await
             .unwrap();
         assert_eq!(before, after, "{name}: a corrupt hash was written to");
+        let events: usize = redis::cmd("XLEN")
+            .arg(&history)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(events, 0, "{name}: a refused call recorded an event");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), sub.recv())
+                .await
+                .is_err(),
+            "{name}: a refused call notified"
+        );
     }
 
     // Bookkeeping fields and key types are checked before any write too.
@@ -434,4 +480,132 @@ async fn a_wrong_password_is_not_retryable() {
         ),
         "{err:?}"
     );
+}
+
+/// A hash written before the per-colour live versions existed has none; the
+/// colour a switch leaves gets the version its verified deploy record says
+/// it served, so the first rollback after the upgrade has a target.
+#[tokio::test]
+async fn a_hash_without_live_versions_gets_them_on_a_switch() {
+    let server = RedisServer::start();
+    let store = RedisStore::with_options(&server.url(), options()).unwrap();
+    let mut conn = raw(&server).await;
+    let app = AppName::new("upgraded").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    for (colour, version) in [(Colour::Green, "v1"), (Colour::Blue, "v2")] {
+        for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
+            store
+                .record_deploy(&app, DeployRecord::new(colour, version, phase, "ci"))
+                .await
+                .unwrap();
+        }
+        store
+            .switch(&app, SwitchRequest::new(colour, "ci"))
+            .await
+            .unwrap();
+    }
+    // Blue serves v2, green's record is v1, which it served before.
+    let _: () = redis::cmd("HDEL")
+        .arg("bg:{upgraded}:state")
+        .arg(&["blue_live", "blue_live_rb", "green_live", "green_live_rb"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let s = store.get(&app).await.unwrap().unwrap();
+    assert_eq!(
+        (s.active, s.blue_live, s.green_live),
+        (Colour::Blue, None, None)
+    );
+
+    let live = |v: &str, rolled_back| {
+        Some(LiveVersion {
+            version: v.into(),
+            rolled_back,
+        })
+    };
+    // A release of v3 to green, switched: blue leaves serving v2.
+    for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
+        store
+            .record_deploy(&app, DeployRecord::new(Colour::Green, "v3", phase, "ci"))
+            .await
+            .unwrap();
+    }
+    let s = store
+        .switch(&app, SwitchRequest::new(Colour::Green, "ci"))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(
+        (s.blue_live, s.green_live),
+        (live("v2", false), live("v3", false))
+    );
+    // So the rollback has a target, and marks the release it leaves.
+    let s = store
+        .switch(&app, SwitchRequest::new(Colour::Blue, "ci").rollback(true))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(
+        (s.blue_live.clone(), s.green_live.clone()),
+        (live("v2", false), live("v3", true))
+    );
+    assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
+}
+
+/// The script and the client read a stored live version by one rule, the
+/// version rule, non-ASCII whitespace and length in characters included:
+/// what one refuses as corrupt the other does too.
+#[tokio::test]
+async fn script_and_client_agree_on_live_versions() {
+    let server = RedisServer::start();
+    let store = RedisStore::with_options(&server.url(), options()).unwrap();
+    let mut conn = raw(&server).await;
+    let cases = [
+        ("v1".to_owned(), true),
+        ("ü-1.0+build".to_owned(), true),
+        ("é".repeat(128), true),
+        ("v\u{200b}1".to_owned(), true),
+        ("é".repeat(129), false),
+        ("v\u{a0}1".to_owned(), false),
+        ("v\u{85}1".to_owned(), false),
+        ("v\u{2003}1".to_owned(), false),
+        ("v\u{3000}1".to_owned(), false),
+        ("v\u{7f}".to_owned(), false),
+        (" ".to_owned(), false),
+    ];
+    for (i, (version, valid)) in cases.into_iter().enumerate() {
+        let app = AppName::new(format!("live-{i}")).unwrap();
+        store
+            .init(&app, InitRequest::new(Colour::Blue, "t"))
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("bg:{{live-{i}}}:state"))
+            .arg("green_live")
+            .arg(&version)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let read = store.get(&app).await;
+        let switched = store
+            .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+            .await;
+        if valid {
+            let state = read.unwrap().unwrap();
+            assert_eq!(state.green_live.unwrap().version, version);
+            assert!(switched.unwrap().changed, "{version:?}");
+        } else {
+            assert!(
+                matches!(read, Err(Error::Corrupt { .. })),
+                "{version:?}: {read:?}"
+            );
+            assert!(
+                matches!(switched, Err(Error::Corrupt { .. })),
+                "{version:?}: {switched:?}"
+            );
+        }
+    }
 }

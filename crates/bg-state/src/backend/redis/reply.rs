@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     AppName, Colour, DeployPhase, Deployment, LastChange, Lease, LiveVersion, State,
 };
+use crate::store::check_version;
 
 pub(super) struct Reply {
     pub(super) status: String,
@@ -74,6 +75,11 @@ pub(super) fn parse_state(app: &AppName, f: &HashMap<String, String>) -> Result<
     let deployment = |c: Colour| -> Result<Option<Deployment>> {
         let key = |s: &str| format!("{c}_{s}");
         let Some(version) = f.get(&key("version")) else {
+            // A phase says there is a deployment; without its version the
+            // script refuses the hash, and so does this.
+            if f.contains_key(&key("phase")) {
+                return Err(corrupt_field(app, &key("phase")));
+            }
             return Ok(None);
         };
         let phase = match req_field(app, f, &key("phase"))? {
@@ -88,11 +94,23 @@ pub(super) fn parse_state(app: &AppName, f: &HashMap<String, String>) -> Result<
             actor: req_field(app, f, &key("actor"))?.to_owned(),
         }))
     };
-    let live = |c: Colour| {
-        f.get(&format!("{c}_live")).map(|v| LiveVersion {
-            version: v.clone(),
-            rolled_back: f.get(&format!("{c}_live_rb")).is_some_and(|v| v == "1"),
-        })
+    // The same rules as `corrupt()` in the script: a live version is a valid
+    // version, and its rolled-back mark is "1" and only next to one.
+    let live = |c: Colour| -> Result<Option<LiveVersion>> {
+        let (live_key, rb_key) = (format!("{c}_live"), format!("{c}_live_rb"));
+        let rolled_back = match f.get(&rb_key).map(String::as_str) {
+            None => false,
+            Some("1") if f.contains_key(&live_key) => true,
+            Some(_) => return Err(corrupt_field(app, &rb_key)),
+        };
+        let Some(version) = f.get(&live_key) else {
+            return Ok(None);
+        };
+        check_version(version).map_err(|_| corrupt_field(app, &live_key))?;
+        Ok(Some(LiveVersion {
+            version: version.clone(),
+            rolled_back,
+        }))
     };
     Ok(Some(State {
         app: app.clone(),
@@ -111,8 +129,8 @@ pub(super) fn parse_state(app: &AppName, f: &HashMap<String, String>) -> Result<
         },
         blue: deployment(Colour::Blue)?,
         green: deployment(Colour::Green)?,
-        blue_live: live(Colour::Blue),
-        green_live: live(Colour::Green),
+        blue_live: live(Colour::Blue)?,
+        green_live: live(Colour::Green)?,
     }))
 }
 

@@ -33,6 +33,19 @@ local function reply(status, detail, key, extra)
   return r
 end
 
+-- A version by the rule of store::check_version: 1 to 128 characters, not
+-- one of them whitespace or a control character (Rust's char::is_whitespace
+-- and char::is_control, so the non-ASCII ones too, matched as UTF-8).
+local function valid_version(v)
+  if v == '' or string.find(v, '[%c%s]') then return false end
+  for _, bad in ipairs({ '\194[\128-\160]', '\225\154\128', '\226\128[\128-\138]',
+      '\226\128[\168\169\175]', '\226\129\159', '\227\128\128' }) do
+    if string.find(v, bad) then return false end
+  end
+  local _, chars = string.gsub(v, '[^\128-\191]', '')
+  return chars <= 128
+end
+
 -- Refuse to build on keys we cannot read: report, touch nothing. Checked
 -- before the first write of every operation, because Redis does not undo a
 -- script's earlier writes when a later command fails.
@@ -64,7 +77,12 @@ local function corrupt()
       if phase ~= 'deploying' and phase ~= 'deployed' then return reply('corrupt', c .. '_phase') end
       if not digits(c .. '_at', false) then return reply('corrupt', c .. '_at') end
       if field(c .. '_actor') == nil then return reply('corrupt', c .. '_actor') end
+    elseif field(c .. '_phase') ~= nil then
+      return reply('corrupt', c .. '_phase')
     end
+    local live, rb = field(c .. '_live'), field(c .. '_live_rb')
+    if live ~= nil and not valid_version(live) then return reply('corrupt', c .. '_live') end
+    if rb ~= nil and (rb ~= '1' or live == nil) then return reply('corrupt', c .. '_live_rb') end
   end
   return nil
 end
@@ -149,10 +167,15 @@ elseif op == 'switch' then
     'lc_actor', ARGV[6], 'lc_at', num(now), 'lc_forced', ARGV[11])
   set_opt('lc_reason', ARGV[7]); set_opt('lc_request', rid); set_opt('lc_fence', fence)
   -- The versions served live ({colour}_live, {colour}_live_rb), by the rule
-  -- of State::apply_switch_to_live: a plain switch to a verified record
-  -- makes it the live version; a rollback keeps what the colour served and
-  -- marks the one it leaves.
+  -- of State::apply_switch_to_live: the colour left without a live version
+  -- (data from before they were kept, or a forced init) gets its verified
+  -- record's version; a plain switch to a verified record makes it the live
+  -- version; a rollback keeps what the colour served and marks the one it
+  -- leaves. corrupt() made sure a phase comes with a version.
   local rollback = ARGV[12] == '1'
+  if field(active .. '_live') == nil and field(active .. '_phase') == 'deployed' then
+    redis.call('HSET', S, active .. '_live', field(active .. '_version'))
+  end
   if not rollback and field(to .. '_phase') == 'deployed' then
     redis.call('HSET', S, to .. '_live', field(to .. '_version'))
   end
