@@ -79,7 +79,7 @@ fn a_signal_stops_the_deploy_command_with_its_children() {
     let pidfile = dir.path().join("child.pid");
     let store = format!("file://{}", state.display());
     let exec = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bg-ctl"))
+    let child = Command::new(env!("CARGO_BIN_EXE_bg-ctl"))
         .args(["--store", &store, "--app", "chat", "--actor", "test"])
         .args(["deploy", "--version", "v2", "--exec", &exec])
         .env_remove("BG_GATE")
@@ -110,9 +110,11 @@ fn a_signal_stops_the_deploy_command_with_its_children() {
     assert_eq!(out.status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
-    {
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    }) {
         assert!(
             std::time::Instant::now() < deadline,
             "the deploy command's child {pid} outlived bg-ctl"

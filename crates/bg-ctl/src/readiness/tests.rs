@@ -393,14 +393,14 @@ fn named_load_balancers_count_from_their_first_probe() {
     r.named_lb_sources = true;
     assert_eq!(
         streaks(&r, Colour::Green, GateAnswer::Stop, 20_000),
-        vec![("10.0.0.9".to_owned(), 1)]
+        vec![("10.0.0.9".to_owned(), 2)]
     );
     assert_eq!(
         out_of_rotation(&r, GREEN, Colour::Green, 4, 2, 20_000, &[]).unwrap(),
         Readiness::Pending(NotYet::StopSeen {
             source: "10.0.0.9".into(),
             url: GREEN.into(),
-            seen: 1,
+            seen: 2,
             need: 3,
         })
     );

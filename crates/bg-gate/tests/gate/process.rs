@@ -185,7 +185,10 @@ fn with_lb_sources_only_their_probes_are_logged() {
     assert_eq!(logged.len(), 3, "{logged:?}");
     let status: bg_state::wire::GateStatus =
         serde_json::from_str(&http::get(ours, "/bg/state").unwrap().body).unwrap();
-    assert!(status.named_lb_sources, "bg-ctl must know the log holds only load balancers");
+    assert!(
+        status.named_lb_sources,
+        "bg-ctl must know the log holds only load balancers"
+    );
     assert!(
         logged
             .iter()
