@@ -180,10 +180,12 @@ fn same_runtime(md: &mut String) {
     let verdict = |r: f64| if r >= 0.95 { "met" } else { "**missed**" };
     let _ = writeln!(
         md,
-        "## Same runtime: health path and request tracking
-
-         `bg-bare` serves each variant with `bg_gate::server::serve`, the loop `bg-gate` uses,          on one Tokio runtime: a bare handler answering `OK`, the gate's public router, and the          bare handler inside `Gate::track_requests` (what an embedding service pays on its own          routes). {ROUNDS} rounds of `wrk -c32 -d{WRK_SECONDS}s`, the order rotated every round;          medians. {}
-",
+        "## Same runtime: health path and request tracking\n\n\
+         `bg-bare` serves each variant with `bg_gate::server::serve`, the loop `bg-gate` uses, \
+         on one Tokio runtime: a bare handler answering `OK`, the gate's public router, and the \
+         bare handler inside `Gate::track_requests` (what an embedding service pays on its own \
+         routes). {ROUNDS} rounds of `wrk -c32 -d{WRK_SECONDS}s`, the order rotated every round; \
+         medians. {}\n",
         if pin.is_some() {
             "Servers pinned to core 0, `wrk` (one thread) to core 1 (`taskset`)."
         } else {

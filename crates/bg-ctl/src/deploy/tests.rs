@@ -708,8 +708,8 @@ async fn a_switch_lost_while_the_lease_is_lost_is_read_back() {
     assert_eq!((out.switched, out.generation), (true, 2), "{out:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_version_already_live_and_verified_is_success_without_a_release() {
+/// A store and gates after a release of v2 (to green) went through.
+async fn released_v2() -> (MemoryStore, MockGates) {
     let store = store().await;
     let deployed = Arc::new(AtomicBool::new(false));
     let g = gates(&store, &deployed);
@@ -722,6 +722,12 @@ async fn a_version_already_live_and_verified_is_success_without_a_release() {
     )
     .await
     .unwrap();
+    (store, g)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_version_already_live_and_verified_is_success_without_a_release() {
+    let (store, g) = released_v2().await;
     // The job is retried after its answer was lost.
     let mut t = MockTrigger::new();
     t.expect_deploy().never();
@@ -748,18 +754,7 @@ async fn a_version_already_live_and_verified_is_success_without_a_release() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_checks_again_what_the_release_asked_for() {
-    let store = store().await;
-    let deployed = Arc::new(AtomicBool::new(false));
-    let g = gates(&store, &deployed);
-    run(
-        &store,
-        &g,
-        &trigger_that_deploys(&deployed),
-        &passing_checks(),
-        &opts(),
-    )
-    .await
-    .unwrap();
+    let (store, g) = released_v2().await;
     // The same release, retried with --verify, now failing: not a success.
     let mut t = MockTrigger::new();
     t.expect_deploy().never();
