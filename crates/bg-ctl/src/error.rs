@@ -98,8 +98,9 @@ fn signal_name(signal: i32) -> &'static str {
 pub enum GateAhead {
     /// A gate asked over HTTP reports the generation it applied.
     #[error(
-        "gate {url} applied generation {applied} but the store is at {store}: the store lost state; \
-         restore it with `bg-ctl init --from-gate`"
+        "gate {} applied generation {applied} but the store is at {store}: the store lost state; \
+         restore it with `bg-ctl init --from-gate`",
+        crate::reason::shown(.url)
     )]
     Report {
         /// The gate, as given.

@@ -101,17 +101,27 @@ pub enum NotYet {
 impl fmt::Display for NotYet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NotYet::Generation { url, at, of } => write!(f, "{url} is at generation {at} of {of}"),
-            NotYet::Answers { url, answer } => write!(f, "{url} still answers {answer}"),
+            NotYet::Generation { url, at, of } => {
+                write!(f, "{} is at generation {at} of {of}", shown(url))
+            }
+            NotYet::Answers { url, answer } => write!(f, "{} still answers {answer}", shown(url)),
             NotYet::StopSeen {
                 source,
                 url,
                 seen,
                 need,
-            } => write!(f, "{source} has seen STOP {seen} of {need} times at {url}"),
-            NotYet::Runs { url, version } => write!(f, "{url} runs {version}"),
+            } => write!(
+                f,
+                "{source} has seen STOP {seen} of {need} times at {}",
+                shown(url)
+            ),
+            NotYet::Runs { url, version } => write!(f, "{} runs {version}", shown(url)),
             NotYet::Deaf { url, stale_ms } => {
-                write!(f, "{url} cannot hear the store (view {stale_ms} ms old)")
+                write!(
+                    f,
+                    "{} cannot hear the store (view {stale_ms} ms old)",
+                    shown(url)
+                )
             }
             NotYet::NoPresence(colour) => write!(f, "no gate of {colour} reports its presence"),
             NotYet::PresenceLags {
@@ -138,5 +148,45 @@ impl fmt::Display for NotYet {
             ),
             NotYet::NoProbes => f.write_str("no load balancer probes seen at any gate"),
         }
+    }
+}
+
+/// A gate URL as a message may show it: as given, unless it carries
+/// credentials or a query, which are hidden.
+pub(crate) fn shown(url: &str) -> std::borrow::Cow<'_, str> {
+    if url.contains('@') || url.contains('?') {
+        std::borrow::Cow::Owned(bg_state::redact_url(url))
+    } else {
+        std::borrow::Cow::Borrowed(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_urls_in_reasons_hide_their_credentials() {
+        let url = "https://ci:hunter2@green.internal:9090/?token=xyz".to_owned();
+        for why in [
+            NotYet::Generation {
+                url: url.clone(),
+                at: 1,
+                of: 2,
+            },
+            NotYet::Runs {
+                url: url.clone(),
+                version: "v1".into(),
+            },
+        ] {
+            let text = why.to_string();
+            assert!(
+                !text.contains("hunter2")
+                    && !text.contains("xyz")
+                    && text.contains("green.internal"),
+                "{text}"
+            );
+        }
+        assert_eq!(shown("http://green:9090"), "http://green:9090");
     }
 }
