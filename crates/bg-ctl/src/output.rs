@@ -33,6 +33,13 @@ fn closed_pipe_is_the_end(written: io::Result<()>) -> io::Result<()> {
     }
 }
 
+/// A line for people on stderr (progress, the error); a closed stderr
+/// loses it rather than ending bg-ctl with a panic.
+pub fn to_stderr(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,7 +77,7 @@ impl Reporter {
         }
         match &self.spinner {
             Some(pb) => pb.println(line),
-            None => eprintln!("{line}"),
+            None => crate::output::to_stderr(line),
         }
     }
 

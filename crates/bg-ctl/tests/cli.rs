@@ -67,6 +67,32 @@ fn history_is_printed_newest_first() {
     assert!(lines[0].contains("(v2)"), "{text}");
 }
 
+/// Progress and errors go to stderr; with stderr closed they are lost, and
+/// bg-ctl still ends with its own exit code, not a panic.
+#[test]
+fn a_closed_stderr_changes_no_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let run = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let store = format!("file://{}", state.display());
+        Command::new(env!("CARGO_BIN_EXE_bg-ctl"))
+            .args(["--store", &store, "--app", "chat", "--actor", "test"])
+            .args(args)
+            .env_remove("BG_GATE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(writer))
+            .status()
+            .expect("bg-ctl runs")
+    };
+    // Not initialised: an error message, exit 1.
+    assert_eq!(run(&["switch", "--to", "green"]).code(), Some(1));
+    // Progress lines, then success.
+    assert_eq!(run(&["init", "--active", "blue"]).code(), Some(0));
+    assert_eq!(run(&["switch", "--to", "green"]).code(), Some(0));
+}
+
 /// A cancelled CI job sends SIGTERM: bg-ctl stops the deploy command it
 /// runs, with everything that command started, and exits 143.
 #[cfg(target_os = "linux")]

@@ -79,7 +79,7 @@ impl Cli {
                 match written {
                     Ok(()) => exit::OK,
                     Err(e) => {
-                        eprintln!("bg-ctl: cannot write the result: {e}");
+                        output::to_stderr(&format!("bg-ctl: cannot write the result: {e}"));
                         exit::FAILED
                     }
                 }
@@ -97,7 +97,7 @@ impl Cli {
                         }),
                     );
                 }
-                eprintln!("bg-ctl: {e}");
+                output::to_stderr(&format!("bg-ctl: {e}"));
                 code
             }
         }
