@@ -367,8 +367,10 @@ pub fn error_from_body(app: &AppName, status: u16, b: ErrorBody) -> Error {
         },
         "unauthorized" | "forbidden" => Error::Unauthorized { message: b.message },
         "too_large" => InvalidInput::new("body", b.message).into(),
-        // The gate gave up waiting for the body: the transport, not the input.
-        "timeout" => Error::Unavailable {
+        // The gate gave up waiting for the body (the transport, not the
+        // input), or has too many of this caller's requests waiting: both
+        // pass, so a retry can help.
+        "timeout" | "too_many_requests" => Error::Unavailable {
             backend: "remote",
             message: b.message,
             retryable: true,
@@ -487,17 +489,19 @@ mod tests {
     #[test]
     fn a_gate_timeout_is_unavailable_not_invalid_input() {
         let app = AppName::new("chat").unwrap();
-        let body = ErrorBody::new("timeout", "the request body did not arrive in time");
-        let e = error_from_body(&app, 408, body);
-        assert!(
-            matches!(
-                e,
-                Error::Unavailable {
-                    retryable: true,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        for (kind, status) in [("timeout", 408), ("too_many_requests", 429)] {
+            let body = ErrorBody::new(kind, "the gate is busy");
+            let e = error_from_body(&app, status, body);
+            assert!(
+                matches!(
+                    e,
+                    Error::Unavailable {
+                        retryable: true,
+                        ..
+                    }
+                ),
+                "{kind}: {e:?}"
+            );
+        }
     }
 }
