@@ -364,6 +364,25 @@ pub fn failing_checks() -> MockChecks {
     c
 }
 
+/// A release against `store` with gates that follow `real` and a webhook
+/// that deploys: what most tests vary is only the checks and the options.
+pub async fn release(
+    store: &dyn ColourStore,
+    real: &MemoryStore,
+    checks: &dyn Checks,
+    opts: &DeployOptions,
+) -> CtlResult<DeployOutcome> {
+    let deployed = Arc::new(AtomicBool::new(false));
+    run(
+        store,
+        &gates(real, &deployed),
+        &trigger_that_deploys(&deployed),
+        checks,
+        opts,
+    )
+    .await
+}
+
 /// Runs a release, reporting nothing.
 pub async fn run(
     store: &dyn ColourStore,

@@ -14,27 +14,20 @@ use crate::gates::MockGates;
 use crate::testing::{
     FakeGates, FirstRollbackAnswerLost, FirstSwitchAnswerLost, GREEN, OneReadFails,
     SwitchLostWithTheLease, SwitchUnreachable, app, failing_checks, futures_now, gates, live, opts,
-    overlay, passing_checks, run, store, trigger_that_deploys,
+    overlay, passing_checks, release, run, store, trigger_that_deploys,
 };
 use crate::trigger::MockTrigger;
 
 #[tokio::test(start_paused = true)]
 async fn a_release_switches_after_the_new_version_is_seen() {
     let store = store().await;
-    let deployed = Arc::new(AtomicBool::new(false));
     let mut o = opts();
     o.smoke = Some("true".into());
     o.verify = Some("true".into());
     o.confirm_lb = true;
-    let out = run(
-        &store,
-        &gates(&store, &deployed),
-        &trigger_that_deploys(&deployed),
-        &passing_checks(),
-        &o,
-    )
-    .await
-    .unwrap();
+    let out = release(&store, &store, &passing_checks(), &o)
+        .await
+        .unwrap();
     assert_eq!(
         out,
         DeployOutcome {
@@ -232,19 +225,10 @@ async fn failures_before_the_switch_leave_the_live_colour() {
 
     // The smoke check fails.
     let store = self::store().await;
-    let deployed = Arc::new(AtomicBool::new(false));
     let checks = failing_checks();
     let mut o = opts();
     o.smoke = Some("curl -f $BG_GATE_URL".into());
-    let err = run(
-        &store,
-        &gates(&store, &deployed),
-        &trigger_that_deploys(&deployed),
-        &checks,
-        &o,
-    )
-    .await
-    .unwrap_err();
+    let err = release(&store, &store, &checks, &o).await.unwrap_err();
     assert_eq!(err.exit_code(), exit::FAILED);
     assert!(
         matches!(&err, CtlError::Smoke(e) if matches!(**e, CtlError::Check(CheckFailed::Exit { .. }))),
@@ -284,19 +268,10 @@ async fn failures_before_the_switch_leave_the_live_colour() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_verify_switches_back() {
     let store = store().await;
-    let deployed = Arc::new(AtomicBool::new(false));
     let checks = failing_checks();
     let mut o = opts();
     o.verify = Some("./verify".into());
-    let err = run(
-        &store,
-        &gates(&store, &deployed),
-        &trigger_that_deploys(&deployed),
-        &checks,
-        &o,
-    )
-    .await
-    .unwrap_err();
+    let err = release(&store, &store, &checks, &o).await.unwrap_err();
     assert_eq!(err.exit_code(), exit::FAILED);
     assert!(
         matches!(&err, CtlError::Verify(v)
@@ -426,18 +401,11 @@ async fn the_idle_colour_must_be_out_of_rotation_first() {
 #[tokio::test(start_paused = true)]
 async fn no_switch_deploys_and_verifies_only() {
     let store = store().await;
-    let deployed = Arc::new(AtomicBool::new(false));
     let mut o = opts();
     o.no_switch = true;
-    let out = run(
-        &store,
-        &gates(&store, &deployed),
-        &trigger_that_deploys(&deployed),
-        &passing_checks(),
-        &o,
-    )
-    .await
-    .unwrap();
+    let out = release(&store, &store, &passing_checks(), &o)
+        .await
+        .unwrap();
     assert!(!out.switched);
     let s = store.get(&app()).await.unwrap().unwrap();
     assert_eq!((s.active, s.generation), (Colour::Blue, 1));
@@ -448,16 +416,9 @@ async fn no_switch_deploys_and_verifies_only() {
 async fn a_store_outage_at_the_switch_is_exit_5() {
     let real = store().await;
     let mock = overlay(&real, SwitchUnreachable);
-    let deployed = Arc::new(AtomicBool::new(false));
-    let err = run(
-        &*mock,
-        &gates(&real, &deployed),
-        &trigger_that_deploys(&deployed),
-        &passing_checks(),
-        &opts(),
-    )
-    .await
-    .unwrap_err();
+    let err = release(&*mock, &real, &passing_checks(), &opts())
+        .await
+        .unwrap_err();
     assert_eq!(err.exit_code(), exit::UNREACHABLE, "{err}");
     assert!(
         matches!(
@@ -476,16 +437,9 @@ async fn a_store_outage_at_the_switch_is_exit_5() {
 async fn a_switch_whose_answer_was_lost_is_retried_safely() {
     let real = store().await;
     let mock = overlay(&real, FirstSwitchAnswerLost::default());
-    let deployed = Arc::new(AtomicBool::new(false));
-    let out = run(
-        &*mock,
-        &gates(&real, &deployed),
-        &trigger_that_deploys(&deployed),
-        &passing_checks(),
-        &opts(),
-    )
-    .await
-    .unwrap();
+    let out = release(&*mock, &real, &passing_checks(), &opts())
+        .await
+        .unwrap();
     assert_eq!(out.generation, 2, "one switch, recognised on retry");
     assert_eq!(live(&real).await, (Colour::Green, 2));
 }
@@ -691,18 +645,10 @@ async fn a_lease_broken_during_the_drain_triggers_nothing() {
 async fn a_switch_lost_while_the_lease_is_lost_is_read_back() {
     let real = store().await;
     let mock = overlay(&real, SwitchLostWithTheLease::default());
-    let deployed = Arc::new(AtomicBool::new(false));
     let mut o = opts();
     // The switch is retried long enough for a renewal to find the lease gone.
     o.ready_timeout = Duration::from_secs(5);
-    let out = run(
-        &*mock,
-        &gates(&real, &deployed),
-        &trigger_that_deploys(&deployed),
-        &passing_checks(),
-        &o,
-    )
-    .await;
+    let out = release(&*mock, &real, &passing_checks(), &o).await;
     assert_eq!(live(&real).await, (Colour::Green, 2));
     let out = out.unwrap();
     assert_eq!((out.switched, out.generation), (true, 2), "{out:?}");
@@ -775,15 +721,7 @@ async fn one_transient_store_error_during_a_wait_is_retried() {
     for after in 1..8 {
         let real = store().await;
         let mock = overlay(&real, OneReadFails::after(after));
-        let deployed = Arc::new(AtomicBool::new(false));
-        let out = run(
-            &*mock,
-            &gates(&real, &deployed),
-            &trigger_that_deploys(&deployed),
-            &passing_checks(),
-            &opts(),
-        )
-        .await;
+        let out = release(&*mock, &real, &passing_checks(), &opts()).await;
         assert!(
             out.as_ref().is_ok_and(|o| o.switched),
             "read {after} failed: {out:?}"
@@ -825,18 +763,11 @@ async fn no_switch_back_to_an_old_colour_that_does_not_follow_the_store() {
 async fn a_switch_back_whose_answer_was_lost_is_retried_safely() {
     let real = store().await;
     let mock = overlay(&real, FirstRollbackAnswerLost::default());
-    let deployed = Arc::new(AtomicBool::new(false));
     let mut o = opts();
     o.verify = Some("./verify".into());
-    let err = run(
-        &*mock,
-        &gates(&real, &deployed),
-        &trigger_that_deploys(&deployed),
-        &failing_checks(),
-        &o,
-    )
-    .await
-    .unwrap_err();
+    let err = release(&*mock, &real, &failing_checks(), &o)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, CtlError::Verify(v) if matches!(v.back, SwitchBack::Done(3))),
         "{err:?}"
