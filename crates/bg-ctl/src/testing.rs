@@ -197,48 +197,41 @@ impl Override for SwitchUnreachable {
     }
 }
 
-/// The first switch commits, but its answer is lost on the way back;
-/// every later call reaches the store as usual.
+/// The first switch (of every switch, or only of those recorded as a
+/// rollback) commits, but its answer is lost on the way back; every later
+/// call reaches the store as usual.
 #[derive(Debug, Default)]
-pub struct FirstSwitchAnswerLost {
+pub struct FirstAnswerLost {
+    only_rollbacks: bool,
     lost: AtomicBool,
 }
 
-#[async_trait::async_trait]
-impl Override for FirstSwitchAnswerLost {
-    async fn switch(
-        &self,
-        inner: &dyn ColourStore,
-        app: &AppName,
-        req: SwitchRequest,
-    ) -> bg_state::Result<SwitchOutcome> {
-        let out = inner.switch(app, req).await;
-        if self.lost.swap(true, Ordering::SeqCst) {
-            out
-        } else {
-            Err(connection_reset())
+impl FirstAnswerLost {
+    /// The first switch's answer is lost.
+    pub fn of_a_switch() -> Self {
+        Self::default()
+    }
+
+    /// The first rollback's answer is lost; other switches pass.
+    pub fn of_a_rollback() -> Self {
+        FirstAnswerLost {
+            only_rollbacks: true,
+            ..Self::default()
         }
     }
 }
 
-/// Every switch recorded as a rollback commits, but the answer to the
-/// first one is lost on the way back.
-#[derive(Debug, Default)]
-pub struct FirstRollbackAnswerLost {
-    lost: AtomicBool,
-}
-
 #[async_trait::async_trait]
-impl Override for FirstRollbackAnswerLost {
+impl Override for FirstAnswerLost {
     async fn switch(
         &self,
         inner: &dyn ColourStore,
         app: &AppName,
         req: SwitchRequest,
     ) -> bg_state::Result<SwitchOutcome> {
-        let rollback = req.rollback;
+        let counts = req.rollback || !self.only_rollbacks;
         let out = inner.switch(app, req).await;
-        if !rollback || self.lost.swap(true, Ordering::SeqCst) {
+        if !counts || self.lost.swap(true, Ordering::SeqCst) {
             out
         } else {
             Err(connection_reset())

@@ -12,9 +12,9 @@ use super::*;
 use crate::error::{CheckFailed, GateAhead, LeaseLost, Pending, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
-    FakeGates, FirstRollbackAnswerLost, FirstSwitchAnswerLost, GREEN, OneReadFails,
-    SwitchLostWithTheLease, SwitchUnreachable, app, failing_checks, futures_now, gates, live, opts,
-    overlay, passing_checks, release, run, store, trigger_that_deploys,
+    FakeGates, FirstAnswerLost, GREEN, OneReadFails, SwitchLostWithTheLease, SwitchUnreachable,
+    app, failing_checks, futures_now, gates, live, opts, overlay, passing_checks, release, run,
+    store, trigger_that_deploys,
 };
 use crate::trigger::MockTrigger;
 
@@ -436,7 +436,7 @@ async fn a_store_outage_at_the_switch_is_exit_5() {
 #[tokio::test(start_paused = true)]
 async fn a_switch_whose_answer_was_lost_is_retried_safely() {
     let real = store().await;
-    let mock = overlay(&real, FirstSwitchAnswerLost::default());
+    let mock = overlay(&real, FirstAnswerLost::of_a_switch());
     let out = release(&*mock, &real, &passing_checks(), &opts())
         .await
         .unwrap();
@@ -762,7 +762,7 @@ async fn no_switch_back_to_an_old_colour_that_does_not_follow_the_store() {
 #[tokio::test(start_paused = true)]
 async fn a_switch_back_whose_answer_was_lost_is_retried_safely() {
     let real = store().await;
-    let mock = overlay(&real, FirstRollbackAnswerLost::default());
+    let mock = overlay(&real, FirstAnswerLost::of_a_rollback());
     let mut o = opts();
     o.verify = Some("./verify".into());
     let err = release(&*mock, &real, &failing_checks(), &o)
