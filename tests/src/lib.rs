@@ -91,6 +91,15 @@ impl Instance {
         }
     }
 
+    /// Listens on `ip` (a loopback address such as `127.0.0.11`, so that
+    /// several instances can share a port number, as hosts do) instead of
+    /// `127.0.0.1`.
+    #[must_use]
+    pub fn on(mut self, ip: [u8; 4]) -> Self {
+        self.addr = SocketAddr::from((ip, free_port()));
+        self
+    }
+
     /// More options for every start.
     #[must_use]
     pub fn args(mut self, args: &[&str]) -> Self {

@@ -1,5 +1,6 @@
 //! The HAProxy `agent-check` responder: one line per connection, `ready`
-//! while this colour answers OK and `drain` when it is idle.
+//! while this colour answers OK and `drain` when it is idle. Each query is
+//! logged in the probe log like an HTTP health check.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +37,13 @@ impl Gate {
                 a = listener.accept() => a,
             };
             match accepted {
-                Ok((mut stream, _)) => {
-                    let line: &[u8] = if self.answer(self.config().colour).is_ok() {
+                Ok((mut stream, peer)) => {
+                    let colour = self.config().colour;
+                    let answer = self.answer(colour);
+                    // Logged as a probe, as an HTTP check is: a release
+                    // waits for the agent to have been told `drain`.
+                    self.record_probe(Some(peer.ip()), colour, answer);
+                    let line: &[u8] = if answer.is_ok() {
                         b"ready\n"
                     } else {
                         b"drain\n"

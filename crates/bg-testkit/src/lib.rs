@@ -10,6 +10,8 @@
 //! * [`http`] — a blocking HTTP/1.1 client small enough to trust in a test.
 //! * [`workspace_binary`], [`workspace_example`] — the workspace's own
 //!   programs, rebuilt when stale.
+//! * [`nginx`] — a real nginx with the example configuration under a
+//!   prefix of its own.
 //! * `store` (feature `store`) — stores that pass every call to another
 //!   store except the ones a test takes over.
 
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod nginx;
 #[cfg(feature = "store")]
 pub mod store;
 
@@ -359,14 +362,27 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
+            // The end is what explains a failure; a proxy's access log can
+            // run to many thousands of lines before it.
+            let out = self.output();
+            let lines: Vec<&str> = out.lines().collect();
+            let shown = lines.len().saturating_sub(PRINTED_LINES);
             eprintln!(
-                "--- {} output ---\n{}--- end of output ---",
+                "--- {} output{} ---\n{}\n--- end of output ---",
                 self.name,
-                self.output()
+                if shown > 0 {
+                    format!(", its last {PRINTED_LINES} lines")
+                } else {
+                    String::new()
+                },
+                lines[shown..].join("\n")
             );
         }
     }
 }
+
+/// How much of a process's output a failing test prints.
+const PRINTED_LINES: usize = 300;
 
 /// Waits up to `limit` for `addr` to accept connections.
 ///

@@ -1,6 +1,7 @@
 //! The gate handle: its shared state, its view held for lock-free reads,
 //! and the one place store reads are applied to that view.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use super::config::GateConfig;
 use super::view::{Answer, Folded, View};
 use crate::auth::{Auth, AuthError};
 use crate::conns::Connections;
-use crate::probes::ProbeLog;
+use crate::probes::{Probe, ProbeLog};
 
 /// The `changes` long polls that may wait on one gate at once.
 pub const MAX_POLLS: usize = 1024;
@@ -200,6 +201,22 @@ impl Gate {
     #[must_use]
     pub fn answer(&self, colour: Colour) -> Answer {
         self.inner.view.load().answer(colour, Instant::now())
+    }
+
+    /// Logs a load balancer's check of `colour` from `source`, answered
+    /// `answer` — an HTTP health check or an agent query alike — unless
+    /// `--lb-source` names the load balancers and `source` is not one.
+    /// Takes no lock shared with other checks.
+    pub(crate) fn record_probe(&self, source: Option<IpAddr>, colour: Colour, answer: Answer) {
+        let ranges = &self.inner.cfg.lb_sources;
+        if ranges.is_empty() || source.is_some_and(|ip| ranges.iter().any(|r| r.contains(ip))) {
+            self.inner.probes.record(Probe {
+                source,
+                at_ms: unix_ms(),
+                colour,
+                answer,
+            });
+        }
     }
 
     /// What this gate reports at `GET /bg/state`: its colour and version,
@@ -404,4 +421,11 @@ impl Inner {
 /// A duration in whole milliseconds, saturating.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the Unix epoch, as probes are stamped.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

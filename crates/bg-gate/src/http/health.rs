@@ -16,7 +16,6 @@ use bg_state::Colour;
 
 use super::reply::{HttpError, Segment, method_not_allowed};
 use crate::core::{Answer, Gate};
-use crate::probes::Probe;
 
 /// `GET/HEAD /balancer-keepalive-check`, `GET /running-service-id`,
 /// `GET /bg/check/{colour}`, `GET /bg/live`.
@@ -54,17 +53,8 @@ async fn health(gate: &Gate, colour: Colour, source: Option<std::net::IpAddr>) -
         Answer::Stop => &counters.answers_stop,
     }
     .fetch_add(1, Ordering::Relaxed);
+    gate.record_probe(source, colour, answer);
     let cfg = gate.config();
-    if cfg.lb_sources.is_empty()
-        || source.is_some_and(|ip| cfg.lb_sources.iter().any(|r| r.contains(ip)))
-    {
-        gate.inner.probes.record(Probe {
-            source,
-            at_ms: now_ms(),
-            colour,
-            answer,
-        });
-    }
     let (status, word) = if answer.is_ok() {
         (StatusCode::OK, "OK")
     } else {
@@ -107,10 +97,4 @@ async fn check_colour(
 
 async fn running_service_id(State(gate): State<Gate>) -> String {
     gate.config().colour.to_string()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

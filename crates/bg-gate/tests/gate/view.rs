@@ -328,8 +328,48 @@ async fn agent_check_says_ready_or_drain() {
             assert_eq!(got, line);
             tx.send(()).unwrap();
             server.await.unwrap();
+            // Each agent query is a probe, as a health check is: step 3 of a
+            // release and --confirm-lb read them.
+            let probes = g.status().probes;
+            assert_eq!(probes.len(), 1, "{probes:?}");
+            let p = &probes[0];
+            assert_eq!(p.source, Some([127, 0, 0, 1].into()));
+            assert_eq!(p.colour, colour);
+            let answer = if colour == Colour::Blue {
+                Answer::Ok
+            } else {
+                Answer::Stop
+            };
+            assert_eq!(p.answer, answer);
         }
     }
+}
+
+#[tokio::test]
+async fn agent_queries_from_outside_the_lb_sources_are_answered_not_logged() {
+    let store = memory_with(Colour::Blue).await;
+    let mut cfg = config(Colour::Green);
+    cfg.lb_sources = vec!["10.0.0.0/8".parse().unwrap()];
+    let g = gate(&store, cfg).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let g = g.clone();
+        async move {
+            g.serve_agent(listener, async {
+                let _ = rx.await;
+            })
+            .await
+        }
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "drain\n");
+    tx.send(()).unwrap();
+    server.await.unwrap();
+    assert!(g.status().probes.is_empty());
 }
 
 pub(crate) async fn wait_for(mut cond: impl FnMut() -> bool) {
