@@ -173,6 +173,58 @@ pub enum Pending {
     Store(StoreError),
 }
 
+/// What a drain left behind when it ran out of time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undrained {
+    /// The colour being drained.
+    pub colour: Colour,
+    /// `--drain-timeout`.
+    pub limit: Duration,
+    /// Websockets still open: the restart cuts them.
+    pub websockets: u64,
+    /// Requests still in flight.
+    pub requests: u64,
+    /// Websockets opened while the drain ran.
+    pub arrived: u64,
+}
+
+impl fmt::Display for Undrained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Undrained {
+            colour,
+            limit,
+            websockets,
+            requests,
+            arrived,
+        } = self;
+        write!(f, "{colour} not drained within {limit:?}: ")?;
+        match (websockets, requests) {
+            (0, r) => write!(f, "{r} requests still in flight")?,
+            (w, 0) => write!(f, "{w} websockets still open, which its restart would cut")?,
+            (w, r) => write!(
+                f,
+                "{w} websockets still open, which its restart would cut, and {r} requests in flight"
+            )?,
+        }
+        if *arrived > 0 {
+            write!(
+                f,
+                "; {arrived} websockets opened on {colour} after the drain began: the load \
+                 balancer still sends clients there, so {colour} is not out of rotation \
+                 (check its health checks, or name the load balancers with --lb-source)"
+            )
+        } else if *websockets > 0 {
+            write!(
+                f,
+                "; their clients were asked to reconnect (close code 1012) and did not: \
+                 they must reconnect on 1012, or raise --drain-timeout"
+            )
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// What ran out of time.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -195,6 +247,9 @@ pub enum Timeout {
         /// The wait that ran out.
         wait: Box<Timeout>,
     },
+    /// The drain of the idle colour (`--on-drain-timeout abort`).
+    #[error("{0}")]
+    Drain(Undrained),
     /// The queue for another pipeline's lease (`--wait-lease`).
     #[error("--wait-lease ran out: {0}")]
     Lease(StoreError),

@@ -17,8 +17,16 @@ pub use bg_state::wire::{ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, 
 pub trait Gates: Send + Sync {
     /// `GET {url}/bg/state`.
     async fn report(&self, url: &str) -> CtlResult<GateStatus>;
-    /// `POST {url}/bg/drain`; returns how many websockets were asked to close.
-    async fn drain(&self, url: &str, batch: usize, interval: Duration) -> CtlResult<u64>;
+    /// `POST {url}/bg/drain`: ask `batch` websockets every `interval` to
+    /// close, including those that open later, for `lasting`; returns how
+    /// many open websockets were not asked yet.
+    async fn drain(
+        &self,
+        url: &str,
+        batch: usize,
+        interval: Duration,
+        lasting: Duration,
+    ) -> CtlResult<u64>;
 }
 
 /// Gates over HTTP(S), with a bearer token for the drain.
@@ -82,11 +90,19 @@ impl Gates for HttpGates {
         })
     }
 
-    async fn drain(&self, url: &str, batch: usize, interval: Duration) -> CtlResult<u64> {
+    async fn drain(
+        &self,
+        url: &str,
+        batch: usize,
+        interval: Duration,
+        lasting: Duration,
+    ) -> CtlResult<u64> {
         let target = format!("{}/bg/drain", url.trim_end_matches('/'));
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut req = self.client.post(&target).json(&serde_json::json!({
             "batch": batch,
-            "interval_ms": u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            "interval_ms": ms(interval),
+            "timeout_ms": ms(lasting),
         }));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);

@@ -1,12 +1,14 @@
 //! Connection tracking: websockets and in-flight requests, and the paced
-//! drain that asks lingering websocket clients to move to the live colour.
+//! drain that asks lingering websocket clients to move to the live colour —
+//! every one of them, including those that arrive while it runs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// The close code a drained websocket is closed with: 1012, "service restart".
 pub const DRAIN_CLOSE_CODE: u16 = 1012;
@@ -17,11 +19,41 @@ pub struct Connections {
     inner: Arc<Inner>,
 }
 
+/// Whether a drain may go on: asked before every batch.
+type KeepOn = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The drain under way, if any: what its task reads before every batch.
+struct Draining {
+    batch: usize,
+    pause: Duration,
+    /// `None`: for as long as `keep_on` says.
+    until: Option<Instant>,
+    keep_on: KeepOn,
+}
+
+impl std::fmt::Debug for Draining {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Draining")
+            .field("batch", &self.batch)
+            .field("pause", &self.pause)
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     requests: AtomicU64,
     next_id: AtomicU64,
+    /// Open websockets; `None` once asked to close.
     websockets: Mutex<BTreeMap<u64, Option<oneshot::Sender<()>>>>,
+    draining: Mutex<Option<Draining>>,
+    /// Websockets opened while a drain ran, since it began.
+    arrived_draining: AtomicU64,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Connections {
@@ -30,6 +62,9 @@ impl Connections {
     pub fn track_websocket(&self) -> WebSocketGuard {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        if locked(&self.inner.draining).is_some() {
+            self.inner.arrived_draining.fetch_add(1, Ordering::Relaxed);
+        }
         self.sockets().insert(id, Some(tx));
         WebSocketGuard {
             conns: Arc::clone(&self.inner),
@@ -59,37 +94,91 @@ impl Connections {
         self.inner.requests.load(Ordering::Relaxed)
     }
 
-    fn sockets(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Option<oneshot::Sender<()>>>> {
-        self.inner
-            .websockets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Websockets opened while a drain was running, counted since the
+    /// latest drain began: clients that a load balancer still sends to a
+    /// colour being drained.
+    #[must_use]
+    pub fn arrived_while_draining(&self) -> u64 {
+        self.inner.arrived_draining.load(Ordering::Relaxed)
+    }
+
+    fn sockets(&self) -> MutexGuard<'_, BTreeMap<u64, Option<oneshot::Sender<()>>>> {
+        locked(&self.inner.websockets)
     }
 
     /// Asks every open websocket to close, `batch` at a time with `pause`
-    /// between batches, so the clients do not all reconnect at once.
-    /// Returns how many were asked; the asking goes on in the background.
-    pub fn drain(&self, batch: usize, pause: Duration) -> usize {
-        let batch = batch.max(1);
-        let mut pending: Vec<oneshot::Sender<()>> = self
-            .sockets()
-            .values_mut()
-            .filter_map(Option::take)
-            .collect();
-        let n = pending.len();
-        tokio::spawn(async move {
-            while !pending.is_empty() {
-                let rest = pending.split_off(pending.len().min(batch));
-                for tx in pending {
-                    let _ = tx.send(());
-                }
-                pending = rest;
-                if !pending.is_empty() {
-                    tokio::time::sleep(pause).await;
-                }
+    /// between batches, so the clients do not all reconnect at once — and
+    /// goes on asking the ones that open later, at the same pace, for
+    /// `lasting` (`None`: with no end of its own), as long as `keep_on`
+    /// (asked before every batch) says so. A drain called while one runs
+    /// joins it: the newer pace, the later end, the newer `keep_on`.
+    ///
+    /// Returns how many open websockets were not asked yet; the asking goes
+    /// on in the background.
+    pub fn drain(
+        &self,
+        batch: usize,
+        pause: Duration,
+        lasting: Option<Duration>,
+        keep_on: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> usize {
+        let until = lasting.map(|d| Instant::now() + d);
+        let order = Draining {
+            batch: batch.max(1),
+            pause,
+            until,
+            keep_on: Arc::new(keep_on),
+        };
+        let unasked = self.sockets().values().filter(|s| s.is_some()).count();
+        let mut draining = locked(&self.inner.draining);
+        match draining.as_mut() {
+            Some(d) => {
+                d.until = match (d.until, order.until) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+                d.batch = order.batch;
+                d.pause = order.pause;
+                d.keep_on = order.keep_on;
             }
-        });
-        n
+            None => {
+                *draining = Some(order);
+                self.inner.arrived_draining.store(0, Ordering::Relaxed);
+                tokio::spawn(Self::keep_draining(Arc::clone(&self.inner)));
+            }
+        }
+        unasked
+    }
+
+    /// The drain's task: a batch, a pause, until its end, `keep_on` says
+    /// stop, or every handle to the connections is gone.
+    async fn keep_draining(inner: Arc<Inner>) {
+        let weak = Arc::downgrade(&inner);
+        drop(inner);
+        loop {
+            let Some(inner) = weak.upgrade() else { return };
+            let (batch, pause) = {
+                let mut draining = locked(&inner.draining);
+                let Some(d) = draining.as_ref() else { return };
+                // Decided under the lock, so a drain called meanwhile
+                // either extends this one or starts the next.
+                if d.until.is_some_and(|u| Instant::now() >= u) || !(d.keep_on)() {
+                    *draining = None;
+                    return;
+                }
+                (d.batch, d.pause)
+            };
+            let asked: Vec<oneshot::Sender<()>> = locked(&inner.websockets)
+                .values_mut()
+                .filter_map(Option::take)
+                .take(batch)
+                .collect();
+            drop(inner);
+            for tx in asked {
+                let _ = tx.send(());
+            }
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
@@ -122,11 +211,7 @@ impl WebSocketGuard {
 
 impl Drop for WebSocketGuard {
     fn drop(&mut self) {
-        self.conns
-            .websockets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.id);
+        locked(&self.conns.websockets).remove(&self.id);
     }
 }
 
@@ -155,7 +240,7 @@ mod tests {
         drop(req);
         assert_eq!(conns.requests(), 0);
 
-        assert_eq!(conns.drain(2, Duration::from_secs(1)), 5);
+        assert_eq!(conns.drain(2, Duration::from_secs(1), MINUTE, || true), 5);
         tokio::task::yield_now().await;
         let asked = |guards: &mut Vec<WebSocketGuard>| {
             guards
@@ -170,9 +255,105 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1001)).await;
         assert_eq!(asked(&mut guards), 1, "last batch");
         // Already-asked connections are not asked twice by a second drain.
-        assert_eq!(conns.drain(2, Duration::from_secs(1)), 0);
+        assert_eq!(conns.drain(2, Duration::from_secs(1), MINUTE, || true), 0);
         guards.clear();
         assert_eq!(conns.websockets(), 0);
+    }
+
+    const MINUTE: Option<Duration> = Some(Duration::from_secs(60));
+
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_that_arrives_during_a_drain_is_asked_too() {
+        let conns = Connections::default();
+        let mut first = conns.track_websocket();
+        assert_eq!(conns.drain(10, Duration::from_secs(1), MINUTE, || true), 1);
+        tokio::task::yield_now().await;
+        assert!(futures_ready(first.drain_requested()));
+        drop(first);
+
+        // A client that came back to the colour being drained (the load
+        // balancer still sent it here) is asked at the next batch.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut late = conns.track_websocket();
+        assert_eq!(conns.arrived_while_draining(), 1);
+        assert!(!futures_ready(late.drain_requested()));
+        tokio::time::sleep(Duration::from_millis(701)).await;
+        assert!(
+            futures_ready(late.drain_requested()),
+            "a websocket opened after the drain began was never asked"
+        );
+        // And at the same pace: one batch per pause.
+        let mut more: Vec<_> = (0..15).map(|_| conns.track_websocket()).collect();
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        let asked = more
+            .iter_mut()
+            .map(|g| futures_ready(g.drain_requested()))
+            .filter(|ready| *ready)
+            .count();
+        assert_eq!(asked, 10, "one batch");
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        let asked = more
+            .iter_mut()
+            .map(|g| futures_ready(g.drain_requested()))
+            .filter(|ready| *ready)
+            .count();
+        assert_eq!(asked, 5, "the rest");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_ends_at_its_deadline_or_when_told() {
+        let conns = Connections::default();
+        conns.drain(
+            10,
+            Duration::from_secs(1),
+            Some(Duration::from_secs(5)),
+            || true,
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let mut after_the_end = conns.track_websocket();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!futures_ready(after_the_end.drain_requested()));
+        assert_eq!(conns.arrived_while_draining(), 0);
+
+        // Told to stop (the colour went live again): nobody new is asked.
+        let go_on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = Arc::clone(&go_on);
+        assert_eq!(
+            conns.drain(10, Duration::from_secs(1), None, move || flag
+                .load(Ordering::Relaxed)),
+            1
+        );
+        tokio::task::yield_now().await;
+        assert!(futures_ready(after_the_end.drain_requested()));
+        go_on.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut live_again = conns.track_websocket();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!futures_ready(live_again.drain_requested()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_drain_joins_the_running_one_and_extends_it() {
+        let conns = Connections::default();
+        conns.drain(
+            10,
+            Duration::from_secs(1),
+            Some(Duration::from_secs(2)),
+            || true,
+        );
+        conns.drain(
+            10,
+            Duration::from_secs(1),
+            Some(Duration::from_secs(10)),
+            || true,
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut late = conns.track_websocket();
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert!(
+            futures_ready(late.drain_requested()),
+            "the later end applies"
+        );
     }
 
     /// Polls a future once: whether it is ready now.

@@ -243,8 +243,9 @@ pub(super) struct DeployArgs {
     /// Bound on the drain of lingering websockets.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(super) drain_timeout: Duration,
-    /// What to do when the drain runs out of time.
-    #[arg(long, value_enum, default_value_t = OnDrainTimeout::Proceed)]
+    /// What to do when websockets are still open at the end of the drain: abort the release
+    /// (exit 4, the live colour unchanged, nothing cut) or proceed (the restart cuts them).
+    #[arg(long, value_enum, default_value_t = OnDrainTimeout::Abort)]
     pub(super) on_drain_timeout: OnDrainTimeout,
     /// The deploy lease's time to live; renewed every third of it.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -19,7 +19,7 @@ use bg_state::{
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
 
-use crate::error::{CtlError, CtlResult, LeaseLost, Timeout, WaitFor};
+use crate::error::{CtlError, CtlResult, LeaseLost, Timeout, Undrained, WaitFor};
 use crate::gates::{ConnectionCounts, GateAnswer, Gates};
 use crate::readiness::{self, NotYet, Readiness};
 use crate::report::Reporter;
@@ -290,8 +290,9 @@ impl Deployer<'_> {
     }
 
     /// Step 4: drain it — ask its gates to close lingering websockets in
-    /// paced batches, and wait for zero (or `--drain-timeout`, then proceed
-    /// or abort as told).
+    /// paced batches, including any that open while the drain runs, and
+    /// wait for none to be left. When `--drain-timeout` runs out, abort
+    /// (the default: the restart would cut them) or proceed as told.
     async fn drain(&self, plan: &Plan) -> CtlResult<()> {
         let o = self.opts;
         let idle = plan.idle;
@@ -303,7 +304,7 @@ impl Deployer<'_> {
                 open += r.connections.websockets;
                 asked += self
                     .gates
-                    .drain(url, o.drain_batch, o.drain_interval)
+                    .drain(url, o.drain_batch, o.drain_interval, o.drain_timeout)
                     .await?;
             }
         }
@@ -311,9 +312,9 @@ impl Deployer<'_> {
             return Ok(());
         }
         // A drain already under way (the gate's own, or an earlier run's)
-        // asks nobody new, but its sockets are still to be waited for; and
-        // requests the load balancer sent before it marked the colour down
-        // are let finish before the restart.
+        // goes on, but its sockets are still to be waited for; and requests
+        // the load balancer sent before it marked the colour down are let
+        // finish before the restart.
         if open > 0 {
             self.report.step(format!(
                 "{open} websockets open on {idle}; {asked} newly asked to reconnect"
@@ -323,30 +324,50 @@ impl Deployer<'_> {
             .wait(WaitFor::Drained(idle), o.drain_timeout, false, || async {
                 // Someone switched meanwhile: the colour may be live now.
                 self.unmoved(plan).await?;
-                let mut total = ConnectionCounts {
-                    websockets: 0,
-                    requests: 0,
-                };
-                for url in o.urls(idle) {
-                    let c = self.gates.report(url).await?.connections;
-                    total.websockets += c.websockets;
-                    total.requests += c.requests;
-                }
-                Ok(readiness::drained(total))
+                Ok(readiness::drained(self.connections(idle).await?))
             })
             .await;
-        match (drained, o.on_drain_timeout) {
-            (Ok(()), _) => {
+        match drained {
+            Ok(()) => {
                 self.report.step(format!("{idle} drained"));
                 Ok(())
             }
-            (Err(CtlError::Timeout(t)), OnDrainTimeout::Proceed) => {
-                self.report
-                    .warn(format!("{t}; proceeding (--on-drain-timeout proceed)"));
-                Ok(())
+            Err(CtlError::Timeout(t @ Timeout::Gates { .. })) => {
+                // What the restart would cut, and why, as the gates say now.
+                let Ok(left) = self.connections(idle).await else {
+                    return Err(CtlError::Timeout(t));
+                };
+                let undrained = Undrained {
+                    colour: idle,
+                    limit: o.drain_timeout,
+                    websockets: left.websockets,
+                    requests: left.requests,
+                    arrived: left.arrived_while_draining,
+                };
+                match o.on_drain_timeout {
+                    OnDrainTimeout::Abort => Err(CtlError::Timeout(Timeout::Drain(undrained))),
+                    OnDrainTimeout::Proceed => {
+                        self.report.warn(format!(
+                            "{undrained}; proceeding, as --on-drain-timeout proceed says"
+                        ));
+                        Ok(())
+                    }
+                }
             }
-            (Err(e), _) => Err(e),
+            Err(e) => Err(e),
         }
+    }
+
+    /// The connections of `colour`'s gates, summed.
+    async fn connections(&self, colour: Colour) -> CtlResult<ConnectionCounts> {
+        let mut total = ConnectionCounts::default();
+        for url in self.opts.urls(colour) {
+            let c = self.gates.report(url).await?.connections;
+            total.websockets += c.websockets;
+            total.requests += c.requests;
+            total.arrived_while_draining += c.arrived_while_draining;
+        }
+        Ok(total)
     }
 
     /// Step 5: trigger its deploy (a webhook or a command) — after one

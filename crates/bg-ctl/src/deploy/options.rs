@@ -10,11 +10,11 @@ use crate::error::{CtlError, CtlResult};
 /// What to do when the drain does not finish in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OnDrainTimeout {
-    /// Deploy anyway: the remaining clients are cut by the restart.
+    /// Stop without deploying (exit 4): the live colour stays, nothing is cut.
     #[default]
-    Proceed,
-    /// Stop without deploying (exit 4).
     Abort,
+    /// Deploy anyway: the restart cuts the websockets still open.
+    Proceed,
 }
 
 /// How a release runs. [`DeployOptions::new`] gives the defaults.
@@ -88,7 +88,7 @@ impl DeployOptions {
             wait_lease: None,
             ready_timeout: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(60),
-            on_drain_timeout: OnDrainTimeout::Proceed,
+            on_drain_timeout: OnDrainTimeout::Abort,
             drain_batch: 10,
             drain_interval: Duration::from_secs(1),
             lb_fall: 3,

@@ -341,9 +341,9 @@ async fn lingering_websockets_are_drained_first() {
         .build();
     let o3 = Arc::clone(&open);
     g.expect_drain()
-        .withf(|url, _, _| url == GREEN)
+        .withf(|url, _, _, lasting| url == GREEN && *lasting == opts().drain_timeout)
         .times(1)
-        .returning(move |_, _, _| {
+        .returning(move |_, _, _, _| {
             o3.store(0, Ordering::SeqCst);
             Ok(4)
         });
@@ -357,21 +357,71 @@ async fn lingering_websockets_are_drained_first() {
     .await
     .unwrap();
     assert!(out.switched);
+}
 
-    // A drain that never finishes, with --on-drain-timeout abort: no deploy.
+#[tokio::test(start_paused = true)]
+async fn a_drain_that_runs_out_aborts_by_default_and_says_what_it_would_cut() {
+    // Clients drained from green came back to it: the load balancer still
+    // sends them there.
+    let store = self::store().await;
+    let mut g = FakeGates::following(&store)
+        .green(|r| {
+            r.connections.websockets = 3;
+            r.connections.arrived_while_draining = 2;
+        })
+        .build();
+    g.expect_drain().returning(|_, _, _, _| Ok(3));
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let err = run(&store, &g, &t, &passing_checks(), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+    let msg = err.to_string();
+    for said in [
+        "green not drained within 300ms",
+        "3 websockets still open, which its restart would cut",
+        "2 websockets opened on green after the drain began",
+        "green is not out of rotation",
+    ] {
+        assert!(msg.contains(said), "{said:?} not in: {msg}");
+    }
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+
+    // Clients that ignore the close: said as such.
     let store = self::store().await;
     let mut g = FakeGates::following(&store)
         .green(|r| r.connections.websockets = 2)
         .build();
-    g.expect_drain().returning(|_, _, _| Ok(2));
+    g.expect_drain().returning(|_, _, _, _| Ok(2));
     let mut t = MockTrigger::new();
     t.expect_deploy().never();
-    let mut o = opts();
-    o.on_drain_timeout = OnDrainTimeout::Abort;
-    let err = run(&store, &g, &t, &passing_checks(), &o)
+    let err = run(&store, &g, &t, &passing_checks(), &opts())
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+    assert!(err.to_string().contains("did not"), "{err}");
+
+    // Told to proceed, it deploys (and cuts them).
+    let store = self::store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let mut g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green(|r| r.connections.websockets = 2)
+        .build();
+    g.expect_drain().returning(|_, _, _, _| Ok(2));
+    let mut o = opts();
+    o.on_drain_timeout = OnDrainTimeout::Proceed;
+    let out = run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &o,
+    )
+    .await
+    .unwrap();
+    assert!(out.switched);
 }
 
 #[tokio::test(start_paused = true)]
@@ -493,7 +543,7 @@ async fn a_drain_under_way_is_still_waited_for() {
             r.connections.websockets = o2.load(Ordering::SeqCst);
         })
         .build();
-    g.expect_drain().returning(|_, _, _| Ok(0)); // asked already: nobody new
+    g.expect_drain().returning(|_, _, _, _| Ok(0)); // asked already: nobody new
     let d2 = Arc::clone(&deployed);
     let o3 = Arc::clone(&open);
     let mut t = MockTrigger::new();
@@ -584,7 +634,7 @@ async fn a_forced_switch_during_the_drain_stops_it_at_once_and_triggers_nothing(
         .green(|r| r.connections.websockets = 2) // clients keep coming back
         .build();
     let s = store.clone();
-    g.expect_drain().returning(move |_, _, _| {
+    g.expect_drain().returning(move |_, _, _, _| {
         // An operator forces the idle colour live while it drains.
         futures_now(s.switch(&app(), SwitchRequest::new(Colour::Green, "ops").force(true)))
             .unwrap();
@@ -614,7 +664,7 @@ async fn a_lease_broken_during_the_drain_triggers_nothing() {
         .green(|r| r.connections.websockets = 2)
         .build();
     let s = store.clone();
-    g.expect_drain().returning(move |_, _, _| {
+    g.expect_drain().returning(move |_, _, _, _| {
         futures_now(s.break_lease(
             &app(),
             BreakLease {
@@ -630,6 +680,7 @@ async fn a_lease_broken_during_the_drain_triggers_nothing() {
     // The drain runs out and proceeds before the next renewal would notice.
     let mut o = opts();
     o.lease_ttl = Duration::from_secs(30);
+    o.on_drain_timeout = OnDrainTimeout::Proceed;
     let err = run(&store, &g, &t, &passing_checks(), &o)
         .await
         .unwrap_err();

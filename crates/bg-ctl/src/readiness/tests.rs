@@ -100,6 +100,7 @@ fn drained_means_no_websocket_and_no_request() {
     let counts = |websockets, requests| ConnectionCounts {
         websockets,
         requests,
+        ..ConnectionCounts::default()
     };
     assert_eq!(drained(counts(0, 0)), Readiness::Ready);
     assert_eq!(

@@ -105,9 +105,8 @@ async fn follow(weak: Weak<Inner>) {
                 && since.elapsed() >= after
             {
                 drained = true;
-                let asked = gate
-                    .connections()
-                    .drain(cfg.drain_batch, cfg.drain_interval);
+                // Goes on asking newcomers for as long as the colour is idle.
+                let asked = gate.drain(cfg.drain_batch, cfg.drain_interval, None);
                 if asked > 0 {
                     tracing::info!(
                         asked,

@@ -203,6 +203,20 @@ impl Gate {
         self.inner.view.load().answer(colour, Instant::now())
     }
 
+    /// Asks this colour's websockets to move to the live colour, `batch`
+    /// every `pause`, including those that open while it runs, for
+    /// `lasting` (`None`: for as long as the colour is idle). Stops as soon
+    /// as this colour answers OK again. Returns how many open websockets
+    /// were not asked yet.
+    pub fn drain(&self, batch: usize, pause: Duration, lasting: Option<Duration>) -> usize {
+        let weak = Arc::downgrade(&self.inner);
+        let colour = self.inner.cfg.colour;
+        self.inner.conns.drain(batch, pause, lasting, move || {
+            weak.upgrade()
+                .is_some_and(|inner| !inner.view.load().answer(colour, Instant::now()).is_ok())
+        })
+    }
+
     /// Logs a load balancer's check of `colour` from `source`, answered
     /// `answer` — an HTTP health check or an agent query alike — unless
     /// `--lb-source` names the load balancers and `source` is not one.
@@ -256,6 +270,7 @@ impl Gate {
             connections: ConnectionCounts {
                 websockets: self.connections().websockets(),
                 requests: self.connections().requests(),
+                arrived_while_draining: self.connections().arrived_while_draining(),
             },
             probes: self.inner.probes.snapshot(),
             named_lb_sources: !cfg.lb_sources.is_empty(),

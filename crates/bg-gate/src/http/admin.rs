@@ -73,7 +73,13 @@ async fn switch_by_get() -> Response {
 struct DrainBody {
     batch: Option<usize>,
     interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
 }
+
+/// How long a drain goes on asking websockets that open after it began,
+/// unless the request says (`timeout_ms`, at most an hour).
+const DRAIN_LASTS: Duration = Duration::from_secs(60);
+const DRAIN_LASTS_AT_MOST: Duration = Duration::from_secs(3600);
 
 async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
     authorise(&gate, req.headers(), Scope::Ci).await?;
@@ -91,12 +97,25 @@ async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
         .and_then(|b| b.batch)
         .unwrap_or(10)
         .clamp(1, 10_000);
-    let interval =
-        Duration::from_millis(body.and_then(|b| b.interval_ms).unwrap_or(1000).min(60_000));
-    let asked = gate.connections().drain(batch, interval);
+    let interval = Duration::from_millis(
+        body.as_ref()
+            .and_then(|b| b.interval_ms)
+            .unwrap_or(1000)
+            .min(60_000),
+    );
+    let lasting = body
+        .and_then(|b| b.timeout_ms)
+        .map_or(DRAIN_LASTS, Duration::from_millis)
+        .min(DRAIN_LASTS_AT_MOST);
+    let asked = gate.drain(batch, interval, Some(lasting));
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "asked": asked, "batch": batch, "interval_ms": interval.as_millis() as u64 })),
+        Json(json!({
+            "asked": asked,
+            "batch": batch,
+            "interval_ms": interval.as_millis() as u64,
+            "timeout_ms": lasting.as_millis() as u64,
+        })),
     )
         .into_response())
 }

@@ -96,4 +96,26 @@ async fn ws_echo_serves_tracks_and_drains() {
         Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Restart),
         other => panic!("expected a close frame with 1012, got {other:?}"),
     }
+
+    // A client that reconnects to the colour being drained (its load
+    // balancer had not taken it out yet) is asked to move as well.
+    let (mut late, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    assert_eq!(
+        late.next().await.unwrap().unwrap(),
+        Message::text("hello blue v9")
+    );
+    let close = tokio::time::timeout(Duration::from_secs(10), late.next())
+        .await
+        .expect("a websocket opened during the drain is drained too")
+        .unwrap()
+        .unwrap();
+    match close {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Restart),
+        other => panic!("expected a close frame with 1012, got {other:?}"),
+    }
+    let state = get("/bg/state").await.unwrap();
+    let status: bg_state::wire::GateStatus = serde_json::from_str(&state.body).unwrap();
+    assert_eq!(status.connections.arrived_while_draining, 1, "{status:?}");
 }

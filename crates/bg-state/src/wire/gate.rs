@@ -134,6 +134,10 @@ pub struct ConnectionCounts {
     /// Requests in flight.
     #[serde(default)]
     pub requests: u64,
+    /// Websockets opened since the latest drain began, while it ran:
+    /// clients the load balancer still sends to the colour being drained.
+    #[serde(default)]
+    pub arrived_while_draining: u64,
 }
 
 /// One health check a gate answered.
