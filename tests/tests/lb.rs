@@ -150,12 +150,31 @@ fn haproxy(
         &format!("agent-port {agent_port}"),
         1,
     );
-    substitute(
-        &mut cfg,
-        "default_backend chat\n",
-        &format!("default_backend {}\n", mode.backend()),
-        1,
-    );
+    // Use the mode's backend as the example says: the others stay disabled.
+    if mode != Mode::HttpCheck {
+        substitute(
+            &mut cfg,
+            "default_backend chat\n",
+            &format!("default_backend {}\n", mode.backend()),
+            1,
+        );
+        substitute(
+            &mut cfg,
+            &format!(
+                "backend {}\n    # Not in use. To use it: delete the next line, add it to backend chat,\n    \
+                 # and point default_backend at this one.\n    disabled\n",
+                mode.backend()
+            ),
+            &format!("backend {}\n", mode.backend()),
+            1,
+        );
+        substitute(
+            &mut cfg,
+            "backend chat\n",
+            "backend chat\n    disabled\n",
+            1,
+        );
+    }
     if timing.fast {
         substitute(&mut cfg, "agent-inter 1s", "agent-inter 200ms", 1);
         substitute(&mut cfg, "inter 2s", "inter 200ms", 3);
@@ -532,12 +551,12 @@ impl Harness {
             version,
             "--tag-param",
             "tag",
-            "--confirm-lb",
             "--poll",
             "50ms",
         ];
+        // nginx never asks the gates: there is no probe to confirm with.
         if self.mode != Mode::NginxPush {
-            args.extend(["--lb-fall", &fall, "--lb-rise", &rise]);
+            args.extend(["--confirm-lb", "--lb-fall", &fall, "--lb-rise", &rise]);
         }
         args.extend(["--drain-timeout", "30s"]);
         if !extra.contains(&"--ready-timeout") {
@@ -577,16 +596,35 @@ impl Harness {
     async fn serves(&self, version: &str) {
         let (live, _) = self.state().await;
         let lb = self.lb.addr();
+        let expected = format!("{live} {version}");
+        if self.mode == Mode::NginxPush {
+            // Nothing confirms a push: nginx moves once the gate's
+            // --on-change has reloaded it, a moment after the switch.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let a = tokio::task::spawn_blocking(move || http::get(lb, "/"))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if a.body == expected {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx never moved to {expected}: {}",
+                    a.body
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // The old workers finish what they hold.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         for _ in 0..20 {
             let a = tokio::task::spawn_blocking(move || http::get(lb, "/"))
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(
-                a.body,
-                format!("{live} {version}"),
-                "not served by the new version"
-            );
+            assert_eq!(a.body, expected, "not served by the new version");
         }
     }
 
