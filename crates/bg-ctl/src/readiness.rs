@@ -149,6 +149,14 @@ pub fn runs_version(
             version: r.version.clone(),
         });
     }
+    // A sidecar gate answers DOWN while its service fails its checks: such
+    // a colour must never become the only live one.
+    if let Some(s) = r.service.as_ref().filter(|s| !s.up) {
+        return pending(NotYet::ServiceDown {
+            url: url.to_owned(),
+            error: s.error.clone(),
+        });
+    }
     if !r.store.healthy || max_stale_ms.is_some_and(|max| r.stale_ms > max) {
         return pending(NotYet::Deaf {
             url: url.to_owned(),

@@ -96,6 +96,13 @@ pub enum NotYet {
     },
     /// No gate logged any load balancer probe.
     NoProbes,
+    /// A sidecar gate's service fails its health checks.
+    ServiceDown {
+        /// The gate.
+        url: String,
+        /// What its last check found.
+        error: Option<String>,
+    },
 }
 
 impl fmt::Display for NotYet {
@@ -147,6 +154,13 @@ impl fmt::Display for NotYet {
                 "{source} has seen {colour} {answer} {seen} of {need} times"
             ),
             NotYet::NoProbes => f.write_str("no load balancer probes seen at any gate"),
+            NotYet::ServiceDown { url, error } => {
+                write!(f, "the service beside {} is down", shown(url))?;
+                match error {
+                    Some(e) => write!(f, " ({e})"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }

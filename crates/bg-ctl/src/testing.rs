@@ -82,6 +82,7 @@ pub fn report(colour: Colour, live: Colour, version: &str, generation: u64) -> G
             .collect(),
         named_lb_sources: false,
         state: None,
+        service: None,
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::core::Gate;
+use crate::core::{Answer, Gate};
 
 /// Agent connections being answered at once; more wait in the backlog.
 const MAX_AGENT_CONNECTIONS: usize = 256;
@@ -39,11 +39,19 @@ impl Gate {
             match accepted {
                 Ok((mut stream, peer)) => {
                     let colour = self.config().colour;
-                    let answer = self.answer(colour);
+                    let up = self.service_up();
+                    let answer = if up {
+                        self.answer(colour)
+                    } else {
+                        Answer::Stop
+                    };
                     // Logged as a probe, as an HTTP check is: a release
                     // waits for the agent to have been told `drain`.
                     self.record_probe(Some(peer.ip()), colour, answer);
-                    let line: &[u8] = if answer.is_ok() {
+                    let line: &[u8] = if !up {
+                        // Sidecar mode, the service beside the gate is down.
+                        b"down\n"
+                    } else if answer.is_ok() {
                         b"ready\n"
                     } else {
                         b"drain\n"

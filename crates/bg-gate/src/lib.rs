@@ -73,8 +73,8 @@ mod probes;
 pub mod server;
 
 pub use crate::core::{
-    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, MAX_POLLS, MAX_POLLS_PER_SOURCE, StopStatus,
-    View,
+    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, MAX_POLLS, MAX_POLLS_PER_SOURCE,
+    SERVICE_TIMEOUT, ServiceConfig, StopStatus, View,
 };
 pub use auth::{
     Auth, AuthError, Caller, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL,

@@ -458,3 +458,28 @@ fn a_load_balancer_found_at_one_gate_counts_at_a_gate_just_restarted() {
         })
     ));
 }
+
+#[test]
+fn a_sidecar_whose_service_is_down_does_not_run_the_version() {
+    let mut r = report(Colour::Green, Colour::Blue, "v2", 4);
+    r.service = Some(bg_state::wire::ServiceHealth {
+        url: "http://127.0.0.1:3000".into(),
+        up: false,
+        version: Some("v2".into()),
+        websockets: Some(0),
+        error: Some("GET /health: cannot connect".into()),
+    });
+    let pending = runs_fresh(&r, GREEN, Colour::Green, "v2", 4, 3000).unwrap();
+    assert_eq!(
+        pending,
+        Readiness::Pending(NotYet::ServiceDown {
+            url: GREEN.into(),
+            error: Some("GET /health: cannot connect".into()),
+        })
+    );
+    r.service.as_mut().unwrap().up = true;
+    assert_eq!(
+        runs_fresh(&r, GREEN, Colour::Green, "v2", 4, 3000).unwrap(),
+        Readiness::Ready
+    );
+}

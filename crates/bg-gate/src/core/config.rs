@@ -115,6 +115,10 @@ pub struct GateConfig {
     /// growing from 1 s to 30 s, until it succeeds or a newer change
     /// replaces it. Off by default.
     pub on_change: Option<String>,
+    /// Sidecar mode: the service beside this standalone gate. Its health
+    /// decides whether the gate may answer OK at all, and its version,
+    /// websockets and drain stand in for the gate's own. Off by default.
+    pub service: Option<super::ServiceConfig>,
 }
 
 impl GateConfig {
@@ -147,6 +151,7 @@ impl GateConfig {
             body_timeout: BODY_TIMEOUT,
             api_any_app: false,
             on_change: None,
+            service: None,
         }
     }
 }

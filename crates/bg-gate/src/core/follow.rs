@@ -29,6 +29,9 @@ impl Gate {
         if let Some(oidc) = self.inner.auth.oidc_shared() {
             tokio::spawn(refresh_jwks(Arc::downgrade(oidc)));
         }
+        if self.inner.service.is_some() {
+            tokio::spawn(super::service::watch_service(Arc::downgrade(&self.inner)));
+        }
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(follow(weak))
     }
@@ -82,7 +85,7 @@ async fn follow(weak: Weak<Inner>) {
             let report = Presence::new(
                 cfg.gate_id.clone(),
                 cfg.colour,
-                cfg.service_version.clone(),
+                gate.service_version(),
                 view.generation(),
             );
             match bounded(

@@ -12,6 +12,7 @@ use bg_state::{Colour, ColourStore, Error as StoreError, State};
 use tokio::sync::{Notify, watch};
 
 use super::config::GateConfig;
+use super::service::ServiceState;
 use super::view::{Answer, Folded, View};
 use crate::auth::{Auth, AuthError};
 use crate::conns::Connections;
@@ -28,6 +29,8 @@ pub(crate) struct Counters {
     pub answers_ok: AtomicU64,
     pub answers_handover: AtomicU64,
     pub answers_stop: AtomicU64,
+    /// Sidecar mode: answers of `503 DOWN` while the service was down.
+    pub answers_down: AtomicU64,
     pub store_errors: AtomicU64,
     pub alarms: AtomicU64,
     pub switches: AtomicU64,
@@ -83,6 +86,8 @@ pub(crate) struct Inner {
     /// The live colour and generation of the last adopted state, for the
     /// on-change runner; receivers wake only when the colour changes.
     pub(super) live: watch::Sender<Option<(Colour, u64)>>,
+    /// Sidecar mode: what the checker found out about the service.
+    pub(crate) service: Option<ServiceState>,
 }
 
 /// Why a gate could not be built.
@@ -141,6 +146,11 @@ impl Gate {
         if cfg.handover > Duration::from_secs(3600) {
             return Err(bad("handover", "must be at most 1h"));
         }
+        if let Some(service) = &cfg.service {
+            service
+                .check()
+                .map_err(|(field, reason)| GateError::Config { field, reason })?;
+        }
         let mut view = View::default();
         if let Some(path) = &cfg.cache_file {
             match super::cache::load(path, &cfg.app) {
@@ -159,6 +169,7 @@ impl Gate {
         let (generation, _) = watch::channel(view.generation());
         Ok(Gate {
             inner: Arc::new(Inner {
+                service: cfg.service.clone().map(ServiceState::new),
                 live,
                 probes: ProbeLog::new(cfg.probe_log),
                 cfg,
@@ -248,13 +259,14 @@ impl Gate {
             }
             _ => None,
         };
+        let service = self.inner.service.as_ref();
         GateStatus {
             app: cfg.app.clone(),
             gate_id: cfg.gate_id.clone(),
             colour: cfg.colour,
-            version: cfg.service_version.clone(),
+            version: self.service_version(),
             answer,
-            live: answer.is_ok(),
+            live: answer.is_ok() && self.service_up(),
             active: view.state.as_ref().map(|s| s.active),
             generation: view.generation(),
             handover_ms_left,
@@ -268,14 +280,60 @@ impl Gate {
             },
             alarm: view.alarm.clone(),
             connections: ConnectionCounts {
-                websockets: self.connections().websockets(),
+                websockets: self.connections().websockets()
+                    + service.and_then(|s| s.websockets()).unwrap_or(0),
                 requests: self.connections().requests(),
                 arrived_while_draining: self.connections().arrived_while_draining(),
             },
             probes: self.inner.probes.snapshot(),
             named_lb_sources: !cfg.lb_sources.is_empty(),
             state: view.state.clone(),
+            service: service.map(ServiceState::health),
         }
+    }
+
+    /// The version this gate reports: the service's own, read from it in
+    /// sidecar mode once it has answered, else `service_version`.
+    #[must_use]
+    pub fn service_version(&self) -> String {
+        self.inner
+            .service
+            .as_ref()
+            .and_then(ServiceState::version)
+            .unwrap_or_else(|| self.inner.cfg.service_version.clone())
+    }
+
+    /// Whether the service is up: always, but in sidecar mode, where the
+    /// checker decides. While it is not, the gate's own colour answers
+    /// `503 DOWN` whatever the store says.
+    #[must_use]
+    pub fn service_up(&self) -> bool {
+        self.inner.service.as_ref().is_none_or(ServiceState::is_up)
+    }
+
+    /// In sidecar mode with a drain route: forwards a drain to the service
+    /// and returns how many websockets it says it asked. `None` without one.
+    ///
+    /// # Errors
+    /// The service did not take the drain; the message holds no URL.
+    pub async fn drain_service(
+        &self,
+        batch: usize,
+        pause: Duration,
+        lasting: Duration,
+    ) -> Option<Result<u64, String>> {
+        let svc = self.inner.service.as_ref()?;
+        let path = svc.cfg.drain_path.as_ref()?;
+        let asked = svc.drain(path, batch, pause, lasting).await;
+        if asked.is_ok() {
+            // The service cannot tell when this colour is live again: stop
+            // its drain then (`timeout_ms` 0), as the gate stops its own.
+            tokio::spawn(super::service::stop_drain_when_live(
+                Arc::downgrade(&self.inner),
+                lasting,
+            ));
+        }
+        Some(asked)
     }
 
     /// Re-reads the token file (on SIGHUP); `Ok(false)` if there is none.

@@ -10,6 +10,8 @@
 //!   folded view in place and acts on it (counters, cache file, on-change);
 //! * `follow.rs` — [`Gate::start`] and the follower task;
 //! * `on_change.rs` — the runner of `--on-change` commands;
+//! * `service.rs` — sidecar mode: the service beside a standalone gate,
+//!   checked, read and drained over HTTP;
 //! * `cache.rs` — the local cache file of the last adopted state.
 
 mod cache;
@@ -17,9 +19,11 @@ mod config;
 mod follow;
 mod gate;
 mod on_change;
+mod service;
 mod view;
 
 pub use config::{BODY_TIMEOUT, GateConfig, StopStatus};
 pub(crate) use gate::bounded;
 pub use gate::{Gate, GateError, MAX_POLLS, MAX_POLLS_PER_SOURCE};
+pub use service::{SERVICE_TIMEOUT, ServiceConfig};
 pub use view::{Answer, View};

@@ -107,7 +107,18 @@ async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
         .and_then(|b| b.timeout_ms)
         .map_or(DRAIN_LASTS, Duration::from_millis)
         .min(DRAIN_LASTS_AT_MOST);
-    let asked = gate.drain(batch, interval, Some(lasting));
+    let mut asked = gate.drain(batch, interval, Some(lasting)) as u64;
+    match gate.drain_service(batch, interval, lasting).await {
+        None => {}
+        Some(Ok(n)) => asked += n,
+        Some(Err(e)) => {
+            return Err(HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                "service_unavailable",
+                format!("the service did not take the drain: {e}"),
+            ));
+        }
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -146,14 +157,26 @@ async fn metrics(State(gate): State<Gate>) -> Response {
             ("{answer=\"ok\"}", load(&c.answers_ok)),
             ("{answer=\"handover\"}", load(&c.answers_handover)),
             ("{answer=\"stop\"}", load(&c.answers_stop)),
+            ("{answer=\"down\"}", load(&c.answers_down)),
         ],
     );
     metric(
         "bg_gate_live",
         "gauge",
         "1 if this gate's colour answers OK.",
-        &[("", u64::from(view.answer(cfg.colour, now).is_ok()))],
+        &[(
+            "",
+            u64::from(view.answer(cfg.colour, now).is_ok() && gate.service_up()),
+        )],
     );
+    if cfg.service.is_some() {
+        metric(
+            "bg_gate_service_up",
+            "gauge",
+            "1 while the service beside this gate passes its health checks.",
+            &[("", u64::from(gate.service_up()))],
+        );
+    }
     metric(
         "bg_gate_generation",
         "gauge",

@@ -15,7 +15,7 @@ use axum::routing::get;
 use bg_state::Colour;
 
 use super::reply::{HttpError, Segment, method_not_allowed};
-use crate::core::{Answer, Gate};
+use crate::core::{Answer, Gate, View};
 
 /// `GET/HEAD /balancer-keepalive-check`, `GET /running-service-id`,
 /// `GET /bg/check/{colour}`, `GET /bg/live`.
@@ -38,15 +38,30 @@ fn source(req: &Request) -> Option<std::net::IpAddr> {
 /// The health answer for `colour`, recorded in the probe log.
 ///
 /// This is the hottest path there is: no allocation, no store round trip
-/// (but in strict mode), one atomic load of the view.
+/// (but in strict mode), one atomic load of the view, and in sidecar mode
+/// one of the service's health flag.
 async fn health(gate: &Gate, colour: Colour, source: Option<std::net::IpAddr>) -> Response {
     if gate.config().strict {
         gate.refresh().await;
     }
     let now = Instant::now();
     let view = gate.inner.view.load();
-    let answer = view.answer(colour, now);
+    let cfg = gate.config();
     let counters = &gate.inner.counters;
+    if colour == cfg.colour && !gate.service_up() {
+        // The service beside this gate is down: nobody is sent here,
+        // whichever colour is live. A failed check (503), even with
+        // --stop-status 404, so the load balancer marks it down.
+        counters.answers_down.fetch_add(1, Ordering::Relaxed);
+        gate.record_probe(source, colour, Answer::Stop);
+        return headed(
+            (StatusCode::SERVICE_UNAVAILABLE, "DOWN").into_response(),
+            gate,
+            &view,
+            now,
+        );
+    }
+    let answer = view.answer(colour, now);
     match answer {
         Answer::Ok => &counters.answers_ok,
         Answer::Handover => &counters.answers_handover,
@@ -54,7 +69,6 @@ async fn health(gate: &Gate, colour: Colour, source: Option<std::net::IpAddr>) -
     }
     .fetch_add(1, Ordering::Relaxed);
     gate.record_probe(source, colour, answer);
-    let cfg = gate.config();
     let (status, word) = if answer.is_ok() {
         (StatusCode::OK, "OK")
     } else {
@@ -68,7 +82,12 @@ async fn health(gate: &Gate, colour: Colour, source: Option<std::net::IpAddr>) -
         (true, true) => "<response>OK</response>",
         (true, false) => "<response>STOP</response>",
     };
-    let mut res = (status, body).into_response();
+    headed((status, body).into_response(), gate, &view, now)
+}
+
+/// A health answer with its headers: not cached, and the generation and
+/// staleness it was given from.
+fn headed(mut res: Response, gate: &Gate, view: &View, now: Instant) -> Response {
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-bg-generation", HeaderValue::from(view.generation()));

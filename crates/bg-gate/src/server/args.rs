@@ -14,7 +14,8 @@ use super::error::ServerError;
 use super::run::GateServer;
 use crate::cli::parse_duration;
 use crate::{
-    Auth, ClaimRule, Gate, GateConfig, JwksSource, NamedToken, OidcConfig, OidcVerifier, StopStatus,
+    Auth, ClaimRule, Gate, GateConfig, JwksSource, NamedToken, OidcConfig, OidcVerifier,
+    ServiceConfig, StopStatus,
 };
 
 /// The gate's options, as flags and environment variables. Flatten it into
@@ -188,6 +189,87 @@ pub struct GateArgs {
     /// Needs a single-node redis:// store.
     #[arg(long, env = "BG_LEGACY_MIRROR", value_name = "BLUE_ID,GREEN_ID")]
     legacy_mirror: Option<String>,
+
+    /// Sidecar mode: the service beside this gate, http://HOST:PORT. Its health route is checked
+    /// every --service-interval; while it fails, this colour answers 503 DOWN whatever the store
+    /// says (agent check: down), and the store is not touched.
+    #[arg(
+        long,
+        env = "BG_SERVICE_URL",
+        value_name = "URL",
+        help_heading = "Sidecar mode"
+    )]
+    service_url: Option<String>,
+
+    /// The service's health route: any 2xx answer within 1 s passes.
+    #[arg(
+        long,
+        env = "BG_SERVICE_HEALTH",
+        value_name = "PATH",
+        default_value = "/health",
+        requires = "service_url",
+        help_heading = "Sidecar mode"
+    )]
+    service_health: String,
+
+    /// How often to check the service (each check bounded by 1 s).
+    #[arg(long, env = "BG_SERVICE_INTERVAL", default_value = "1s", value_parser = parse_duration,
+          requires = "service_url", help_heading = "Sidecar mode")]
+    service_interval: Duration,
+
+    /// Failed checks in a row after which the service counts as down.
+    #[arg(
+        long,
+        env = "BG_SERVICE_FALL",
+        default_value_t = 2,
+        requires = "service_url",
+        help_heading = "Sidecar mode"
+    )]
+    service_fall: u32,
+
+    /// Good checks in a row after which it counts as up again (a new gate starts it down).
+    #[arg(
+        long,
+        env = "BG_SERVICE_RISE",
+        default_value_t = 2,
+        requires = "service_url",
+        help_heading = "Sidecar mode"
+    )]
+    service_rise: u32,
+
+    /// The service's version route (plain text, or JSON with a "version" field), read with every
+    /// check: the gate reports that version instead of --service-version, so a service restarted
+    /// by its webhook shows its new version through the same gate.
+    #[arg(
+        long,
+        env = "BG_SERVICE_VERSION_PATH",
+        value_name = "PATH",
+        requires = "service_url",
+        help_heading = "Sidecar mode"
+    )]
+    service_version_path: Option<String>,
+
+    /// Forward drains to this route of the service: POST
+    /// {"close_code":1012,"batch":N,"interval_ms":M,"timeout_ms":T} (timeout_ms 0: stop).
+    #[arg(
+        long,
+        env = "BG_SERVICE_DRAIN_PATH",
+        value_name = "PATH",
+        requires = "service_url",
+        help_heading = "Sidecar mode"
+    )]
+    service_drain_path: Option<String>,
+
+    /// Read the service's open websockets from this route ({"connections": N}) with every check,
+    /// so bg-ctl's drain waits for the service's own clients.
+    #[arg(
+        long,
+        env = "BG_SERVICE_CONNECTIONS_PATH",
+        value_name = "PATH",
+        requires = "service_url",
+        help_heading = "Sidecar mode"
+    )]
+    service_connections_path: Option<String>,
 }
 
 /// Shows the options with their secrets left out: the token, the store
@@ -229,6 +311,17 @@ impl std::fmt::Debug for GateArgs {
             .field("drain_interval", &self.drain_interval)
             .field("on_change", &set(self.on_change.is_some()))
             .field("legacy_mirror", &self.legacy_mirror)
+            .field(
+                "service_url",
+                &self.service_url.as_deref().map(bg_state::redact_url),
+            )
+            .field("service_health", &self.service_health)
+            .field("service_interval", &self.service_interval)
+            .field("service_fall", &self.service_fall)
+            .field("service_rise", &self.service_rise)
+            .field("service_version_path", &self.service_version_path)
+            .field("service_drain_path", &self.service_drain_path)
+            .field("service_connections_path", &self.service_connections_path)
             .finish()
     }
 }
@@ -390,6 +483,17 @@ impl GateArgs {
         cfg.lb_sources = args.lb_sources;
         cfg.drain_interval = args.drain_interval;
         cfg.on_change = args.on_change;
+        cfg.service = args.service_url.map(|url| {
+            let mut s = ServiceConfig::new(url);
+            s.health_path = args.service_health;
+            s.interval = args.service_interval;
+            s.fall = args.service_fall;
+            s.rise = args.service_rise;
+            s.version_path = args.service_version_path;
+            s.drain_path = args.service_drain_path;
+            s.connections_path = args.service_connections_path;
+            s
+        });
         let gate = Gate::new(Arc::clone(&store), cfg, auth).map_err(ServerError::Gate)?;
         let follower = gate.start();
 

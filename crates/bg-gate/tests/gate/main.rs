@@ -21,6 +21,7 @@ mod probes;
 mod process;
 mod redis;
 mod scopes;
+mod sidecar;
 mod view;
 
 use std::sync::Arc;

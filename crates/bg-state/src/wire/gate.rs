@@ -96,6 +96,29 @@ pub struct GateStatus {
     /// The state it answers from.
     #[serde(default)]
     pub state: Option<State>,
+    /// The service beside a standalone gate (sidecar mode), if it has one.
+    #[serde(default)]
+    pub service: Option<ServiceHealth>,
+}
+
+/// The service a sidecar gate stands beside, as its last checks found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    /// Where it is, credentials removed.
+    pub url: String,
+    /// Whether its health route passes: after `rise` good checks in a row,
+    /// until `fall` failed ones. While it does not, the gate answers `503
+    /// DOWN` for its colour whatever the store says.
+    pub up: bool,
+    /// The version its version route last gave, if it has one.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The open websockets its connections route last gave, if it has one.
+    #[serde(default)]
+    pub websockets: Option<u64>,
+    /// What went wrong with the last check, if it failed.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 impl GateStatus {

@@ -13,7 +13,7 @@ use crate::model::{AppName, Colour, DeployPhase, Event, Lease, Presence, State};
 
 mod gate;
 
-pub use gate::{ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, StoreHealth};
+pub use gate::{ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, ServiceHealth, StoreHealth};
 
 /// The most events one `history` request returns.
 pub const MAX_HISTORY_LIMIT: usize = 10_000;

@@ -1,0 +1,417 @@
+//! Sidecar mode: a standalone gate beside a service it cannot see into (a
+//! NestJS or any other process). The gate checks the service's health route
+//! on a timer, reads its version and its open websockets from it, and
+//! forwards drains to it, so the load balancer and `bg-ctl` see the service,
+//! not only the gate.
+//!
+//! The health answer reads one atomic flag that the checker sets: no check
+//! ever waits on the service, or on the store.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bg_state::redact_url;
+use bg_state::wire::ServiceHealth;
+
+use super::gate::Inner;
+
+/// How long one request to the service may take: each check, each read of
+/// its version or connections, each forwarded drain.
+pub const SERVICE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The service beside a standalone gate, and how to ask it.
+/// [`ServiceConfig::new`] gives the defaults.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// Where the service listens: `http://HOST:PORT`.
+    pub url: String,
+    /// Its health route, checked every `interval`. Default `/health`; any
+    /// 2xx answer passes.
+    pub health_path: String,
+    /// How often to check. Default 1 s.
+    pub interval: Duration,
+    /// Failed checks in a row that take it down. Default 2.
+    pub fall: u32,
+    /// Good checks in a row that bring it back. Default 2.
+    pub rise: u32,
+    /// Its version route (plain text, or JSON with a `version` field), read
+    /// with every good check; the gate then reports that version.
+    pub version_path: Option<String>,
+    /// Where drains go: `POST` with
+    /// `{"close_code":1012,"batch":N,"interval_ms":M,"timeout_ms":T}`.
+    pub drain_path: Option<String>,
+    /// Where its open websockets are counted: JSON `{"connections": N}`,
+    /// read with every good check.
+    pub connections_path: Option<String>,
+}
+
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("url", &redact_url(&self.url))
+            .field("health_path", &self.health_path)
+            .field("interval", &self.interval)
+            .field("fall", &self.fall)
+            .field("rise", &self.rise)
+            .field("version_path", &self.version_path)
+            .field("drain_path", &self.drain_path)
+            .field("connections_path", &self.connections_path)
+            .finish()
+    }
+}
+
+impl ServiceConfig {
+    /// The service at `url` with the default routes and timing.
+    pub fn new(url: impl Into<String>) -> Self {
+        ServiceConfig {
+            url: url.into(),
+            health_path: "/health".to_owned(),
+            interval: Duration::from_secs(1),
+            fall: 2,
+            rise: 2,
+            version_path: None,
+            drain_path: None,
+            connections_path: None,
+        }
+    }
+
+    /// Why these settings cannot work, if they cannot.
+    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
+        let url = reqwest::Url::parse(&self.url).map_err(|e| {
+            (
+                "service_url",
+                format!("{:?} is not a URL: {e}", redact_url(&self.url)),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err((
+                "service_url",
+                format!(
+                    "{:?} must be http://HOST:PORT or https://HOST:PORT",
+                    redact_url(&self.url)
+                ),
+            ));
+        }
+        for (field, path) in [
+            ("service_health", Some(&self.health_path)),
+            ("service_version_path", self.version_path.as_ref()),
+            ("service_drain_path", self.drain_path.as_ref()),
+            ("service_connections_path", self.connections_path.as_ref()),
+        ] {
+            if let Some(p) = path
+                && (!p.starts_with('/') || p.chars().any(char::is_whitespace))
+            {
+                return Err((field, format!("{p:?} must be a path starting with /")));
+            }
+        }
+        if self.interval < Duration::from_millis(10) || self.interval > Duration::from_secs(3600) {
+            return Err(("service_interval", "must be between 10ms and 1h".to_owned()));
+        }
+        for (field, n) in [("service_fall", self.fall), ("service_rise", self.rise)] {
+            if n == 0 || n > 100 {
+                return Err((field, "must be between 1 and 100".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+}
+
+/// What the checker found, read by the health answer and `/bg/state`.
+#[derive(Debug)]
+pub(crate) struct ServiceState {
+    pub(crate) cfg: ServiceConfig,
+    client: reqwest::Client,
+    up: AtomicBool,
+    version: ArcSwapOption<String>,
+    /// `u64::MAX` until read.
+    websockets: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+impl ServiceState {
+    pub(crate) fn new(cfg: ServiceConfig) -> Self {
+        // reqwest is built without a bundled crypto provider (an https
+        // service URL needs one); ring is the one the gate uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(SERVICE_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        ServiceState {
+            cfg,
+            client,
+            // Down until its first `rise` good checks: a gate started
+            // beside a service that is not up yet sends it nobody.
+            up: AtomicBool::new(false),
+            version: ArcSwapOption::empty(),
+            websockets: AtomicU64::new(u64::MAX),
+            error: Mutex::new(None),
+        }
+    }
+
+    /// Whether the health route passes, as of the last checks.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The version the service last gave.
+    pub(crate) fn version(&self) -> Option<String> {
+        self.version.load().as_deref().cloned()
+    }
+
+    /// The open websockets the service last gave.
+    pub(crate) fn websockets(&self) -> Option<u64> {
+        match self.websockets.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(n),
+        }
+    }
+
+    pub(crate) fn health(&self) -> ServiceHealth {
+        ServiceHealth {
+            url: redact_url(&self.cfg.url),
+            up: self.is_up(),
+            version: self.version(),
+            websockets: self.websockets(),
+            error: self
+                .error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = e;
+    }
+
+    /// A GET of `path`: its body on a 2xx answer.
+    async fn get(&self, path: &str) -> Result<String, String> {
+        let res = self
+            .client
+            .get(self.cfg.at(path))
+            .send()
+            .await
+            .map_err(|e| format!("GET {path}: {}", without_url(&e)))?;
+        let status = res.status();
+        if !status.is_success() {
+            return Err(format!("GET {path} answered {status}"));
+        }
+        res.text()
+            .await
+            .map_err(|e| format!("GET {path}: {}", without_url(&e)))
+    }
+
+    /// One check: the health route, then the version and the connections.
+    async fn check(&self) -> Result<(), String> {
+        self.get(&self.cfg.health_path).await?;
+        if let Some(path) = &self.cfg.version_path {
+            let body = self.get(path).await?;
+            let version = parse_version(&body)
+                .ok_or_else(|| format!("GET {path}: no version in its answer"))?;
+            self.version.store(Some(std::sync::Arc::new(version)));
+        }
+        if let Some(path) = &self.cfg.connections_path {
+            let body = self.get(path).await?;
+            let n = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["connections"].as_u64())
+                .filter(|n| *n < u64::MAX)
+                .ok_or_else(|| format!("GET {path}: no {{\"connections\": N}} in its answer"))?;
+            self.websockets.store(n, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Forwards a drain to the service; how many websockets it says it
+    /// asked (0 if it does not say).
+    pub(crate) async fn drain(
+        &self,
+        path: &str,
+        batch: usize,
+        pause: Duration,
+        lasting: Duration,
+    ) -> Result<u64, String> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let res = self
+            .client
+            .post(self.cfg.at(path))
+            .json(&serde_json::json!({
+                "close_code": crate::DRAIN_CLOSE_CODE,
+                "batch": batch,
+                "interval_ms": ms(pause),
+                "timeout_ms": ms(lasting),
+            }))
+            .send()
+            .await
+            .map_err(|e| format!("POST {path}: {}", without_url(&e)))?;
+        let status = res.status();
+        if !status.is_success() {
+            return Err(format!("POST {path} answered {status}"));
+        }
+        let body: serde_json::Value = res.json().await.unwrap_or_default();
+        Ok(body["asked"].as_u64().unwrap_or(0))
+    }
+}
+
+/// A reqwest error without the URL it carries (it may hold credentials).
+fn without_url(e: &reqwest::Error) -> String {
+    let e = format!("{}", RemovedUrl(e));
+    if e.is_empty() { "failed".to_owned() } else { e }
+}
+
+struct RemovedUrl<'a>(&'a reqwest::Error);
+
+impl std::fmt::Display for RemovedUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = self.0;
+        if e.is_timeout() {
+            write!(f, "no answer within {SERVICE_TIMEOUT:?}")
+        } else if e.is_connect() {
+            f.write_str("cannot connect")
+        } else {
+            let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+            let mut last = None;
+            while let Some(s) = source {
+                last = Some(s.to_string());
+                source = s.source();
+            }
+            f.write_str(last.as_deref().unwrap_or("the request failed"))
+        }
+    }
+}
+
+/// A version from a version route: JSON with a string `version`, or the
+/// first line of a plain-text body. Holds to the rules of
+/// `--service-version`: 1 to 128 characters, no whitespace.
+fn parse_version(body: &str) -> Option<String> {
+    let body = body.trim();
+    let v = if body.starts_with('{') {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()?
+            .get("version")?
+            .as_str()?
+            .trim()
+            .to_owned()
+    } else {
+        body.lines().next()?.trim().to_owned()
+    };
+    (!v.is_empty() && v.len() <= bg_state::MAX_VERSION_LEN && !v.chars().any(char::is_whitespace))
+        .then_some(v)
+}
+
+/// Watches a drain forwarded to the service for `lasting`: if this colour
+/// answers OK again meanwhile (someone switched back), tells the service to
+/// stop (`timeout_ms` 0).
+pub(super) async fn stop_drain_when_live(weak: Weak<Inner>, lasting: Duration) {
+    let until = tokio::time::Instant::now() + lasting;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let colour = inner.cfg.colour;
+        if inner
+            .view
+            .load()
+            .answer(colour, std::time::Instant::now())
+            .is_ok()
+        {
+            let Some(svc) = inner.service.as_ref() else {
+                return;
+            };
+            let Some(path) = svc.cfg.drain_path.clone() else {
+                return;
+            };
+            let stopped = svc.drain(&path, 1, Duration::ZERO, Duration::ZERO).await;
+            match stopped {
+                Ok(_) => tracing::info!("this colour is live again: the service's drain stopped"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "this colour is live again, and the service's drain could not be stopped")
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// The checker: every `interval`, a check; `fall` failures in a row take
+/// the service down, `rise` successes bring it back. Ends with the gate.
+pub(super) async fn watch_service(weak: Weak<Inner>) {
+    let (mut good, mut bad) = (0u32, 0u32);
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let Some(svc) = inner.service.as_ref() else {
+            return;
+        };
+        let result = svc.check().await;
+        let (rise, fall, interval) = (svc.cfg.rise, svc.cfg.fall, svc.cfg.interval);
+        match result {
+            Ok(()) => {
+                svc.set_error(None);
+                bad = 0;
+                good = good.saturating_add(1);
+                if good >= rise && !svc.up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(version = ?svc.version(), "the service is up: answering by colour");
+                }
+            }
+            Err(e) => {
+                good = 0;
+                bad = bad.saturating_add(1);
+                if bad >= fall && svc.up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "the service is down: answering 503 DOWN");
+                }
+                svc.set_error(Some(e));
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_as_text_or_json() {
+        assert_eq!(parse_version("v1.2.3\n").as_deref(), Some("v1.2.3"));
+        assert_eq!(
+            parse_version(r#"{"version":"v9","name":"chat"}"#).as_deref(),
+            Some("v9")
+        );
+        for bad in [
+            "",
+            "   ",
+            "two words",
+            r#"{"name":"chat"}"#,
+            r#"{"version":7}"#,
+        ] {
+            assert_eq!(parse_version(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_version(&"x".repeat(129)), None);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(ServiceConfig::new("http://127.0.0.1:3000").check().is_ok());
+        for url in ["127.0.0.1:3000", "ftp://x", "http://"] {
+            assert_eq!(
+                ServiceConfig::new(url).check().unwrap_err().0,
+                "service_url"
+            );
+        }
+        let mut c = ServiceConfig::new("http://127.0.0.1:3000");
+        c.version_path = Some("version".into());
+        assert_eq!(c.check().unwrap_err().0, "service_version_path");
+        let mut c = ServiceConfig::new("http://127.0.0.1:3000");
+        c.fall = 0;
+        assert_eq!(c.check().unwrap_err().0, "service_fall");
+    }
+}
