@@ -67,6 +67,10 @@ if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
   fi
   PATH=$node20/node_modules/$node20_pkg/bin:$PATH
 fi
+# The Node.js example service the sidecar end-to-end test runs
+# (docs/examples/node-ws), with the exact packages of its lockfile.
+echo "==> npm ci (docs/examples/node-ws)"
+npm ci --prefix docs/examples/node-ws --no-audit --no-fund --loglevel=error >/dev/null
 glci_dir=target/tools/gitlab-ci-local-4.60.1
 if [ ! -e "$glci_dir/.installed" ]; then
   rm -rf "$glci_dir"

@@ -91,6 +91,38 @@ impl Instance {
         }
     }
 
+    /// A service that is not a gate — `program` with `args` and `--colour
+    /// COLOUR`, given `--listen` and `--service-version` on each start, as
+    /// the Node.js example takes them. Nothing runs until
+    /// [`restart`](Self::restart).
+    pub fn process(program: impl Into<PathBuf>, colour: &str, args: &[&str]) -> Self {
+        Instance {
+            colour: colour.to_owned(),
+            addr: loopback(),
+            program: program.into(),
+            args: args
+                .iter()
+                .map(|a| (*a).to_owned())
+                .chain(["--colour".to_owned(), colour.to_owned()])
+                .collect(),
+            env: Vec::new(),
+            stop: Stop::Kill,
+            process: None,
+        }
+    }
+
+    /// Listens on `addr` instead of a free port of its own.
+    #[must_use]
+    pub fn at(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Kills the running process at once, as a crash would.
+    pub fn kill(&mut self) {
+        drop(self.process.take());
+    }
+
     /// Listens on `ip` (a loopback address such as `127.0.0.11`, so that
     /// several instances can share a port number, as hosts do) instead of
     /// `127.0.0.1`.

@@ -57,6 +57,10 @@ enum Mode {
     Agent,
     /// nginx, pointed at the live colour by a standalone gate's `--on-change`.
     NginxPush,
+    /// HAProxy, `backend chat_sidecar`: the Node.js example service
+    /// (`docs/examples/node-ws`) beside a standalone gate in sidecar mode;
+    /// the webhook restarts the service only.
+    Sidecar,
 }
 
 impl Mode {
@@ -66,6 +70,7 @@ impl Mode {
             Mode::HttpCheck => "chat",
             Mode::DisableOn404 => "chat_disable_on_404",
             Mode::Agent => "chat_agent",
+            Mode::Sidecar => "chat_sidecar",
             Mode::NginxPush => unreachable!("nginx has no HAProxy backend"),
         }
     }
@@ -134,7 +139,7 @@ fn haproxy(
     timing: Timing,
     blue: SocketAddr,
     green: SocketAddr,
-    agent_port: u16,
+    ports: Ports,
     dir: &std::path::Path,
 ) -> Front {
     let addr = loopback();
@@ -142,12 +147,18 @@ fn haproxy(
     let mut cfg = std::fs::read_to_string(examples().join("haproxy.cfg")).unwrap();
     substitute(&mut cfg, "bind :8000", &format!("bind {addr}"), 1);
     substitute(&mut cfg, "ipv4@127.0.0.1:9999", &format!("ipv4@{stats}"), 1);
-    substitute(&mut cfg, "10.0.0.11:8080", &blue.to_string(), 3);
-    substitute(&mut cfg, "10.0.0.12:8080", &green.to_string(), 3);
+    substitute(&mut cfg, "10.0.0.11:8080", &blue.to_string(), 4);
+    substitute(&mut cfg, "10.0.0.12:8080", &green.to_string(), 4);
     substitute(
         &mut cfg,
         "agent-port 9091",
-        &format!("agent-port {agent_port}"),
+        &format!("agent-port {}", ports.agent),
+        1,
+    );
+    substitute(
+        &mut cfg,
+        "fall 3 port 9090",
+        &format!("fall 3 port {}", ports.sidecar),
         1,
     );
     // Use the mode's backend as the example says: the others stay disabled.
@@ -177,7 +188,7 @@ fn haproxy(
     }
     if timing.fast {
         substitute(&mut cfg, "agent-inter 1s", "agent-inter 200ms", 1);
-        substitute(&mut cfg, "inter 2s", "inter 200ms", 3);
+        substitute(&mut cfg, "inter 2s", "inter 200ms", 4);
     }
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
@@ -190,6 +201,26 @@ fn haproxy(
         addr,
         stats,
     }
+}
+
+/// The ports every colour's host uses alike: the agent's, and the sidecar
+/// gate's.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    agent: u16,
+    sidecar: u16,
+}
+
+/// The example service of `docs/examples/node-ws`, with its packages
+/// installed (the README's test command runs `npm ci` there).
+fn node_service(colour: &str) -> Instance {
+    let dir = examples().join("node-ws");
+    assert!(
+        dir.join("node_modules/ws").is_dir(),
+        "docs/examples/node-ws has no node_modules: run `npm ci --prefix docs/examples/node-ws` \
+         (the README's test command does)"
+    );
+    Instance::process("node", colour, &[dir.join("server.js").to_str().unwrap()])
 }
 
 /// A server's status in HAProxy's `show stat` (`UP`, `DOWN`, `NOLB`,
@@ -373,9 +404,11 @@ struct Harness {
     _dir: tempfile::TempDir,
     redis: RedisServer,
     /// Kept so the instances stop with the harness.
-    _instances: Instances,
+    instances: Instances,
     hooks: Webhooks,
     lb: Front,
+    /// Sidecar mode: the standalone gates beside the services.
+    sidecars: Vec<Instance>,
     mode: Mode,
     blue: SocketAddr,
     green: SocketAddr,
@@ -400,8 +433,17 @@ impl Harness {
     async fn start(mode: Mode, timing: Timing, clients: usize) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
-        let agent_port = free_port();
+        let ports = Ports {
+            agent: free_port(),
+            sidecar: free_port(),
+        };
         let instance = |colour, ip: [u8; 4]| {
+            if mode == Mode::Sidecar {
+                return node_service(colour)
+                    .on(ip)
+                    .stop(Stop::Graceful(Duration::from_secs(10)))
+                    .started("v0");
+            }
             let mut i = Instance::new(
                 workspace_example("bg-gate", "ws_echo"),
                 colour,
@@ -413,21 +455,52 @@ impl Harness {
             match mode {
                 Mode::DisableOn404 => i = i.args(&["--stop-status", "404"]),
                 Mode::Agent => {
-                    let agent = SocketAddr::from((ip, agent_port)).to_string();
+                    let agent = SocketAddr::from((ip, ports.agent)).to_string();
                     i = i.args(&["--agent-listen", &agent]);
                 }
-                Mode::HttpCheck | Mode::NginxPush => {}
+                Mode::HttpCheck | Mode::NginxPush | Mode::Sidecar => {}
             }
             i.env("BG_TOKEN", TOKEN)
                 .stop(Stop::Graceful(Duration::from_secs(10)))
                 .started("v0")
         };
         let instances = instances([instance("blue", BLUE_IP), instance("green", GREEN_IP)]);
-        let (blue, green) = (addr_of(&instances, "blue"), addr_of(&instances, "green"));
+        let services = (addr_of(&instances, "blue"), addr_of(&instances, "green"));
         let hooks = Webhooks::serve(Arc::clone(&instances), Duration::ZERO).await;
+        // The gates: in the services, or beside them.
+        let sidecars: Vec<Instance> = if mode == Mode::Sidecar {
+            [
+                ("blue", BLUE_IP, services.0),
+                ("green", GREEN_IP, services.1),
+            ]
+            .into_iter()
+            .map(|(colour, ip, service)| {
+                let url = format!("http://{service}");
+                Instance::new(
+                    workspace_binary("bg-gate", "bg-gate"),
+                    colour,
+                    &redis.url(),
+                    "chat",
+                )
+                .at(SocketAddr::from((ip, ports.sidecar)))
+                .args(&["--poll-interval", "100ms", "--handover", timing.handover])
+                .args(&["--service-url", &url, "--service-version-path", "/version"])
+                .args(&["--service-drain-path", "/drain"])
+                .args(&["--service-connections-path", "/connections"])
+                .env("BG_TOKEN", TOKEN)
+                .started("unknown")
+            })
+            .collect()
+        } else {
+            Vec::new()
+        };
+        let (blue, green) = match sidecars.as_slice() {
+            [b, g] => (b.addr, g.addr),
+            _ => services,
+        };
         let lb = match mode {
-            Mode::NginxPush => nginx(&redis, blue, green),
-            _ => haproxy(mode, timing, blue, green, agent_port, dir.path()),
+            Mode::NginxPush => nginx(&redis, services.0, services.1),
+            _ => haproxy(mode, timing, services.0, services.1, ports, dir.path()),
         };
 
         // Wait until the load balancer serves blue.
@@ -480,9 +553,10 @@ impl Harness {
             _dir: dir,
             store: bg_state::open(&redis.url()).unwrap(),
             redis,
-            _instances: instances,
+            instances,
             hooks,
             lb,
+            sidecars,
             mode,
             blue,
             green,
@@ -629,7 +703,7 @@ impl Harness {
     }
 
     /// Stops the traffic and checks nothing failed; prints the counts.
-    async fn finish(mut self, what: &str, expect_drains: bool) {
+    async fn finish(&mut self, what: &str, expect_drains: bool) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks.drain(..) {
             t.await.unwrap();
@@ -674,26 +748,34 @@ impl Harness {
 }
 
 async fn releases_under_traffic(mode: Mode, timing: Timing, releases: usize, clients: usize) {
-    let h = Harness::start(mode, timing, clients).await;
-    for n in 1..=releases {
-        let version = format!("v{n}");
-        let started = Instant::now();
-        // Queued pipelines follow each other at once.
-        let out = h.deploy(&version, &["--wait-lease", "60s"]).await;
-        assert_eq!(out.status.code(), Some(0), "release {n}:\n{}", show(&out));
-        let (live, _) = h.state().await;
-        eprintln!(
-            "{mode:?}: release {n} ({version} to {live}) took {:?}",
-            started.elapsed()
-        );
-        // The LB has seen the switch (--confirm-lb): every new request is served by the new version.
-        h.serves(&version).await;
-    }
+    let mut h = Harness::start(mode, timing, clients).await;
+    h.releases(releases).await;
     h.finish(
         &format!("{mode:?}, {timing:?}: {releases} releases"),
         releases >= 2,
     )
     .await;
+}
+
+impl Harness {
+    /// `releases` releases back to back, each checked through the load balancer.
+    async fn releases(&self, releases: usize) {
+        let mode = self.mode;
+        for n in 1..=releases {
+            let version = format!("v{n}");
+            let started = Instant::now();
+            // Queued pipelines follow each other at once.
+            let out = self.deploy(&version, &["--wait-lease", "60s"]).await;
+            assert_eq!(out.status.code(), Some(0), "release {n}:\n{}", show(&out));
+            let (live, _) = self.state().await;
+            eprintln!(
+                "{mode:?}: release {n} ({version} to {live}) took {:?}",
+                started.elapsed()
+            );
+            // The LB has seen the switch (--confirm-lb): every new request is served by the new version.
+            self.serves(&version).await;
+        }
+    }
 }
 
 /// The bad days, one after another under the same traffic.
@@ -848,4 +930,72 @@ async fn releases_under_load_with_the_example_timing() {
 async fn releases_under_load_with_agent_checks_at_the_example_timing() {
     let _serial = crate::serial().await;
     releases_under_traffic(Mode::Agent, EXAMPLE, 2, 20).await;
+}
+
+/// The Node.js example service beside standalone gates in sidecar mode,
+/// released by webhooks that restart the service only; then the live
+/// service crashes: its colour leaves rotation (the gate answers DOWN),
+/// and nothing is switched in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn releases_under_load_with_sidecar_gates_then_a_crashed_service() {
+    let _serial = crate::serial().await;
+    let releases = releases(3);
+    let mut h = Harness::start(Mode::Sidecar, FAST, 50).await;
+    h.releases(releases).await;
+    h.finish(&format!("Sidecar: {releases} releases"), releases >= 2)
+        .await;
+    assert_eq!(h.sidecars.len(), 2);
+
+    let (live, generation) = h.state().await;
+    let Front::Haproxy { stats, .. } = h.lb else {
+        unreachable!("sidecar mode runs behind HAProxy")
+    };
+    let gate = if live == Colour::Blue {
+        h.blue
+    } else {
+        h.green
+    };
+    let crashed = Instant::now();
+    h.instances
+        .lock()
+        .unwrap()
+        .get_mut(live.as_str())
+        .unwrap()
+        .kill();
+    let deadline = crashed + Duration::from_secs(20);
+    loop {
+        let status = tokio::task::spawn_blocking(move || {
+            haproxy_status(stats, Mode::Sidecar.backend(), live.as_str())
+        })
+        .await
+        .unwrap();
+        if status.as_deref().is_some_and(|s| s.starts_with("DOWN")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HAProxy still has the crashed {live} in rotation: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = crashed.elapsed();
+    // --service-fall 2 × --service-interval 1 s, then HAProxy's fall 3 ×
+    // inter 200 ms; a second more for the checks' own timing.
+    let bound = Duration::from_millis(2 * 1000 + 3 * 200 + 1000);
+    eprintln!("Sidecar: the crashed {live} left rotation after {took:?} (bound {bound:?})");
+    assert!(
+        took <= bound,
+        "the crashed {live} left rotation only after {took:?}"
+    );
+    let s = tokio::task::spawn_blocking(move || gate_status(gate))
+        .await
+        .unwrap()
+        .expect("the gate outlives its service");
+    assert!(!s.live, "{s:?}");
+    assert!(s.service.is_some_and(|svc| !svc.up));
+    assert_eq!(
+        h.state().await,
+        (live, generation),
+        "a crashed service switched the store"
+    );
 }
