@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bg_state::{AppName, Colour, ColourStore, OpenOptions};
+use bg_state::{AppName, Colour, ColourStore, OpenOptions, RemoteStore};
 use serde_json::json;
 
 use crate::commands;
@@ -21,7 +21,7 @@ use crate::trigger::{ExecTrigger, ShellChecks, Trigger, Webhooks};
 mod args;
 
 pub use args::Cli;
-use args::{Command, DeployArgs, LeaseCommand};
+use args::{Command, DeployArgs, GateUrls, LeaseCommand};
 
 /// The actor when none is given: the GitLab user and job, or user@host.
 fn default_actor() -> String {
@@ -105,13 +105,21 @@ impl Cli {
 
     fn open_store(&self) -> CtlResult<Arc<dyn ColourStore>> {
         let g = &self.global;
-        let url = match (&g.store, &g.gate) {
+        let url = match (&g.store, g.gate.as_slice()) {
             (Some(s), _) => s.clone(),
-            (None, Some(gate)) => gate.clone(),
-            (None, None) => {
+            (None, []) => {
                 return Err(CtlError::Usage(
                     "say where the state is: --store URL (BG_STORE) or --gate URL (BG_GATE)".into(),
                 ));
+            }
+            (None, gates) => {
+                let store = RemoteStore::with_gates(gates, g.token.clone(), g.timeout).map_err(
+                    |e| match e {
+                        bg_state::Error::InvalidInput(i) => CtlError::Usage(i.to_string()),
+                        other => other.into(),
+                    },
+                )?;
+                return Ok(Arc::new(store));
             }
         };
         let mut opts = OpenOptions::default();
@@ -137,6 +145,11 @@ impl Cli {
         let g = &self.global;
         let app = &g.app;
         let actor = g.actor.clone().unwrap_or_else(default_actor);
+        if g.actor.is_some() && store.backend() == "remote" {
+            output::to_stderr(
+                "bg-ctl: note: --actor (BG_ACTOR) is not sent through a gate: it records the name of the token it accepted",
+            );
+        }
         let gates = HttpGates::new(g.token.clone(), g.timeout)?;
         let done = match self.command {
             Command::Status { gates: urls } => {
@@ -265,6 +278,7 @@ impl Cli {
             }
             Command::Deploy(args) => {
                 let trigger = args.trigger(g.timeout)?;
+                refuse_store_gates_of_the_target(store.as_ref(), app, &g.gate, &args.gates).await?;
                 let opts = args.options(app, &actor);
                 let deployer = Deployer {
                     store: store.as_ref(),
@@ -351,6 +365,45 @@ impl DeployArgs {
         opts.reason.clone_from(&self.reason);
         opts
     }
+}
+
+/// A release through gates (`--gate`) that are all gates of the colour it
+/// is about to restart would lose its store halfway, at the webhook: it is
+/// refused before it starts.
+async fn refuse_store_gates_of_the_target(
+    store: &dyn ColourStore,
+    app: &AppName,
+    store_gates: &[String],
+    gates: &GateUrls,
+) -> CtlResult<()> {
+    if store.backend() != "remote" || store_gates.is_empty() {
+        return Ok(());
+    }
+    let key = |u: &str| {
+        url::Url::parse(u.trim()).map_or_else(
+            |_| u.trim().to_owned(),
+            |u| u.as_str().trim_end_matches('/').to_owned(),
+        )
+    };
+    let by_colour = gates.by_colour();
+    let Some((&colour, _)) = by_colour.iter().find(|(_, urls)| {
+        store_gates
+            .iter()
+            .all(|s| urls.iter().any(|u| key(u) == key(s)))
+    }) else {
+        return Ok(());
+    };
+    let Some(state) = store.get(app).await? else {
+        return Ok(());
+    };
+    if state.idle() != colour {
+        return Ok(());
+    }
+    Err(CtlError::Usage(format!(
+        "every store gate (--gate, BG_GATE) is a gate of {colour}, the colour this release restarts: \
+         its webhook would take bg-ctl's store away halfway; list a gate of each colour \
+         (BG_GATE=BLUE_GATE,GREEN_GATE)"
+    )))
 }
 
 /// A lease holder unique to this run: two pipelines sharing an actor and a
