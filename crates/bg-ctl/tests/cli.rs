@@ -287,3 +287,86 @@ fn actor_through_a_gate_is_noted() {
         shown(&out)
     );
 }
+
+/// `GET key` on the Redis at `port`: the value, `None` for no key.
+fn redis_get(port: u16, key: &str) -> Option<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    r.read_line(&mut head).unwrap();
+    if head.starts_with("$-1") {
+        return None;
+    }
+    let mut value = String::new();
+    r.read_line(&mut value).unwrap();
+    Some(value.trim_end().to_owned())
+}
+
+/// `init --legacy-mirror` records the hand-made ids in the state: every
+/// later change moves the legacy keys, whoever makes it.
+#[test]
+fn init_records_the_legacy_mirror_for_every_writer() {
+    let redis = bg_testkit::RedisServer::start();
+    let store = redis.url();
+    let legacy = || {
+        (
+            redis_get(redis.port(), "lb-status-alfa"),
+            redis_get(redis.port(), "lb-status-beta"),
+        )
+    };
+    let some = |a: &str, b: &str| (Some(a.to_owned()), Some(b.to_owned()));
+    let out = bg_ctl_env(
+        &["init", "--active", "blue", "--legacy-mirror", "alfa,beta"],
+        &[("BG_STORE", &store), ("BG_APP", "chat")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(legacy(), some("1", "0"));
+    let out = bg_ctl_env(
+        &["switch", "--to", "green"],
+        &[("BG_STORE", &store), ("BG_APP", "chat")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(legacy(), some("0", "1"));
+
+    // Ids that cannot be, or a store that cannot keep them: refused.
+    for (args, env) in [
+        (
+            &[
+                "init",
+                "--active",
+                "blue",
+                "--force",
+                "--legacy-mirror",
+                "alfa",
+            ][..],
+            ("BG_STORE", store.as_str()),
+        ),
+        (
+            &[
+                "init",
+                "--active",
+                "blue",
+                "--force",
+                "--legacy-mirror",
+                "al fa,beta",
+            ],
+            ("BG_STORE", store.as_str()),
+        ),
+        (
+            &["init", "--active", "blue", "--legacy-mirror", "alfa,beta"],
+            ("BG_GATE", "http://127.0.0.1:1"),
+        ),
+    ] {
+        let out = bg_ctl_env(args, &[env, ("BG_APP", "chat")]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", shown(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--legacy-mirror")
+                || String::from_utf8_lossy(&out.stderr).contains("legacy id"),
+            "{args:?}: {}",
+            shown(&out)
+        );
+    }
+    assert_eq!(legacy(), some("0", "1"));
+}

@@ -120,6 +120,12 @@ pub(super) enum Command {
         /// Replace state that is there (recorded as forced; the generation still goes up).
         #[arg(long)]
         force: bool,
+        /// Keep the hand-made design's keys `lb-status-<BLUE_ID>` and
+        /// `lb-status-<GREEN_ID>` in step with the live colour, whoever makes
+        /// the change: the ids are recorded in the app's state (Redis store
+        /// only, single node).
+        #[arg(long, env = "BG_LEGACY_MIRROR", value_name = "BLUE_ID,GREEN_ID")]
+        legacy_mirror: Option<String>,
         /// Why (recorded).
         #[arg(long, env = "BG_REASON")]
         reason: Option<String>,

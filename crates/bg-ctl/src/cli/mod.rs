@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bg_state::{AppName, Colour, ColourStore, OpenOptions, RemoteStore};
+use bg_state::{AppName, Colour, ColourStore, LegacyMirror, OpenOptions, RemoteStore};
 use serde_json::json;
 
 use crate::commands;
@@ -113,6 +113,17 @@ impl Cli {
                 ));
             }
             (None, gates) => {
+                if matches!(
+                    self.command,
+                    Command::Init {
+                        legacy_mirror: Some(_),
+                        ..
+                    }
+                ) {
+                    return Err(CtlError::Usage(
+                        "--legacy-mirror keeps keys in Redis: it needs --store redis://… (BG_STORE), not --gate".into(),
+                    ));
+                }
                 let store = RemoteStore::with_gates(gates, g.token.clone(), g.timeout).map_err(
                     |e| match e {
                         bg_state::Error::InvalidInput(i) => CtlError::Usage(i.to_string()),
@@ -123,6 +134,14 @@ impl Cli {
             }
         };
         let mut opts = OpenOptions::default();
+        let mirror = match &self.command {
+            Command::Init {
+                legacy_mirror: Some(ids),
+                ..
+            } => Some(legacy_mirror(&g.app, ids)?),
+            _ => None,
+        };
+        opts.redis.mirror.clone_from(&mirror);
         opts.remote_token.clone_from(&g.token);
         opts.remote_timeout = g.timeout;
         opts.redis.response_timeout = g.timeout;
@@ -131,6 +150,11 @@ impl Cli {
             bg_state::Error::InvalidInput(i) => CtlError::Usage(i.to_string()),
             other => other.into(),
         })?;
+        if mirror.is_some() && store.backend() != "redis" {
+            return Err(CtlError::Usage(
+                "--legacy-mirror keeps keys in Redis: it needs --store redis://… (BG_STORE)".into(),
+            ));
+        }
         if store.backend() == "memory" {
             return Err(CtlError::Usage(
                 "memory:// lives in one process only; bg-ctl needs a shared store (file://, redis://) or a gate (--gate)"
@@ -161,6 +185,7 @@ impl Cli {
                 from_gate,
                 force,
                 reason,
+                legacy_mirror: _,
             } => {
                 let s = match active {
                     Some(c) => {
@@ -365,6 +390,17 @@ impl DeployArgs {
         opts.reason.clone_from(&self.reason);
         opts
     }
+}
+
+/// `BLUE_ID,GREEN_ID` as the mirror of `app`.
+fn legacy_mirror(app: &AppName, ids: &str) -> CtlResult<LegacyMirror> {
+    let Some((blue, green)) = ids.split_once(',') else {
+        return Err(CtlError::Usage(
+            "--legacy-mirror takes the hand-made ids of blue and green as BLUE_ID,GREEN_ID (e.g. alfa,beta)".into(),
+        ));
+    };
+    LegacyMirror::new(app.clone(), blue.trim(), green.trim())
+        .map_err(|e| CtlError::Usage(e.to_string()))
 }
 
 /// A release through gates (`--gate`) that are all gates of the colour it
