@@ -234,10 +234,14 @@ pub(super) struct DeployArgs {
     pub(super) confirm_lb: bool,
     /// The load balancer's fall count: before restarting the idle colour,
     /// bg-ctl waits until every probe source has seen it answer STOP one
-    /// time more than this.
+    /// time more than this (the load balancer takes it out at the fall-th);
+    /// with --confirm-lb, until they have seen the old colour answer STOP
+    /// this many times.
     #[arg(long, env = "BG_LB_FALL", default_value_t = 3)]
     pub(super) lb_fall: usize,
-    /// Probes in a row answered OK that show a colour is in rotation.
+    /// The load balancer's rise count: with --confirm-lb, bg-ctl waits
+    /// until every probe source has seen the new colour answer OK this many
+    /// times in a row.
     #[arg(long, env = "BG_LB_RISE", default_value_t = 2)]
     pub(super) lb_rise: usize,
     /// A probe source counts as a load balancer once it probed at least 3 times within this, at a steady interval, and while it probed within this of the newest probe. Keep it at least 3 times your load balancer's check interval, or start the gates with --lb-source, whose sources count from their first probe.
