@@ -109,7 +109,9 @@ pub struct GateArgs {
     #[arg(long, env = "BG_STOP_STATUS", default_value = "503")]
     stop_status: StopStatus,
 
-    /// Answer `<response>OK</response>` like the hand-made health route.
+    /// Answer `<response>OK</response>` when live and `<response>STOP</response>` when idle,
+    /// word for word like the hand-made health route; the status codes stay as they are
+    /// (200 for OK, --stop-status for STOP).
     #[arg(long, env = "BG_SEED_BODY")]
     seed_body: bool,
 
