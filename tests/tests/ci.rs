@@ -1,9 +1,9 @@
-//! The GitLab release template, run as GitLab would run it: `.gitlab-ci.yml`'s
-//! `release` job executed by gitlab-ci-local in shell mode, with `bg-ctl` on
-//! the PATH and the CI/CD variables the template asks for, against two
-//! `ws_echo` services and a stand-in for their Portainer webhooks. Two tags
-//! in a row: the first releases to green, the second to blue — the release
-//! that restarts the gate the first one used.
+//! The GitLab release templates, run as GitLab would run them: the `release`
+//! job of `.gitlab-ci.yml` and of the README's template, each executed by
+//! gitlab-ci-local in shell mode, with `bg-ctl` on the PATH and the CI/CD
+//! variables the template asks for, against two `ws_echo` services and a
+//! stand-in for their Portainer webhooks. Two tags in a row each: one
+//! release to each colour, so one of them restarts the gate the other used.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -34,16 +34,39 @@ fn gitlab_ci_local() -> PathBuf {
     p
 }
 
-/// A copy of the project's `.gitlab-ci.yml` in a git repository of its own,
-/// as a service's repository would hold the template.
-fn project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+fn workspace_file(path: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    std::fs::copy(
-        root.join(".gitlab-ci.yml"),
-        dir.path().join(".gitlab-ci.yml"),
-    )
-    .unwrap();
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The README's release job, as written there, with its example gate
+/// addresses replaced by the test's.
+fn readme_template(blue: &str, green: &str) -> String {
+    let readme = workspace_file("README.md");
+    let section = readme
+        .split_once("## A release from GitLab CI")
+        .expect("the README's GitLab section")
+        .1;
+    let block = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("the README's release job")
+        .0;
+    assert!(block.contains("https://gate-blue.internal:9090"), "{block}");
+    assert!(
+        block.contains("https://gate-green.internal:9090"),
+        "{block}"
+    );
+    block
+        .replace("https://gate-blue.internal:9090", blue)
+        .replace("https://gate-green.internal:9090", green)
+}
+
+/// `ci_yml` as `.gitlab-ci.yml` in a git repository of its own, as a
+/// service's repository would hold the template.
+fn project(ci_yml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".gitlab-ci.yml"), ci_yml).unwrap();
     let git = |args: &[&str]| {
         let out = Command::new("git")
             .args(args)
@@ -106,7 +129,7 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_release_template_releases_two_tags_in_a_row() {
+async fn the_release_templates_release_two_tags_in_a_row() {
     let _serial = crate::serial().await;
     let glci = gitlab_ci_local();
     let ctl = workspace_binary("bg-ctl", "bg-ctl");
@@ -128,7 +151,6 @@ async fn the_release_template_releases_two_tags_in_a_row() {
         assert!(Instant::now() < deadline, "blue never went live");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let project = project();
     let home = tempfile::tempdir().unwrap();
     let path = format!(
         "{}:{}",
@@ -139,7 +161,19 @@ async fn the_release_template_releases_two_tags_in_a_row() {
     let store = bg_state::open(&redis.url()).unwrap();
     let app = AppName::new("chat").unwrap();
 
-    for (tag, colour, generation) in [("v2", Colour::Green, 2), ("v3", Colour::Blue, 3)] {
+    let templates = [
+        ("README.md", readme_template(&blue_url, &green_url)),
+        (".gitlab-ci.yml", workspace_file(".gitlab-ci.yml")),
+    ];
+    let releases = [
+        (0, "v2", Colour::Green, 2),
+        (0, "v3", Colour::Blue, 3),
+        (1, "v4", Colour::Green, 4),
+        (1, "v5", Colour::Blue, 5),
+    ];
+    let projects = templates.each_ref().map(|(_, yml)| project(yml));
+    for (template, tag, colour, generation) in releases {
+        let (name, project) = (templates[template].0, &projects[template]);
         let mut cmd = Command::new(&glci);
         cmd.current_dir(project.path())
             .env("PATH", &path)
@@ -147,37 +181,50 @@ async fn the_release_template_releases_two_tags_in_a_row() {
             .args(["release", "--force-shell-executor", "--no-color"])
             .arg("--home")
             .arg(home.path());
-        // The CI/CD variables the template's comment lists, as a project
-        // would set them; the tag as a tag pipeline carries it.
-        for (k, v) in [
-            ("CI_COMMIT_TAG", tag),
-            ("BG_GATE", &format!("{blue_url},{green_url}")),
-            ("BG_APP", "chat"),
-            ("BG_GATE_BLUE", &blue_url),
-            ("BG_GATE_GREEN", &green_url),
-            ("BG_WEBHOOK_BLUE", &hooks.url("blue")),
-            ("BG_WEBHOOK_GREEN", &hooks.url("green")),
-            ("BG_TOKEN", TOKEN),
-        ] {
+        // The tag, as a tag pipeline carries it; the masked CI/CD variables
+        // both templates leave to the project; the job's token, which GitLab
+        // mints from `id_tokens`.
+        let mut variables = vec![
+            ("CI_COMMIT_TAG", tag.to_owned()),
+            ("BG_WEBHOOK_BLUE", hooks.url("blue")),
+            ("BG_WEBHOOK_GREEN", hooks.url("green")),
+            ("BG_TOKEN", TOKEN.to_owned()),
+        ];
+        if name == ".gitlab-ci.yml" {
+            // The settings its comment lists as CI/CD variables (the
+            // README's job sets them itself).
+            variables.extend([
+                ("BG_GATE", format!("{blue_url},{green_url}")),
+                ("BG_APP", "chat".to_owned()),
+                ("BG_GATE_BLUE", blue_url.clone()),
+                ("BG_GATE_GREEN", green_url.clone()),
+            ]);
+        }
+        for (k, v) in variables {
             cmd.arg("--variable").arg(format!("{k}={v}"));
         }
         let out = tokio::task::spawn_blocking(move || run_bounded(cmd, Duration::from_secs(240)))
             .await
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "release {tag}: {}", show(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: release {tag}: {}",
+            show(&out)
+        );
         let state = store.get(&app).await.unwrap().unwrap();
         assert_eq!(
             (state.active, state.generation),
             (colour, generation),
-            "release {tag}: {}",
+            "{name}: release {tag}: {}",
             show(&out)
         );
         let live = addr_of(&gates, colour.as_str());
         assert_eq!(
             gate_status(live).map(|s| s.version),
             Some(tag.to_owned()),
-            "release {tag}"
+            "{name}: release {tag}"
         );
     }
-    assert_eq!(hooks.calls(), ["green", "blue"]);
+    assert_eq!(hooks.calls(), ["green", "blue", "green", "blue"]);
 }
