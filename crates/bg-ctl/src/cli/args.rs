@@ -19,14 +19,20 @@ const EXIT_CODES: &str = "Exit codes:\n  \
     5  store or gate unreachable\n  \
     130, 143  stopped by SIGINT or SIGTERM; a command it ran is stopped with its process group";
 
+const ENVIRONMENT: &str = "Environment:\n  \
+    Every setting of every command can come from BG_ and its long name (BG_VERSION, BG_LB_FALL, …).\n  \
+    The acts --force, --to, --expect-generation, --active, --from-gate and --json come only from\n  \
+    the command line, which wins over the environment: --store sets BG_GATE aside, --gate BG_STORE.";
+
 /// bluegreen's command line: see and change which colour is live, and run
 /// a whole blue/green release from CI.
 #[derive(Debug, Parser)]
 #[command(
     name = "bg-ctl",
     version,
-    after_help = format!("{EXIT_CODES}\n\nExample (GitLab CI, every option from the environment):\n  \
-        BG_GATE=https://gate.internal:9090 BG_APP=chat bg-ctl deploy --version \"$CI_COMMIT_TAG\"")
+    after_help = format!("{EXIT_CODES}\n\n{ENVIRONMENT}\n\nExample (GitLab CI, the settings from CI/CD variables):\n  \
+        BG_GATE=https://gate-blue.internal:9090,https://gate-green.internal:9090 BG_APP=chat \\\n    \
+        bg-ctl deploy --version \"$CI_COMMIT_TAG\"")
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -154,9 +160,9 @@ pub(super) enum Command {
         rotation; drain it; trigger the deploy; wait until its gates run the new version with a fresh view; \
         --smoke; record \"deployed\"; switch (compare-and-swap); --confirm-lb; --verify through --watch; \
         release the lease. The first failure stops it with the live colour unchanged.\n\n\
-        Example (Portainer webhooks, every option from CI variables):\n  \
+        Example (Portainer webhooks, the settings from CI/CD variables):\n  \
         BG_WEBHOOK_BLUE=… BG_WEBHOOK_GREEN=… BG_GATE_BLUE=http://blue:9090 BG_GATE_GREEN=http://green:9090 \\\n    \
-        bg-ctl --gate https://gate.internal:9090 --app chat deploy --version \"$CI_COMMIT_TAG\" --tag-param tag"
+        bg-ctl --gate http://blue:9090 --gate http://green:9090 --app chat deploy --version \"$CI_COMMIT_TAG\" --tag-param tag"
     )]
     Deploy(Box<DeployArgs>),
     /// Make the previous colour live again, if it still runs the previous version.
