@@ -171,7 +171,7 @@ impl Cli {
         let actor = g.actor.clone().unwrap_or_else(default_actor);
         if g.actor.is_some() && store.backend() == "remote" {
             output::to_stderr(
-                "bg-ctl: note: --actor (BG_ACTOR) is not sent through a gate: it records the name of the token it accepted",
+                "bg-ctl: note: --actor (BG_ACTOR) is not sent through a gate: the gate records the name of the token it accepted",
             );
         }
         let gates = HttpGates::new(g.token.clone(), g.timeout)?;
