@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need, then runs every check.
-# Run as root on Debian (it uses apt-get when redis-server, haproxy or nginx is missing).
+# Run as root on Debian (it uses apt-get when redis-server, haproxy, nginx or rsync is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+# gitlab-ci-local copies the project with rsync to run a job in shell mode.
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then
@@ -44,7 +46,8 @@ RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --all-features --locked
 
 echo "==> gitlab-ci-local --list"
 # GitLab reads .gitlab-ci.yml only once it is pushed; listing its jobs here
-# checks it against GitLab's schema first. 4.60.1 is the pinned version:
+# checks it against GitLab's schema first (and the end-to-end tests run its
+# release job with this gitlab-ci-local). 4.60.1 is the pinned version:
 # later releases need Node.js 22. It lives under target/ so that later runs,
 # and CI's cache of target/, reuse it instead of rebuilding its native part.
 if ! command -v npm >/dev/null 2>&1; then

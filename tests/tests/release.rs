@@ -283,6 +283,32 @@ async fn the_same_release_through_a_gate_when_ci_cannot_reach_redis() {
         .unwrap();
     assert_eq!(history[0].actor, "bg-token");
 
+    // The next release restarts blue: with blue's gate as the only store,
+    // its webhook would take the store away halfway. Refused before it starts.
+    let mut args = args.clone();
+    args[2] = "v3";
+    let mut cmd = rig.bg_ctl(&args);
+    cmd.env_remove("BG_STORE")
+        .env("BG_GATE", rig.gate_url("blue"));
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a gate of each colour"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(rig.hooks.calls(), ["green"]);
+    // With a gate of each colour it goes through blue's restart.
+    let mut cmd = rig.bg_ctl(&args);
+    cmd.env_remove("BG_STORE").env(
+        "BG_GATE",
+        format!("{},{}", rig.gate_url("blue"), rig.gate_url("green")),
+    );
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Blue, 3));
+    assert_eq!(rig.hooks.calls(), ["green", "blue"]);
+
     // Without the token, the gate refuses the writes.
     let mut cmd = rig.bg_ctl(&["switch"]);
     cmd.env_remove("BG_STORE")

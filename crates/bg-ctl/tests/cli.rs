@@ -148,3 +148,225 @@ fn a_signal_stops_the_deploy_command_with_its_children() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `bg-ctl ARGS` with only `env` of the BG_ variables.
+fn bg_ctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-ctl"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BG_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("bg-ctl runs")
+}
+
+fn shown(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A release's settings from CI variables alone: `BG_VERSION=v9 bg-ctl
+/// deploy` gets as far as the store (here: not initialised).
+#[test]
+fn deploy_settings_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().join("state.json").display());
+    let out = bg_ctl_env(
+        &["deploy"],
+        &[
+            ("BG_STORE", &store),
+            ("BG_APP", "chat"),
+            ("BG_VERSION", "v9"),
+            ("BG_EXEC", "true"),
+            ("BG_NO_SWITCH", "1"),
+            ("BG_READY_TIMEOUT", "1s"),
+            ("BG_WAIT_LEASE", "1s"),
+            ("BG_REASON", "from the environment"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not initialised"), "{}", shown(&out));
+
+    // A setting in the environment with a bad value is named.
+    let out = bg_ctl_env(
+        &["deploy"],
+        &[
+            ("BG_STORE", &store),
+            ("BG_VERSION", "v9"),
+            ("BG_LB_FALL", "x"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--lb-fall"),
+        "{}",
+        shown(&out)
+    );
+}
+
+/// What the command line names wins over the environment: BG_GATE left in
+/// a job's variables does not block `--store`, nor BG_STORE `--gate`.
+#[test]
+fn the_command_line_store_wins_over_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().join("state.json").display());
+    // Nothing listens on port 1: a request there fails to connect (exit 5).
+    let nowhere = "http://127.0.0.1:1";
+
+    let out = bg_ctl_env(
+        &[
+            "--store", &store, "--app", "chat", "init", "--active", "blue",
+        ],
+        &[("BG_GATE", nowhere)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let out = bg_ctl_env(
+        &["--store", &store, "--app", "chat", "status"],
+        &[("BG_GATE", nowhere)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("blue"),
+        "{}",
+        shown(&out)
+    );
+
+    let out = bg_ctl_env(
+        &["--gate", nowhere, "--app", "chat", "status"],
+        &[("BG_STORE", &store)],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", shown(&out));
+
+    // Both in the environment: the store.
+    let out = bg_ctl_env(
+        &["--app", "chat", "status"],
+        &[("BG_STORE", &store), ("BG_GATE", nowhere)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+
+    // Both on the command line: a usage error that says so.
+    let out = bg_ctl_env(&["--store", &store, "--gate", nowhere, "status"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--store") && stderr.contains("--gate"),
+        "{}",
+        shown(&out)
+    );
+}
+
+/// Through a gate the gate names the actor: `--actor` says it is not sent.
+#[test]
+fn actor_through_a_gate_is_noted() {
+    let out = bg_ctl_env(
+        &["--gate", "http://127.0.0.1:1", "--actor", "me", "status"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", shown(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("--actor").count(),
+        1,
+        "one notice: {}",
+        shown(&out)
+    );
+    assert!(
+        stderr.contains("not sent through a gate"),
+        "{}",
+        shown(&out)
+    );
+}
+
+/// `GET key` on the Redis at `port`: the value, `None` for no key.
+fn redis_get(port: u16, key: &str) -> Option<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    r.read_line(&mut head).unwrap();
+    if head.starts_with("$-1") {
+        return None;
+    }
+    let mut value = String::new();
+    r.read_line(&mut value).unwrap();
+    Some(value.trim_end().to_owned())
+}
+
+/// `init --legacy-mirror` records the hand-made ids in the state: every
+/// later change moves the legacy keys, whoever makes it.
+#[test]
+fn init_records_the_legacy_mirror_for_every_writer() {
+    let redis = bg_testkit::RedisServer::start();
+    let store = redis.url();
+    let legacy = || {
+        (
+            redis_get(redis.port(), "lb-status-alfa"),
+            redis_get(redis.port(), "lb-status-beta"),
+        )
+    };
+    let some = |a: &str, b: &str| (Some(a.to_owned()), Some(b.to_owned()));
+    let out = bg_ctl_env(
+        &["init", "--active", "blue", "--legacy-mirror", "alfa,beta"],
+        &[("BG_STORE", &store), ("BG_APP", "chat")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(legacy(), some("1", "0"));
+    let out = bg_ctl_env(
+        &["switch", "--to", "green"],
+        &[("BG_STORE", &store), ("BG_APP", "chat")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(legacy(), some("0", "1"));
+
+    // Ids that cannot be, or a store that cannot keep them: refused.
+    for (args, env) in [
+        (
+            &[
+                "init",
+                "--active",
+                "blue",
+                "--force",
+                "--legacy-mirror",
+                "alfa",
+            ][..],
+            ("BG_STORE", store.as_str()),
+        ),
+        (
+            &[
+                "init",
+                "--active",
+                "blue",
+                "--force",
+                "--legacy-mirror",
+                "al fa,beta",
+            ],
+            ("BG_STORE", store.as_str()),
+        ),
+        (
+            &["init", "--active", "blue", "--legacy-mirror", "alfa,beta"],
+            ("BG_GATE", "http://127.0.0.1:1"),
+        ),
+    ] {
+        let out = bg_ctl_env(args, &[env, ("BG_APP", "chat")]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", shown(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--legacy-mirror")
+                || String::from_utf8_lossy(&out.stderr).contains("legacy id"),
+            "{args:?}: {}",
+            shown(&out)
+        );
+    }
+    assert_eq!(legacy(), some("0", "1"));
+}

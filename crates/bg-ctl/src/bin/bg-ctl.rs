@@ -3,11 +3,10 @@
 use std::process::ExitCode;
 
 use bg_ctl::cli::Cli;
-use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // clap exits 2 on usage errors by itself, as documented.
-    let cli = Cli::parse();
+    // Usage errors exit 2, as documented.
+    let cli = Cli::from_command_line();
     ExitCode::from(cli.run().await)
 }

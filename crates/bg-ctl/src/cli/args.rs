@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bg_state::{AppName, Colour, parse_duration};
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::deploy::OnDrainTimeout;
@@ -18,14 +19,20 @@ const EXIT_CODES: &str = "Exit codes:\n  \
     5  store or gate unreachable\n  \
     130, 143  stopped by SIGINT or SIGTERM; a command it ran is stopped with its process group";
 
+const ENVIRONMENT: &str = "Environment:\n  \
+    Every setting of every command can come from BG_ and its long name (BG_VERSION, BG_LB_FALL, …).\n  \
+    The acts --force, --to, --expect-generation, --active, --from-gate and --json come only from\n  \
+    the command line, which wins over the environment: --store sets BG_GATE aside, --gate BG_STORE.";
+
 /// bluegreen's command line: see and change which colour is live, and run
 /// a whole blue/green release from CI.
 #[derive(Debug, Parser)]
 #[command(
     name = "bg-ctl",
     version,
-    after_help = format!("{EXIT_CODES}\n\nExample (GitLab CI, every option from the environment):\n  \
-        BG_GATE=https://gate.internal:9090 BG_APP=chat bg-ctl deploy --version \"$CI_COMMIT_TAG\"")
+    after_help = format!("{EXIT_CODES}\n\n{ENVIRONMENT}\n\nExample (GitLab CI, the settings from CI/CD variables):\n  \
+        BG_GATE=https://gate-blue.internal:9090,https://gate-green.internal:9090 BG_APP=chat \\\n    \
+        bg-ctl deploy --version \"$CI_COMMIT_TAG\"")
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -37,18 +44,18 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub(super) struct Global {
     /// Where the state lives: file:///path, redis://host:port/db, rediss://…
-    #[arg(
-        long,
-        env = "BG_STORE",
-        global = true,
-        hide_env_values = true,
-        conflicts_with = "gate"
-    )]
+    /// Given on the command line, it wins over BG_GATE in the environment;
+    /// when both are in the environment, BG_STORE wins.
+    #[arg(long, env = "BG_STORE", global = true, hide_env_values = true)]
     pub(super) store: Option<String>,
 
-    /// Use a gate's store API as the store (when CI reaches the services but not Redis).
-    #[arg(long, env = "BG_GATE", global = true)]
-    pub(super) gate: Option<String>,
+    /// Use a gate's store API as the store (when CI reaches the services but
+    /// not Redis). Repeat it (comma-separated in BG_GATE) with a gate of each
+    /// colour: requests go to whichever answers, so a release survives the
+    /// restart of the gate it was using. Given on the command line, it wins
+    /// over BG_STORE in the environment.
+    #[arg(long, env = "BG_GATE", global = true, value_delimiter = ',')]
+    pub(super) gate: Vec<String>,
 
     /// Token for the gate's writes and drains (a named token or a GitLab id_token).
     #[arg(long, env = "BG_TOKEN", global = true, hide_env_values = true)]
@@ -58,7 +65,9 @@ pub(super) struct Global {
     #[arg(long, env = "BG_APP", global = true, default_value = "default", value_parser = parse_app)]
     pub(super) app: AppName,
 
-    /// Who is acting, recorded in history (default: the GitLab user and job, or user@host).
+    /// Who is acting, recorded in history (default: the GitLab user and job,
+    /// or user@host). Not sent through a gate (--gate): the gate records the
+    /// name of the token it accepted.
     #[arg(long, env = "BG_ACTOR", global = true)]
     pub(super) actor: Option<String>,
 
@@ -117,8 +126,14 @@ pub(super) enum Command {
         /// Replace state that is there (recorded as forced; the generation still goes up).
         #[arg(long)]
         force: bool,
+        /// Keep the hand-made design's keys `lb-status-<BLUE_ID>` and
+        /// `lb-status-<GREEN_ID>` in step with the live colour, whoever makes
+        /// the change: the ids are recorded in the app's state (Redis store
+        /// only, single node).
+        #[arg(long, env = "BG_LEGACY_MIRROR", value_name = "BLUE_ID,GREEN_ID")]
+        legacy_mirror: Option<String>,
         /// Why (recorded).
-        #[arg(long)]
+        #[arg(long, env = "BG_REASON")]
         reason: Option<String>,
     },
     /// Make a colour live, atomically (compare-and-swap on the generation).
@@ -133,7 +148,7 @@ pub(super) enum Command {
         #[arg(long)]
         expect_generation: Option<u64>,
         /// Why (recorded).
-        #[arg(long)]
+        #[arg(long, env = "BG_REASON")]
         reason: Option<String>,
         /// Switch even though a deploy lease is held (recorded as forced).
         #[arg(long)]
@@ -145,9 +160,9 @@ pub(super) enum Command {
         rotation; drain it; trigger the deploy; wait until its gates run the new version with a fresh view; \
         --smoke; record \"deployed\"; switch (compare-and-swap); --confirm-lb; --verify through --watch; \
         release the lease. The first failure stops it with the live colour unchanged.\n\n\
-        Example (Portainer webhooks, every option from CI variables):\n  \
+        Example (Portainer webhooks, the settings from CI/CD variables):\n  \
         BG_WEBHOOK_BLUE=… BG_WEBHOOK_GREEN=… BG_GATE_BLUE=http://blue:9090 BG_GATE_GREEN=http://green:9090 \\\n    \
-        bg-ctl --gate https://gate.internal:9090 --app chat deploy --version \"$CI_COMMIT_TAG\" --tag-param tag"
+        bg-ctl --gate http://blue:9090 --gate http://green:9090 --app chat deploy --version \"$CI_COMMIT_TAG\" --tag-param tag"
     )]
     Deploy(Box<DeployArgs>),
     /// Make the previous colour live again, if it still runs the previous version.
@@ -158,14 +173,14 @@ pub(super) enum Command {
         #[command(flatten)]
         gates: GateUrls,
         /// Why (recorded).
-        #[arg(long)]
+        #[arg(long, env = "BG_REASON")]
         reason: Option<String>,
     },
     /// The audit trail, newest first.
     #[command(after_help = "Example:\n  bg-ctl --app chat history --limit 50")]
     History {
         /// How many events.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, env = "BG_LIMIT", default_value_t = 20)]
         limit: usize,
     },
     /// The deploy lease: who holds it; break it.
@@ -187,7 +202,7 @@ pub(super) enum LeaseCommand {
     )]
     Break {
         /// Why (recorded).
-        #[arg(long)]
+        #[arg(long, env = "BG_REASON")]
         reason: Option<String>,
     },
 }
@@ -195,7 +210,7 @@ pub(super) enum LeaseCommand {
 #[derive(Debug, Args)]
 pub(super) struct DeployArgs {
     /// The version to release (image tag, commit).
-    #[arg(long)]
+    #[arg(long, env = "BG_VERSION")]
     pub(super) version: String,
     #[command(flatten)]
     pub(super) gates: GateUrls,
@@ -218,49 +233,53 @@ pub(super) struct DeployArgs {
     #[arg(long, env = "BG_VERIFY")]
     pub(super) verify: Option<String>,
     /// How long to keep running --verify after the switch.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "BG_WATCH", default_value = "0s", value_parser = parse_duration)]
     pub(super) watch: Duration,
     /// After the switch, wait until every load balancer probe source has seen it.
-    #[arg(long)]
+    #[arg(long, env = "BG_CONFIRM_LB", value_parser = BoolishValueParser::new())]
     pub(super) confirm_lb: bool,
     /// The load balancer's fall count: before restarting the idle colour,
     /// bg-ctl waits until every probe source has seen it answer STOP one
-    /// time more than this.
-    #[arg(long, default_value_t = 3)]
+    /// time more than this (the load balancer takes it out at the fall-th);
+    /// with --confirm-lb, until they have seen the old colour answer STOP
+    /// this many times.
+    #[arg(long, env = "BG_LB_FALL", default_value_t = 3)]
     pub(super) lb_fall: usize,
-    /// Probes in a row answered OK that show a colour is in rotation.
-    #[arg(long, default_value_t = 2)]
+    /// The load balancer's rise count: with --confirm-lb, bg-ctl waits
+    /// until every probe source has seen the new colour answer OK this many
+    /// times in a row.
+    #[arg(long, env = "BG_LB_RISE", default_value_t = 2)]
     pub(super) lb_rise: usize,
     /// A probe source counts as a load balancer once it probed at least 3 times within this, at a steady interval, and while it probed within this of the newest probe. Keep it at least 3 times your load balancer's check interval, or start the gates with --lb-source, whose sources count from their first probe.
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "BG_LB_WINDOW", default_value = "20s", value_parser = parse_duration)]
     pub(super) lb_window: Duration,
     /// Deploy and verify only; promote later with `bg-ctl switch`.
-    #[arg(long)]
+    #[arg(long, env = "BG_NO_SWITCH", value_parser = BoolishValueParser::new())]
     pub(super) no_switch: bool,
     /// Bound on each wait for the gates.
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, env = "BG_READY_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub(super) ready_timeout: Duration,
     /// Bound on the drain of lingering websockets.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "BG_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub(super) drain_timeout: Duration,
     /// What to do when websockets are still open at the end of the drain: abort the release
     /// (exit 4, the live colour unchanged, nothing cut) or proceed (the restart cuts them).
-    #[arg(long, value_enum, default_value_t = OnDrainTimeout::Abort)]
+    #[arg(long, env = "BG_ON_DRAIN_TIMEOUT", value_enum, default_value_t = OnDrainTimeout::Abort)]
     pub(super) on_drain_timeout: OnDrainTimeout,
     /// The deploy lease's time to live; renewed every third of it.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "BG_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
     pub(super) lease_ttl: Duration,
     /// Queue behind another pipeline's lease for up to this long instead of failing.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "BG_WAIT_LEASE", value_parser = parse_duration)]
     pub(super) wait_lease: Option<Duration>,
     /// How old a gate's view of the store may be to count as fresh.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "BG_MAX_STALE", default_value = "3s", value_parser = parse_duration)]
     pub(super) max_stale: Duration,
     /// How often to look at the gates while waiting.
-    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, env = "BG_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub(super) poll: Duration,
     /// Why (recorded with the switch).
-    #[arg(long)]
+    #[arg(long, env = "BG_REASON")]
     pub(super) reason: Option<String>,
 }
 
@@ -270,4 +289,120 @@ fn parse_colour(s: &str) -> Result<Colour, String> {
 
 fn parse_app(s: &str) -> Result<AppName, String> {
     AppName::new(s).map_err(|e| e.to_string())
+}
+
+/// The options that are acts of one invocation, not settings: they have no
+/// environment variable, because a CI variable left set must never force a
+/// switch, pick its colour or overwrite a state.
+#[cfg(test)]
+const ACTS: &[&str] = &[
+    "force",
+    "to",
+    "expect-generation",
+    "active",
+    "from-gate",
+    "json",
+];
+
+impl Cli {
+    /// Parses the command line, with every setting's environment variable,
+    /// exiting with a usage error (exit 2) or the help as clap does.
+    #[must_use]
+    pub fn from_command_line() -> Self {
+        Self::try_from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// As [`from_command_line`](Self::from_command_line), from `args`.
+    ///
+    /// What the command line gives wins over the environment: `--store` on
+    /// the command line sets BG_GATE aside and `--gate` sets BG_STORE aside;
+    /// both on the command line is a usage error. With both only in the
+    /// environment, BG_STORE wins.
+    ///
+    /// # Errors
+    /// The usage error or the help, as a [`clap::Error`] to print or exit on.
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::parser::ValueSource;
+        use clap::{CommandFactory, FromArgMatches};
+
+        let mut cmd = Self::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        let mut cli = Self::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+        // Global options are recorded where they were given: on the
+        // top-level command or on any subcommand below it.
+        let from_command_line = |id: &str| {
+            let mut m = Some(&matches);
+            while let Some(level) = m {
+                if level.value_source(id) == Some(ValueSource::CommandLine) {
+                    return true;
+                }
+                m = level.subcommand().map(|(_, sub)| sub);
+            }
+            false
+        };
+        if cli.global.store.is_some() && !cli.global.gate.is_empty() {
+            match (from_command_line("store"), from_command_line("gate")) {
+                (true, true) => {
+                    return Err(cmd.error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--store and --gate both name the store: give one",
+                    ));
+                }
+                (false, true) => cli.global.store = None,
+                (true, false) | (false, false) => cli.global.gate.clear(),
+            }
+        }
+        Ok(cli)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every setting of every command has its environment variable, `BG_`
+    /// and the long name; the acts have none.
+    #[test]
+    fn every_setting_has_an_environment_variable_and_no_act_has_one() {
+        fn walk(cmd: &clap::Command, path: &str, wrong: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if matches!(
+                    arg.get_action(),
+                    clap::ArgAction::Help
+                        | clap::ArgAction::HelpShort
+                        | clap::ArgAction::HelpLong
+                        | clap::ArgAction::Version
+                ) {
+                    continue;
+                }
+                let Some(long) = arg.get_long() else {
+                    wrong.push(format!("{path}: {} has no long name", arg.get_id()));
+                    continue;
+                };
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                if ACTS.contains(&long) {
+                    if let Some(env) = env {
+                        wrong.push(format!("{path} --{long} is an act but reads {env}"));
+                    }
+                } else {
+                    let want = format!("BG_{}", long.to_uppercase().replace('-', "_"));
+                    if env.as_deref() != Some(want.as_str()) {
+                        wrong.push(format!("{path} --{long} reads {env:?}, not {want}"));
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), wrong);
+            }
+        }
+        let mut wrong = Vec::new();
+        walk(&Cli::command(), "bg-ctl", &mut wrong);
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bg_state::{AppName, Colour, ColourStore, OpenOptions};
+use bg_state::{AppName, Colour, ColourStore, LegacyMirror, OpenOptions, RemoteStore};
 use serde_json::json;
 
 use crate::commands;
@@ -21,7 +21,7 @@ use crate::trigger::{ExecTrigger, ShellChecks, Trigger, Webhooks};
 mod args;
 
 pub use args::Cli;
-use args::{Command, DeployArgs, LeaseCommand};
+use args::{Command, DeployArgs, GateUrls, LeaseCommand};
 
 /// The actor when none is given: the GitLab user and job, or user@host.
 fn default_actor() -> String {
@@ -105,16 +105,43 @@ impl Cli {
 
     fn open_store(&self) -> CtlResult<Arc<dyn ColourStore>> {
         let g = &self.global;
-        let url = match (&g.store, &g.gate) {
+        let url = match (&g.store, g.gate.as_slice()) {
             (Some(s), _) => s.clone(),
-            (None, Some(gate)) => gate.clone(),
-            (None, None) => {
+            (None, []) => {
                 return Err(CtlError::Usage(
                     "say where the state is: --store URL (BG_STORE) or --gate URL (BG_GATE)".into(),
                 ));
             }
+            (None, gates) => {
+                if matches!(
+                    self.command,
+                    Command::Init {
+                        legacy_mirror: Some(_),
+                        ..
+                    }
+                ) {
+                    return Err(CtlError::Usage(
+                        "--legacy-mirror keeps keys in Redis: it needs --store redis://… (BG_STORE), not --gate".into(),
+                    ));
+                }
+                let store = RemoteStore::with_gates(gates, g.token.clone(), g.timeout).map_err(
+                    |e| match e {
+                        bg_state::Error::InvalidInput(i) => CtlError::Usage(i.to_string()),
+                        other => other.into(),
+                    },
+                )?;
+                return Ok(Arc::new(store));
+            }
         };
         let mut opts = OpenOptions::default();
+        let mirror = match &self.command {
+            Command::Init {
+                legacy_mirror: Some(ids),
+                ..
+            } => Some(legacy_mirror(&g.app, ids)?),
+            _ => None,
+        };
+        opts.redis.mirror.clone_from(&mirror);
         opts.remote_token.clone_from(&g.token);
         opts.remote_timeout = g.timeout;
         opts.redis.response_timeout = g.timeout;
@@ -123,6 +150,11 @@ impl Cli {
             bg_state::Error::InvalidInput(i) => CtlError::Usage(i.to_string()),
             other => other.into(),
         })?;
+        if mirror.is_some() && store.backend() != "redis" {
+            return Err(CtlError::Usage(
+                "--legacy-mirror keeps keys in Redis: it needs --store redis://… (BG_STORE)".into(),
+            ));
+        }
         if store.backend() == "memory" {
             return Err(CtlError::Usage(
                 "memory:// lives in one process only; bg-ctl needs a shared store (file://, redis://) or a gate (--gate)"
@@ -137,6 +169,11 @@ impl Cli {
         let g = &self.global;
         let app = &g.app;
         let actor = g.actor.clone().unwrap_or_else(default_actor);
+        if g.actor.is_some() && store.backend() == "remote" {
+            output::to_stderr(
+                "bg-ctl: note: --actor (BG_ACTOR) is not sent through a gate: the gate records the name of the token it accepted",
+            );
+        }
         let gates = HttpGates::new(g.token.clone(), g.timeout)?;
         let done = match self.command {
             Command::Status { gates: urls } => {
@@ -148,6 +185,7 @@ impl Cli {
                 from_gate,
                 force,
                 reason,
+                legacy_mirror: _,
             } => {
                 let s = match active {
                     Some(c) => {
@@ -265,6 +303,7 @@ impl Cli {
             }
             Command::Deploy(args) => {
                 let trigger = args.trigger(g.timeout)?;
+                refuse_store_gates_of_the_target(store.as_ref(), app, &g.gate, &args.gates).await?;
                 let opts = args.options(app, &actor);
                 let deployer = Deployer {
                     store: store.as_ref(),
@@ -351,6 +390,56 @@ impl DeployArgs {
         opts.reason.clone_from(&self.reason);
         opts
     }
+}
+
+/// `BLUE_ID,GREEN_ID` as the mirror of `app`.
+fn legacy_mirror(app: &AppName, ids: &str) -> CtlResult<LegacyMirror> {
+    let Some((blue, green)) = ids.split_once(',') else {
+        return Err(CtlError::Usage(
+            "--legacy-mirror takes the hand-made ids of blue and green as BLUE_ID,GREEN_ID (e.g. alfa,beta)".into(),
+        ));
+    };
+    LegacyMirror::new(app.clone(), blue.trim(), green.trim())
+        .map_err(|e| CtlError::Usage(e.to_string()))
+}
+
+/// A release through gates (`--gate`) that are all gates of the colour it
+/// is about to restart would lose its store halfway, at the webhook: it is
+/// refused before it starts.
+async fn refuse_store_gates_of_the_target(
+    store: &dyn ColourStore,
+    app: &AppName,
+    store_gates: &[String],
+    gates: &GateUrls,
+) -> CtlResult<()> {
+    if store.backend() != "remote" || store_gates.is_empty() {
+        return Ok(());
+    }
+    let key = |u: &str| {
+        url::Url::parse(u.trim()).map_or_else(
+            |_| u.trim().to_owned(),
+            |u| u.as_str().trim_end_matches('/').to_owned(),
+        )
+    };
+    let by_colour = gates.by_colour();
+    let Some((&colour, _)) = by_colour.iter().find(|(_, urls)| {
+        store_gates
+            .iter()
+            .all(|s| urls.iter().any(|u| key(u) == key(s)))
+    }) else {
+        return Ok(());
+    };
+    let Some(state) = store.get(app).await? else {
+        return Ok(());
+    };
+    if state.idle() != colour {
+        return Ok(());
+    }
+    Err(CtlError::Usage(format!(
+        "every store gate (--gate, BG_GATE) is a gate of {colour}, the colour this release restarts: \
+         its webhook would take bg-ctl's store away halfway; list a gate of each colour \
+         (BG_GATE=BLUE_GATE,GREEN_GATE)"
+    )))
 }
 
 /// A lease holder unique to this run: two pipelines sharing an actor and a

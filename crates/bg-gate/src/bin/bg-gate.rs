@@ -12,6 +12,10 @@ const EXIT_CODES: &str = "Exit codes:\n  \
     2  usage error or invalid option: a bad flag or value, or a store, token or OIDC\n     \
        setting that cannot be used (an unreadable token file or JWKS file, a short BG_TOKEN)";
 
+const ENVIRONMENT: &str = "Environment only (never an option: a command line is visible to every user of the host):\n  \
+    BG_TOKEN  one more token allowed to write, with the ci scope, recorded as actor bg-token;\n            \
+    at least 16 bytes";
+
 /// The bluegreen health gate: answers the load balancer's health check for
 /// one colour (OK when live, STOP when idle) from an in-memory view of the
 /// shared state, and offers an authenticated switch.
@@ -19,7 +23,7 @@ const EXIT_CODES: &str = "Exit codes:\n  \
 #[command(
     name = "bg-gate",
     version,
-    after_help = format!("{EXIT_CODES}\n\n\
+    after_help = format!("{ENVIRONMENT}\n\n{EXIT_CODES}\n\n\
         Example, on the embedded store (this process only):\n  \
         BG_TOKEN=$(head -c 24 /dev/urandom | base64) bg-gate --colour blue --init blue --service-version v1\n  \
         curl -i localhost:8080/balancer-keepalive-check\n\n\

@@ -110,7 +110,9 @@ pub struct GateArgs {
     #[arg(long, env = "BG_STOP_STATUS", default_value = "503")]
     stop_status: StopStatus,
 
-    /// Answer `<response>OK</response>` like the hand-made health route.
+    /// Answer `<response>OK</response>` when live and `<response>STOP</response>` when idle,
+    /// word for word like the hand-made health route; the status codes stay as they are
+    /// (200 for OK, --stop-status for STOP).
     #[arg(long, env = "BG_SEED_BODY")]
     seed_body: bool,
 
@@ -186,7 +188,10 @@ pub struct GateArgs {
 
     /// Also keep the hand-made design's Redis keys lb-status-BLUE_ID and lb-status-GREEN_ID
     /// (1 live, 0 idle) for this app, for instances still reading them during a migration.
-    /// Needs a single-node redis:// store.
+    /// The first gate started with it records the ids in the app's state, so every change
+    /// moves the keys, whoever makes it (bg-ctl --store redis://… too); later ids do not
+    /// replace them (`bg-ctl init --force --legacy-mirror` does). Needs a single-node
+    /// redis:// store.
     #[arg(long, env = "BG_LEGACY_MIRROR", value_name = "BLUE_ID,GREEN_ID")]
     legacy_mirror: Option<String>,
 

@@ -105,6 +105,71 @@ async fn writes_need_credentials_and_record_the_caller() {
     server.abort();
 }
 
+/// Several gates of one store: a gate that cannot be connected to is
+/// passed over, and the one that answered is asked first from then on; a
+/// gate that answers with a refusal is not.
+#[tokio::test]
+async fn a_store_over_several_gates_moves_on_from_one_that_is_down() {
+    let store: Arc<dyn ColourStore> = Arc::new(MemoryStore::new());
+    let (up, server) = serve(Arc::clone(&store)).await;
+    let down = {
+        // A port that was free a moment ago: nothing listens there.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let urls = [format!("http://{down}"), format!("http://{up}/")];
+    let both = RemoteStore::with_gates(&urls, Some(TOKEN.into()), Duration::from_secs(5)).unwrap();
+    assert_eq!(both.gates(), [urls[0].clone(), format!("http://{up}")]);
+    both.init(&app(), InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let out = both
+        .switch(&app(), SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+    assert_eq!(out.state.generation, 2);
+    assert_eq!(
+        store.get(&app()).await.unwrap().unwrap().active,
+        Colour::Green
+    );
+
+    // A refusal is the store's answer: no other gate is asked.
+    let refused = RemoteStore::with_gates(
+        &urls,
+        Some("not-the-token-0123456789".into()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let err = refused
+        .switch(&app(), SwitchRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+
+    // Every gate down: unavailable, and retryable.
+    server.abort();
+    let _ = server.await;
+    let err = both.get(&app()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                retryable: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    for bad in [
+        &[][..],
+        &["http://gate:9090".to_owned(), "ftp://x".to_owned()][..],
+    ] {
+        let err = RemoteStore::with_gates(bad, None, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_api_answers_bad_requests_with_kinds() {
     let store = memory_with(Colour::Blue).await;

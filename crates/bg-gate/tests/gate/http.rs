@@ -239,6 +239,24 @@ async fn switch_semantics() {
     }
 }
 
+/// The hand-made `GET /switch`, as docs/migration.md tells it: `405` with a
+/// pointer on the admin listener, `404` on the public one, which has no
+/// switch at all (a host service may keep its own `/switch` there).
+#[tokio::test]
+async fn get_switch_is_405_on_the_admin_listener_and_404_on_the_public_one() {
+    let store = memory_with(Colour::Blue).await;
+    let g = gate(&store, config(Colour::Green)).await;
+    let a = call(&g.admin_router(), Method::GET, "/switch", Some(TOKEN), "").await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(a.body.contains("docs/migration.md"), "{}", a.body);
+    for method in [Method::GET, Method::POST] {
+        let a = call(&g.public_router(), method, "/switch", Some(TOKEN), "").await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+    }
+    let state = store.get(&app()).await.unwrap().unwrap();
+    assert_eq!((state.active, state.generation), (Colour::Blue, 1));
+}
+
 #[tokio::test]
 async fn bad_switch_requests_change_nothing() {
     for backend in backends(Some(Colour::Blue)).await {

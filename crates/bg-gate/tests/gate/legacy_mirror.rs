@@ -71,6 +71,16 @@ async fn the_gate_keeps_the_hand_made_keys_in_step() {
         .unwrap();
     assert_eq!(redis_get(&redis, "lb-status-alfa").as_deref(), Some("0"));
     assert_eq!(redis_get(&redis, "lb-status-beta").as_deref(), Some("1"));
+
+    // So does a switch by a store that knows nothing of the mirror
+    // (`bg-ctl --store redis://…`): the gate recorded its ids in the state.
+    bg_state::open(&url)
+        .unwrap()
+        .switch(&app(), SwitchRequest::new(Colour::Blue, "ci"))
+        .await
+        .unwrap();
+    assert_eq!(redis_get(&redis, "lb-status-alfa").as_deref(), Some("1"));
+    assert_eq!(redis_get(&redis, "lb-status-beta").as_deref(), Some("0"));
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! but not Redis.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,13 +30,21 @@ const LONG_POLL: Duration = Duration::from_secs(20);
 /// accepts; the actor recorded is whoever that token says, and the `actor`
 /// fields of requests are not sent. Transport failures are retryable
 /// [`Error::Unavailable`]; refused credentials are [`Error::Unauthorized`].
+///
+/// Several gates of the same store ([`RemoteStore::with_gates`]) make it
+/// survive the restart of one: a request that cannot connect to one gate
+/// goes to the next, and the gate that answered is asked first from then
+/// on. Only a refused connection moves on: a request that reached a gate
+/// may have been carried out, so its failure is reported, not repeated.
 #[derive(Clone)]
 pub struct RemoteStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    base: String,
+    bases: Vec<String>,
+    /// The gate that answered last: asked first.
+    current: AtomicUsize,
     token: Option<String>,
     client: reqwest::Client,
     timeout: Duration,
@@ -44,7 +53,7 @@ struct Inner {
 impl std::fmt::Debug for RemoteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteStore")
-            .field("base", &self.inner.base)
+            .field("gates", &self.inner.bases)
             .field("token", &self.inner.token.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
@@ -58,19 +67,27 @@ impl RemoteStore {
     /// [`Error::InvalidInput`] for a URL that is not `http(s)://host…` or
     /// carries credentials or a query (put the token in `token`).
     pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Self> {
-        let url = url::Url::parse(base.trim())
-            .map_err(|e| Error::invalid("url", format!("gate URL is malformed: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(Error::invalid(
-                "url",
-                "a gate URL is http://host[:port] or https://host[:port]",
-            ));
-        }
-        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
-            return Err(Error::invalid(
-                "url",
-                "a gate URL must carry no credentials or query: pass the token separately",
-            ));
+        Self::with_gates([base], token, timeout)
+    }
+
+    /// A store behind any of the gates at `bases`, all in front of the same
+    /// store: each request goes to the gate that answered last, and to the
+    /// next one when it cannot connect.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for no gate at all, or any URL [`new`](Self::new)
+    /// refuses.
+    pub fn with_gates<I, S>(bases: I, token: Option<String>, timeout: Duration) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let bases = bases
+            .into_iter()
+            .map(|b| gate_base(b.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        if bases.is_empty() {
+            return Err(Error::invalid("url", "no gate URL given"));
         }
         // reqwest is built without a bundled crypto provider; ring is ours.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -84,7 +101,8 @@ impl RemoteStore {
             })?;
         Ok(RemoteStore {
             inner: Arc::new(Inner {
-                base: url.as_str().trim_end_matches('/').to_owned(),
+                bases,
+                current: AtomicUsize::new(0),
                 token,
                 client,
                 timeout,
@@ -92,8 +110,14 @@ impl RemoteStore {
         })
     }
 
-    fn url(&self, app: &AppName, path: &str) -> String {
-        format!("{}/bg/api/v1/apps/{}/{path}", self.inner.base, app.as_str())
+    /// The gates' base URLs, as given (normalised).
+    #[must_use]
+    pub fn gates(&self) -> &[String] {
+        &self.inner.bases
+    }
+
+    fn url(&self, base: &str, app: &AppName, path: &str) -> String {
+        format!("{base}/bg/api/v1/apps/{}/{path}", app.as_str())
     }
 
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -104,18 +128,32 @@ impl RemoteStore {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<Option<T>> {
-        let mut req = self
-            .inner
-            .client
-            .request(method, self.url(app, path))
-            .timeout(timeout);
-        if let Some(t) = &self.inner.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let res = req.send().await.map_err(|e| transport(&e))?;
+        let bases = &self.inner.bases;
+        let first = self.inner.current.load(Ordering::Relaxed) % bases.len();
+        let mut tried = 0;
+        let res = loop {
+            let at = (first + tried) % bases.len();
+            let mut req = self
+                .inner
+                .client
+                .request(method.clone(), self.url(&bases[at], app, path))
+                .timeout(timeout);
+            if let Some(t) = &self.inner.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(res) => {
+                    self.inner.current.store(at, Ordering::Relaxed);
+                    break res;
+                }
+                // Nothing reached this gate: the next one may take it.
+                Err(e) if e.is_connect() && tried + 1 < bases.len() => tried += 1,
+                Err(e) => return Err(transport(&e)),
+            }
+        };
         let status = res.status();
         let bytes = res.bytes().await.map_err(|e| transport(&e))?;
         if status.is_success() {
@@ -158,6 +196,25 @@ impl RemoteStore {
             .await?
             .ok_or_else(empty)
     }
+}
+
+/// `base` checked and without its trailing slash.
+fn gate_base(base: &str) -> Result<String> {
+    let url = url::Url::parse(base.trim())
+        .map_err(|e| Error::invalid("url", format!("gate URL is malformed: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(Error::invalid(
+            "url",
+            "a gate URL is http://host[:port] or https://host[:port]",
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+        return Err(Error::invalid(
+            "url",
+            "a gate URL must carry no credentials or query: pass the token separately",
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 fn empty() -> Error {

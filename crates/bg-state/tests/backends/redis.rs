@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use bg_state::conformance::run_all;
 use bg_state::{
     AppName, Colour, ColourStore, DeployPhase, DeployRecord, Error, InitRequest, LegacyMirror,
-    LiveVersion, RedisOptions, RedisStore, SwitchRequest,
+    LiveVersion, Presence, RedisOptions, RedisStore, SwitchRequest,
 };
 use bg_testkit::RedisServer;
 
@@ -436,6 +436,142 @@ async fn legacy_mirror_follows_every_change() {
         let err = LegacyMirror::new(app.clone(), blue, green).unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
     }
+}
+
+/// The mirror's ids are kept in the app's state: a store opened without
+/// the mirror (`bg-ctl --store redis://…`) moves the legacy keys too, and
+/// data from before the ids were kept loads and gains them.
+#[tokio::test]
+async fn legacy_mirror_ids_live_in_the_state() {
+    let server = RedisServer::start();
+    let app = AppName::new("legacy").unwrap();
+    let plain = RedisStore::with_options(&server.url(), options()).unwrap();
+    let mirrored = |blue, green| {
+        RedisStore::with_options(
+            &server.url(),
+            RedisOptions {
+                mirror: Some(LegacyMirror::new(app.clone(), blue, green).unwrap()),
+                ..options()
+            },
+        )
+        .unwrap()
+    };
+    let mut conn = raw(&server).await;
+    let mut legacy = async |keys: [&str; 2]| -> (Option<String>, Option<String>) {
+        redis::cmd("MGET")
+            .arg(keys[0])
+            .arg(keys[1])
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    };
+    let ours = ["lb-status-alfa", "lb-status-beta"];
+    let some = |a: &str, b: &str| (Some(a.to_owned()), Some(b.to_owned()));
+
+    // State written before the mirror existed: green live, no legacy keys.
+    plain
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    plain
+        .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+    assert_eq!(legacy(ours).await, (None, None));
+
+    // A gate started with the mirror reports its presence: the ids are
+    // recorded and the keys set at once, before any change.
+    let gate = mirrored("alfa", "beta");
+    gate.report_presence(
+        &app,
+        Presence::new("gate-1", Colour::Blue, "v1", 2),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(legacy(ours).await, some("0", "1"));
+
+    // A switch by a store that knows nothing of the mirror moves them.
+    let done = plain
+        .switch(&app, SwitchRequest::new(Colour::Blue, "ci"))
+        .await
+        .unwrap();
+    assert_eq!(done.state.generation, 3);
+    assert_eq!(legacy(ours).await, some("1", "0"));
+    plain
+        .switch(&app, SwitchRequest::new(Colour::Green, "ci").rollback(true))
+        .await
+        .unwrap();
+    assert_eq!(legacy(ours).await, some("0", "1"));
+    plain
+        .init(&app, InitRequest::new(Colour::Blue, "t").force(true))
+        .await
+        .unwrap();
+    assert_eq!(legacy(ours).await, some("1", "0"));
+
+    // Recorded once: a store with other ids does not move them by a switch;
+    // an init with the mirror replaces them.
+    let other = mirrored("x1", "x2");
+    other
+        .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+    assert_eq!(legacy(ours).await, some("0", "1"));
+    assert_eq!(legacy(["lb-status-x1", "lb-status-x2"]).await, (None, None));
+    other
+        .init(&app, InitRequest::new(Colour::Blue, "t").force(true))
+        .await
+        .unwrap();
+    assert_eq!(
+        legacy(["lb-status-x1", "lb-status-x2"]).await,
+        some("1", "0")
+    );
+    plain
+        .switch(&app, SwitchRequest::new(Colour::Green, "ci"))
+        .await
+        .unwrap();
+    assert_eq!(
+        legacy(["lb-status-x1", "lb-status-x2"]).await,
+        some("0", "1")
+    );
+    assert_eq!(
+        plain.get(&app).await.unwrap().unwrap().active,
+        Colour::Green
+    );
+}
+
+/// Recorded ids that are not ids are refused like any garbage field.
+#[tokio::test]
+async fn garbage_mirror_ids_are_refused() {
+    let server = RedisServer::start();
+    let app = AppName::new("legacy").unwrap();
+    let plain = RedisStore::with_options(&server.url(), options()).unwrap();
+    plain
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let mut conn = raw(&server).await;
+    let () = redis::cmd("HSET")
+        .arg("bg:{legacy}:state")
+        .arg("mirror_blue")
+        .arg("a b")
+        .arg("mirror_green")
+        .arg("beta")
+        .query_async(&mut conn)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    let err = plain
+        .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("lb-status-*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
 }
 
 #[test]

@@ -8,6 +8,13 @@ use crate::model::{AppName, Colour};
 /// change, so services still running the hand-made health check keep working
 /// during a migration.
 ///
+/// A store opened with a mirror records its ids in the app's state (fields
+/// `mirror_blue` and `mirror_green` of the state hash) on its first init,
+/// switch or presence report, unless ids are recorded already; an init
+/// replaces them. From then on the script moves the keys on every change,
+/// whoever makes it: a store opened without the mirror too. Data from before
+/// the ids were kept loads as it is and gains them.
+///
 /// The legacy keys carry no app name, so a mirror belongs to one app: the
 /// other apps in the same store do not touch them.
 ///

@@ -3,7 +3,8 @@
 -- KEYS[1] state hash   bg:{app}:state
 -- KEYS[2] history      bg:{app}:history   (a capped stream, field "e" = JSON event)
 -- KEYS[3] gates hash   bg:{app}:gates     (gate id -> JSON presence)
--- KEYS[4], KEYS[5]     optional legacy keys lb-status-<blue id>, lb-status-<green id>
+-- KEYS[4], KEYS[5]     optional legacy keys lb-status-<blue id>, lb-status-<green id>,
+--                      given by a store opened with a legacy mirror
 -- ARGV[1] operation, ARGV[2] change channel, ARGV[3] history cap, ARGV[4] highest
 -- generation or fence allowed, then per operation.
 --
@@ -64,6 +65,11 @@ local function corrupt()
     if not digits(f, true) then return reply('corrupt', f) end
   end
   if field('lease_holder') ~= nil and field('lease_fence') == nil then return reply('corrupt', 'lease_fence') end
+  local blue_id, green_id = field('mirror_blue'), field('mirror_green')
+  if (blue_id == nil) ~= (green_id == nil) then return reply('corrupt', 'mirror_green') end
+  for f, id in pairs({ mirror_blue = blue_id, mirror_green = green_id }) do
+    if not string.match(id, '^[A-Za-z0-9._-]+$') or string.len(id) > 64 then return reply('corrupt', f) end
+  end
   local g, a = field('generation'), field('active')
   if g == nil and a == nil then return nil end
   if g == nil or not string.match(g, '^[1-9][0-9]*$') then return reply('corrupt', 'generation') end
@@ -113,12 +119,20 @@ local function event(e)
   redis.call('XADD', H, 'MAXLEN', cap, '*', 'e', cjson.encode(e))
 end
 
-local function mirror()
-  if #KEYS >= 5 then
-    local blue = field('active') == 'blue'
-    redis.call('SET', KEYS[4], blue and '1' or '0')
-    redis.call('SET', KEYS[5], blue and '0' or '1')
+-- The legacy mirror. Its ids live in the state hash (mirror_blue,
+-- mirror_green), so that every writer moves the legacy keys, not only the
+-- stores opened with the mirror: those only record the ids, once (an init
+-- replaces them). With ids recorded, the keys follow the live colour.
+local function mirror(replace)
+  if #KEYS >= 5 and (replace or field('mirror_blue') == nil) then
+    local prefix = string.len('lb-status-')
+    redis.call('HSET', S, 'mirror_blue', string.sub(KEYS[4], prefix + 1),
+      'mirror_green', string.sub(KEYS[5], prefix + 1))
   end
+  local blue_id, green_id, active = field('mirror_blue'), field('mirror_green'), field('active')
+  if blue_id == nil or green_id == nil or active == nil then return end
+  redis.call('SET', 'lb-status-' .. blue_id, active == 'blue' and '1' or '0')
+  redis.call('SET', 'lb-status-' .. green_id, active == 'blue' and '0' or '1')
 end
 
 local function publish()
@@ -142,7 +156,7 @@ elseif op == 'init' then
   redis.call('HDEL', S, 'lc_request', 'lc_fence')
   event({ generation = gen, at_ms = now, actor = ARGV[6], forced = ARGV[8] == '1',
     reason = opt(ARGV[7]), event = 'init', active = ARGV[5] })
-  mirror(); publish()
+  mirror(true); publish()
   return reply('ok')
 
 elseif op == 'switch' then
@@ -185,7 +199,7 @@ elseif op == 'switch' then
   end
   event({ generation = gen, at_ms = now, actor = ARGV[6], forced = ARGV[11] == '1',
     reason = opt(ARGV[7]), event = (ARGV[12] == '1') and 'rollback' or 'switch', from = active, to = to })
-  mirror(); publish()
+  mirror(false); publish()
   return reply('ok')
 
 elseif op == 'deploy' then
@@ -262,6 +276,9 @@ elseif op == 'presence' then
     end
   end
   redis.call('HSET', G, ARGV[5], cjson.encode(p))
+  -- A gate opened with the mirror reports its presence from the start:
+  -- this records the ids, and sets the keys, before any change is made.
+  if #KEYS >= 5 and field('mirror_blue') == nil then mirror(false) end
   return reply('ok', '', G)
 
 elseif op == 'presences' then
