@@ -203,24 +203,35 @@ fn haproxy(
     }
 }
 
-/// The ports every colour's host uses alike: the agent's, and the sidecar
-/// gate's.
+/// The ports every colour's host uses alike: the agent's, the sidecar
+/// gate's, and the service's control listener (for its gate).
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     agent: u16,
     sidecar: u16,
+    control: u16,
 }
 
 /// The example service of `docs/examples/node-ws`, with its packages
-/// installed (the README's test command runs `npm ci` there).
-fn node_service(colour: &str) -> Instance {
+/// installed (the README's test command runs `npm ci` there), its routes for
+/// the gate on `control`.
+fn node_service(colour: &str, control: SocketAddr) -> Instance {
     let dir = examples().join("node-ws");
     assert!(
         dir.join("node_modules/ws").is_dir(),
         "docs/examples/node-ws has no node_modules: run `npm ci --prefix docs/examples/node-ws` \
          (the README's test command does)"
     );
-    Instance::process("node", colour, &[dir.join("server.js").to_str().unwrap()])
+    let control = control.to_string();
+    Instance::process(
+        "node",
+        colour,
+        &[
+            dir.join("server.js").to_str().unwrap(),
+            "--control-listen",
+            &control,
+        ],
+    )
 }
 
 /// A server's status in HAProxy's `show stat` (`UP`, `DOWN`, `NOLB`,
@@ -436,10 +447,11 @@ impl Harness {
         let ports = Ports {
             agent: free_port(),
             sidecar: free_port(),
+            control: free_port(),
         };
         let instance = |colour, ip: [u8; 4]| {
             if mode == Mode::Sidecar {
-                return node_service(colour)
+                return node_service(colour, SocketAddr::from((ip, ports.control)))
                     .on(ip)
                     .stop(Stop::Graceful(Duration::from_secs(10)))
                     .started("v0");
@@ -469,28 +481,25 @@ impl Harness {
         let hooks = Webhooks::serve(Arc::clone(&instances), Duration::ZERO).await;
         // The gates: in the services, or beside them.
         let sidecars: Vec<Instance> = if mode == Mode::Sidecar {
-            [
-                ("blue", BLUE_IP, services.0),
-                ("green", GREEN_IP, services.1),
-            ]
-            .into_iter()
-            .map(|(colour, ip, service)| {
-                let url = format!("http://{service}");
-                Instance::new(
-                    workspace_binary("bg-gate", "bg-gate"),
-                    colour,
-                    &redis.url(),
-                    "chat",
-                )
-                .at(SocketAddr::from((ip, ports.sidecar)))
-                .args(&["--poll-interval", "100ms", "--handover", timing.handover])
-                .args(&["--service-url", &url, "--service-version-path", "/version"])
-                .args(&["--service-drain-path", "/drain"])
-                .args(&["--service-connections-path", "/connections"])
-                .env("BG_TOKEN", TOKEN)
-                .started("unknown")
-            })
-            .collect()
+            [("blue", BLUE_IP), ("green", GREEN_IP)]
+                .into_iter()
+                .map(|(colour, ip)| {
+                    let url = format!("http://{}", SocketAddr::from((ip, ports.control)));
+                    Instance::new(
+                        workspace_binary("bg-gate", "bg-gate"),
+                        colour,
+                        &redis.url(),
+                        "chat",
+                    )
+                    .at(SocketAddr::from((ip, ports.sidecar)))
+                    .args(&["--poll-interval", "100ms", "--handover", timing.handover])
+                    .args(&["--service-url", &url, "--service-version-path", "/version"])
+                    .args(&["--service-drain-path", "/drain"])
+                    .args(&["--service-connections-path", "/connections"])
+                    .env("BG_TOKEN", TOKEN)
+                    .started("unknown")
+                })
+                .collect()
         } else {
             Vec::new()
         };
@@ -998,4 +1007,40 @@ async fn releases_under_load_with_sidecar_gates_then_a_crashed_service() {
         (live, generation),
         "a crashed service switched the store"
     );
+
+    // The service comes back: after --service-rise good checks the gate
+    // answers OK again, and HAProxy takes it back in.
+    let back = Instant::now();
+    let version = format!("v{releases}");
+    let instances = Arc::clone(&h.instances);
+    tokio::task::spawn_blocking(move || {
+        instances
+            .lock()
+            .unwrap()
+            .get_mut(live.as_str())
+            .unwrap()
+            .restart(&version);
+    })
+    .await
+    .unwrap();
+    loop {
+        let status = tokio::task::spawn_blocking(move || {
+            haproxy_status(stats, Mode::Sidecar.backend(), live.as_str())
+        })
+        .await
+        .unwrap();
+        if status.as_deref() == Some("UP") {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "HAProxy never took the recovered {live} back: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "Sidecar: the restarted {live} was back in rotation after {:?}",
+        back.elapsed()
+    );
+    assert_eq!(h.state().await, (live, generation));
 }

@@ -143,18 +143,19 @@ pub fn runs_version(
     generation: u64,
     max_stale_ms: Option<u64>,
 ) -> Readiness {
-    if r.version != version {
-        return pending(NotYet::Runs {
-            url: url.to_owned(),
-            version: r.version.clone(),
-        });
-    }
     // A sidecar gate answers DOWN while its service fails its checks: such
-    // a colour must never become the only live one.
+    // a colour must never become the only live one. Said first: the
+    // version such a gate reports is only what it last knew.
     if let Some(s) = r.service.as_ref().filter(|s| !s.up) {
         return pending(NotYet::ServiceDown {
             url: url.to_owned(),
             error: s.error.clone(),
+        });
+    }
+    if r.version != version {
+        return pending(NotYet::Runs {
+            url: url.to_owned(),
+            version: r.version.clone(),
         });
     }
     if !r.store.healthy || max_stale_ms.is_some_and(|max| r.stale_ms > max) {

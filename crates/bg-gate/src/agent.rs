@@ -48,13 +48,23 @@ impl Gate {
                     // Logged as a probe, as an HTTP check is: a release
                     // waits for the agent to have been told `drain`.
                     self.record_probe(Some(peer.ip()), colour, answer);
-                    let line: &[u8] = if !up {
-                        // Sidecar mode, the service beside the gate is down.
-                        b"down\n"
-                    } else if answer.is_ok() {
-                        b"ready\n"
-                    } else {
-                        b"drain\n"
+                    // In sidecar mode the agent also sets the server's
+                    // operational state: `down` while the service is down,
+                    // and `up` with every other answer, since HAProxy keeps
+                    // a server the agent called down until told `up`.
+                    let sidecar = self.inner.service.is_some();
+                    let line: &[u8] = match (sidecar, up, answer.is_ok()) {
+                        (true, false, _) => {
+                            self.inner
+                                .counters
+                                .answers_down
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            b"down\n"
+                        }
+                        (true, true, true) => b"up ready\n",
+                        (true, true, false) => b"up drain\n",
+                        (false, _, true) => b"ready\n",
+                        (false, _, false) => b"drain\n",
                     };
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(AGENT_WRITE_TIMEOUT, async {

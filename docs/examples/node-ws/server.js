@@ -2,19 +2,23 @@
 // A websocket service as a bluegreen sidecar gate expects it: the migration
 // guide's NestJS service in miniature, on Node's own http server and `ws`.
 //
-//   node server.js --colour blue --listen 0.0.0.0:3000 --service-version v1
-//   (or COLOUR, LISTEN, SERVICE_VERSION in the environment)
+//   node server.js --colour blue --listen 0.0.0.0:3000 \
+//     --control-listen 127.0.0.1:3001 --service-version v1
+//   (or COLOUR, LISTEN, CONTROL_LISTEN, SERVICE_VERSION in the environment)
 //
-// Routes the gate beside it uses (bg-gate --service-url http://HOST:PORT ...):
+// The public listener (--listen), where the load balancer sends clients:
+//   GET  /             "<colour> <version>"
+//   GET  /ws           websocket: greets "hello <colour> <version>", echoes text
+//   GET  /health       200 while the service can serve
+//
+// The control listener (--control-listen, loopback by default: only the gate
+// beside the service reaches it), for bg-gate --service-url http://127.0.0.1:3001:
 //   GET  /health       200 while the service can serve      (--service-health /health)
 //   GET  /version      {"version": "v1"}                     (--service-version-path /version)
 //   GET  /connections  {"connections": N} open websockets    (--service-connections-path /connections)
 //   POST /drain        {"close_code":1012,"batch":N,"interval_ms":M,"timeout_ms":T}
 //                      ask websockets to reconnect, N every M ms, newcomers
 //                      too, for T ms; timeout_ms 0 stops  (--service-drain-path /drain)
-// And the service itself:
-//   GET  /             "<colour> <version>"
-//   GET  /ws           websocket: greets "hello <colour> <version>", echoes text
 
 'use strict';
 
@@ -29,14 +33,22 @@ function option(name, env, fallback) {
 
 const colour = option('colour', 'COLOUR', 'blue');
 const version = option('service-version', 'SERVICE_VERSION', 'dev');
-const listen = option('listen', 'LISTEN', '127.0.0.1:3000');
-const sep = listen.lastIndexOf(':');
-const host = listen.slice(0, sep) || '0.0.0.0';
-const port = Number(listen.slice(sep + 1));
-if (!Number.isInteger(port) || port <= 0 || port > 65535) {
-  console.error(`--listen ${JSON.stringify(listen)}: expected HOST:PORT`);
-  process.exit(2);
+function address(name, value) {
+  const sep = value.lastIndexOf(':');
+  const host = value.slice(0, sep) || '0.0.0.0';
+  const port = Number(value.slice(sep + 1));
+  if (sep < 0 || !Number.isInteger(port) || port <= 0 || port > 65535) {
+    console.error(`--${name} ${JSON.stringify(value)}: expected HOST:PORT`);
+    process.exit(2);
+  }
+  return { host, port };
 }
+
+const listen = address('listen', option('listen', 'LISTEN', '127.0.0.1:3000'));
+const control = address(
+  'control-listen',
+  option('control-listen', 'CONTROL_LISTEN', `127.0.0.1:${listen.port + 1}`),
+);
 
 const sockets = new Set(); // open websockets
 const asked = new WeakSet(); // those already asked to reconnect
@@ -67,18 +79,47 @@ function drainTick() {
   drain.timer = setTimeout(drainTick, drain.intervalMs);
 }
 
+// A drain order as the gate sends it, checked: a bad one changes nothing.
+function drainOrder(body) {
+  let order;
+  try {
+    order = body ? JSON.parse(body) : {};
+  } catch {
+    return { error: 'the body is not JSON' };
+  }
+  if (order === null || typeof order !== 'object' || Array.isArray(order)) {
+    return { error: 'the body is not a JSON object' };
+  }
+  const int = (name, min, max, fallback) => {
+    const v = order[name] ?? fallback;
+    return Number.isInteger(v) && v >= min && v <= max ? v : undefined;
+  };
+  const closeCode = int('close_code', 1000, 4999, 1012);
+  const batch = int('batch', 1, 10000, 10);
+  const intervalMs = int('interval_ms', 0, 60000, 1000);
+  const timeoutMs = int('timeout_ms', 0, 3600000, 60000);
+  if (closeCode !== 1012 && (closeCode === undefined || closeCode < 4000)) {
+    return { error: 'close_code must be 1012 (service restart) or 4000 to 4999' };
+  }
+  if (batch === undefined) return { error: 'batch must be an integer from 1 to 10000' };
+  if (intervalMs === undefined) return { error: 'interval_ms must be an integer from 0 to 60000' };
+  if (timeoutMs === undefined) return { error: 'timeout_ms must be an integer from 0 to 3600000' };
+  // At least 10 ms between batches: the drain goes on for its whole time.
+  return { closeCode, batch, intervalMs: Math.max(10, intervalMs), timeoutMs };
+}
+
 function startDrain(order) {
   const notAsked = [...sockets].filter((ws) => !asked.has(ws)).length;
-  if (order.timeout_ms === 0) {
+  if (order.timeoutMs === 0) {
     if (drain) clearTimeout(drain.timer);
     drain = null;
     return 0;
   }
   const next = {
-    batch: Math.max(1, order.batch || 10),
-    intervalMs: Math.max(0, order.interval_ms ?? 1000),
-    until: Date.now() + (order.timeout_ms ?? 60000),
-    closeCode: order.close_code || 1012,
+    batch: order.batch,
+    intervalMs: order.intervalMs,
+    until: Date.now() + order.timeoutMs,
+    closeCode: order.closeCode,
   };
   if (drain) {
     // A drain under way goes on with the newer pace and the later end.
@@ -93,9 +134,17 @@ function startDrain(order) {
   return notAsked;
 }
 
+// Clients' routes.
 const server = http.createServer((req, res) => {
   const path = new URL(req.url, 'http://service').pathname;
   if (req.method === 'GET' && path === '/') return reply(res, 200, `${colour} ${version}`);
+  if (req.method === 'GET' && path === '/health') return reply(res, 200, 'ok');
+  return reply(res, 404, 'not found');
+});
+
+// The gate's routes, on the control listener only.
+const controlServer = http.createServer((req, res) => {
+  const path = new URL(req.url, 'http://service').pathname;
   if (req.method === 'GET' && path === '/health') return reply(res, 200, 'ok');
   if (req.method === 'GET' && path === '/version') {
     return reply(res, 200, { version }, 'application/json');
@@ -110,12 +159,8 @@ const server = http.createServer((req, res) => {
       if (body.length > 4096) req.destroy();
     });
     req.on('end', () => {
-      let order;
-      try {
-        order = body ? JSON.parse(body) : {};
-      } catch {
-        return reply(res, 400, { error: 'the body is not JSON' }, 'application/json');
-      }
+      const order = drainOrder(body);
+      if (order.error) return reply(res, 400, { error: order.error }, 'application/json');
       return reply(res, 202, { asked: startDrain(order) }, 'application/json');
     });
     return undefined;
@@ -142,10 +187,14 @@ server.on('upgrade', (req, socket, head) => {
 // connections, ask the remaining websockets to reconnect, then exit.
 process.on('SIGTERM', () => {
   server.close();
+  controlServer.close();
   for (const ws of sockets) ws.close(1012, 'service restart: reconnect');
   setTimeout(() => process.exit(0), 200).unref();
 });
 
-server.listen(port, host, () => {
-  console.log(`${colour} ${version} listening on ${host}:${port}`);
+server.listen(listen.port, listen.host, () => {
+  console.log(`${colour} ${version} listening on ${listen.host}:${listen.port}`);
+});
+controlServer.listen(control.port, control.host, () => {
+  console.log(`control routes for the gate on ${control.host}:${control.port}`);
 });

@@ -319,6 +319,18 @@ impl Deployer<'_> {
             self.report.step(format!(
                 "{open} websockets open on {idle}; {asked} newly asked to reconnect"
             ));
+            // Batches of --drain-batch every --drain-interval: more than
+            // the timeout allows are never all asked.
+            let batches = open.div_ceil(o.drain_batch.max(1) as u64);
+            let takes = o
+                .drain_interval
+                .saturating_mul(u32::try_from(batches).unwrap_or(u32::MAX));
+            if takes > o.drain_timeout {
+                self.report.warn(format!(
+                    "asking {open} websockets {} at a time every {:?} takes about {takes:?}, longer than --drain-timeout {:?}: raise --drain-batch or --drain-timeout",
+                    o.drain_batch, o.drain_interval, o.drain_timeout
+                ));
+            }
         }
         let drained = self
             .wait(WaitFor::Drained(idle), o.drain_timeout, false, || async {
@@ -334,8 +346,19 @@ impl Deployer<'_> {
             }
             Err(CtlError::Timeout(t @ Timeout::Gates { .. })) => {
                 // What the restart would cut, and why, as the gates say now.
-                let Ok(left) = self.connections(idle).await else {
-                    return Err(CtlError::Timeout(t));
+                let left = match self.connections(idle).await {
+                    Ok(left) if left.websockets == 0 && left.requests == 0 => {
+                        self.report.step(format!("{idle} drained"));
+                        return Ok(());
+                    }
+                    Ok(left) => left,
+                    Err(_) if o.on_drain_timeout == OnDrainTimeout::Proceed => {
+                        self.report.warn(format!(
+                            "{t}; proceeding, as --on-drain-timeout proceed says"
+                        ));
+                        return Ok(());
+                    }
+                    Err(_) => return Err(CtlError::Timeout(t)),
                 };
                 let undrained = Undrained {
                     colour: idle,

@@ -138,6 +138,7 @@ impl Gate {
             ("poll_interval", cfg.poll_interval),
             ("presence_ttl", cfg.presence_ttl),
             ("store_timeout", cfg.store_timeout),
+            ("drain_interval", cfg.drain_interval),
         ] {
             if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
                 return Err(bad(field, "must be between 10ms and 1h"));
@@ -324,6 +325,10 @@ impl Gate {
     ) -> Option<Result<u64, String>> {
         let svc = self.inner.service.as_ref()?;
         let path = svc.cfg.drain_path.as_ref()?;
+        if !svc.is_up() {
+            // A service that is down holds no websockets to move.
+            return Some(Ok(0));
+        }
         let asked = svc.drain(path, batch, pause, lasting).await;
         if asked.is_ok() {
             // The service cannot tell when this colour is live again: stop

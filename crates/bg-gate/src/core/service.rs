@@ -110,6 +110,12 @@ impl ServiceConfig {
         if self.interval < Duration::from_millis(10) || self.interval > Duration::from_secs(3600) {
             return Err(("service_interval", "must be between 10ms and 1h".to_owned()));
         }
+        if self.drain_path.is_some() != self.connections_path.is_some() {
+            return Err((
+                "service_drain_path",
+                "goes with service_connections_path: a drain is waited for by counting".to_owned(),
+            ));
+        }
         for (field, n) in [("service_fall", self.fall), ("service_rise", self.rise)] {
             if n == 0 || n > 100 {
                 return Err((field, "must be between 1 and 100".to_owned()));
@@ -210,25 +216,50 @@ impl ServiceState {
             .map_err(|e| format!("GET {path}: {}", without_url(&e)))
     }
 
-    /// One check: the health route, then the version and the connections.
+    /// One check: the health route, which alone decides; then the
+    /// version and the connections, each unknown until read again when
+    /// its route fails (and all of it unknown when the health route
+    /// fails: a crashed service has no version and no websockets).
     async fn check(&self) -> Result<(), String> {
-        self.get(&self.cfg.health_path).await?;
+        if let Err(e) = self.get(&self.cfg.health_path).await {
+            self.forget();
+            return Err(e);
+        }
+        let mut trouble = None;
         if let Some(path) = &self.cfg.version_path {
-            let body = self.get(path).await?;
-            let version = parse_version(&body)
-                .ok_or_else(|| format!("GET {path}: no version in its answer"))?;
-            self.version.store(Some(std::sync::Arc::new(version)));
+            match self.get(path).await.and_then(|body| {
+                parse_version(&body).ok_or_else(|| format!("GET {path}: no version in its answer"))
+            }) {
+                Ok(v) => self.version.store(Some(std::sync::Arc::new(v))),
+                Err(e) => {
+                    self.version.store(None);
+                    trouble = Some(e);
+                }
+            }
         }
         if let Some(path) = &self.cfg.connections_path {
-            let body = self.get(path).await?;
-            let n = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["connections"].as_u64())
-                .filter(|n| *n < u64::MAX)
-                .ok_or_else(|| format!("GET {path}: no {{\"connections\": N}} in its answer"))?;
-            self.websockets.store(n, Ordering::Relaxed);
+            match self.get(path).await.and_then(|body| {
+                serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["connections"].as_u64())
+                    .filter(|n| *n < u64::MAX)
+                    .ok_or_else(|| format!("GET {path}: no {{\"connections\": N}} in its answer"))
+            }) {
+                Ok(n) => self.websockets.store(n, Ordering::Relaxed),
+                Err(e) => {
+                    self.websockets.store(u64::MAX, Ordering::Relaxed);
+                    trouble = Some(e);
+                }
+            }
         }
+        self.set_error(trouble);
         Ok(())
+    }
+
+    /// What the gate knew of a service that stopped answering.
+    fn forget(&self) {
+        self.version.store(None);
+        self.websockets.store(u64::MAX, Ordering::Relaxed);
     }
 
     /// Forwards a drain to the service; how many websockets it says it
@@ -354,7 +385,6 @@ pub(super) async fn watch_service(weak: Weak<Inner>) {
         let (rise, fall, interval) = (svc.cfg.rise, svc.cfg.fall, svc.cfg.interval);
         match result {
             Ok(()) => {
-                svc.set_error(None);
                 bad = 0;
                 good = good.saturating_add(1);
                 if good >= rise && !svc.up.swap(true, Ordering::Relaxed) {

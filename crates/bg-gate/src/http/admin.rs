@@ -97,16 +97,22 @@ async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
         .and_then(|b| b.batch)
         .unwrap_or(10)
         .clamp(1, 10_000);
+    // At least 10 ms between batches: a drain runs for its whole time.
     let interval = Duration::from_millis(
         body.as_ref()
             .and_then(|b| b.interval_ms)
             .unwrap_or(1000)
-            .min(60_000),
+            .clamp(10, 60_000),
     );
-    let lasting = body
-        .and_then(|b| b.timeout_ms)
-        .map_or(DRAIN_LASTS, Duration::from_millis)
-        .min(DRAIN_LASTS_AT_MOST);
+    let lasting = match body.and_then(|b| b.timeout_ms) {
+        Some(0) => {
+            return Err(HttpError::bad_request(
+                "timeout_ms must be at least 1: it is how long the drain goes on asking",
+            ));
+        }
+        Some(ms) => Duration::from_millis(ms).min(DRAIN_LASTS_AT_MOST),
+        None => DRAIN_LASTS,
+    };
     let mut asked = gate.drain(batch, interval, Some(lasting)) as u64;
     match gate.drain_service(batch, interval, lasting).await {
         None => {}

@@ -255,12 +255,13 @@ pub struct GateArgs {
     service_version_path: Option<String>,
 
     /// Forward drains to this route of the service: POST
-    /// {"close_code":1012,"batch":N,"interval_ms":M,"timeout_ms":T} (timeout_ms 0: stop).
+    /// {"close_code":1012,"batch":N,"interval_ms":M,"timeout_ms":T} (timeout_ms 0: stop). Goes
+    /// with --service-connections-path: bg-ctl drains only the websockets it can count.
     #[arg(
         long,
         env = "BG_SERVICE_DRAIN_PATH",
         value_name = "PATH",
-        requires = "service_url",
+        requires_all = ["service_url", "service_connections_path"],
         help_heading = "Sidecar mode"
     )]
     service_drain_path: Option<String>,
@@ -271,7 +272,7 @@ pub struct GateArgs {
         long,
         env = "BG_SERVICE_CONNECTIONS_PATH",
         value_name = "PATH",
-        requires = "service_url",
+        requires_all = ["service_url", "service_drain_path"],
         help_heading = "Sidecar mode"
     )]
     service_connections_path: Option<String>,

@@ -122,7 +122,8 @@ async fn the_service_decides_whether_the_gate_may_answer_ok() {
     let s = status(&r).await;
     assert!(s.live);
     assert_eq!(s.version, "v7", "the version comes from the service");
-    assert_eq!(agent_line(&g).await, "ready\n");
+    // HAProxy keeps a server its agent called down until told `up`.
+    assert_eq!(agent_line(&g).await, "up ready\n");
 
     // The service fails its checks: 503 DOWN, live colour or not; the
     // agent says down; the store is not touched.
@@ -142,6 +143,11 @@ async fn the_service_decides_whether_the_gate_may_answer_ok() {
         service.error.as_deref().unwrap_or("").contains("/health"),
         "{service:?}"
     );
+    // A service that does not answer has no version and no websockets:
+    // the gate falls back to --service-version and counts none.
+    assert_eq!(service.version, None);
+    assert_eq!(service.websockets, None);
+    assert_eq!(s.version, "v1");
     let metrics = get(&r, "/metrics").await.body;
     assert!(metrics.contains("bg_gate_service_up 0"), "{metrics}");
     assert!(metrics.contains("bg_gate_live 0"), "{metrics}");
@@ -156,6 +162,35 @@ async fn the_service_decides_whether_the_gate_may_answer_ok() {
     wait_for(|| g.service_up()).await;
     assert_eq!(get(&r, "/balancer-keepalive-check").await.body, "OK");
     assert_eq!(status(&r).await.version, "v8");
+    assert_eq!(agent_line(&g).await, "up ready\n");
+}
+
+#[tokio::test]
+async fn only_the_health_route_decides() {
+    // A service whose version route is broken still serves: it stays in
+    // rotation, and the trouble is reported.
+    let svc = Arc::new(Service::default());
+    svc.healthy.store(true, Ordering::SeqCst);
+    let addr = service(Arc::clone(&svc)).await;
+    let store = memory_with(Colour::Blue).await;
+    let mut cfg = sidecar_config(Colour::Blue, addr);
+    cfg.service.as_mut().unwrap().version_path = Some("/no-version-here".into());
+    let g = gate(&store, cfg).await;
+    let r = router(&g);
+    let _follower = g.start();
+    wait_for(|| g.service_up()).await;
+    let s = status(&r).await;
+    assert!(s.live);
+    let service = s.service.unwrap();
+    assert!(
+        service
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("/no-version-here"),
+        "{service:?}"
+    );
+    assert_eq!(service.version, None);
 }
 
 #[tokio::test]
@@ -190,6 +225,18 @@ async fn drains_go_to_the_service_and_its_websockets_count() {
         })]
     );
 
+    // timeout_ms 0 would drain nobody: refused, and not forwarded.
+    let a = call(
+        &r,
+        Method::POST,
+        "/bg/drain",
+        Some(TOKEN),
+        r#"{"timeout_ms":0}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(svc.drains.lock().unwrap().len(), 1);
+
     // Blue goes live again while the service drains: its drain is stopped.
     store
         .switch(&app(), SwitchRequest::new(Colour::Blue, "t"))
@@ -198,11 +245,27 @@ async fn drains_go_to_the_service_and_its_websockets_count() {
     wait_for(|| svc.drains.lock().unwrap().len() == 2).await;
     assert_eq!(svc.drains.lock().unwrap()[1]["timeout_ms"], 0);
 
+    // A service that is down holds nothing to drain: nothing is forwarded.
+    svc.healthy.store(false, Ordering::SeqCst);
+    store
+        .switch(&app(), SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+    wait_for(|| !g.service_up()).await;
+    let a = call(&r, Method::POST, "/bg/drain", Some(TOKEN), "").await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    assert_eq!(a.json()["asked"], 0);
+    assert_eq!(svc.drains.lock().unwrap().len(), 2);
+    assert_eq!(status(&r).await.connections.websockets, 0);
+
     // A service that does not take the drain: the caller is told.
+    svc.healthy.store(true, Ordering::SeqCst);
     let store = memory_with(Colour::Green).await;
     let mut cfg = sidecar_config(Colour::Blue, addr);
     cfg.service.as_mut().unwrap().drain_path = Some("/no-such-route".into());
     let g = gate(&store, cfg).await;
+    let _follower = g.start();
+    wait_for(|| g.service_up()).await;
     let a = call(&router(&g), Method::POST, "/bg/drain", Some(TOKEN), "").await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
     assert_eq!(a.json()["kind"], "service_unavailable");
@@ -216,4 +279,14 @@ async fn bad_service_settings_are_refused() {
     cfg.service = Some(ServiceConfig::new("localhost:3000"));
     let err = Gate::new(Arc::clone(&store), cfg, auth()).unwrap_err();
     assert!(err.to_string().contains("service_url"), "{err}");
+    // A drain route without a way to count what it drains.
+    let mut cfg = config(Colour::Blue);
+    let mut s = ServiceConfig::new("http://127.0.0.1:3000");
+    s.drain_path = Some("/drain".into());
+    cfg.service = Some(s);
+    let err = Gate::new(Arc::clone(&store), cfg, auth()).unwrap_err();
+    assert!(
+        err.to_string().contains("service_connections_path"),
+        "{err}"
+    );
 }
