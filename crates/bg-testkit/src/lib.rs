@@ -40,6 +40,9 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Arguments beyond the defaults (TLS, replication, cluster mode).
+    extra: Vec<String>,
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -50,13 +53,46 @@ impl RedisServer {
     /// it) or does not come up; a test needing Redis must fail, not skip.
     #[must_use]
     pub fn start() -> Self {
+        RedisServer::start_with(&[], false, None)
+    }
+
+    /// Starts `redis-server` with `extra` arguments after the defaults
+    /// (`--replicaof …`, `--cluster-enabled yes`, …).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    #[must_use]
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        RedisServer::start_with(&extra, false, None)
+    }
+
+    /// Starts `redis-server` answering TLS on [`RedisServer::tls_url`] with
+    /// the certificate `tls` signed (and plain TCP on [`RedisServer::url`]).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    #[must_use]
+    pub fn start_tls(tls: &TlsFiles) -> Self {
+        RedisServer::start_with(&[], true, Some(tls))
+    }
+
+    fn start_with(extra: &[String], tls: bool, files: Option<&TlsFiles>) -> Self {
         let mut last_err = String::new();
         // A port found free can be taken before the server binds it: retry.
         for _ in 0..5 {
+            let tls_port = tls.then(free_port);
+            let mut args = extra.to_vec();
+            if let (Some(port), Some(files)) = (tls_port, files) {
+                args.extend(["--tls-port".to_owned(), port.to_string()]);
+                args.extend(files.server_args());
+            }
             let mut server = RedisServer {
                 child: None,
                 port: free_port(),
                 dir: tempfile::tempdir().expect("a temporary directory"),
+                extra: args,
+                tls_port,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -76,6 +112,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -123,6 +160,39 @@ impl RedisServer {
     #[must_use]
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The TLS port of a server made by [`RedisServer::start_tls`].
+    ///
+    /// # Panics
+    /// If the server has no TLS port.
+    #[must_use]
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("a server started with start_tls")
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/0`.
+    ///
+    /// # Panics
+    /// If the server has no TLS port.
+    #[must_use]
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.tls_port())
+    }
+
+    /// Runs `redis-cli` against this server with `args`, and answers its output.
+    ///
+    /// # Panics
+    /// If `redis-cli` cannot run or fails.
+    #[must_use]
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+
+    /// Whether the process is still running.
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     fn log_path(&self) -> PathBuf {
@@ -193,6 +263,145 @@ impl Drop for RedisServer {
             );
         }
         self.stop();
+    }
+}
+
+/// Runs `redis-cli -p port args…`, and answers its output.
+///
+/// # Panics
+/// If `redis-cli` cannot run or fails.
+#[must_use]
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli runs (the README's test command installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A certificate authority of a test's own and a server certificate it
+/// signed for `127.0.0.1` and `localhost`, made with `openssl` in a
+/// temporary directory.
+#[derive(Debug)]
+pub struct TlsFiles {
+    dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    /// Makes a new CA and a server certificate.
+    ///
+    /// # Panics
+    /// If `openssl` is missing or fails (the README's test command installs it).
+    #[must_use]
+    pub fn generate() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl runs (the README's test command installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bluegreen test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat());
+        std::fs::write(
+            dir.path().join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("a certificate extension file");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TlsFiles { dir }
+    }
+
+    /// The CA certificate (PEM) a client trusts.
+    #[must_use]
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The arguments that give `redis-server` (or a sentinel) this
+    /// certificate, without asking clients for one.
+    #[must_use]
+    pub fn server_args(&self) -> Vec<String> {
+        let p = |f: &str| self.dir.path().join(f).display().to_string();
+        vec![
+            "--tls-cert-file".into(),
+            p("server.pem"),
+            "--tls-key-file".into(),
+            p("server.key"),
+            "--tls-ca-cert-file".into(),
+            p("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
     }
 }
 

@@ -36,7 +36,9 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub(super) struct Global {
-    /// Where the state lives: file:///path, redis://host:port/db, rediss://…
+    /// Where the state lives: file:///path, redis://host:port/db,
+    /// redis-sentinel://host:port[,host:port…]/master_name,
+    /// redis-cluster://host:port[,host:port…], or rediss… for TLS
     #[arg(
         long,
         env = "BG_STORE",
@@ -45,6 +47,11 @@ pub(super) struct Global {
         conflicts_with = "gate"
     )]
     pub(super) store: Option<String>,
+
+    /// The CA certificate (PEM) that signed the Redis servers' certificates,
+    /// for rediss… URLs without ?ca=FILE
+    #[arg(long, env = "BG_REDIS_CA", global = true)]
+    pub(super) redis_ca: Option<std::path::PathBuf>,
 
     /// Use a gate's store API as the store (when CI reaches the services but not Redis).
     #[arg(long, env = "BG_GATE", global = true)]

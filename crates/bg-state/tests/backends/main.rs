@@ -4,6 +4,7 @@
 mod file;
 mod memory;
 mod redis;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
