@@ -158,13 +158,20 @@ fn an_untrusted_redis_certificate_exits_2_and_bg_redis_ca_fixes_it() {
     let server = bg_testkit::RedisServer::start_tls(&tls);
     let run = |ca: Option<&std::path::Path>, args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-ctl"));
-        cmd.args(["--store", &server.tls_url(), "--app", "chat", "--actor", "test"])
-            .args(["--timeout", "2s"])
-            .args(args)
-            .env_remove("BG_GATE")
-            .env_remove("BG_REDIS_CA")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--store",
+            &server.tls_url(),
+            "--app",
+            "chat",
+            "--actor",
+            "test",
+        ])
+        .args(["--timeout", "2s"])
+        .args(args)
+        .env_remove("BG_GATE")
+        .env_remove("BG_REDIS_CA")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         if let Some(ca) = ca {
             cmd.env("BG_REDIS_CA", ca);
         }
@@ -180,5 +187,8 @@ fn an_untrusted_redis_certificate_exits_2_and_bg_redis_ca_fixes_it() {
     assert!(out.status.success(), "{out:?}");
     let out = run(Some(&tls.ca()), &["status"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("blue"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("blue"),
+        "{out:?}"
+    );
 }

@@ -43,6 +43,8 @@ pub struct RedisServer {
     /// Arguments beyond the defaults (TLS, replication, cluster mode).
     extra: Vec<String>,
     tls_port: Option<u16>,
+    /// A sentinel's configuration file (sentinels rewrite it).
+    sentinel_conf: Option<String>,
 }
 
 impl RedisServer {
@@ -93,6 +95,7 @@ impl RedisServer {
                 dir: tempfile::tempdir().expect("a temporary directory"),
                 extra: args,
                 tls_port,
+                sentinel_conf: None,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -104,7 +107,13 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.log_path();
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            let path = self.dir.path().join("sentinel.conf");
+            std::fs::write(&path, conf).map_err(|e| format!("cannot write {path:?}: {e}"))?;
+            cmd.arg(path).arg("--sentinel");
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -160,6 +169,37 @@ impl RedisServer {
     #[must_use]
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts a sentinel (`redis-server --sentinel`) watching the master
+    /// `name` at `master_port` on loopback, alone in its quorum, quick to
+    /// declare it down (1 s) and to fail over.
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    #[must_use]
+    pub fn start_sentinel(name: &str, master_port: u16) -> Self {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().expect("a temporary directory"),
+                extra: Vec::new(),
+                tls_port: None,
+                sentinel_conf: Some(format!(
+                    "sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n"
+                )),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("redis-server --sentinel did not start: {last_err}");
     }
 
     /// The TLS port of a server made by [`RedisServer::start_tls`].
@@ -263,6 +303,87 @@ impl Drop for RedisServer {
             );
         }
         self.stop();
+    }
+}
+
+/// A master, its replica and a sentinel watching them: what
+/// `redis-sentinel://` URLs name. Everything stops on drop.
+#[derive(Debug)]
+pub struct SentinelSet {
+    /// The master it started with (after a failover, a replica or dead).
+    pub master: RedisServer,
+    /// The replica it started with (after a failover, the master).
+    pub replica: RedisServer,
+    /// The sentinel.
+    pub sentinel: RedisServer,
+    name: String,
+}
+
+impl SentinelSet {
+    /// Starts the three servers and waits until the replica is in sync and
+    /// the sentinel knows it (so that it can promote it).
+    ///
+    /// # Panics
+    /// If any does not come up within 20 s.
+    #[must_use]
+    pub fn start(name: &str) -> Self {
+        let master = RedisServer::start();
+        let port = master.port().to_string();
+        let replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &port]);
+        let sentinel = RedisServer::start_sentinel(name, master.port());
+        let set = SentinelSet {
+            master,
+            replica,
+            sentinel,
+            name: name.to_owned(),
+        };
+        set.wait_until("the replica is in sync and known to the sentinel", || {
+            set.replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+                && set
+                    .sentinel
+                    .cli(&["SENTINEL", "replicas", name])
+                    .contains(&set.replica.port().to_string())
+        });
+        set
+    }
+
+    /// `redis-sentinel://127.0.0.1:<sentinel port>/<name>`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}/{}",
+            self.sentinel.port(),
+            self.name
+        )
+    }
+
+    /// The port of the master the sentinel names now.
+    ///
+    /// # Panics
+    /// If the sentinel does not answer.
+    #[must_use]
+    pub fn master_port(&self) -> u16 {
+        let out = self
+            .sentinel
+            .cli(&["SENTINEL", "get-master-addr-by-name", &self.name]);
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the sentinel names no master: {out:?}"))
+    }
+
+    /// Waits up to 20 s for `done`.
+    ///
+    /// # Panics
+    /// If it never holds.
+    pub fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "after 20 s, not yet: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

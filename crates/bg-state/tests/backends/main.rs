@@ -4,6 +4,7 @@
 mod file;
 mod memory;
 mod redis;
+mod sentinel;
 mod tls;
 
 use std::sync::Arc;

@@ -1,0 +1,104 @@
+//! Redis under Sentinel: one master, one replica, one sentinel, shared by
+//! every check here (one set-up, run in order): the suite, writes the
+//! replicas must confirm, and the legacy mirror, which works with one master.
+
+use std::time::Duration;
+
+use bg_state::conformance::run_all;
+use bg_state::{
+    AppName, Colour, ColourStore, Error, InitRequest, LegacyMirror, RedisOptions, RedisStore,
+    SwitchRequest,
+};
+use bg_testkit::SentinelSet;
+
+use super::{HISTORY_CAP, config, shared};
+
+fn options() -> RedisOptions {
+    RedisOptions {
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(1),
+        replica_timeout: Duration::from_millis(300),
+        history_cap: HISTORY_CAP,
+        ..RedisOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_managed_master() {
+    let set = SentinelSet::start("bgmaster");
+    let url = set.url();
+
+    // The suite, unchanged; every switch and init waits for the replica.
+    let stores = [
+        shared(RedisStore::with_options(&url, options()).unwrap()),
+        shared(RedisStore::with_options(&url, options()).unwrap()),
+        shared(RedisStore::with_options(&url, options()).unwrap()),
+    ];
+    run_all(&stores, &config()).await;
+
+    // More replicas than there are: the write happens, but is not
+    // acknowledged; its retry by request id is recognised once confirmed.
+    let app = AppName::new("durable").unwrap();
+    let store = RedisStore::with_options(&url, options()).unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let greedy = RedisStore::with_options(&format!("{url}?min_replicas=2"), options()).unwrap();
+    let switch = || {
+        SwitchRequest::new(Colour::Green, "t")
+            .expect_generation(1)
+            .request_id("job-7-switch")
+    };
+    let err = greedy.switch(&app, switch()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable { .. }) && err.is_retryable(),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("only 1 of 2 replicas"), "{err}");
+    let out = store.switch(&app, switch()).await.unwrap();
+    assert_eq!((out.state.active, out.state.generation), (Colour::Green, 2));
+    let err = greedy
+        .init(&app, InitRequest::new(Colour::Blue, "t").force(true))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+
+    // The legacy mirror works: there is one master.
+    let app = AppName::new("legacy").unwrap();
+    let opts = RedisOptions {
+        mirror: Some(LegacyMirror::new(app.clone(), "alfa", "beta").unwrap()),
+        ..options()
+    };
+    let store = RedisStore::with_options(&url, opts).unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    store
+        .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+        .await
+        .unwrap();
+    let master = bg_testkit::redis_cli(
+        set.master_port(),
+        &["MGET", "lb-status-alfa", "lb-status-beta"],
+    );
+    assert_eq!(master.split_whitespace().collect::<Vec<_>>(), ["0", "1"]);
+    // The replica holds it too: the switch waited for it.
+    let replica = set
+        .replica
+        .cli(&["HGET", "bg:{legacy}:state", "generation"]);
+    assert_eq!(replica.trim(), "2");
+}
+
+#[test]
+fn the_legacy_mirror_is_refused_with_a_cluster() {
+    let opts = RedisOptions {
+        mirror: Some(LegacyMirror::new(AppName::new("x").unwrap(), "alfa", "beta").unwrap()),
+        ..RedisOptions::default()
+    };
+    let err =
+        RedisStore::with_options("redis-cluster://127.0.0.1:1,127.0.0.1:2", opts).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    assert!(err.to_string().contains("Redis Cluster"), "{err}");
+}
