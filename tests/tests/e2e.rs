@@ -2,6 +2,7 @@
 //! balancer. The heavy ones run one at a time (see [`serial`]): the machines
 //! have two cores.
 
+mod failover;
 mod lb;
 mod processes;
 mod release;
