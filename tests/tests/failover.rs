@@ -1,4 +1,5 @@
-//! Redis Sentinel failing over under two running `bg-gate` processes: the
+//! Redis Sentinel failing over, and a Redis Cluster moving the app's slot,
+//! under two running `bg-gate` processes. Under Sentinel the
 //! gates answer the same while the master is gone, `bg-ctl` switches on the
 //! promoted replica, and no acknowledged switch is lost.
 
@@ -6,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bg_e2e::{Ctl, Instance, addr_of, gate_status, instances, run, show};
 use bg_state::{AppName, Colour};
-use bg_testkit::{SentinelSet, workspace_binary};
+use bg_testkit::{RedisCluster, SentinelSet, workspace_binary};
 
 const TOKEN: &str = "failover-test-token-0123";
 
@@ -109,6 +110,43 @@ async fn a_sentinel_failover_under_running_gates_loses_no_acknowledged_switch() 
     .await;
     let last = read(store.as_ref(), &app).await;
     assert_eq!((last.active, last.generation), (Colour::Blue, 3));
+    for colour in ["blue", "green"] {
+        let status = gate_status(addr_of(&gates, colour)).unwrap();
+        assert_eq!(status.generation, 3, "{colour}: {status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_moves_the_apps_slot_under_running_gates() {
+    let _serial = crate::serial().await;
+    let cluster = RedisCluster::start(3);
+    let url = cluster.url();
+    let program = workspace_binary("bg-gate", "bg-gate");
+    let gate = |colour| {
+        Instance::new(program.clone(), colour, &url, "chat")
+            .args(&["--poll-interval", "100ms", "--handover", "0s"])
+            .env("BG_TOKEN", TOKEN)
+            .started("v1")
+    };
+    let gates = instances([gate("blue"), gate("green")]);
+    wait_for("blue live", || answers(&gates) == (Some(true), Some(false))).await;
+    let ctl = Ctl::workspace(&url, "chat", TOKEN, "reshard-test");
+    let out = run(ctl.command(&["switch", "--to", "green", "--timeout", "3s"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    wait_for("green live", || answers(&gates) == (Some(false), Some(true))).await;
+
+    // The app's slot moves to another master while the gates poll and listen.
+    let slot = cluster.slot_of("bg:{chat}:state");
+    let from = cluster.owner_of(slot);
+    cluster.move_slot(slot, (from + 1) % 3);
+    assert_eq!(answers(&gates), (Some(false), Some(true)));
+
+    let out = run(ctl.command(&["switch", "--to", "blue", "--timeout", "3s"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    wait_for("both gates see the switch after the move", || {
+        answers(&gates) == (Some(true), Some(false))
+    })
+    .await;
     for colour in ["blue", "green"] {
         let status = gate_status(addr_of(&gates, colour)).unwrap();
         assert_eq!(status.generation, 3, "{colour}: {status:?}");
