@@ -95,12 +95,16 @@ async fn a_sentinel_failover_under_running_gates_loses_no_acknowledged_switch() 
     let out = run(ctl.command(&["switch", "--to", "blue", "--timeout", "2s"])).await;
     assert_eq!(out.status.code(), Some(5), "{}", show(&out));
 
-    // The old node comes back empty; the sentinel makes it a replica of
-    // the new master, and the same switch, run again, is confirmed.
+    // The old node comes back empty as a replica of the new master (the
+    // sentinel would turn it into one too, in its own time), and the same
+    // switch, run again, is confirmed.
     set.master.restart();
     let old = set.master.port();
+    let new = set.replica.port().to_string();
+    let _ = bg_testkit::redis_cli(old, &["REPLICAOF", "127.0.0.1", &new]);
     set.wait_until("the old master rejoins as a replica", || {
         bg_testkit::redis_cli(old, &["INFO", "replication"]).contains("master_link_status:up")
+            && set.replica.replicated_write()
     });
     let out = run(ctl.command(&["switch", "--to", "blue", "--timeout", "3s"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
@@ -133,7 +137,10 @@ async fn a_cluster_moves_the_apps_slot_under_running_gates() {
     let ctl = Ctl::workspace(&url, "chat", TOKEN, "reshard-test");
     let out = run(ctl.command(&["switch", "--to", "green", "--timeout", "3s"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    wait_for("green live", || answers(&gates) == (Some(false), Some(true))).await;
+    wait_for("green live", || {
+        answers(&gates) == (Some(false), Some(true))
+    })
+    .await;
 
     // The app's slot moves to another master while the gates poll and listen.
     let slot = cluster.slot_of("bg:{chat}:state");

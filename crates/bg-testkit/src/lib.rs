@@ -229,6 +229,31 @@ impl RedisServer {
         redis_cli(self.port, args)
     }
 
+    /// Whether a write on this master reaches a replica within 100 ms
+    /// (`WAIT` on the connection that wrote): a replica just synced takes a
+    /// moment before the master streams to it.
+    #[must_use]
+    pub fn replicated_write(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let script = b"SET bg-testkit-sync 1\r\nWAIT 1 100\r\nDEL bg-testkit-sync\r\n";
+        if s.write_all(script).is_err() {
+            return false;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        // +OK, :<replicas>, :1
+        while got.iter().filter(|b| **b == b'\n').count() < 3 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).lines().nth(1) == Some(":1")
+    }
+
     /// Whether the process is still running.
     #[must_use]
     pub fn is_running(&self) -> bool {
@@ -327,9 +352,14 @@ impl SentinelSet {
     /// If any does not come up within 20 s.
     #[must_use]
     pub fn start(name: &str) -> Self {
-        let master = RedisServer::start();
+        // Either may be the master after a failover; neither waits for more
+        // replicas before it syncs one.
+        let quick = ["--repl-diskless-sync-delay", "0"];
+        let master = RedisServer::start_with_args(&quick);
         let port = master.port().to_string();
-        let replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &port]);
+        let replica = RedisServer::start_with_args(
+            &[&quick[..], &["--replicaof", "127.0.0.1", &port]].concat(),
+        );
         let sentinel = RedisServer::start_sentinel(name, master.port());
         let set = SentinelSet {
             master,
@@ -341,6 +371,7 @@ impl SentinelSet {
             set.replica
                 .cli(&["INFO", "replication"])
                 .contains("master_link_status:up")
+                && set.master.replicated_write()
                 && set
                     .sentinel
                     .cli(&["SENTINEL", "replicas", name])
