@@ -397,9 +397,18 @@ async fn durability(md: &mut String) {
             .await
             .expect("init");
         let mut took = Vec::with_capacity(1000);
-        let mut generation = store.get(&app).await.expect("read").expect("state").generation;
+        let mut generation = store
+            .get(&app)
+            .await
+            .expect("read")
+            .expect("state")
+            .generation;
         for i in 0..1000 {
-            let to = if i % 2 == 0 { Colour::Green } else { Colour::Blue };
+            let to = if i % 2 == 0 {
+                Colour::Green
+            } else {
+                Colour::Blue
+            };
             let started = Instant::now();
             let out = store
                 .switch(
