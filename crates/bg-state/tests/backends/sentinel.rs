@@ -89,6 +89,58 @@ async fn sentinel_managed_master() {
         .replica
         .cli(&["HGET", "bg:{legacy}:state", "generation"]);
     assert_eq!(replica.trim(), "2");
+
+    // A failover with the old master alive (it becomes a replica and
+    // answers writes with READONLY): the store finds the new master, and a
+    // subscription made before hears a switch made after.
+    let app = AppName::new("moved").unwrap();
+    let store = RedisStore::with_options(&url, options()).unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let mut changes = store.subscribe(&app).await.unwrap();
+    let old = set.master_port();
+    let _ = set.sentinel.cli(&["SENTINEL", "FAILOVER", "bgmaster"]);
+    set.wait_until("the sentinel names the replica", || {
+        set.master_port() != old
+    });
+    // The sentinel turns the old master into a replica in its own time
+    // (seconds); do it now.
+    let new = set.master_port().to_string();
+    let _ = bg_testkit::redis_cli(old, &["REPLICAOF", "127.0.0.1", &new]);
+    set.wait_until("the old master follows the new one", || {
+        set.replica.replicated_write()
+    });
+    let switch = || SwitchRequest::new(Colour::Green, "t").request_id("after-failover");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        match store.switch(&app, switch()).await {
+            Ok(out) => break out,
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no switch after the failover: {e:?}"),
+        }
+    };
+    assert_eq!(out.state.generation, 2);
+    // A hint is a hint: whether it carries the generation or (after the
+    // subscription moved to the new master) says "read again", the read it
+    // leads to shows the switch.
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        while changes.recv().await.is_some() {
+            if let Ok(Some(state)) = store.get(&app).await
+                && state.generation == 2
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        heard.is_ok(),
+        "the subscription did not follow the failover"
+    );
 }
 
 #[test]
