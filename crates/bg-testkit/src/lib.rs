@@ -435,25 +435,48 @@ impl RedisCluster {
     /// If the cluster does not form within 20 s.
     #[must_use]
     pub fn start(n: usize) -> Self {
+        RedisCluster::start_with(n, None)
+    }
+
+    /// As [`RedisCluster::start`], every node also answering TLS with the
+    /// certificate `tls` signed, the cluster bus over TLS too
+    /// (`--tls-cluster yes`): TLS clients are told the nodes' TLS ports.
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`].
+    #[must_use]
+    pub fn start_tls(n: usize, tls: &TlsFiles) -> Self {
+        RedisCluster::start_with(n, Some(tls))
+    }
+
+    fn start_with(n: usize, tls: Option<&TlsFiles>) -> Self {
+        let mut args: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if tls.is_some() {
+            args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+        }
         let nodes: Vec<RedisServer> = (0..n)
-            .map(|_| {
-                RedisServer::start_with_args(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
+            .map(|_| RedisServer::start_with(&args, tls.is_some(), tls))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(n.port())))
             .collect();
+        let ca = tls.map(|t| t.ca().display().to_string());
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        if let Some(ca) = &ca {
+            args.extend(["--tls", "--cacert", ca]);
+        }
         let out = Command::new("redis-cli")
             .args(&args)
             .stdin(Stdio::null())
@@ -490,6 +513,20 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         format!("redis-cluster://{}", nodes.join(","))
+    }
+
+    /// `rediss-cluster://127.0.0.1:<tls port>,…` naming every node.
+    ///
+    /// # Panics
+    /// Unless the cluster was made by [`RedisCluster::start_tls`].
+    #[must_use]
+    pub fn tls_url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.tls_port()))
+            .collect();
+        format!("rediss-cluster://{}", nodes.join(","))
     }
 
     /// The hash slot of `key`.
@@ -543,7 +580,8 @@ impl RedisCluster {
             if keys.is_empty() {
                 break;
             }
-            let port = dst.port().to_string();
+            // With the cluster bus over TLS, MIGRATE speaks TLS too.
+            let port = dst.tls_port.unwrap_or(dst.port()).to_string();
             let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
             args.extend(keys);
             ok(src, &args);

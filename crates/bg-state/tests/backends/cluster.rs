@@ -1,6 +1,6 @@
 //! Redis Cluster: three masters, one cluster for every check here (run in
-//! order): the suite, and the app's slot moved to another master under a
-//! running subscription.
+//! order): the suite in plain TCP and over TLS, and the app's slot moved to
+//! another master under a running subscription.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use bg_state::conformance::run_all;
 use bg_state::{
     AppName, Colour, ColourStore, InitRequest, RedisOptions, RedisStore, SwitchRequest,
 };
-use bg_testkit::RedisCluster;
+use bg_testkit::{RedisCluster, TlsFiles};
 
 use super::{HISTORY_CAP, config, shared};
 
@@ -23,14 +23,18 @@ fn options() -> RedisOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_master_cluster() {
-    let cluster = RedisCluster::start(3);
+    let tls = TlsFiles::generate();
+    let cluster = RedisCluster::start_tls(3, &tls);
     let url = cluster.url();
-    let stores = [
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-    ];
-    run_all(&stores, &config()).await;
+    let tls_url = format!("{}?ca={}", cluster.tls_url(), tls.ca().display());
+    for url in [&url, &tls_url] {
+        let stores = [
+            shared(RedisStore::with_options(url, options()).unwrap()),
+            shared(RedisStore::with_options(url, options()).unwrap()),
+            shared(RedisStore::with_options(url, options()).unwrap()),
+        ];
+        run_all(&stores, &config()).await;
+    }
 
     // The app's slot moves to another master: reads, writes and change
     // hints carry on.
