@@ -179,14 +179,25 @@ impl RedisServer {
     /// As [`RedisServer::start`].
     #[must_use]
     pub fn start_sentinel(name: &str, master_port: u16) -> Self {
+        RedisServer::start_sentinel_with(name, master_port, None)
+    }
+
+    fn start_sentinel_with(name: &str, master_port: u16, tls: Option<&TlsFiles>) -> Self {
         let mut last_err = String::new();
         for _ in 0..5 {
+            let tls_port = tls.map(|_| free_port());
+            let mut extra = Vec::new();
+            if let (Some(port), Some(files)) = (tls_port, tls) {
+                extra.extend(["--tls-port".to_owned(), port.to_string()]);
+                extra.extend(files.server_args());
+                extra.extend(["--tls-replication".to_owned(), "yes".to_owned()]);
+            }
             let mut server = RedisServer {
                 child: None,
                 port: free_port(),
                 dir: tempfile::tempdir().expect("a temporary directory"),
-                extra: Vec::new(),
-                tls_port: None,
+                extra,
+                tls_port,
                 sentinel_conf: Some(format!(
                     "sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
                      sentinel down-after-milliseconds {name} 1000\n\
@@ -252,6 +263,12 @@ impl RedisServer {
             }
         }
         String::from_utf8_lossy(&got).lines().nth(1) == Some(":1")
+    }
+
+    /// The port clients are told of: the TLS port when there is one.
+    #[must_use]
+    pub fn client_port(&self) -> u16 {
+        self.tls_port.unwrap_or(self.port)
     }
 
     /// Whether the process is still running.
@@ -352,15 +369,34 @@ impl SentinelSet {
     /// If any does not come up within 20 s.
     #[must_use]
     pub fn start(name: &str) -> Self {
+        SentinelSet::start_with(name, None)
+    }
+
+    /// As [`SentinelSet::start`], every server also answering TLS with the
+    /// certificate `tls` signed, replication and the sentinel's own
+    /// connections over TLS: the sentinel names the TLS ports.
+    ///
+    /// # Panics
+    /// As [`SentinelSet::start`].
+    #[must_use]
+    pub fn start_tls(name: &str, tls: &TlsFiles) -> Self {
+        SentinelSet::start_with(name, Some(tls))
+    }
+
+    fn start_with(name: &str, tls: Option<&TlsFiles>) -> Self {
         // Either may be the master after a failover; neither waits for more
         // replicas before it syncs one.
-        let quick = ["--repl-diskless-sync-delay", "0"];
-        let master = RedisServer::start_with_args(&quick);
-        let port = master.port().to_string();
-        let replica = RedisServer::start_with_args(
-            &[&quick[..], &["--replicaof", "127.0.0.1", &port]].concat(),
-        );
-        let sentinel = RedisServer::start_sentinel(name, master.port());
+        let mut quick: Vec<String> = vec!["--repl-diskless-sync-delay".into(), "0".into()];
+        if tls.is_some() {
+            quick.extend(["--tls-replication".to_owned(), "yes".to_owned()]);
+        }
+        let master = RedisServer::start_with(&quick, tls.is_some(), tls);
+        let master_port = master.client_port();
+        let mut replica_args = quick.clone();
+        replica_args.extend(["--replicaof", "127.0.0.1"].map(str::to_owned));
+        replica_args.push(master_port.to_string());
+        let replica = RedisServer::start_with(&replica_args, tls.is_some(), tls);
+        let sentinel = RedisServer::start_sentinel_with(name, master_port, tls);
         let set = SentinelSet {
             master,
             replica,
@@ -375,9 +411,22 @@ impl SentinelSet {
                 && set
                     .sentinel
                     .cli(&["SENTINEL", "replicas", name])
-                    .contains(&set.replica.port().to_string())
+                    .contains(&set.replica.client_port().to_string())
         });
         set
+    }
+
+    /// `rediss-sentinel://127.0.0.1:<sentinel TLS port>/<name>`.
+    ///
+    /// # Panics
+    /// Unless the set was made by [`SentinelSet::start_tls`].
+    #[must_use]
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss-sentinel://127.0.0.1:{}/{}",
+            self.sentinel.tls_port(),
+            self.name
+        )
     }
 
     /// `redis-sentinel://127.0.0.1:<sentinel port>/<name>`.
@@ -390,7 +439,8 @@ impl SentinelSet {
         )
     }
 
-    /// The port of the master the sentinel names now.
+    /// The port of the master the sentinel names now (its TLS port in a
+    /// set made by [`SentinelSet::start_tls`]).
     ///
     /// # Panics
     /// If the sentinel does not answer.

@@ -1,6 +1,8 @@
 //! Redis under Sentinel: one master, one replica, one sentinel, shared by
-//! every check here (one set-up, run in order): the suite, writes the
-//! replicas must confirm, and the legacy mirror, which works with one master.
+//! every check of the first test (run in order): the suite, writes the
+//! replicas must confirm, the legacy mirror, which works with one master,
+//! and a failover with the old master alive. A sentinel names one address
+//! per master, so the suite over TLS has a set of its own.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use bg_state::{
     AppName, Colour, ColourStore, Error, InitRequest, LegacyMirror, RedisOptions, RedisStore,
     SwitchRequest,
 };
-use bg_testkit::SentinelSet;
+use bg_testkit::{SentinelSet, TlsFiles};
 
 use super::{HISTORY_CAP, config, shared};
 
@@ -79,10 +81,9 @@ async fn sentinel_managed_master() {
         .switch(&app, SwitchRequest::new(Colour::Green, "t"))
         .await
         .unwrap();
-    let master = bg_testkit::redis_cli(
-        set.master_port(),
-        &["MGET", "lb-status-alfa", "lb-status-beta"],
-    );
+    let master = set
+        .master
+        .cli(&["MGET", "lb-status-alfa", "lb-status-beta"]);
     assert_eq!(master.split_whitespace().collect::<Vec<_>>(), ["0", "1"]);
     // The replica holds it too: the switch waited for it.
     let replica = set
@@ -108,7 +109,7 @@ async fn sentinel_managed_master() {
     // The sentinel turns the old master into a replica in its own time
     // (seconds); do it now.
     let new = set.master_port().to_string();
-    let _ = bg_testkit::redis_cli(old, &["REPLICAOF", "127.0.0.1", &new]);
+    let _ = set.master.cli(&["REPLICAOF", "127.0.0.1", &new]);
     set.wait_until("the old master follows the new one", || {
         set.replica.replicated_write()
     });
@@ -141,6 +142,19 @@ async fn sentinel_managed_master() {
         heard.is_ok(),
         "the subscription did not follow the failover"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_managed_master_over_tls() {
+    let tls = TlsFiles::generate();
+    let set = SentinelSet::start_tls("bgmaster", &tls);
+    let url = format!("{}?ca={}", set.tls_url(), tls.ca().display());
+    let stores = [
+        shared(RedisStore::with_options(&url, options()).unwrap()),
+        shared(RedisStore::with_options(&url, options()).unwrap()),
+        shared(RedisStore::with_options(&url, options()).unwrap()),
+    ];
+    run_all(&stores, &config()).await;
 }
 
 #[test]
