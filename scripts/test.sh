@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need, then runs every check.
-# Run as root on Debian (it uses apt-get when redis-server, haproxy, nginx or rsync is missing).
+# Run as root on Debian (it uses apt-get when redis-server, haproxy, nginx, rsync or openssl is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 # gitlab-ci-local copies the project with rsync to run a job in shell mode.
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then

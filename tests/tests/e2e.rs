@@ -3,6 +3,7 @@
 //! have two cores.
 
 mod ci;
+mod failover;
 mod lb;
 mod processes;
 mod release;

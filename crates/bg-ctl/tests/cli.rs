@@ -370,3 +370,47 @@ fn init_records_the_legacy_mirror_for_every_writer() {
     }
     assert_eq!(legacy(), some("0", "1"));
 }
+
+/// A Redis over TLS whose certificate bg-ctl cannot trust is a
+/// configuration error (exit 2), not an outage to retry (exit 5); with the
+/// CA named by `BG_REDIS_CA` the same command works.
+#[test]
+fn an_untrusted_redis_certificate_exits_2_and_bg_redis_ca_fixes_it() {
+    let tls = bg_testkit::TlsFiles::generate();
+    let server = bg_testkit::RedisServer::start_tls(&tls);
+    let run = |ca: Option<&std::path::Path>, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-ctl"));
+        cmd.args([
+            "--store",
+            &server.tls_url(),
+            "--app",
+            "chat",
+            "--actor",
+            "test",
+        ])
+        .args(["--timeout", "2s"])
+        .args(args)
+        .env_remove("BG_GATE")
+        .env_remove("BG_REDIS_CA")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if let Some(ca) = ca {
+            cmd.env("BG_REDIS_CA", ca);
+        }
+        cmd.output().expect("bg-ctl runs")
+    };
+    let out = run(None, &["init", "--active", "blue"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not trusted"), "{stderr}");
+    assert!(!stderr.contains("retrying may help"), "{stderr}");
+
+    let out = run(Some(&tls.ca()), &["init", "--active", "blue"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(Some(&tls.ca()), &["status"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("blue"),
+        "{out:?}"
+    );
+}

@@ -13,12 +13,14 @@
 //! * [`Error`] — the one error type, with a variant per refusal.
 //! * Backends: [`MemoryStore`] (the embedded default, per process),
 //!   [`FileStore`] (feature `file`: durable JSON for one host),
-//!   [`RedisStore`] (feature `redis`: shared by every host, with an optional
-//!   [`LegacyMirror`] of the hand-made design's keys), `RemoteStore`
+//!   [`RedisStore`] (feature `redis`: shared by every host, on one node,
+//!   under Sentinel or on a Cluster, with an optional [`LegacyMirror`] of
+//!   the hand-made design's keys), `RemoteStore`
 //!   (feature `remote`: a gate's `/bg/api/v1`, for CI that cannot reach
 //!   Redis; its wire bodies are in [`wire`]).
 //! * [`open`] — a store from a URL: `memory://`, `file:///path`,
-//!   `redis://…`, `rediss://…`, `http(s)://gate…`.
+//!   `redis://…`, `redis-sentinel://…`, `redis-cluster://…` (and
+//!   `rediss…` for TLS), `http(s)://gate…`.
 //! * `conformance` (feature `conformance`) — the suite every backend passes.
 //! * `MockColourStore` (feature `mock`) — a `mockall` mock of the trait.
 //!   For your own tests prefer [`MemoryStore`]: it is the real behaviour,

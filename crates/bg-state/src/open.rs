@@ -44,8 +44,9 @@ impl Default for OpenOptions {
     }
 }
 
-const SCHEMES: &str =
-    "memory://, file:///absolute/path, redis://[:password@]host[:port][/db] or rediss://…";
+const SCHEMES: &str = "memory://, file:///absolute/path, redis://[:password@]host[:port][/db], \
+    redis-sentinel://host:port[,host:port…]/master_name, redis-cluster://host:port[,host:port…] \
+    (rediss… for TLS) or http(s)://gate";
 
 /// Opens the store a URL names, with default options.
 ///
@@ -53,7 +54,9 @@ const SCHEMES: &str =
 /// | --- | --- |
 /// | `memory://` | a new, empty [`crate::MemoryStore`] (this process only) |
 /// | `file:///var/lib/bluegreen/state.json` | a `FileStore` (feature `file`) |
-/// | `redis://host:6379/0`, `rediss://…` | a `RedisStore` (feature `redis`) |
+/// | `redis://host:6379/0`, `rediss://…` | a `RedisStore` on one server (feature `redis`) |
+/// | `redis-sentinel://s1:26379,s2:26379/mymaster`, `rediss-sentinel://…` | a `RedisStore` on the master Sentinel names |
+/// | `redis-cluster://n1:7000,n2:7000`, `rediss-cluster://…` | a `RedisStore` on a Redis Cluster |
 /// | `https://gate.internal:9090` | a `RemoteStore`: a gate's store API (feature `remote`) |
 ///
 /// No connection is made here: a Redis store connects on first use, so a
@@ -104,7 +107,8 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> 
             )))
         }
         "file" => open_file(url, opts),
-        "redis" | "rediss" => open_redis(url, opts),
+        "redis" | "rediss" | "redis-sentinel" | "rediss-sentinel" | "redis-cluster"
+        | "rediss-cluster" => open_redis(url, opts),
         "http" | "https" => open_remote(url, opts),
         other => Err(Error::invalid(
             "url",
@@ -214,6 +218,10 @@ mod tests {
         // Nothing listens on port 1; opening must still succeed without a round trip.
         assert_eq!(open("redis://127.0.0.1:1/0").unwrap().backend(), "redis");
         assert_eq!(open("rediss://127.0.0.1:1/0").unwrap().backend(), "redis");
+        let sentinel = "redis-sentinel://127.0.0.1:1,127.0.0.1:2/mymaster";
+        assert_eq!(open(sentinel).unwrap().backend(), "redis");
+        let cluster = "rediss-cluster://127.0.0.1:1,127.0.0.1:2";
+        assert_eq!(open(cluster).unwrap().backend(), "redis");
     }
 
     #[test]

@@ -76,10 +76,27 @@ pub fn redact_url(url: &str) -> String {
             }
             shorten(u.as_str())
         }
-        Err(_) if url.contains('@') || url.contains('?') => {
-            "<URL with credentials, not shown>".to_owned()
-        }
-        Err(_) => shorten(url),
+        // Several hosts (`redis-sentinel://a:26379,b:26379/m`) are no URL to
+        // the url crate: hide the user part and the query by hand.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let rest = rest.split('#').next().unwrap_or_default();
+                let (rest, query) = match rest.split_once('?') {
+                    Some((r, _)) => (r, "?…"),
+                    None => (rest, ""),
+                };
+                // A password may hold a `/`: everything up to the last `@` goes.
+                let rest = match rest.rsplit_once('@') {
+                    Some((_, after)) => format!("***@{after}"),
+                    None => rest.to_owned(),
+                };
+                shorten(&format!("{scheme}://{rest}{query}"))
+            }
+            None if url.contains('@') || url.contains('?') => {
+                "<URL with credentials, not shown>".to_owned()
+            }
+            None => shorten(url),
+        },
     }
 }
 
@@ -134,6 +151,9 @@ mod tests {
             ("redis://host/0?pass=hunter2", "hunter2"),
             ("rediss://[bad/0?pass=hunter2", "hunter2"),
             ("nope://user:hunter2@[x", "hunter2"),
+            ("redis-sentinel://:hunter2@a:1,b:2/m", "hunter2"),
+            ("redis-sentinel://:hun/ter2@a:1,b:2/m", "ter2"),
+            ("rediss-cluster://a:1,b:2?ca=/hunter2.pem", "hunter2"),
         ] {
             let shown = redact_url(url);
             assert!(!shown.contains(secret), "{url} -> {shown}");
@@ -141,6 +161,10 @@ mod tests {
         assert_eq!(
             redact_url("file:///var/lib/bg.json"),
             "file:///var/lib/bg.json"
+        );
+        assert_eq!(
+            redact_url("redis-sentinel://:hunter2@a:26379,b:26379/mymaster/1"),
+            "redis-sentinel://***@a:26379,b:26379/mymaster/1"
         );
     }
 

@@ -43,6 +43,11 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Arguments beyond the defaults (TLS, replication, cluster mode).
+    extra: Vec<String>,
+    tls_port: Option<u16>,
+    /// A sentinel's configuration file (sentinels rewrite it).
+    sentinel_conf: Option<String>,
 }
 
 impl RedisServer {
@@ -53,13 +58,47 @@ impl RedisServer {
     /// it) or does not come up; a test needing Redis must fail, not skip.
     #[must_use]
     pub fn start() -> Self {
+        RedisServer::start_with(&[], false, None)
+    }
+
+    /// Starts `redis-server` with `extra` arguments after the defaults
+    /// (`--replicaof …`, `--cluster-enabled yes`, …).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    #[must_use]
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        RedisServer::start_with(&extra, false, None)
+    }
+
+    /// Starts `redis-server` answering TLS on [`RedisServer::tls_url`] with
+    /// the certificate `tls` signed (and plain TCP on [`RedisServer::url`]).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    #[must_use]
+    pub fn start_tls(tls: &TlsFiles) -> Self {
+        RedisServer::start_with(&[], true, Some(tls))
+    }
+
+    fn start_with(extra: &[String], tls: bool, files: Option<&TlsFiles>) -> Self {
         let mut last_err = String::new();
         // A port found free can be taken before the server binds it: retry.
         for _ in 0..5 {
+            let tls_port = tls.then(free_port);
+            let mut args = extra.to_vec();
+            if let (Some(port), Some(files)) = (tls_port, files) {
+                args.extend(["--tls-port".to_owned(), port.to_string()]);
+                args.extend(files.server_args());
+            }
             let mut server = RedisServer {
                 child: None,
                 port: free_port(),
                 dir: tempfile::tempdir().expect("a temporary directory"),
+                extra: args,
+                tls_port,
+                sentinel_conf: None,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -71,7 +110,13 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.log_path();
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            let path = self.dir.path().join("sentinel.conf");
+            std::fs::write(&path, conf).map_err(|e| format!("cannot write {path:?}: {e}"))?;
+            cmd.arg(path).arg("--sentinel");
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -79,6 +124,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -126,6 +172,112 @@ impl RedisServer {
     #[must_use]
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts a sentinel (`redis-server --sentinel`) watching the master
+    /// `name` at `master_port` on loopback, alone in its quorum, quick to
+    /// declare it down (1 s) and to fail over.
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    #[must_use]
+    pub fn start_sentinel(name: &str, master_port: u16) -> Self {
+        RedisServer::start_sentinel_with(name, master_port, None)
+    }
+
+    fn start_sentinel_with(name: &str, master_port: u16, tls: Option<&TlsFiles>) -> Self {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let tls_port = tls.map(|_| free_port());
+            let mut extra = Vec::new();
+            if let (Some(port), Some(files)) = (tls_port, tls) {
+                extra.extend(["--tls-port".to_owned(), port.to_string()]);
+                extra.extend(files.server_args());
+                extra.extend(["--tls-replication".to_owned(), "yes".to_owned()]);
+            }
+            let mut server = RedisServer {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().expect("a temporary directory"),
+                extra,
+                tls_port,
+                sentinel_conf: Some(format!(
+                    "sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n"
+                )),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("redis-server --sentinel did not start: {last_err}");
+    }
+
+    /// The TLS port of a server made by [`RedisServer::start_tls`].
+    ///
+    /// # Panics
+    /// If the server has no TLS port.
+    #[must_use]
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("a server started with start_tls")
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/0`.
+    ///
+    /// # Panics
+    /// If the server has no TLS port.
+    #[must_use]
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.tls_port())
+    }
+
+    /// Runs `redis-cli` against this server with `args`, and answers its output.
+    ///
+    /// # Panics
+    /// If `redis-cli` cannot run or fails.
+    #[must_use]
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+
+    /// Whether a write on this master reaches a replica within 100 ms
+    /// (`WAIT` on the connection that wrote): a replica just synced takes a
+    /// moment before the master streams to it.
+    #[must_use]
+    pub fn replicated_write(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let script = b"SET bg-testkit-sync 1\r\nWAIT 1 100\r\nDEL bg-testkit-sync\r\n";
+        if s.write_all(script).is_err() {
+            return false;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        // +OK, :<replicas>, :1
+        while got.iter().filter(|b| **b == b'\n').count() < 3 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).lines().nth(1) == Some(":1")
+    }
+
+    /// The port clients are told of: the TLS port when there is one.
+    #[must_use]
+    pub fn client_port(&self) -> u16 {
+        self.tls_port.unwrap_or(self.port)
+    }
+
+    /// Whether the process is still running.
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     fn log_path(&self) -> PathBuf {
@@ -196,6 +348,459 @@ impl Drop for RedisServer {
             );
         }
         self.stop();
+    }
+}
+
+/// A master, its replica and a sentinel watching them: what
+/// `redis-sentinel://` URLs name. Everything stops on drop.
+#[derive(Debug)]
+pub struct SentinelSet {
+    /// The master it started with (after a failover, a replica or dead).
+    pub master: RedisServer,
+    /// The replica it started with (after a failover, the master).
+    pub replica: RedisServer,
+    /// The sentinel.
+    pub sentinel: RedisServer,
+    name: String,
+}
+
+impl SentinelSet {
+    /// Starts the three servers and waits until the replica is in sync and
+    /// the sentinel knows it (so that it can promote it).
+    ///
+    /// # Panics
+    /// If any does not come up within 20 s.
+    #[must_use]
+    pub fn start(name: &str) -> Self {
+        SentinelSet::start_with(name, None)
+    }
+
+    /// As [`SentinelSet::start`], every server also answering TLS with the
+    /// certificate `tls` signed, replication and the sentinel's own
+    /// connections over TLS: the sentinel names the TLS ports.
+    ///
+    /// # Panics
+    /// As [`SentinelSet::start`].
+    #[must_use]
+    pub fn start_tls(name: &str, tls: &TlsFiles) -> Self {
+        SentinelSet::start_with(name, Some(tls))
+    }
+
+    fn start_with(name: &str, tls: Option<&TlsFiles>) -> Self {
+        // Either may be the master after a failover; neither waits for more
+        // replicas before it syncs one.
+        let mut quick: Vec<String> = vec!["--repl-diskless-sync-delay".into(), "0".into()];
+        if tls.is_some() {
+            quick.extend(["--tls-replication".to_owned(), "yes".to_owned()]);
+        }
+        let master = RedisServer::start_with(&quick, tls.is_some(), tls);
+        let master_port = master.client_port();
+        let mut replica_args = quick.clone();
+        replica_args.extend(["--replicaof", "127.0.0.1"].map(str::to_owned));
+        replica_args.push(master_port.to_string());
+        let replica = RedisServer::start_with(&replica_args, tls.is_some(), tls);
+        let sentinel = RedisServer::start_sentinel_with(name, master_port, tls);
+        let set = SentinelSet {
+            master,
+            replica,
+            sentinel,
+            name: name.to_owned(),
+        };
+        set.wait_until("the replica is in sync and known to the sentinel", || {
+            set.replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+                && set.master.replicated_write()
+                && set
+                    .sentinel
+                    .cli(&["SENTINEL", "replicas", name])
+                    .contains(&set.replica.client_port().to_string())
+        });
+        set
+    }
+
+    /// `rediss-sentinel://127.0.0.1:<sentinel TLS port>/<name>`.
+    ///
+    /// # Panics
+    /// Unless the set was made by [`SentinelSet::start_tls`].
+    #[must_use]
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss-sentinel://127.0.0.1:{}/{}",
+            self.sentinel.tls_port(),
+            self.name
+        )
+    }
+
+    /// `redis-sentinel://127.0.0.1:<sentinel port>/<name>`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}/{}",
+            self.sentinel.port(),
+            self.name
+        )
+    }
+
+    /// The port of the master the sentinel names now (its TLS port in a
+    /// set made by [`SentinelSet::start_tls`]).
+    ///
+    /// # Panics
+    /// If the sentinel does not answer.
+    #[must_use]
+    pub fn master_port(&self) -> u16 {
+        let out = self
+            .sentinel
+            .cli(&["SENTINEL", "get-master-addr-by-name", &self.name]);
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the sentinel names no master: {out:?}"))
+    }
+
+    /// Waits up to 20 s for `done`.
+    ///
+    /// # Panics
+    /// If it never holds.
+    pub fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "after 20 s, not yet: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A Redis Cluster of `n` masters without replicas on loopback, built with
+/// `redis-cli --cluster create`: what `redis-cluster://` URLs name.
+/// Every node stops on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The nodes, each a master.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `n` (at least 3) nodes, joins them, and waits until every
+    /// node says the cluster is ok.
+    ///
+    /// # Panics
+    /// If the cluster does not form within 20 s.
+    #[must_use]
+    pub fn start(n: usize) -> Self {
+        RedisCluster::start_with(n, None)
+    }
+
+    /// As [`RedisCluster::start`], every node also answering TLS with the
+    /// certificate `tls` signed, the cluster bus over TLS too
+    /// (`--tls-cluster yes`): TLS clients are told the nodes' TLS ports.
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`].
+    #[must_use]
+    pub fn start_tls(n: usize, tls: &TlsFiles) -> Self {
+        RedisCluster::start_with(n, Some(tls))
+    }
+
+    fn start_with(n: usize, tls: Option<&TlsFiles>) -> Self {
+        let mut args: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if tls.is_some() {
+            args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+        }
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| RedisServer::start_with(&args, tls.is_some(), tls))
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(n.port())))
+            .collect();
+        let ca = tls.map(|t| t.ca().display().to_string());
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        if let Some(ca) = &ca {
+            args.extend(["--tls", "--cacert", ca]);
+        }
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs (the README's test command installs it)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster
+            .nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster is not ok after 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis-cluster://127.0.0.1:<port>,…` naming every node.
+    #[must_use]
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis-cluster://{}", nodes.join(","))
+    }
+
+    /// `rediss-cluster://127.0.0.1:<tls port>,…` naming every node.
+    ///
+    /// # Panics
+    /// Unless the cluster was made by [`RedisCluster::start_tls`].
+    #[must_use]
+    pub fn tls_url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.tls_port()))
+            .collect();
+        format!("rediss-cluster://{}", nodes.join(","))
+    }
+
+    /// The hash slot of `key`.
+    ///
+    /// # Panics
+    /// If the node does not answer.
+    #[must_use]
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let out = self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]);
+        out.trim().parse().expect("a slot number")
+    }
+
+    /// The node serving `slot`.
+    ///
+    /// # Panics
+    /// If no node claims it.
+    #[must_use]
+    pub fn owner_of(&self, slot: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| node_owns(n, slot))
+            .expect("a node serving the slot")
+    }
+
+    /// Moves `slot` and its keys from the node that serves it to node `to`,
+    /// the way `redis-cli --cluster reshard` does: importing and migrating
+    /// marks, `MIGRATE` of every key, then the new owner told to every node.
+    ///
+    /// # Panics
+    /// If a step fails.
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let from = self.owner_of(slot);
+        assert_ne!(from, to, "the slot is already there");
+        let id = |i: usize| self.nodes[i].cli(&["CLUSTER", "MYID"]).trim().to_owned();
+        let (from_id, to_id) = (id(from), id(to));
+        let slot_s = slot.to_string();
+        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
+        let ok = |node: &RedisServer, args: &[&str]| {
+            let out = node.cli(args);
+            assert_eq!(out.trim(), "OK", "{args:?}");
+        };
+        ok(dst, &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]);
+        ok(src, &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]);
+        loop {
+            let keys = src.cli(&["CLUSTER", "GETKEYSINSLOT", &slot_s, "100"]);
+            let keys: Vec<&str> = keys
+                .lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            // With the cluster bus over TLS, MIGRATE speaks TLS too.
+            let port = dst.tls_port.unwrap_or(dst.port()).to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(src, &args);
+        }
+        for node in [dst, src] {
+            ok(node, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i != from && i != to {
+                ok(node, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+            }
+        }
+    }
+}
+
+/// Whether `node`'s own `CLUSTER NODES` line lists `slot` among its ranges.
+fn node_owns(node: &RedisServer, slot: u16) -> bool {
+    let nodes = node.cli(&["CLUSTER", "NODES"]);
+    let Some(me) = nodes.lines().find(|l| l.contains("myself")) else {
+        return false;
+    };
+    me.split_whitespace().skip(8).any(|range| {
+        let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+        match (lo.parse::<u16>(), hi.parse::<u16>()) {
+            (Ok(lo), Ok(hi)) => (lo..=hi).contains(&slot),
+            _ => false,
+        }
+    })
+}
+
+/// Runs `redis-cli -p port args…`, and answers its output.
+///
+/// # Panics
+/// If `redis-cli` cannot run or fails.
+#[must_use]
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli runs (the README's test command installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A certificate authority of a test's own and a server certificate it
+/// signed for `127.0.0.1` and `localhost`, made with `openssl` in a
+/// temporary directory.
+#[derive(Debug)]
+pub struct TlsFiles {
+    dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    /// Makes a new CA and a server certificate.
+    ///
+    /// # Panics
+    /// If `openssl` is missing or fails (the README's test command installs it).
+    #[must_use]
+    pub fn generate() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl runs (the README's test command installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bluegreen test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat());
+        std::fs::write(
+            dir.path().join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("a certificate extension file");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TlsFiles { dir }
+    }
+
+    /// The CA certificate (PEM) a client trusts.
+    #[must_use]
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The arguments that give `redis-server` (or a sentinel) this
+    /// certificate, without asking clients for one.
+    #[must_use]
+    pub fn server_args(&self) -> Vec<String> {
+        let p = |f: &str| self.dir.path().join(f).display().to_string();
+        vec![
+            "--tls-cert-file".into(),
+            p("server.pem"),
+            "--tls-key-file".into(),
+            p("server.key"),
+            "--tls-ca-cert-file".into(),
+            p("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
     }
 }
 

@@ -43,11 +43,18 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub(super) struct Global {
-    /// Where the state lives: file:///path, redis://host:port/db, rediss://…
+    /// Where the state lives: file:///path, redis://host:port/db,
+    /// redis-sentinel://host:port[,host:port…]/master_name,
+    /// redis-cluster://host:port[,host:port…], or rediss… for TLS.
     /// Given on the command line, it wins over BG_GATE in the environment;
     /// when both are in the environment, BG_STORE wins.
     #[arg(long, env = "BG_STORE", global = true, hide_env_values = true)]
     pub(super) store: Option<String>,
+
+    /// The CA certificate (PEM) that signed the Redis servers' certificates,
+    /// for rediss… URLs without ?ca=FILE
+    #[arg(long, env = "BG_REDIS_CA", global = true)]
+    pub(super) redis_ca: Option<std::path::PathBuf>,
 
     /// Use a gate's store API as the store (when CI reaches the services but
     /// not Redis). Repeat it (comma-separated in BG_GATE) with a gate of each

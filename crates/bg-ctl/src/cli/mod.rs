@@ -146,6 +146,7 @@ impl Cli {
         opts.remote_timeout = g.timeout;
         opts.redis.response_timeout = g.timeout;
         opts.redis.connect_timeout = g.timeout;
+        opts.redis.ca_file.clone_from(&g.redis_ca);
         let store = bg_state::open_with(&url, &opts).map_err(|e| match e {
             bg_state::Error::InvalidInput(i) => CtlError::Usage(i.to_string()),
             other => other.into(),

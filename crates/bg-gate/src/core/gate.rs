@@ -426,6 +426,9 @@ impl Inner {
         *newest = seq;
         let current = self.view.load_full();
         let failed = read.is_err();
+        // A refusal of the configuration (an untrusted certificate) is no
+        // outage that passes: say so as an error, not as a warning.
+        let misconfigured = matches!(read, Err(StoreError::InvalidInput(_)));
         let Folded {
             view: next,
             adopted,
@@ -437,8 +440,15 @@ impl Inner {
         }
         if failed {
             self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-            if let (None, Some(e)) = (&current.store_error, &next.store_error) {
-                tracing::warn!(error = %e, "store unavailable; answering from the last known state");
+            match (&current.store_error, &next.store_error) {
+                (None, Some(e)) if misconfigured => tracing::error!(
+                    error = %e,
+                    "the store cannot be used as configured; fix the configuration (answering from the last known state meanwhile)"
+                ),
+                (None, Some(e)) => {
+                    tracing::warn!(error = %e, "store unavailable; answering from the last known state")
+                }
+                _ => {}
             }
         }
         let save = match (&next.state, &self.cfg.cache_file) {

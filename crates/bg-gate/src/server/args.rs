@@ -26,7 +26,9 @@ pub struct GateArgs {
     #[arg(long, env = "BG_COLOUR", value_parser = parse_colour)]
     colour: Colour,
 
-    /// Where the state lives: memory://, file:///path, redis://host:port/db, rediss://…
+    /// Where the state lives: memory://, file:///path, redis://host:port/db,
+    /// redis-sentinel://host:port[,host:port…]/master_name,
+    /// redis-cluster://host:port[,host:port…], or rediss… for TLS
     #[arg(
         long,
         env = "BG_STORE",
@@ -34,6 +36,11 @@ pub struct GateArgs {
         hide_env_values = true
     )]
     store: String,
+
+    /// The CA certificate (PEM) that signed the Redis servers' certificates,
+    /// for rediss… URLs without ?ca=FILE
+    #[arg(long, env = "BG_REDIS_CA")]
+    redis_ca: Option<std::path::PathBuf>,
 
     /// The app whose state this gate follows.
     #[arg(long, env = "BG_APP", default_value = "default", value_parser = parse_app)]
@@ -287,6 +294,7 @@ impl std::fmt::Debug for GateArgs {
         f.debug_struct("GateArgs")
             .field("colour", &self.colour)
             .field("store", &bg_state::redact_url(&self.store))
+            .field("redis_ca", &self.redis_ca)
             .field("app", &self.app)
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
@@ -335,6 +343,7 @@ impl std::fmt::Debug for GateArgs {
 /// The store the options name, with the legacy mirror if one is asked for.
 fn open_store(args: &GateArgs) -> Result<Arc<dyn bg_state::ColourStore>, ServerError> {
     let mut opts = bg_state::OpenOptions::default();
+    opts.redis.ca_file.clone_from(&args.redis_ca);
     if let Some(ids) = &args.legacy_mirror {
         let Some((blue, green)) = ids.split_once(',') else {
             return Err(ServerError::LegacyMirrorIds { given: ids.clone() });

@@ -116,4 +116,13 @@ async fn the_mirror_is_refused_where_it_cannot_work() {
         ),
         "{e}"
     );
+    // A Cluster cannot hold the legacy keys in the app's slot.
+    let e = refused([
+        "--store",
+        "redis-cluster://127.0.0.1:1,127.0.0.1:2",
+        "--legacy-mirror",
+        "alfa,beta",
+    ])
+    .await;
+    assert!(e.to_string().contains("Redis Cluster"), "{e}");
 }

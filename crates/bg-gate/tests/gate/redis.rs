@@ -109,3 +109,20 @@ async fn paused_and_killed_redis_under_a_running_gate() {
     })
     .await;
 }
+
+/// A Redis over TLS whose certificate nobody vouched for: the gate says
+/// what to fix in `/bg/state` (the CA), not "retrying may help".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_redis_certificate_is_reported_as_configuration() {
+    let tls = bg_testkit::TlsFiles::generate();
+    let server = RedisServer::start_tls(&tls);
+    let s: Arc<dyn ColourStore> = Arc::new(RedisStore::open(&server.tls_url()).unwrap());
+    let gate = Gate::new(s, config(Colour::Blue), auth()).unwrap();
+    let _f = gate.start();
+    wait_for(|| gate.view().store_error.is_some()).await;
+    let v = status(&router(&gate)).await;
+    let error = v.store.error.unwrap_or_default();
+    assert!(error.contains("not trusted"), "{error}");
+    assert!(error.contains("BG_REDIS_CA"), "{error}");
+    assert!(!error.contains("retrying may help"), "{error}");
+}

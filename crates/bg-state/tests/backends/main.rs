@@ -1,9 +1,12 @@
 //! Every backend against the conformance suite, plus what only one backend
 //! can get wrong: a corrupt file, a paused or killed Redis, the legacy mirror.
 
+mod cluster;
 mod file;
 mod memory;
 mod redis;
+mod sentinel;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
