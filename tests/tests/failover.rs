@@ -25,6 +25,29 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Two `bg-gate` processes on `url`, blue live.
+async fn two_gates(url: &str) -> bg_e2e::Instances {
+    let program = workspace_binary("bg-gate", "bg-gate");
+    let gate = |colour| {
+        Instance::new(program.clone(), colour, url, "chat")
+            .args(&["--poll-interval", "100ms", "--handover", "0s"])
+            .env("BG_TOKEN", TOKEN)
+            .started("v1")
+    };
+    let gates = instances([gate("blue"), gate("green")]);
+    wait_for("blue live", || answers(&gates) == (Some(true), Some(false))).await;
+    gates
+}
+
+/// `bg-ctl switch --to green` as `actor`, and both gates following it.
+async fn switch_to_green(url: &str, gates: &bg_e2e::Instances, actor: &str) -> Ctl {
+    let ctl = Ctl::workspace(url, "chat", TOKEN, actor);
+    let out = run(ctl.command(&["switch", "--to", "green", "--timeout", "3s"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    wait_for("green live", || answers(gates) == (Some(false), Some(true))).await;
+    ctl
+}
+
 /// The state, read again while the store answers that retrying may help
 /// (the first call after a failover meets the old master's broken connection).
 async fn read(store: &dyn bg_state::ColourStore, app: &AppName) -> bg_state::State {
@@ -45,23 +68,9 @@ async fn a_sentinel_failover_under_running_gates_loses_no_acknowledged_switch() 
     let _serial = crate::serial().await;
     let mut set = SentinelSet::start("bgmaster");
     let url = set.url();
-    let program = workspace_binary("bg-gate", "bg-gate");
-    let gate = |colour| {
-        Instance::new(program.clone(), colour, &url, "chat")
-            .args(&["--poll-interval", "100ms", "--handover", "0s"])
-            .env("BG_TOKEN", TOKEN)
-            .started("v1")
-    };
-    let gates = instances([gate("blue"), gate("green")]);
-    wait_for("blue live", || answers(&gates) == (Some(true), Some(false))).await;
+    let gates = two_gates(&url).await;
 
-    let ctl = Ctl::workspace(&url, "chat", TOKEN, "failover-test");
-    let out = run(ctl.command(&["switch", "--to", "green", "--timeout", "3s"])).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    wait_for("green live", || {
-        answers(&gates) == (Some(false), Some(true))
-    })
-    .await;
+    let ctl = switch_to_green(&url, &gates, "failover-test").await;
     let store = bg_state::open(&url).unwrap();
     let app = AppName::new("chat").unwrap();
     let before = read(store.as_ref(), &app).await;
@@ -125,22 +134,8 @@ async fn a_cluster_moves_the_apps_slot_under_running_gates() {
     let _serial = crate::serial().await;
     let cluster = RedisCluster::start(3);
     let url = cluster.url();
-    let program = workspace_binary("bg-gate", "bg-gate");
-    let gate = |colour| {
-        Instance::new(program.clone(), colour, &url, "chat")
-            .args(&["--poll-interval", "100ms", "--handover", "0s"])
-            .env("BG_TOKEN", TOKEN)
-            .started("v1")
-    };
-    let gates = instances([gate("blue"), gate("green")]);
-    wait_for("blue live", || answers(&gates) == (Some(true), Some(false))).await;
-    let ctl = Ctl::workspace(&url, "chat", TOKEN, "reshard-test");
-    let out = run(ctl.command(&["switch", "--to", "green", "--timeout", "3s"])).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    wait_for("green live", || {
-        answers(&gates) == (Some(false), Some(true))
-    })
-    .await;
+    let gates = two_gates(&url).await;
+    let ctl = switch_to_green(&url, &gates, "reshard-test").await;
 
     // The app's slot moves to another master while the gates poll and listen.
     let slot = cluster.slot_of("bg:{chat}:state");

@@ -251,6 +251,33 @@ fn haproxy_status(stats: SocketAddr, backend: &str, server: &str) -> Option<Stri
         .and_then(|f| f.get(col).map(|s| (*s).to_owned()))
 }
 
+/// Waits up to `limit` for `server`'s status in `backend` to satisfy `done`.
+///
+/// # Panics
+/// If it does not.
+async fn haproxy_until(
+    stats: SocketAddr,
+    backend: &'static str,
+    server: &'static str,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = tokio::task::spawn_blocking(move || haproxy_status(stats, backend, server))
+            .await
+            .unwrap();
+        if status.as_deref().is_some_and(&done) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HAProxy's {backend}/{server} is still {status:?} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// nginx as `docs/operations.md` sets it up: the example configuration
 /// under a prefix, the example script run once by hand to write the
 /// upstream file (it exits 1: nginx is not running yet to reload), nginx
@@ -535,27 +562,19 @@ impl Harness {
         // green before its checks have taken it out. (nginx only ever
         // knew blue.)
         if let Front::Haproxy { stats, .. } = lb {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let backend = mode.backend();
-            loop {
-                let status =
-                    tokio::task::spawn_blocking(move || haproxy_status(stats, backend, "green"))
-                        .await
-                        .unwrap();
-                // `DOWN`, `NOLB`, `DRAIN (agent)`; not `UP 1/3` (going down).
-                if status.as_deref().is_some_and(|s| {
+            // `DOWN`, `NOLB`, `DRAIN (agent)`; not `UP 1/3` (going down).
+            haproxy_until(
+                stats,
+                mode.backend(),
+                "green",
+                Duration::from_secs(60),
+                |s| {
                     ["DOWN", "NOLB", "DRAIN"]
                         .iter()
                         .any(|out| s.starts_with(out))
-                }) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "HAProxy never took green out: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+                },
+            )
+            .await;
         }
 
         let mut h = Harness {
@@ -971,22 +990,12 @@ async fn releases_under_load_with_sidecar_gates_then_a_crashed_service() {
         .get_mut(live.as_str())
         .unwrap()
         .kill();
-    let deadline = crashed + Duration::from_secs(20);
-    loop {
-        let status = tokio::task::spawn_blocking(move || {
-            haproxy_status(stats, Mode::Sidecar.backend(), live.as_str())
-        })
-        .await
-        .unwrap();
-        if status.as_deref().is_some_and(|s| s.starts_with("DOWN")) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "HAProxy still has the crashed {live} in rotation: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let server = live.as_str();
+    let backend = Mode::Sidecar.backend();
+    haproxy_until(stats, backend, server, Duration::from_secs(20), |s| {
+        s.starts_with("DOWN")
+    })
+    .await;
     let took = crashed.elapsed();
     // --service-fall 2 × --service-interval 1 s, then HAProxy's fall 3 ×
     // inter 200 ms; a second more for the checks' own timing.
@@ -1023,21 +1032,10 @@ async fn releases_under_load_with_sidecar_gates_then_a_crashed_service() {
     })
     .await
     .unwrap();
-    loop {
-        let status = tokio::task::spawn_blocking(move || {
-            haproxy_status(stats, Mode::Sidecar.backend(), live.as_str())
-        })
-        .await
-        .unwrap();
-        if status.as_deref() == Some("UP") {
-            break;
-        }
-        assert!(
-            back.elapsed() < Duration::from_secs(20),
-            "HAProxy never took the recovered {live} back: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    haproxy_until(stats, backend, server, Duration::from_secs(20), |s| {
+        s == "UP"
+    })
+    .await;
     eprintln!(
         "Sidecar: the restarted {live} was back in rotation after {:?}",
         back.elapsed()

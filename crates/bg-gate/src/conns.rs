@@ -242,18 +242,11 @@ mod tests {
 
         assert_eq!(conns.drain(2, Duration::from_secs(1), MINUTE, || true), 5);
         tokio::task::yield_now().await;
-        let asked = |guards: &mut Vec<WebSocketGuard>| {
-            guards
-                .iter_mut()
-                .map(|g| futures_ready(g.drain_requested()))
-                .filter(|ready| *ready)
-                .count()
-        };
-        assert_eq!(asked(&mut guards), 2, "first batch");
+        assert_eq!(newly_asked(&mut guards), 2, "first batch");
         tokio::time::sleep(Duration::from_millis(1001)).await;
-        assert_eq!(asked(&mut guards), 2, "second batch");
+        assert_eq!(newly_asked(&mut guards), 2, "second batch");
         tokio::time::sleep(Duration::from_millis(1001)).await;
-        assert_eq!(asked(&mut guards), 1, "last batch");
+        assert_eq!(newly_asked(&mut guards), 1, "last batch");
         // Already-asked connections are not asked twice by a second drain.
         assert_eq!(conns.drain(2, Duration::from_secs(1), MINUTE, || true), 0);
         guards.clear();
@@ -285,19 +278,9 @@ mod tests {
         // And at the same pace: one batch per pause.
         let mut more: Vec<_> = (0..15).map(|_| conns.track_websocket()).collect();
         tokio::time::sleep(Duration::from_millis(1001)).await;
-        let asked = more
-            .iter_mut()
-            .map(|g| futures_ready(g.drain_requested()))
-            .filter(|ready| *ready)
-            .count();
-        assert_eq!(asked, 10, "one batch");
+        assert_eq!(newly_asked(&mut more), 10, "one batch");
         tokio::time::sleep(Duration::from_millis(1001)).await;
-        let asked = more
-            .iter_mut()
-            .map(|g| futures_ready(g.drain_requested()))
-            .filter(|ready| *ready)
-            .count();
-        assert_eq!(asked, 5, "the rest");
+        assert_eq!(newly_asked(&mut more), 5, "the rest");
     }
 
     #[tokio::test(start_paused = true)]
@@ -354,6 +337,15 @@ mod tests {
             futures_ready(late.drain_requested()),
             "the later end applies"
         );
+    }
+
+    /// How many of `guards` were asked to close since the last look.
+    fn newly_asked(guards: &mut [WebSocketGuard]) -> usize {
+        guards
+            .iter_mut()
+            .map(|g| futures_ready(g.drain_requested()))
+            .filter(|ready| *ready)
+            .count()
     }
 
     /// Polls a future once: whether it is ready now.

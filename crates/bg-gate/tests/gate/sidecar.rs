@@ -9,9 +9,8 @@ use axum::extract::State;
 use axum::routing::{get as get_route, post};
 use bg_gate::ServiceConfig;
 use bg_state::{Colour, SwitchRequest};
-use tokio::io::AsyncReadExt;
 
-use super::view::wait_for;
+use super::view::{agent_line, wait_for};
 use super::*;
 
 /// What the stand-in service does, and the drains it was sent.
@@ -80,27 +79,6 @@ fn sidecar_config(colour: Colour, addr: std::net::SocketAddr) -> GateConfig {
     s.connections_path = Some("/connections".into());
     cfg.service = Some(s);
     cfg
-}
-
-async fn agent_line(gate: &Gate) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let g = gate.clone();
-        async move {
-            g.serve_agent(listener, async {
-                let _ = rx.await;
-            })
-            .await
-        }
-    });
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut got = String::new();
-    s.read_to_string(&mut got).await.unwrap();
-    tx.send(()).unwrap();
-    server.await.unwrap();
-    got
 }
 
 #[tokio::test]

@@ -310,24 +310,7 @@ async fn agent_check_says_ready_or_drain() {
         let store = backend.store.clone();
         for (colour, line) in [(Colour::Blue, "ready\n"), (Colour::Green, "drain\n")] {
             let g = gate(&store, config(colour)).await;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn({
-                let g = g.clone();
-                async move {
-                    g.serve_agent(listener, async {
-                        let _ = rx.await;
-                    })
-                    .await
-                }
-            });
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut got = String::new();
-            s.read_to_string(&mut got).await.unwrap();
-            assert_eq!(got, line);
-            tx.send(()).unwrap();
-            server.await.unwrap();
+            assert_eq!(agent_line(&g).await, line);
             // Each agent query is a probe, as a health check is: step 3 of a
             // release and --confirm-lb read them.
             let probes = g.status().probes;
@@ -351,11 +334,17 @@ async fn agent_queries_from_outside_the_lb_sources_are_answered_not_logged() {
     let mut cfg = config(Colour::Green);
     cfg.lb_sources = vec!["10.0.0.0/8".parse().unwrap()];
     let g = gate(&store, cfg).await;
+    assert_eq!(agent_line(&g).await, "drain\n");
+    assert!(g.status().probes.is_empty());
+}
+
+/// One agent check of `gate`, over a real socket: the line it answers.
+pub(crate) async fn agent_line(gate: &Gate) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({
-        let g = g.clone();
+        let g = gate.clone();
         async move {
             g.serve_agent(listener, async {
                 let _ = rx.await;
@@ -366,10 +355,9 @@ async fn agent_queries_from_outside_the_lb_sources_are_answered_not_logged() {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut got = String::new();
     s.read_to_string(&mut got).await.unwrap();
-    assert_eq!(got, "drain\n");
     tx.send(()).unwrap();
     server.await.unwrap();
-    assert!(g.status().probes.is_empty());
+    got
 }
 
 pub(crate) async fn wait_for(mut cond: impl FnMut() -> bool) {

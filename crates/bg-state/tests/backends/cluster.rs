@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use bg_state::conformance::run_all;
 use bg_state::{
     AppName, Colour, ColourStore, InitRequest, RedisOptions, RedisStore, SwitchRequest,
 };
 use bg_testkit::{RedisCluster, TlsFiles};
 
-use super::{HISTORY_CAP, config, shared};
+use super::{HISTORY_CAP, conform_on_redis};
 
 fn options() -> RedisOptions {
     RedisOptions {
@@ -28,12 +27,7 @@ async fn three_master_cluster() {
     let url = cluster.url();
     let tls_url = format!("{}?ca={}", cluster.tls_url(), tls.ca().display());
     for url in [&url, &tls_url] {
-        let stores = [
-            shared(RedisStore::with_options(url, options()).unwrap()),
-            shared(RedisStore::with_options(url, options()).unwrap()),
-            shared(RedisStore::with_options(url, options()).unwrap()),
-        ];
-        run_all(&stores, &config()).await;
+        conform_on_redis(url, options()).await;
     }
 
     // The app's slot moves to another master: reads, writes and change

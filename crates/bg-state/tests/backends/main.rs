@@ -28,3 +28,11 @@ fn config() -> Config {
 fn shared<S: ColourStore + 'static>(s: S) -> Arc<dyn ColourStore> {
     Arc::new(s)
 }
+
+/// The conformance suite on three stores of one Redis URL (a node, a
+/// Sentinel set or a cluster), as three processes would share it.
+async fn conform_on_redis(url: &str, options: bg_state::RedisOptions) {
+    let stores =
+        [(); 3].map(|()| shared(bg_state::RedisStore::with_options(url, options.clone()).unwrap()));
+    bg_state::conformance::run_all(&stores, &config()).await;
+}

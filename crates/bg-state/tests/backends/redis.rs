@@ -1,13 +1,12 @@
 use std::time::{Duration, Instant};
 
-use bg_state::conformance::run_all;
 use bg_state::{
     AppName, Colour, ColourStore, DeployPhase, DeployRecord, Error, InitRequest, LegacyMirror,
     LiveVersion, Presence, RedisOptions, RedisStore, SwitchRequest,
 };
 use bg_testkit::RedisServer;
 
-use super::{HISTORY_CAP, config, shared};
+use super::{HISTORY_CAP, conform_on_redis};
 
 fn options() -> RedisOptions {
     RedisOptions {
@@ -30,12 +29,7 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 async fn conformance() {
     let server = RedisServer::start();
     // Separate stores have separate connections: the race crosses them.
-    let stores = [
-        shared(RedisStore::with_options(&server.url(), options()).unwrap()),
-        shared(RedisStore::with_options(&server.url(), options()).unwrap()),
-        shared(RedisStore::with_options(&server.url(), options()).unwrap()),
-    ];
-    run_all(&stores, &config()).await;
+    conform_on_redis(&server.url(), options()).await;
 }
 
 #[tokio::test]

@@ -6,14 +6,13 @@
 
 use std::time::Duration;
 
-use bg_state::conformance::run_all;
 use bg_state::{
     AppName, Colour, ColourStore, Error, InitRequest, LegacyMirror, RedisOptions, RedisStore,
     SwitchRequest,
 };
 use bg_testkit::{SentinelSet, TlsFiles};
 
-use super::{HISTORY_CAP, config, shared};
+use super::{HISTORY_CAP, conform_on_redis};
 
 fn options() -> RedisOptions {
     RedisOptions {
@@ -31,12 +30,7 @@ async fn sentinel_managed_master() {
     let url = set.url();
 
     // The suite, unchanged; every switch and init waits for the replica.
-    let stores = [
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-    ];
-    run_all(&stores, &config()).await;
+    conform_on_redis(&url, options()).await;
 
     // More replicas than there are: the write happens, but is not
     // acknowledged; its retry by request id is recognised once confirmed.
@@ -149,12 +143,7 @@ async fn sentinel_managed_master_over_tls() {
     let tls = TlsFiles::generate();
     let set = SentinelSet::start_tls("bgmaster", &tls);
     let url = format!("{}?ca={}", set.tls_url(), tls.ca().display());
-    let stores = [
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-    ];
-    run_all(&stores, &config()).await;
+    conform_on_redis(&url, options()).await;
 }
 
 #[test]

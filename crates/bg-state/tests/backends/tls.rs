@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use bg_state::conformance::run_all;
 use bg_state::{AppName, ColourStore, Error, RedisOptions, RedisStore};
 use bg_testkit::{RedisServer, TlsFiles};
 
-use super::{HISTORY_CAP, config, shared};
+use super::{HISTORY_CAP, conform_on_redis};
 
 fn options() -> RedisOptions {
     RedisOptions {
@@ -24,12 +23,7 @@ async fn conformance_over_tls_with_the_ca_on_the_url() {
     let tls = TlsFiles::generate();
     let server = RedisServer::start_tls(&tls);
     let url = format!("{}?ca={}", server.tls_url(), tls.ca().display());
-    let stores = [
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-        shared(RedisStore::with_options(&url, options()).unwrap()),
-    ];
-    run_all(&stores, &config()).await;
+    conform_on_redis(&url, options()).await;
 }
 
 #[tokio::test]
