@@ -48,7 +48,7 @@ struct Inner {
     /// Open websockets; `None` once asked to close.
     websockets: Mutex<BTreeMap<u64, Option<oneshot::Sender<()>>>>,
     draining: Mutex<Option<Draining>>,
-    /// Websockets opened while a drain ran, since it began.
+    /// Websockets opened while a drain ran, since the latest drain call.
     arrived_draining: AtomicU64,
 }
 
@@ -95,8 +95,9 @@ impl Connections {
     }
 
     /// Websockets opened while a drain was running, counted since the
-    /// latest drain began: clients that a load balancer still sends to a
-    /// colour being drained.
+    /// latest call to [`drain`](Self::drain) (one that started a drain or
+    /// joined the running one): clients that a load balancer still sends to
+    /// a colour being drained.
     #[must_use]
     pub fn arrived_while_draining(&self) -> u64 {
         self.inner.arrived_draining.load(Ordering::Relaxed)
@@ -131,6 +132,9 @@ impl Connections {
         };
         let unasked = self.sockets().values().filter(|s| s.is_some()).count();
         let mut draining = locked(&self.inner.draining);
+        // Counted from this call on, joined or new: what its caller sees
+        // arrive is what its own drain could not keep away.
+        self.inner.arrived_draining.store(0, Ordering::Relaxed);
         match draining.as_mut() {
             Some(d) => {
                 d.until = match (d.until, order.until) {
@@ -143,7 +147,6 @@ impl Connections {
             }
             None => {
                 *draining = Some(order);
-                self.inner.arrived_draining.store(0, Ordering::Relaxed);
                 tokio::spawn(Self::keep_draining(Arc::clone(&self.inner)));
             }
         }

@@ -157,8 +157,9 @@ pub struct ConnectionCounts {
     /// Requests in flight.
     #[serde(default)]
     pub requests: u64,
-    /// Websockets opened since the latest drain began, while it ran:
-    /// clients the load balancer still sends to the colour being drained.
+    /// Websockets opened while a drain ran, since the latest drain request
+    /// (one that started a drain or joined the running one): clients the
+    /// load balancer still sends to the colour being drained.
     #[serde(default)]
     pub arrived_while_draining: u64,
 }
