@@ -109,6 +109,47 @@ async fn writes_need_credentials_and_record_the_caller() {
 /// passed over, and the one that answered is asked first from then on; a
 /// gate that answers with a refusal is not.
 #[tokio::test]
+async fn a_gate_that_never_answers_the_connection_is_passed_over_too() {
+    let store: Arc<dyn ColourStore> = Arc::new(MemoryStore::new());
+    store
+        .init(&app(), InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let (up, _server) = serve(Arc::clone(&store)).await;
+    // A listener that never accepts, its queue full: the kernel drops
+    // further connection attempts, as a firewall that drops would.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap();
+    let silent = socket.listen(1).unwrap();
+    let hole = silent.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(hole),
+        )
+        .await
+        {
+            fillers.push(c);
+        }
+    }
+    let urls = [format!("http://{hole}"), format!("http://{up}")];
+    let both = RemoteStore::with_gates(&urls, None, Duration::from_secs(6)).unwrap();
+    let started = std::time::Instant::now();
+    let state = both.get(&app()).await.unwrap().unwrap();
+    assert_eq!(state.active, Colour::Blue);
+    // Passed over at its connection timeout (a third of the request's),
+    // not at the request's own 6 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn a_store_over_several_gates_moves_on_from_one_that_is_down() {
     let store: Arc<dyn ColourStore> = Arc::new(MemoryStore::new());
     let (up, server) = serve(Arc::clone(&store)).await;

@@ -91,8 +91,13 @@ impl RemoteStore {
         }
         // reqwest is built without a bundled crypto provider; ring is ours.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // A gate that does not answer the connection at all (a firewall
+        // that drops, a service address with no task behind it) must fail
+        // as a connection error, well before the request's own timeout,
+        // so that the next gate is tried: nothing was sent to it.
+        let connect = (timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(2));
         let client = reqwest::Client::builder()
-            .connect_timeout(timeout)
+            .connect_timeout(connect.min(timeout))
             .build()
             .map_err(|e| Error::Unavailable {
                 backend: "remote",

@@ -60,6 +60,28 @@ async fn sentinel_managed_master() {
         .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
 
+    // A replica that stops acknowledging (paused, still connected): a
+    // switch is not confirmed, and neither is its retry by a new process
+    // (a new connection, to which the script answers "unchanged").
+    let app = AppName::new("lagging").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let switch = || SwitchRequest::new(Colour::Green, "t").request_id("job-8-switch");
+    set.replica.pause();
+    let first = RedisStore::with_options(&url, options()).unwrap();
+    let err = first.switch(&app, switch()).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    let retry = RedisStore::with_options(&url, options()).unwrap();
+    let err = retry.switch(&app, switch()).await;
+    set.replica.resume();
+    let err = err.expect_err("a retry confirmed a switch no replica holds");
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    let again = RedisStore::with_options(&url, options()).unwrap();
+    let out = again.switch(&app, switch()).await.unwrap();
+    assert_eq!((out.state.active, out.state.generation), (Colour::Green, 2));
+
     // The legacy mirror works: there is one master.
     let app = AppName::new("legacy").unwrap();
     let opts = RedisOptions {

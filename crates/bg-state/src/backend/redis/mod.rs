@@ -590,6 +590,22 @@ impl RedisStore {
         let raw: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
         let reply = Reply::parse(app, raw)?;
         if durable && matches!(reply.status.as_str(), "ok" | "unchanged") {
+            if reply.status == "unchanged" && self.inner.target.min_replicas() > 0 {
+                // WAIT counts the writes of this connection, and an
+                // unchanged answer wrote nothing here (the change was made
+                // earlier, maybe by another process): one small write in
+                // the app's slot, after the change, makes the replicas'
+                // acknowledgement cover the change too.
+                self.bounded(
+                    redis::cmd("SET")
+                        .arg(format!("bg:{{{tag}}}:synced"))
+                        .arg(&reply.now)
+                        .arg("PX")
+                        .arg(60_000)
+                        .query_async::<()>(&mut conn),
+                )
+                .await?;
+            }
             self.confirm_replicas(&mut conn).await?;
         }
         Ok(reply)
