@@ -63,6 +63,19 @@ pub fn format_millis(ms: Millis) -> String {
 /// parse is not echoed if it may hold credentials.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
+    // Everything up to the last `@` may be credentials, whatever it holds:
+    // a password with a raw `/`, `?` or `#` would otherwise be cut in two
+    // and its first part shown as a host, or its second as a fragment.
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((_, after)) = rest.rsplit_once('@')
+    {
+        let after = after.split('#').next().unwrap_or_default();
+        let (after, query) = match after.split_once('?') {
+            Some((a, _)) => (a, "?…"),
+            None => (after, ""),
+        };
+        return shorten(&format!("{scheme}://***@{after}{query}"));
+    }
     match url::Url::parse(url) {
         Ok(mut u) => {
             if !u.username().is_empty() {
@@ -154,6 +167,13 @@ mod tests {
             ("redis-sentinel://:hunter2@a:1,b:2/m", "hunter2"),
             ("redis-sentinel://:hun/ter2@a:1,b:2/m", "ter2"),
             ("rediss-cluster://a:1,b:2?ca=/hunter2.pem", "hunter2"),
+            // A raw `/`, `?` or `#` in a password: neither half shows.
+            ("redis://:hun/ter2@host/0", "hun"),
+            ("redis://:hun?ter2@host/0", "hun"),
+            ("redis://:hun?ter2@host/0", "ter2"),
+            ("redis://:hun#ter2@host/0", "hun"),
+            ("redis://:hun#ter2@host/0", "ter2"),
+            ("redis://user:12#hunter2@host/0", "hunter2"),
         ] {
             let shown = redact_url(url);
             assert!(!shown.contains(secret), "{url} -> {shown}");

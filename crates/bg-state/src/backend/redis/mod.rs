@@ -599,7 +599,7 @@ impl RedisStore {
                 self.bounded(
                     redis::cmd("SET")
                         .arg(format!("bg:{{{tag}}}:synced"))
-                        .arg(&reply.now)
+                        .arg(reply.now)
                         .arg("PX")
                         .arg(60_000)
                         .query_async::<()>(&mut conn),

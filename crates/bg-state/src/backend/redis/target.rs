@@ -72,6 +72,13 @@ impl Target {
             "rediss-cluster" => ("cluster", true),
             _ => return Err(bad(&format!("unknown scheme; expected {FORMS}"))),
         };
+        // The user part ends at the last `@`: a password may hold a raw
+        // `/`, `?` or `#`, which must not be read as a path, a query or a
+        // fragment (nor quoted back as a host).
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (Some(u), r),
+            None => (None, rest),
+        };
         if rest.contains('#') {
             return Err(bad(
                 "a URL fragment (such as #insecure) is not accepted: certificates are always \
@@ -82,13 +89,9 @@ impl Target {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
         };
-        let (authority, path) = match rest.find('/') {
+        let (hosts, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
-        };
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
         };
         let (username, password) = match userinfo {
             None => (None, None),
@@ -316,6 +319,25 @@ mod tests {
         let e = parse(url).expect_err(url).to_string();
         assert!(!e.contains("hunter2"), "{e}");
         e
+    }
+
+    #[test]
+    fn a_password_may_hold_a_slash_a_question_mark_or_a_hash() {
+        for pass in ["hun/ter2", "hun?ter2", "hun#ter2"] {
+            let t = parse(&format!("redis://:{pass}@127.0.0.1:7000/3")).unwrap();
+            assert_eq!(t.password.as_deref(), Some(pass));
+            assert_eq!(t.nodes, [("127.0.0.1".to_owned(), 7000)]);
+            assert_eq!(t.db, 3);
+        }
+        // A bad URL with such a password: the error shows no part of it.
+        for url in [
+            "redis://:hun/ter2@",
+            "redis://:hun?ter2@h:x",
+            "redis://:hun#ter2@h/zz",
+        ] {
+            let e = parse(url).unwrap_err().to_string();
+            assert!(!e.contains("hun") && !e.contains("ter2"), "{url}: {e}");
+        }
     }
 
     #[test]
