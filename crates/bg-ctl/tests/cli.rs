@@ -255,12 +255,65 @@ fn the_command_line_store_wins_over_the_environment() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
 
+    // A variable set to nothing (a CI variable left empty) is no setting.
+    let out = bg_ctl_env(
+        &["--store", &store, "--app", "chat", "status"],
+        &[("BG_GATE", "")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let out = bg_ctl_env(
+        &["--app", "chat", "status"],
+        &[("BG_STORE", ""), ("BG_GATE", nowhere)],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", shown(&out));
+
     // Both on the command line: a usage error that says so.
     let out = bg_ctl_env(&["--store", &store, "--gate", nowhere, "status"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("--store") && stderr.contains("--gate"),
+        "{}",
+        shown(&out)
+    );
+}
+
+/// The deploy trigger too: `--exec` on the command line sets the
+/// template's webhook variables aside, and the other way round; both from
+/// the same place is a usage error.
+#[test]
+fn the_command_line_trigger_wins_over_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().join("state.json").display());
+    let hooks = [
+        ("BG_WEBHOOK_BLUE", "http://127.0.0.1:1/hook/blue"),
+        ("BG_WEBHOOK_GREEN", "http://127.0.0.1:1/hook/green"),
+    ];
+    let deploy = ["--store", &store, "deploy", "--version", "v9"];
+    // Past the options: the store is not initialised (exit 1).
+    let out = bg_ctl_env(&[&deploy[..], &["--exec", "true"]].concat(), &hooks);
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not initialised"),
+        "{}",
+        shown(&out)
+    );
+    let out = bg_ctl_env(
+        &[
+            &deploy[..],
+            &["--webhook-blue", hooks[0].1, "--webhook-green", hooks[1].1],
+        ]
+        .concat(),
+        &[("BG_EXEC", "true")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+
+    let mut both = hooks.to_vec();
+    both.push(("BG_EXEC", "true"));
+    let out = bg_ctl_env(&deploy, &both);
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--exec"),
         "{}",
         shown(&out)
     );

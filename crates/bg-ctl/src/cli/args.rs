@@ -231,7 +231,8 @@ pub(super) struct DeployArgs {
     #[arg(long, env = "BG_TAG_PARAM")]
     pub(super) tag_param: Option<String>,
     /// Deploy with this command instead of a webhook (it gets BG_COLOUR and BG_VERSION).
-    #[arg(long, env = "BG_EXEC", conflicts_with_all = ["webhook_blue", "webhook_green"])]
+    /// Given on the command line, it sets BG_WEBHOOK_* in the environment aside.
+    #[arg(long, env = "BG_EXEC")]
     pub(super) exec: Option<String>,
     /// Must succeed before the switch (gets BG_COLOUR, BG_VERSION, BG_GATE_URL).
     #[arg(long, env = "BG_SMOKE")]
@@ -351,6 +352,9 @@ impl Cli {
             }
             false
         };
+        // A CI variable set to nothing is no setting.
+        cli.global.store = cli.global.store.take().filter(|s| !s.trim().is_empty());
+        cli.global.gate.retain(|g| !g.trim().is_empty());
         if cli.global.store.is_some() && !cli.global.gate.is_empty() {
             match (from_command_line("store"), from_command_line("gate")) {
                 (true, true) => {
@@ -361,6 +365,35 @@ impl Cli {
                 }
                 (false, true) => cli.global.store = None,
                 (true, false) | (false, false) => cli.global.gate.clear(),
+            }
+        }
+        // The trigger likewise: --exec or the webhooks, the command line's
+        // over the environment's.
+        if let Command::Deploy(d) = &mut cli.command
+            && d.exec.is_some()
+            && (d.webhook_blue.is_some() || d.webhook_green.is_some())
+        {
+            let given = |id: &str| {
+                matches
+                    .subcommand_matches("deploy")
+                    .and_then(|m| m.value_source(id))
+                    == Some(ValueSource::CommandLine)
+            };
+            let exec = given("exec");
+            let hooks = given("webhook_blue") || given("webhook_green");
+            match (exec, hooks) {
+                (true, false) => {
+                    d.webhook_blue = None;
+                    d.webhook_green = None;
+                }
+                (false, true) => d.exec = None,
+                (true, true) | (false, false) => {
+                    return Err(cmd.error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--exec and --webhook-blue/--webhook-green (BG_EXEC, BG_WEBHOOK_*) both \
+                         name the deploy trigger: give one",
+                    ));
+                }
             }
         }
         Ok(cli)
