@@ -197,8 +197,8 @@ pub struct GateArgs {
     /// (1 live, 0 idle) for this app, for instances still reading them during a migration.
     /// The first gate started with it records the ids in the app's state, so every change
     /// moves the keys, whoever makes it (bg-ctl --store redis://… too); later ids do not
-    /// replace them (`bg-ctl init --force --legacy-mirror` does). Needs a single-node
-    /// redis:// store.
+    /// replace them (`bg-ctl init --force --legacy-mirror` does). Needs one Redis master:
+    /// a redis:// or redis-sentinel:// store (not a Cluster).
     #[arg(long, env = "BG_LEGACY_MIRROR", value_name = "BLUE_ID,GREEN_ID")]
     legacy_mirror: Option<String>,
 

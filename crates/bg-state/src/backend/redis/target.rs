@@ -209,6 +209,16 @@ impl Target {
         if target.ca.is_some() && !target.tls {
             return Err(bad("?ca= needs TLS: use the rediss… form of the URL"));
         }
+        if matches!(target.topology, Topology::Cluster) && target.min_replicas.unwrap_or(0) > 0 {
+            // The Cluster client sends WAIT to every master and takes the
+            // least answer: it would count other slots' replicas, not the
+            // app's. Refused rather than half kept.
+            return Err(bad(
+                "min_replicas is not supported on a Cluster (WAIT there would count every \
+                 master's replicas, not those of the app's slot); use Sentinel for acknowledged \
+                 switches that survive a failover",
+            ));
+        }
         Ok(target)
     }
 
@@ -383,11 +393,15 @@ mod tests {
             t.node_url(&t.nodes[2], true),
             "redis://:p%40ss@[::1]:26380/2"
         );
-        let t = parse("rediss-cluster://a:7000,b:7001?min_replicas=1").unwrap();
+        let t = parse("rediss-cluster://a:7000,b:7001").unwrap();
         assert_eq!(t.topology, Topology::Cluster);
         assert!(t.tls);
         assert_eq!(t.nodes.len(), 2);
-        assert_eq!(t.min_replicas(), 1);
+        assert_eq!(t.min_replicas(), 0);
+        let e = parse("rediss-cluster://a:7000,b:7001?min_replicas=1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not supported on a Cluster"), "{e}");
     }
 
     #[test]
