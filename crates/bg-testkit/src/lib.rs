@@ -516,8 +516,14 @@ impl RedisCluster {
         if tls.is_some() {
             args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
         }
+        // The bus port would otherwise be the port + 10000: above 55535 it
+        // cannot be, and it may be another test's free port.
         let nodes: Vec<RedisServer> = (0..n)
-            .map(|_| RedisServer::start_with(&args, tls.is_some(), tls))
+            .map(|_| {
+                let mut node = args.clone();
+                node.extend(["--cluster-port".to_owned(), free_port().to_string()]);
+                RedisServer::start_with(&node, tls.is_some(), tls)
+            })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
