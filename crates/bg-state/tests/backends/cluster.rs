@@ -63,4 +63,33 @@ async fn three_master_cluster() {
     })
     .await;
     assert!(heard.is_ok(), "no change hint after the slot moved");
+
+    // State brought over from a single node with the legacy mirror's ids
+    // recorded: its keys cannot be written in this slot, and a switch fails
+    // before it changed anything.
+    let app = AppName::new("mirrored").unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    let slot = cluster.slot_of("bg:{mirrored}:state");
+    let owner = &cluster.nodes[cluster.owner_of(slot)];
+    owner.cli(&[
+        "HSET",
+        "bg:{mirrored}:state",
+        "mirror_blue",
+        "alfa",
+        "mirror_green",
+        "beta",
+    ]);
+    let err = store
+        .switch(&app, SwitchRequest::new(Colour::Green, "t"))
+        .await;
+    assert!(err.is_err(), "a switch wrote lb-status-* across slots: {err:?}");
+    let state = store.get(&app).await.unwrap().unwrap();
+    assert_eq!(
+        (state.active, state.generation),
+        (Colour::Blue, 1),
+        "a failed switch changed the state"
+    );
 }

@@ -122,17 +122,24 @@ end
 -- The legacy mirror. Its ids live in the state hash (mirror_blue,
 -- mirror_green), so that every writer moves the legacy keys, not only the
 -- stores opened with the mirror: those only record the ids, once (an init
--- replaces them). With ids recorded, the keys follow the live colour.
-local function mirror(replace)
-  if #KEYS >= 5 and (replace or field('mirror_blue') == nil) then
+-- replaces them). With ids recorded, the keys follow the live colour,
+-- `active` (the colour about to be live). Called before anything else the
+-- script writes: a key it may not write (on a Cluster, under an ACL) fails
+-- the script before the state changed.
+local function mirror(replace, active)
+  local blue_id, green_id = field('mirror_blue'), field('mirror_green')
+  local record = #KEYS >= 5 and (replace or blue_id == nil)
+  if record then
     local prefix = string.len('lb-status-')
-    redis.call('HSET', S, 'mirror_blue', string.sub(KEYS[4], prefix + 1),
-      'mirror_green', string.sub(KEYS[5], prefix + 1))
+    blue_id, green_id = string.sub(KEYS[4], prefix + 1), string.sub(KEYS[5], prefix + 1)
   end
-  local blue_id, green_id, active = field('mirror_blue'), field('mirror_green'), field('active')
-  if blue_id == nil or green_id == nil or active == nil then return end
-  redis.call('SET', 'lb-status-' .. blue_id, active == 'blue' and '1' or '0')
-  redis.call('SET', 'lb-status-' .. green_id, active == 'blue' and '0' or '1')
+  if blue_id ~= nil and green_id ~= nil and active ~= nil then
+    redis.call('SET', 'lb-status-' .. blue_id, active == 'blue' and '1' or '0')
+    redis.call('SET', 'lb-status-' .. green_id, active == 'blue' and '0' or '1')
+  end
+  if record then
+    redis.call('HSET', S, 'mirror_blue', blue_id, 'mirror_green', green_id)
+  end
 end
 
 local function publish()
@@ -150,13 +157,14 @@ elseif op == 'init' then
   local held = math.max(tonumber(field('high_water') or '0') or 0, tonumber(field('generation') or '0'))
   local gen = math.max(held + 1, tonumber(ARGV[9]))
   if gen > ceiling then return reply('exhausted', num(gen)) end
+  mirror(true, ARGV[5])
   redis.call('HSET', S, 'active', ARGV[5], 'generation', num(gen), 'high_water', num(gen),
     'lc_actor', ARGV[6], 'lc_at', num(now), 'lc_forced', ARGV[8])
   set_opt('lc_reason', ARGV[7])
   redis.call('HDEL', S, 'lc_request', 'lc_fence')
   event({ generation = gen, at_ms = now, actor = ARGV[6], forced = ARGV[8] == '1',
     reason = opt(ARGV[7]), event = 'init', active = ARGV[5] })
-  mirror(true); publish()
+  publish()
   return reply('ok')
 
 elseif op == 'switch' then
@@ -177,6 +185,7 @@ elseif op == 'switch' then
   gen = gen + 1
   if gen > ceiling then return reply('exhausted', num(gen)) end
   local high = math.max(gen, tonumber(field('high_water') or '0') or 0)
+  mirror(false, to)
   redis.call('HSET', S, 'active', to, 'generation', num(gen), 'high_water', num(high),
     'lc_actor', ARGV[6], 'lc_at', num(now), 'lc_forced', ARGV[11])
   set_opt('lc_reason', ARGV[7]); set_opt('lc_request', rid); set_opt('lc_fence', fence)
@@ -199,7 +208,7 @@ elseif op == 'switch' then
   end
   event({ generation = gen, at_ms = now, actor = ARGV[6], forced = ARGV[11] == '1',
     reason = opt(ARGV[7]), event = (ARGV[12] == '1') and 'rollback' or 'switch', from = active, to = to })
-  mirror(false); publish()
+  publish()
   return reply('ok')
 
 elseif op == 'deploy' then
@@ -278,7 +287,7 @@ elseif op == 'presence' then
   redis.call('HSET', G, ARGV[5], cjson.encode(p))
   -- A gate opened with the mirror reports its presence from the start:
   -- this records the ids, and sets the keys, before any change is made.
-  if #KEYS >= 5 and field('mirror_blue') == nil then mirror(false) end
+  if #KEYS >= 5 and field('mirror_blue') == nil then mirror(false, field('active')) end
   return reply('ok', '', G)
 
 elseif op == 'presences' then
