@@ -74,7 +74,7 @@ async fn three_master_cluster() {
         .unwrap();
     let slot = cluster.slot_of("bg:{mirrored}:state");
     let owner = &cluster.nodes[cluster.owner_of(slot)];
-    owner.cli(&[
+    let _ = owner.cli(&[
         "HSET",
         "bg:{mirrored}:state",
         "mirror_blue",
@@ -85,7 +85,10 @@ async fn three_master_cluster() {
     let err = store
         .switch(&app, SwitchRequest::new(Colour::Green, "t"))
         .await;
-    assert!(err.is_err(), "a switch wrote lb-status-* across slots: {err:?}");
+    assert!(
+        err.is_err(),
+        "a switch wrote lb-status-* across slots: {err:?}"
+    );
     let state = store.get(&app).await.unwrap().unwrap();
     assert_eq!(
         (state.active, state.generation),
