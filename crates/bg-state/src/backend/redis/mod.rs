@@ -7,12 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Client, RedisError, RetryMethod, Script, TlsCertificates};
-use tokio::sync::{OnceCell, mpsc};
+use redis::{Script, TlsCertificates};
+use tokio::sync::mpsc;
 
 use crate::engine::ms;
 use crate::error::{Error, Result};
@@ -22,10 +18,14 @@ use crate::store::{
     Subscription, SwitchOutcome, SwitchRequest,
 };
 
+mod connect;
+mod listen;
 mod mirror;
 mod reply;
 mod target;
 
+use connect::{AnyConn, Connector, read_ca, timed_out};
+use listen::Heard;
 pub use mirror::LegacyMirror;
 use reply::{Reply, parse_lease, parse_state};
 use target::{Target, Topology};
@@ -98,179 +98,12 @@ struct Inner {
     shown: String,
 }
 
-/// Where connections come from.
-enum Connector {
-    Single {
-        client: Client,
-        /// Made on first use, inside the caller's runtime (the manager spawns
-        /// its reconnect task), so opening a store needs no runtime.
-        conn: OnceCell<ConnectionManager>,
-    },
-    Sentinel {
-        sentinel: tokio::sync::Mutex<SentinelClient>,
-        /// The connection to the master last named, dropped on failure.
-        master: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-        name: String,
-    },
-    Cluster {
-        client: ClusterClient,
-        conn: OnceCell<ClusterConnection>,
-    },
-}
-
-/// One of the connection kinds, for commands and scripts alike.
-#[derive(Clone)]
-enum AnyConn {
-    Manager(ConnectionManager),
-    Multiplexed(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for AnyConn {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            AnyConn::Manager(c) => c.req_packed_command(cmd),
-            AnyConn::Multiplexed(c) => c.req_packed_command(cmd),
-            AnyConn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            AnyConn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
-            AnyConn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
-            AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            AnyConn::Manager(c) => c.get_db(),
-            AnyConn::Multiplexed(c) => c.get_db(),
-            AnyConn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("url", &self.inner.shown)
             .finish_non_exhaustive()
     }
-}
-
-/// A certificate the client cannot trust, found anywhere in the error's
-/// chain of causes: a configuration error, which no retry mends.
-fn certificate_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
-            if let rustls::Error::InvalidCertificate(why) = tls {
-                return Some(format!("{why:?}"));
-            }
-            return None;
-        }
-        // redis-rs keeps causes behind an `Arc`, and an I/O error hides the
-        // error it carries from `source`: look inside both.
-        if let Some(shared) = c.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
-            && let Some(found) = certificate_failure(shared.as_ref())
-        {
-            return Some(found);
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(found) = certificate_failure(inner)
-        {
-            return Some(found);
-        }
-        cause = c.source();
-    }
-    None
-}
-
-impl Inner {
-    fn unavailable(&self, e: &RedisError) -> Error {
-        if let Some(why) = certificate_failure(e) {
-            return Error::invalid(
-                "tls",
-                format!(
-                    "the certificate of the Redis server at {} is not trusted ({why}); \
-                     name the CA that signed it with ?ca=FILE on the URL or BG_REDIS_CA",
-                    self.shown
-                ),
-            );
-        }
-        let retryable = !matches!(e.retry_method(), RetryMethod::NoRetry)
-            && e.kind() != redis::ErrorKind::AuthenticationFailed;
-        Error::Unavailable {
-            backend: "redis",
-            message: e.to_string(),
-            retryable,
-        }
-    }
-}
-
-fn timed_out(after: Duration) -> Error {
-    Error::Unavailable {
-        backend: "redis",
-        message: format!("no answer within {after:?}"),
-        retryable: true,
-    }
-}
-
-fn cluster_builder(
-    target: &Target,
-    opts: &RedisOptions,
-    certs: Option<&TlsCertificates>,
-) -> ClusterClientBuilder {
-    let nodes: Vec<String> = target
-        .nodes
-        .iter()
-        .map(|n| target.node_url(n, false))
-        .collect();
-    let mut b = ClusterClientBuilder::new(nodes)
-        .connection_timeout(opts.connect_timeout)
-        .response_timeout(opts.response_timeout)
-        .retries(2);
-    if target.tls {
-        b = b.tls(redis::TlsMode::Secure);
-    }
-    if let Some(c) = certs {
-        b = b.certs(c.clone());
-    }
-    if let Some(u) = &target.username {
-        b = b.username(u);
-    }
-    if let Some(p) = &target.password {
-        b = b.password(p);
-    }
-    b
-}
-
-/// The PEM of the CA, checked to hold at least one certificate.
-fn read_ca(path: &std::path::Path) -> Result<Vec<u8>> {
-    let pem = std::fs::read(path).map_err(|e| {
-        Error::invalid(
-            "ca",
-            format!("cannot read the CA file {}: {e}", path.display()),
-        )
-    })?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(Error::invalid(
-            "ca",
-            format!("{} holds no PEM certificate", path.display()),
-        ));
-    }
-    Ok(pem)
 }
 
 impl RedisStore {
@@ -330,75 +163,7 @@ impl RedisStore {
             }),
             None => None,
         };
-        let unusable = |e: RedisError| {
-            Error::invalid(
-                "url",
-                format!(
-                    "{shown} is not a usable Redis URL: {}",
-                    e.detail().unwrap_or("malformed")
-                ),
-            )
-        };
-        let conn = match &target.topology {
-            Topology::Single => {
-                let url = target.node_url(&target.nodes[0], true);
-                let client = match certs.clone() {
-                    Some(c) => Client::build_with_tls(url, c),
-                    None => Client::open(url),
-                }
-                .map_err(unusable)?;
-                Connector::Single {
-                    client,
-                    conn: OnceCell::new(),
-                }
-            }
-            Topology::Sentinel { master } => {
-                let certs = certs.clone();
-                let tls_mode = target.tls.then_some(redis::TlsMode::Secure);
-                let addrs = target.nodes.iter().map(|(host, port)| {
-                    if target.tls {
-                        redis::ConnectionAddr::TcpTls {
-                            host: host.clone(),
-                            port: *port,
-                            insecure: false,
-                            tls_params: None,
-                        }
-                    } else {
-                        redis::ConnectionAddr::Tcp(host.clone(), *port)
-                    }
-                });
-                let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
-                    .map_err(unusable)?
-                    .set_client_to_redis_db(target.db);
-                if let Some(mode) = tls_mode {
-                    b = b
-                        .set_client_to_redis_tls_mode(mode)
-                        .set_client_to_sentinel_tls_mode(mode);
-                }
-                if let Some(c) = certs {
-                    b = b
-                        .set_client_to_redis_certificates(c.clone())
-                        .set_client_to_sentinel_certificates(c);
-                }
-                if let Some(u) = &target.username {
-                    b = b.set_client_to_redis_username(u);
-                }
-                if let Some(p) = &target.password {
-                    b = b.set_client_to_redis_password(p);
-                }
-                Connector::Sentinel {
-                    sentinel: tokio::sync::Mutex::new(b.build().map_err(unusable)?),
-                    master: tokio::sync::Mutex::new(None),
-                    name: master.clone(),
-                }
-            }
-            Topology::Cluster => Connector::Cluster {
-                client: cluster_builder(&target, &opts, certs.as_ref())
-                    .build()
-                    .map_err(unusable)?,
-                conn: OnceCell::new(),
-            },
-        };
+        let conn = Connector::new(&target, &opts, certs.as_ref(), &shown)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 target,
@@ -411,85 +176,6 @@ impl RedisStore {
                 shown,
             }),
         })
-    }
-
-    async fn conn(&self) -> Result<AnyConn> {
-        let inner = &self.inner;
-        let deadline = self.deadline();
-        match &inner.conn {
-            Connector::Single { client, conn } => conn
-                .get_or_try_init(|| async {
-                    let config = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(inner.opts.connect_timeout))
-                        .set_response_timeout(Some(inner.opts.response_timeout))
-                        .set_number_of_retries(1)
-                        .set_max_delay(inner.opts.connect_timeout);
-                    ConnectionManager::new_lazy_with_config(client.clone(), config)
-                        .map_err(|e| inner.unavailable(&e))
-                })
-                .await
-                .cloned()
-                .map(AnyConn::Manager),
-            Connector::Sentinel {
-                sentinel, master, ..
-            } => {
-                let mut current = master.lock().await;
-                if let Some(c) = &*current {
-                    return Ok(AnyConn::Multiplexed(c.clone()));
-                }
-                let found = tokio::time::timeout(deadline, async {
-                    let client = sentinel.lock().await.async_get_client().await?;
-                    let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(inner.opts.connect_timeout))
-                        .set_response_timeout(Some(inner.opts.response_timeout));
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                })
-                .await;
-                match found {
-                    Ok(Ok(c)) => {
-                        *current = Some(c.clone());
-                        Ok(AnyConn::Multiplexed(c))
-                    }
-                    Ok(Err(e)) => Err(inner.unavailable(&e)),
-                    Err(_) => Err(timed_out(deadline)),
-                }
-            }
-            Connector::Cluster { client, conn, .. } => {
-                let made = tokio::time::timeout(
-                    deadline,
-                    conn.get_or_try_init(|| async {
-                        client
-                            .get_async_connection()
-                            .await
-                            .map_err(|e| inner.unavailable(&e))
-                    }),
-                )
-                .await;
-                match made {
-                    Ok(r) => r.cloned().map(AnyConn::Cluster),
-                    Err(_) => Err(timed_out(deadline)),
-                }
-            }
-        }
-    }
-
-    /// A builder of clients for the Cluster the URL names.
-    fn cluster_builder(&self) -> ClusterClientBuilder {
-        cluster_builder(
-            &self.inner.target,
-            &self.inner.opts,
-            self.inner.certs.as_ref(),
-        )
-    }
-
-    /// Forgets the Sentinel master's connection, so the next call looks the
-    /// master up again.
-    async fn forget_master(&self) {
-        if let Connector::Sentinel { master, .. } = &self.inner.conn {
-            master.lock().await.take();
-        }
     }
 
     fn deadline(&self) -> Duration {
@@ -609,78 +295,6 @@ impl RedisStore {
             self.confirm_replicas(&mut conn).await?;
         }
         Ok(reply)
-    }
-
-    fn state_of(&self, app: &AppName, reply: &Reply) -> Result<State> {
-        parse_state(app, &reply.fields)?.ok_or_else(|| Error::NotInitialised { app: app.clone() })
-    }
-
-    /// Turns a refusal status into its error.
-    fn refusal(&self, app: &AppName, reply: &Reply) -> Error {
-        let now = reply.now;
-        match reply.status.as_str() {
-            "not_init" => Error::NotInitialised { app: app.clone() },
-            "corrupt" => Error::corrupt(
-                format!("redis {}: bg:{{{app}}}:state", self.inner.shown),
-                format!(
-                    "field {:?} is missing or garbage; left untouched",
-                    reply.detail
-                ),
-            ),
-            "already_init" => match self.state_of(app, reply) {
-                Ok(s) => Error::AlreadyInitialised {
-                    current: Box::new(s),
-                },
-                Err(e) => e,
-            },
-            "conflict" => match self.state_of(app, reply) {
-                Ok(s) => Error::Conflict {
-                    expected: reply.detail.parse().unwrap_or_default(),
-                    current: Box::new(s),
-                },
-                Err(e) => e,
-            },
-            "deploy_live" => Error::DeployToLive {
-                app: app.clone(),
-                colour: reply
-                    .fields
-                    .get("active")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(Colour::Blue),
-            },
-            "lease_held" => match parse_lease(&reply.fields, "lease_", now) {
-                Ok(Some(l)) => Error::LeaseHeld {
-                    app: app.clone(),
-                    holder: l.holder,
-                    fence: l.fence,
-                    expires_at_ms: l.expires_at_ms,
-                },
-                Ok(None) => Error::corrupt(format!("bg:{{{app}}}:state"), "lease fields vanished"),
-                Err(e) => e,
-            },
-            other => Error::Unavailable {
-                backend: "redis",
-                message: format!("unexpected script status {other:?}"),
-                retryable: false,
-            },
-        }
-    }
-
-    fn stale_fence(app: &AppName, presented: u64, reply: &Reply) -> Error {
-        Error::StaleFence {
-            app: app.clone(),
-            presented,
-            current: reply.detail.parse().ok(),
-        }
-    }
-
-    fn lease_reply(&self, app: &AppName, presented: Option<u64>, reply: &Reply) -> Result<Lease> {
-        match reply.status.as_str() {
-            "ok" => parse_lease(&reply.fields, "lease_", reply.now)?
-                .ok_or_else(|| Error::corrupt(format!("bg:{{{app}}}:state"), "lease not written")),
-            "stale_fence" => Err(Self::stale_fence(app, presented.unwrap_or_default(), reply)),
-            _ => Err(self.refusal(app, reply)),
-        }
     }
 }
 
@@ -932,124 +546,5 @@ impl ColourStore for RedisStore {
             }
         });
         Ok(Subscription::from_channel(rx))
-    }
-}
-
-/// What a change subscription heard.
-enum Heard {
-    /// A change, with its generation when the message carried one.
-    Change(Option<u64>),
-    /// The subscription was made again (a Cluster's topology changed).
-    Resubscribed,
-    /// Sentinel named a new master: subscribe there.
-    Moved,
-    /// The connection is gone.
-    Lost,
-}
-
-type Events = std::pin::Pin<Box<dyn futures_util::Stream<Item = Heard> + Send>>;
-
-fn generation_of(payload: Option<String>) -> Heard {
-    Heard::Change(payload.and_then(|g| g.parse().ok()))
-}
-
-impl RedisStore {
-    /// A subscription to the app's channel, or `None` if none can be made now.
-    async fn listen(&self, app: &AppName) -> Option<Events> {
-        let deadline = self.deadline();
-        let attempt = tokio::time::timeout(deadline, self.try_listen(app)).await;
-        match attempt {
-            Ok(Ok(events)) => Some(events),
-            Ok(Err(e)) => {
-                tracing::debug!(app = %app, error = %self.inner.unavailable(&e), "cannot subscribe to changes");
-                None
-            }
-            Err(_) => {
-                tracing::debug!(app = %app, "subscribing to changes timed out");
-                None
-            }
-        }
-    }
-
-    async fn try_listen(&self, app: &AppName) -> redis::RedisResult<Events> {
-        let changes = |pubsub: redis::aio::PubSub| {
-            pubsub
-                .into_on_message()
-                .map(|m| generation_of(m.get_payload::<String>().ok()))
-                .chain(futures_util::stream::once(async { Heard::Lost }))
-        };
-        match &self.inner.conn {
-            Connector::Single { client, .. } => {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(channel(app)).await?;
-                Ok(Box::pin(changes(pubsub)))
-            }
-            Connector::Sentinel { sentinel, name, .. } => {
-                let (master, watcher) = {
-                    let mut sentinel = sentinel.lock().await;
-                    let master = sentinel.async_get_client().await?;
-                    // Without a sentinel to listen to, a failover is still
-                    // noticed when the old master's connection breaks.
-                    let watcher = sentinel.async_get_sentinel_client().await.ok();
-                    (master, watcher)
-                };
-                let mut pubsub = master.get_async_pubsub().await?;
-                pubsub.subscribe(channel(app)).await?;
-                let mut events: Events = Box::pin(changes(pubsub));
-                if let Some(watcher) = watcher
-                    && let Ok(mut sentinel_pubsub) = watcher.get_async_pubsub().await
-                    && sentinel_pubsub.subscribe("+switch-master").await.is_ok()
-                {
-                    let prefix = format!("{name} ");
-                    let moved = sentinel_pubsub.into_on_message().filter_map(move |m| {
-                        let ours = m
-                            .get_payload::<String>()
-                            .is_ok_and(|p| p.starts_with(&prefix));
-                        async move { ours.then_some(Heard::Moved) }
-                    });
-                    events = Box::pin(futures_util::stream::select(events, moved));
-                }
-                Ok(events)
-            }
-            Connector::Cluster { .. } => {
-                let (push_tx, push_rx) = mpsc::unbounded_channel();
-                let client = self
-                    .cluster_builder()
-                    .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(push_tx)
-                    .build()?;
-                let mut conn = client.get_async_connection().await?;
-                conn.subscribe(channel(app)).await?;
-                let mut subscribed_once = false;
-                let events = futures_util::stream::unfold(
-                    (push_rx, conn),
-                    move |(mut rx, conn)| async move {
-                        loop {
-                            let push = rx.recv().await?;
-                            let heard = match push.kind {
-                                redis::PushKind::Message => generation_of(
-                                    push.data
-                                        .get(1)
-                                        .and_then(|v| redis::from_redis_value_ref(v).ok()),
-                                ),
-                                redis::PushKind::Subscribe => Heard::Resubscribed,
-                                _ => continue,
-                            };
-                            return Some((heard, (rx, conn)));
-                        }
-                    },
-                )
-                .filter(move |h| {
-                    // The first confirmation is of the subscribe just made.
-                    let first = matches!(h, Heard::Resubscribed) && !subscribed_once;
-                    if first {
-                        subscribed_once = true;
-                    }
-                    std::future::ready(!first)
-                })
-                .chain(futures_util::stream::once(async { Heard::Lost }));
-                Ok(Box::pin(events))
-            }
-        }
     }
 }

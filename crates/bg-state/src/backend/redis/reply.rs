@@ -157,3 +157,83 @@ pub(super) fn parse_lease(
     };
     Ok((lease.expires_at_ms > now).then_some(lease))
 }
+
+/// What a reply means for a call: its state, or the error a refusal is.
+impl super::RedisStore {
+    pub(super) fn state_of(&self, app: &AppName, reply: &Reply) -> Result<State> {
+        parse_state(app, &reply.fields)?.ok_or_else(|| Error::NotInitialised { app: app.clone() })
+    }
+
+    /// Turns a refusal status into its error.
+    pub(super) fn refusal(&self, app: &AppName, reply: &Reply) -> Error {
+        let now = reply.now;
+        match reply.status.as_str() {
+            "not_init" => Error::NotInitialised { app: app.clone() },
+            "corrupt" => Error::corrupt(
+                format!("redis {}: bg:{{{app}}}:state", self.inner.shown),
+                format!(
+                    "field {:?} is missing or garbage; left untouched",
+                    reply.detail
+                ),
+            ),
+            "already_init" => match self.state_of(app, reply) {
+                Ok(s) => Error::AlreadyInitialised {
+                    current: Box::new(s),
+                },
+                Err(e) => e,
+            },
+            "conflict" => match self.state_of(app, reply) {
+                Ok(s) => Error::Conflict {
+                    expected: reply.detail.parse().unwrap_or_default(),
+                    current: Box::new(s),
+                },
+                Err(e) => e,
+            },
+            "deploy_live" => Error::DeployToLive {
+                app: app.clone(),
+                colour: reply
+                    .fields
+                    .get("active")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(Colour::Blue),
+            },
+            "lease_held" => match parse_lease(&reply.fields, "lease_", now) {
+                Ok(Some(l)) => Error::LeaseHeld {
+                    app: app.clone(),
+                    holder: l.holder,
+                    fence: l.fence,
+                    expires_at_ms: l.expires_at_ms,
+                },
+                Ok(None) => Error::corrupt(format!("bg:{{{app}}}:state"), "lease fields vanished"),
+                Err(e) => e,
+            },
+            other => Error::Unavailable {
+                backend: "redis",
+                message: format!("unexpected script status {other:?}"),
+                retryable: false,
+            },
+        }
+    }
+
+    pub(super) fn stale_fence(app: &AppName, presented: u64, reply: &Reply) -> Error {
+        Error::StaleFence {
+            app: app.clone(),
+            presented,
+            current: reply.detail.parse().ok(),
+        }
+    }
+
+    pub(super) fn lease_reply(
+        &self,
+        app: &AppName,
+        presented: Option<u64>,
+        reply: &Reply,
+    ) -> Result<Lease> {
+        match reply.status.as_str() {
+            "ok" => parse_lease(&reply.fields, "lease_", reply.now)?
+                .ok_or_else(|| Error::corrupt(format!("bg:{{{app}}}:state"), "lease not written")),
+            "stale_fence" => Err(Self::stale_fence(app, presented.unwrap_or_default(), reply)),
+            _ => Err(self.refusal(app, reply)),
+        }
+    }
+}
