@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bg_state::wire::{DrainBody, DrainPace};
 
 use crate::error::{CtlError, CtlResult};
 
@@ -17,14 +18,15 @@ pub use bg_state::wire::{ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, 
 pub trait Gates: Send + Sync {
     /// `GET {url}/bg/state`.
     async fn report(&self, url: &str) -> CtlResult<GateStatus>;
-    /// `POST {url}/bg/drain`: ask `batch` websockets every `interval` to
-    /// close, including those that open later, for `lasting`; returns how
-    /// many open websockets were not asked yet.
+    /// `POST {url}/bg/drain`: ask the gate's websockets to move at `pace`
+    /// (its `open` ones, as it reported them, paced as batches for a gate
+    /// of an earlier release), including those that open later, for
+    /// `lasting`; returns how many open websockets were not asked yet.
     async fn drain(
         &self,
         url: &str,
-        batch: usize,
-        interval: Duration,
+        pace: DrainPace,
+        open: u64,
         lasting: Duration,
     ) -> CtlResult<u64>;
 }
@@ -74,6 +76,16 @@ impl HttpGates {
     }
 }
 
+/// Whether a gate answered `400` because it does not know one of `fields`:
+/// a gate of an earlier release (serde's `deny_unknown_fields` names the
+/// first field it does not know).
+fn refuses_field(status: reqwest::StatusCode, body: &serde_json::Value, fields: &[&str]) -> bool {
+    status == reqwest::StatusCode::BAD_REQUEST
+        && body["message"].as_str().is_some_and(|m| {
+            m.contains("unknown field") && fields.iter().any(|f| m.contains(&format!("`{f}`")))
+        })
+}
+
 /// A URL as it may be printed: no credentials, no query.
 pub use bg_state::redact_url as redact;
 
@@ -110,28 +122,46 @@ impl Gates for HttpGates {
     async fn drain(
         &self,
         url: &str,
-        batch: usize,
-        interval: Duration,
+        pace: DrainPace,
+        open: u64,
         lasting: Duration,
     ) -> CtlResult<u64> {
         let target = format!("{}/bg/drain", url.trim_end_matches('/'));
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let order = serde_json::json!({
-            "batch": batch,
-            "interval_ms": ms(interval),
-            "timeout_ms": ms(lasting),
-        });
-        let (mut status, mut body) = self.post(url, &target, &order).await?;
-        // A gate of an earlier release (the idle colour's, in the middle of
-        // an upgrade) knows no timeout_ms and refuses the body: ask it as
-        // it understands, with the drain it knows.
-        if status == reqwest::StatusCode::BAD_REQUEST
-            && body["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("timeout_ms"))
-        {
-            let old = serde_json::json!({ "batch": batch, "interval_ms": ms(interval) });
-            (status, body) = self.post(url, &target, &old).await?;
+        let by_time = DrainBody {
+            window_ms: Some(ms(pace.window)),
+            max_rate: pace.max_rate,
+            timeout_ms: Some(ms(lasting)),
+            ..DrainBody::default()
+        };
+        // Gates of earlier releases refuse fields they do not know: the
+        // first knew `batch` and `interval_ms` only, the next also
+        // `timeout_ms`. Each is asked, as it understands, the same pace.
+        let (batch, interval) = pace.as_batches(open);
+        let by_batches = DrainBody {
+            batch: Some(batch),
+            interval_ms: Some(ms(interval)),
+            timeout_ms: Some(ms(lasting)),
+            ..DrainBody::default()
+        };
+        let oldest = DrainBody {
+            timeout_ms: None,
+            ..by_batches.clone()
+        };
+        let send = |body: &DrainBody| {
+            let body = serde_json::to_value(body).unwrap_or_default();
+            let target = &target;
+            async move { self.post(url, target, &body).await }
+        };
+        let (mut status, mut body) = send(&by_time).await?;
+        for (fields, instead) in [
+            (&["window_ms", "max_rate"][..], &by_batches),
+            (&["timeout_ms"], &oldest),
+        ] {
+            if !refuses_field(status, &body, fields) {
+                break;
+            }
+            (status, body) = send(instead).await?;
         }
         if status.is_success() {
             return Ok(body["asked"].as_u64().unwrap_or(0));
@@ -150,10 +180,12 @@ mod tests {
 
     use super::*;
 
-    /// A gate of an earlier release: its drain takes `batch` and
-    /// `interval_ms` only and refuses any other field, as serde's
-    /// `deny_unknown_fields` does. Records the bodies it was sent.
-    async fn earlier_gate() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    /// A gate of an earlier release: its drain takes the fields `known`
+    /// and refuses the first other one, as serde's `deny_unknown_fields`
+    /// does. Records the bodies it was sent.
+    async fn earlier_gate(
+        known: &'static [&'static str],
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -174,16 +206,19 @@ mod tests {
                 let text = String::from_utf8_lossy(&buf).into_owned();
                 let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
                 seen.lock().unwrap().push(body.clone());
-                let (status, answer) = if body.contains("timeout_ms") {
-                    (
+                let fields: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&body).unwrap();
+                let (status, answer) = match fields.keys().find(|k| !known.contains(&k.as_str())) {
+                    Some(unknown) => (
                         "400 Bad Request",
-                        r#"{"kind":"invalid_input","message":"malformed JSON body: unknown field `timeout_ms`, expected `batch` or `interval_ms` at line 1 column 40"}"#,
-                    )
-                } else {
-                    (
+                        format!(
+                            r#"{{"kind":"invalid_input","message":"malformed JSON body: unknown field `{unknown}`, expected `batch` or `interval_ms` at line 1 column 40"}}"#
+                        ),
+                    ),
+                    None => (
                         "202 Accepted",
-                        r#"{"asked":3,"batch":10,"interval_ms":1000}"#,
-                    )
+                        r#"{"asked":3,"batch":10,"interval_ms":1000}"#.to_owned(),
+                    ),
                 };
                 let reply = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
@@ -195,19 +230,60 @@ mod tests {
         (url, bodies)
     }
 
+    /// What each body of `bodies` says, as JSON.
+    fn bodies_sent(bodies: &std::sync::Mutex<Vec<String>>) -> Vec<serde_json::Value> {
+        bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect()
+    }
+
     #[tokio::test]
-    async fn a_gate_of_an_earlier_release_is_drained_as_it_understands() {
-        let (url, bodies) = earlier_gate().await;
+    async fn gates_of_earlier_releases_are_drained_as_they_understand() {
         let gates = HttpGates::new(None, Duration::from_secs(5)).unwrap();
+        let pace = DrainPace {
+            window: Duration::from_secs(20),
+            max_rate: Some(300),
+        };
+        // The first release's gates: batch and interval_ms only.
+        let (url, bodies) = earlier_gate(&["batch", "interval_ms"]).await;
         let asked = gates
-            .drain(&url, 10, Duration::from_secs(1), Duration::from_secs(60))
+            .drain(&url, pace, 10_000, Duration::from_secs(60))
             .await
             .unwrap();
         assert_eq!(asked, 3);
-        let bodies = bodies.lock().unwrap().clone();
-        assert_eq!(bodies.len(), 2, "{bodies:?}");
-        assert!(bodies[0].contains("\"timeout_ms\":60000"), "{bodies:?}");
-        assert!(!bodies[1].contains("timeout_ms"), "{bodies:?}");
+        let sent = bodies_sent(&bodies);
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert_eq!(sent[0]["window_ms"], 20_000, "{sent:?}");
+        assert_eq!(sent[0]["max_rate"], 300, "{sent:?}");
+        assert_eq!(sent[1]["timeout_ms"], 60_000, "{sent:?}");
+        // 10,000 in 20 s is 500 a second, capped at 300: 30 per 100 ms.
+        assert_eq!(
+            (&sent[2]["batch"], &sent[2]["interval_ms"]),
+            (&serde_json::json!(30), &serde_json::json!(100)),
+            "{sent:?}"
+        );
+        assert!(sent[2].get("timeout_ms").is_none(), "{sent:?}");
+
+        // The next release's gates also took timeout_ms.
+        let (url, bodies) = earlier_gate(&["batch", "interval_ms", "timeout_ms"]).await;
+        gates
+            .drain(&url, pace, 10_000, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let sent = bodies_sent(&bodies);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[1]["timeout_ms"], 60_000, "{sent:?}");
+
+        // Today's gates take the pace by time at once.
+        let (url, bodies) = earlier_gate(&["window_ms", "max_rate", "timeout_ms"]).await;
+        gates
+            .drain(&url, pace, 10_000, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(bodies.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bg_state::wire::{DRAIN_TICK, DrainPace};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -19,13 +20,39 @@ pub struct Connections {
     inner: Arc<Inner>,
 }
 
+/// How a drain paces its asking.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// By time: every open websocket within the window, whatever their
+    /// number (see [`DrainPace`]).
+    Window(DrainPace),
+    /// `batch` websockets every `pause`, as gates of earlier releases took
+    /// a drain (`batch`, `interval_ms`).
+    Batches {
+        /// Websockets asked per batch, at least 1.
+        batch: usize,
+        /// The pause between batches.
+        pause: Duration,
+    },
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace::Window(DrainPace::default())
+    }
+}
+
 /// Whether a drain may go on: asked before every batch.
 type KeepOn = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The drain under way, if any: what its task reads before every batch.
 struct Draining {
-    batch: usize,
-    pause: Duration,
+    pace: Pace,
+    /// When the window of a [`Pace::Window`] ends.
+    window_end: Instant,
+    /// Websockets owed by the pace and not yet asked: a fraction of one
+    /// per tick at slow rates.
+    credit: f64,
     /// `None`: for as long as `keep_on` says.
     until: Option<Instant>,
     keep_on: KeepOn,
@@ -34,10 +61,42 @@ struct Draining {
 impl std::fmt::Debug for Draining {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Draining")
-            .field("batch", &self.batch)
-            .field("pause", &self.pause)
+            .field("pace", &self.pace)
+            .field("window_end", &self.window_end)
             .field("until", &self.until)
             .finish_non_exhaustive()
+    }
+}
+
+impl Draining {
+    /// How many websockets to ask now, of `left` not yet asked, and how
+    /// long to wait before the next look.
+    fn next(&mut self, left: usize, now: Instant) -> (usize, Duration) {
+        match self.pace {
+            Pace::Batches { batch, pause } => (batch, pause),
+            Pace::Window(pace) => {
+                if left == 0 {
+                    // Nothing owed while nobody waits: newcomers are asked
+                    // at the pace, not in a burst of saved-up credit.
+                    self.credit = 0.0;
+                    return (0, DRAIN_TICK);
+                }
+                let remaining = self.window_end.saturating_duration_since(now);
+                match pace.rate(left as u64, remaining) {
+                    None => (left, DRAIN_TICK),
+                    Some(rate) => {
+                        self.credit += rate * DRAIN_TICK.as_secs_f64();
+                        let n = self.credit.floor();
+                        self.credit -= n;
+                        let n = n as usize;
+                        if n >= left {
+                            self.credit = 0.0;
+                        }
+                        (n.min(left), DRAIN_TICK)
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -107,27 +166,37 @@ impl Connections {
         locked(&self.inner.websockets)
     }
 
-    /// Asks every open websocket to close, `batch` at a time with `pause`
-    /// between batches, so the clients do not all reconnect at once — and
-    /// goes on asking the ones that open later, at the same pace, for
-    /// `lasting` (`None`: with no end of its own), as long as `keep_on`
-    /// (asked before every batch) says so. A drain called while one runs
-    /// joins it: the newer pace, the later end, the newer `keep_on`.
+    /// Asks every open websocket to close at `pace`, so the clients do
+    /// not all reconnect at once — and goes on asking the ones that open
+    /// later, at the same pace, for `lasting` (`None`: with no end of its
+    /// own), as long as `keep_on` (asked before every batch) says so. A
+    /// drain called while one runs joins it: the newer pace (its window
+    /// counted from this call), the later end, the newer `keep_on`.
     ///
     /// Returns how many open websockets were not asked yet; the asking goes
     /// on in the background.
     pub fn drain(
         &self,
-        batch: usize,
-        pause: Duration,
+        pace: Pace,
         lasting: Option<Duration>,
         keep_on: impl Fn() -> bool + Send + Sync + 'static,
     ) -> usize {
-        let until = lasting.map(|d| Instant::now() + d);
+        let now = Instant::now();
+        let pace = match pace {
+            Pace::Batches { batch, pause } => Pace::Batches {
+                batch: batch.max(1),
+                pause,
+            },
+            window @ Pace::Window(_) => window,
+        };
         let order = Draining {
-            batch: batch.max(1),
-            pause,
-            until,
+            pace,
+            window_end: match pace {
+                Pace::Window(p) => now + p.window,
+                Pace::Batches { .. } => now,
+            },
+            credit: 0.0,
+            until: lasting.map(|d| now + d),
             keep_on: Arc::new(keep_on),
         };
         let unasked = self.sockets().values().filter(|s| s.is_some()).count();
@@ -141,8 +210,8 @@ impl Connections {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     _ => None,
                 };
-                d.batch = order.batch;
-                d.pause = order.pause;
+                d.pace = order.pace;
+                d.window_end = order.window_end;
                 d.keep_on = order.keep_on;
             }
             None => {
@@ -160,22 +229,26 @@ impl Connections {
         drop(inner);
         loop {
             let Some(inner) = weak.upgrade() else { return };
-            let (batch, pause) = {
+            let (asked, pause) = {
                 let mut draining = locked(&inner.draining);
-                let Some(d) = draining.as_ref() else { return };
+                let Some(d) = draining.as_mut() else { return };
+                let now = Instant::now();
                 // Decided under the lock, so a drain called meanwhile
                 // either extends this one or starts the next.
-                if d.until.is_some_and(|u| Instant::now() >= u) || !(d.keep_on)() {
+                if d.until.is_some_and(|u| now >= u) || !(d.keep_on)() {
                     *draining = None;
                     return;
                 }
-                (d.batch, d.pause)
+                let mut sockets = locked(&inner.websockets);
+                let left = sockets.values().filter(|s| s.is_some()).count();
+                let (batch, pause) = d.next(left, now);
+                let asked: Vec<oneshot::Sender<()>> = sockets
+                    .values_mut()
+                    .filter_map(Option::take)
+                    .take(batch)
+                    .collect();
+                (asked, pause)
             };
-            let asked: Vec<oneshot::Sender<()>> = locked(&inner.websockets)
-                .values_mut()
-                .filter_map(Option::take)
-                .take(batch)
-                .collect();
             drop(inner);
             for tx in asked {
                 let _ = tx.send(());
@@ -243,7 +316,7 @@ mod tests {
         drop(req);
         assert_eq!(conns.requests(), 0);
 
-        assert_eq!(conns.drain(2, Duration::from_secs(1), MINUTE, || true), 5);
+        assert_eq!(conns.drain(batches(2), MINUTE, || true), 5);
         tokio::task::yield_now().await;
         assert_eq!(newly_asked(&mut guards), 2, "first batch");
         tokio::time::sleep(Duration::from_millis(1001)).await;
@@ -251,18 +324,85 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1001)).await;
         assert_eq!(newly_asked(&mut guards), 1, "last batch");
         // Already-asked connections are not asked twice by a second drain.
-        assert_eq!(conns.drain(2, Duration::from_secs(1), MINUTE, || true), 0);
+        assert_eq!(conns.drain(batches(2), MINUTE, || true), 0);
         guards.clear();
         assert_eq!(conns.websockets(), 0);
     }
 
     const MINUTE: Option<Duration> = Some(Duration::from_secs(60));
 
+    /// The earlier pace: `batch` every second.
+    fn batches(batch: usize) -> Pace {
+        Pace::Batches {
+            batch,
+            pause: Duration::from_secs(1),
+        }
+    }
+
+    fn window(secs: u64, max_rate: Option<u32>) -> Pace {
+        Pace::Window(DrainPace {
+            window: Duration::from_secs(secs),
+            max_rate,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn thousands_are_asked_within_the_window_a_few_in_a_moment() {
+        let conns = Connections::default();
+        let mut many: Vec<_> = (0..10_000).map(|_| conns.track_websocket()).collect();
+        assert_eq!(conns.drain(window(20, None), MINUTE, || true), 10_000);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let half = newly_asked(&mut many);
+        assert!(
+            (4_500..=5_500).contains(&half),
+            "half the window asks about half: {half}"
+        );
+        tokio::time::sleep(Duration::from_millis(10_100)).await;
+        assert_eq!(
+            newly_asked(&mut many),
+            10_000 - half,
+            "all within the window"
+        );
+
+        // 50 on a small colour: the floor rate, not the window.
+        let conns = Connections::default();
+        let mut few: Vec<_> = (0..50).map(|_| conns.track_websocket()).collect();
+        conns.drain(window(20, None), MINUTE, || true);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(newly_asked(&mut few), 50, "a small colour drains at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_holds_the_pace_below_the_window() {
+        let conns = Connections::default();
+        let mut many: Vec<_> = (0..1_000).map(|_| conns.track_websocket()).collect();
+        conns.drain(window(2, Some(100)), MINUTE, || true);
+        tokio::time::sleep(Duration::from_millis(2_020)).await;
+        let asked = newly_asked(&mut many);
+        assert!(
+            (190..=210).contains(&asked),
+            "100 a second for 2 s, window or not: {asked}"
+        );
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(asked + newly_asked(&mut many), 1_000, "and the rest later");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn newcomers_after_the_window_are_asked_at_once() {
+        let conns = Connections::default();
+        conns.drain(window(1, None), MINUTE, || true);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut late: Vec<_> = (0..30).map(|_| conns.track_websocket()).collect();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(newly_asked(&mut late), 30);
+        assert_eq!(conns.arrived_while_draining(), 30);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_websocket_that_arrives_during_a_drain_is_asked_too() {
         let conns = Connections::default();
         let mut first = conns.track_websocket();
-        assert_eq!(conns.drain(10, Duration::from_secs(1), MINUTE, || true), 1);
+        assert_eq!(conns.drain(batches(10), MINUTE, || true), 1);
         tokio::task::yield_now().await;
         assert!(futures_ready(first.drain_requested()));
         drop(first);
@@ -289,12 +429,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_drain_ends_at_its_deadline_or_when_told() {
         let conns = Connections::default();
-        conns.drain(
-            10,
-            Duration::from_secs(1),
-            Some(Duration::from_secs(5)),
-            || true,
-        );
+        conns.drain(batches(10), Some(Duration::from_secs(5)), || true);
         tokio::time::sleep(Duration::from_secs(6)).await;
         let mut after_the_end = conns.track_websocket();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -305,8 +440,7 @@ mod tests {
         let go_on = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let flag = Arc::clone(&go_on);
         assert_eq!(
-            conns.drain(10, Duration::from_secs(1), None, move || flag
-                .load(Ordering::Relaxed)),
+            conns.drain(batches(10), None, move || flag.load(Ordering::Relaxed)),
             1
         );
         tokio::task::yield_now().await;
@@ -321,18 +455,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_second_drain_joins_the_running_one_and_extends_it() {
         let conns = Connections::default();
-        conns.drain(
-            10,
-            Duration::from_secs(1),
-            Some(Duration::from_secs(2)),
-            || true,
-        );
-        conns.drain(
-            10,
-            Duration::from_secs(1),
-            Some(Duration::from_secs(10)),
-            || true,
-        );
+        conns.drain(batches(10), Some(Duration::from_secs(2)), || true);
+        conns.drain(batches(10), Some(Duration::from_secs(10)), || true);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let mut late = conns.track_websocket();
         tokio::time::sleep(Duration::from_millis(1001)).await;
@@ -351,11 +475,12 @@ mod tests {
             .count()
     }
 
-    /// Polls a future once: whether it is ready now.
+    /// Polls a future once: whether it is ready now. Outside tokio's
+    /// budget, which would answer "pending" after 128 polls in a row.
     fn futures_ready(fut: impl std::future::Future<Output = ()>) -> bool {
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
-        let mut fut = std::pin::pin!(fut);
+        let mut fut = std::pin::pin!(tokio::task::unconstrained(fut));
         fut.as_mut().poll(&mut cx).is_ready()
     }
 }

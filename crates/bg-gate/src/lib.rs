@@ -81,6 +81,6 @@ pub use auth::{
     DEFAULT_REFRESH_INTERVAL, JwksSource, MAX_TOKEN_NAME_LEN, MIN_TOKEN_LEN, NamedToken,
     OidcConfig, OidcError, OidcVerifier, Refusal, Scope, UnknownScope,
 };
-pub use conns::{Connections, DRAIN_CLOSE_CODE, RequestGuard, WebSocketGuard};
+pub use conns::{Connections, DRAIN_CLOSE_CODE, Pace, RequestGuard, WebSocketGuard};
 pub use http::{GENERATION_MARGIN, MAX_BODY};
 pub use probes::{BadLbSource, LbSource, MAX_PROBE_SOURCES, Probe, ProbeLog};

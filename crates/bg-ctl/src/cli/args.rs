@@ -270,6 +270,17 @@ pub(super) struct DeployArgs {
     /// Bound on the drain of lingering websockets.
     #[arg(long, env = "BG_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub(super) drain_timeout: Duration,
+    /// How long asking every websocket of the idle colour to move takes, however many there are:
+    /// each gate asks at the rate that finishes in this window (a small colour in a moment, at
+    /// no less than 100 a second). Keep it well below --drain-timeout, which also covers the
+    /// clients' reconnects.
+    #[arg(long, env = "BG_DRAIN_WINDOW", default_value = "20s", value_parser = parse_duration)]
+    pub(super) drain_window: Duration,
+    /// At most this many websockets a second asked to move, per gate, for a live colour that
+    /// cannot take the reconnects faster. When it makes --drain-window impossible, bg-ctl says
+    /// so before the drain starts, and refuses if --drain-timeout cannot cover it.
+    #[arg(long, env = "BG_DRAIN_MAX_RATE", value_name = "PER_SECOND")]
+    pub(super) drain_max_rate: Option<u32>,
     /// What to do when websockets are still open at the end of the drain: abort the release
     /// (exit 4, the live colour unchanged, nothing cut) or proceed (the restart cuts them).
     #[arg(long, env = "BG_ON_DRAIN_TIMEOUT", value_enum, default_value_t = OnDrainTimeout::Abort)]

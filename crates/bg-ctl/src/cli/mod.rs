@@ -378,6 +378,10 @@ impl DeployArgs {
         opts.ready_timeout = self.ready_timeout;
         opts.drain_timeout = self.drain_timeout;
         opts.on_drain_timeout = self.on_drain_timeout;
+        opts.drain_pace = bg_state::wire::DrainPace {
+            window: self.drain_window,
+            max_rate: self.drain_max_rate,
+        };
         opts.lb_fall = self.lb_fall;
         opts.lb_rise = self.lb_rise;
         opts.lb_window = self.lb_window;

@@ -33,6 +33,16 @@ mod wait;
 use options::millis;
 pub use options::{DeployOptions, OnDrainTimeout};
 
+/// A duration as people read it in a progress line: `1.5s`, `20s`.
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 && s.fract() != 0.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}s", s.round())
+    }
+}
+
 /// What a release did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeployOutcome {
@@ -289,27 +299,56 @@ impl Deployer<'_> {
         Ok(())
     }
 
-    /// Step 4: drain it — ask its gates to close lingering websockets in
-    /// paced batches, including any that open while the drain runs, and
-    /// wait for none to be left. When `--drain-timeout` runs out, abort
-    /// (the default: the restart would cut them) or proceed as told.
+    /// Step 4: drain it — ask its gates to close lingering websockets,
+    /// paced to finish within `--drain-window` (including any that open
+    /// while the drain runs), and wait for none to be left. When
+    /// `--drain-timeout` runs out, abort (the default: the restart would
+    /// cut them) or proceed as told. A pace that cannot finish in time is
+    /// refused before anything is asked.
     async fn drain(&self, plan: &Plan) -> CtlResult<()> {
         let o = self.opts;
-        let idle = plan.idle;
-        let (mut open, mut asked, mut busy) = (0, 0, 0);
+        let (idle, pace) = (plan.idle, o.drain_pace);
+        let mut held = Vec::new();
         for url in o.urls(idle) {
-            let r = self.gates.report(url).await?;
-            busy += r.connections.requests;
-            if r.connections.websockets > 0 {
-                open += r.connections.websockets;
-                asked += self
-                    .gates
-                    .drain(url, o.drain_batch, o.drain_interval, o.drain_timeout)
-                    .await?;
-            }
+            held.push((url, self.gates.report(url).await?.connections));
         }
+        let open: u64 = held.iter().map(|(_, c)| c.websockets).sum();
+        let busy: u64 = held.iter().map(|(_, c)| c.requests).sum();
         if open == 0 && busy == 0 {
             return Ok(());
+        }
+        // Each gate asks its own websockets: the busiest sets the time.
+        let most = held.iter().map(|(_, c)| c.websockets).max().unwrap_or(0);
+        let takes = pace.takes(most);
+        let capped = takes > pace.window;
+        if takes > o.drain_timeout {
+            let change = if capped {
+                "raise --drain-max-rate or --drain-timeout"
+            } else {
+                "shorten --drain-window or raise --drain-timeout"
+            };
+            return Err(CtlError::Usage(format!(
+                "asking the {most} websockets of one gate of {idle} to move takes about {}, longer than --drain-timeout {}: nothing was asked or restarted; {change}",
+                secs(takes),
+                secs(o.drain_timeout)
+            )));
+        }
+        if capped && let Some(cap) = pace.max_rate {
+            self.report.warn(format!(
+                "asking {most} websockets at most {cap} a second (--drain-max-rate) takes about {}, longer than --drain-window {}; going on, as --drain-timeout {} covers it",
+                secs(takes),
+                secs(pace.window),
+                secs(o.drain_timeout)
+            ));
+        }
+        let mut asked = 0;
+        for (url, c) in &held {
+            if c.websockets > 0 {
+                asked += self
+                    .gates
+                    .drain(url, pace, c.websockets, o.drain_timeout)
+                    .await?;
+            }
         }
         // A drain already under way (the gate's own, or an earlier run's)
         // goes on, but its sockets are still to be waited for; and requests
@@ -317,20 +356,9 @@ impl Deployer<'_> {
         // finish before the restart.
         if open > 0 {
             self.report.step(format!(
-                "{open} websockets open on {idle}; {asked} newly asked to reconnect"
+                "{open} websockets open on {idle}; {asked} newly asked to reconnect, within about {}",
+                secs(takes)
             ));
-            // Batches of --drain-batch every --drain-interval: more than
-            // the timeout allows are never all asked.
-            let batches = open.div_ceil(o.drain_batch.max(1) as u64);
-            let takes = o
-                .drain_interval
-                .saturating_mul(u32::try_from(batches).unwrap_or(u32::MAX));
-            if takes > o.drain_timeout {
-                self.report.warn(format!(
-                    "asking {open} websockets {} at a time every {:?} takes about {takes:?}, longer than --drain-timeout {:?}: raise --drain-batch or --drain-timeout",
-                    o.drain_batch, o.drain_interval, o.drain_timeout
-                ));
-            }
         }
         let drained = self
             .wait(WaitFor::Drained(idle), o.drain_timeout, false, || async {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bg_state::wire::{DrainPace, MAX_DRAIN_WINDOW};
 use bg_state::{AppName, Colour, DeployPhase, DeployRecord, SwitchRequest};
 
 use crate::error::{CtlError, CtlResult};
@@ -41,10 +42,9 @@ pub struct DeployOptions {
     pub drain_timeout: Duration,
     /// What to do when the drain runs out of time.
     pub on_drain_timeout: OnDrainTimeout,
-    /// Websockets closed per drain batch.
-    pub drain_batch: usize,
-    /// Pause between drain batches.
-    pub drain_interval: Duration,
+    /// How the gates ask the idle colour's websockets to move: every one
+    /// within a window, with an optional cap per second per gate.
+    pub drain_pace: DrainPace,
     /// Probes in a row a load balancer must have seen answered STOP.
     pub lb_fall: usize,
     /// Probes in a row a load balancer must have seen answered OK.
@@ -89,8 +89,7 @@ impl DeployOptions {
             ready_timeout: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(60),
             on_drain_timeout: OnDrainTimeout::Abort,
-            drain_batch: 10,
-            drain_interval: Duration::from_secs(1),
+            drain_pace: DrainPace::default(),
             lb_fall: 3,
             lb_rise: 2,
             lb_window: Duration::from_secs(20),
@@ -138,6 +137,19 @@ impl DeployOptions {
                     e,
                 )
             })?;
+        self.validate_drain()
+    }
+
+    /// A pace no gate would take.
+    fn validate_drain(&self) -> CtlResult<()> {
+        if self.drain_pace.window > MAX_DRAIN_WINDOW {
+            return Err(CtlError::Usage("--drain-window must be at most 1h".into()));
+        }
+        if self.drain_pace.max_rate == Some(0) {
+            return Err(CtlError::Usage(
+                "--drain-max-rate must be at least 1 (websockets a second per gate)".into(),
+            ));
+        }
         Ok(())
     }
 

@@ -360,6 +360,90 @@ async fn lingering_websockets_are_drained_first() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn every_gate_of_the_colour_is_drained_with_its_own_count() {
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    // Two green instances with 1,500 websockets each.
+    let open = Arc::new(AtomicU64::new(1_500));
+    let o2 = Arc::clone(&open);
+    let mut g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green(move |r| r.connections.websockets = o2.load(Ordering::SeqCst))
+        .build();
+    let mut o = opts();
+    o.drain_timeout = Duration::from_secs(60);
+    let second = "http://green-2";
+    o.gates
+        .insert(Colour::Green, vec![GREEN.into(), second.into()]);
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a2, o3) = (Arc::clone(&asked), Arc::clone(&open));
+    let pace = o.drain_pace;
+    g.expect_drain()
+        .withf(move |_, p, n, _| *p == pace && *n == 1_500)
+        .times(2)
+        .returning(move |url, _, n, _| {
+            let mut asked = a2.lock().unwrap();
+            asked.push(url.to_owned());
+            if asked.len() == 2 {
+                o3.store(0, Ordering::SeqCst);
+            }
+            Ok(n)
+        });
+    let out = run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &o,
+    )
+    .await
+    .unwrap();
+    assert!(out.switched);
+    assert_eq!(*asked.lock().unwrap(), [GREEN, second]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_pace_that_cannot_finish_in_time_is_refused_before_anything_is_asked() {
+    let store = self::store().await;
+    let g = {
+        let mut g = FakeGates::following(&store)
+            .green(|r| r.connections.websockets = 10_000)
+            .build();
+        g.expect_drain().never();
+        g
+    };
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let mut o = opts();
+    o.drain_timeout = Duration::from_secs(60);
+    // 10,000 at 100 a second: 100 s, longer than the 60 s the drain has.
+    o.drain_pace.max_rate = Some(100);
+    let err = run(&store, &g, &t, &passing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::USAGE, "{err}");
+    let msg = err.to_string();
+    for said in [
+        "10000 websockets",
+        "100s",
+        "--drain-max-rate",
+        "--drain-timeout 60s",
+    ] {
+        assert!(msg.contains(said), "{said:?} not in: {msg}");
+    }
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+
+    // A window longer than the drain's time, the same.
+    o.drain_pace.max_rate = None;
+    o.drain_pace.window = Duration::from_secs(90);
+    let err = run(&store, &g, &t, &passing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::USAGE, "{err}");
+    assert!(err.to_string().contains("shorten --drain-window"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_drain_that_runs_out_aborts_by_default_and_says_what_it_would_cut() {
     // Clients drained from green came back to it: the load balancer still
     // sends them there.

@@ -91,10 +91,10 @@ pub struct GateConfig {
     /// Close this colour's tracked websockets by itself once it has answered
     /// STOP for this long (a paced drain, as `POST /bg/drain` does). Off by default.
     pub drain_after: Option<Duration>,
-    /// Websockets closed per batch of a drain. Default 10.
-    pub drain_batch: usize,
-    /// Pause between batches of a drain. Default 1 s.
-    pub drain_interval: Duration,
+    /// The pace of the drain `drain_after` starts: every websocket asked
+    /// within a window (default 20 s; a small colour in a moment), with an
+    /// optional cap per second.
+    pub drain_pace: bg_state::wire::DrainPace,
     /// How long a client may take to send a request body to the admin
     /// routes before it is answered 408. Default 10 s.
     pub body_timeout: Duration,
@@ -146,8 +146,7 @@ impl GateConfig {
             lb_sources: Vec::new(),
             store_timeout: Duration::from_secs(2),
             drain_after: None,
-            drain_batch: 10,
-            drain_interval: Duration::from_secs(1),
+            drain_pace: bg_state::wire::DrainPace::default(),
             body_timeout: BODY_TIMEOUT,
             api_any_app: false,
             on_change: None,

@@ -109,7 +109,7 @@ async fn follow(weak: Weak<Inner>) {
             {
                 drained = true;
                 // Goes on asking newcomers for as long as the colour is idle.
-                let asked = gate.drain(cfg.drain_batch, cfg.drain_interval, None);
+                let asked = gate.drain(crate::conns::Pace::Window(cfg.drain_pace), None);
                 if asked > 0 {
                     tracing::info!(
                         asked,

@@ -15,7 +15,7 @@ use super::config::GateConfig;
 use super::service::ServiceState;
 use super::view::{Answer, Folded, View};
 use crate::auth::{Auth, AuthError};
-use crate::conns::Connections;
+use crate::conns::{Connections, Pace};
 use crate::probes::{Probe, ProbeLog};
 
 /// The `changes` long polls that may wait on one gate at once.
@@ -138,7 +138,6 @@ impl Gate {
             ("poll_interval", cfg.poll_interval),
             ("presence_ttl", cfg.presence_ttl),
             ("store_timeout", cfg.store_timeout),
-            ("drain_interval", cfg.drain_interval),
         ] {
             if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
                 return Err(bad(field, "must be between 10ms and 1h"));
@@ -146,6 +145,15 @@ impl Gate {
         }
         if cfg.handover > Duration::from_secs(3600) {
             return Err(bad("handover", "must be at most 1h"));
+        }
+        if cfg.drain_pace.window > bg_state::wire::MAX_DRAIN_WINDOW {
+            return Err(bad("drain_pace", "its window must be at most 1h"));
+        }
+        if cfg.drain_pace.max_rate == Some(0) {
+            return Err(bad(
+                "drain_pace",
+                "its max_rate must be at least 1 websocket a second",
+            ));
         }
         if let Some(service) = &cfg.service {
             service
@@ -215,15 +223,14 @@ impl Gate {
         self.inner.view.load().answer(colour, Instant::now())
     }
 
-    /// Asks this colour's websockets to move to the live colour, `batch`
-    /// every `pause`, including those that open while it runs, for
-    /// `lasting` (`None`: for as long as the colour is idle). Stops as soon
-    /// as this colour answers OK again. Returns how many open websockets
-    /// were not asked yet.
-    pub fn drain(&self, batch: usize, pause: Duration, lasting: Option<Duration>) -> usize {
+    /// Asks this colour's websockets to move to the live colour at `pace`,
+    /// including those that open while it runs, for `lasting` (`None`: for
+    /// as long as the colour is idle). Stops as soon as this colour answers
+    /// OK again. Returns how many open websockets were not asked yet.
+    pub fn drain(&self, pace: Pace, lasting: Option<Duration>) -> usize {
         let weak = Arc::downgrade(&self.inner);
         let colour = self.inner.cfg.colour;
-        self.inner.conns.drain(batch, pause, lasting, move || {
+        self.inner.conns.drain(pace, lasting, move || {
             weak.upgrade()
                 .is_some_and(|inner| !inner.view.load().answer(colour, Instant::now()).is_ok())
         })
@@ -319,8 +326,7 @@ impl Gate {
     /// The service did not take the drain; the message holds no URL.
     pub async fn drain_service(
         &self,
-        batch: usize,
-        pause: Duration,
+        pace: Pace,
         lasting: Duration,
     ) -> Option<Result<u64, String>> {
         let svc = self.inner.service.as_ref()?;
@@ -329,6 +335,12 @@ impl Gate {
             // A service that is down holds no websockets to move.
             return Some(Ok(0));
         }
+        // The service takes batches: the window's pace for the websockets
+        // it holds now (newcomers are asked at that pace too).
+        let (batch, pause) = match pace {
+            Pace::Batches { batch, pause } => (batch, pause),
+            Pace::Window(p) => p.as_batches(svc.websockets().unwrap_or(0)),
+        };
         let asked = svc.drain(path, batch, pause, lasting).await;
         if asked.is_ok() {
             // The service cannot tell when this colour is live again: stop

@@ -10,13 +10,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bg_state::wire::GateStatus;
+use bg_state::wire::{DrainBody, DrainPace, GateStatus, MAX_DRAIN_WINDOW};
 use bg_state::{Colour, SwitchRequest};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::reply::{HttpError, Reply, authorise, json_body, method_not_allowed};
 use crate::auth::Scope;
+use crate::conns::Pace;
 use crate::core::{Gate, bounded};
 
 /// `GET /bg/state`, `POST /bg/switch` and `POST /switch` (a `GET` of
@@ -68,22 +69,51 @@ async fn switch_by_get() -> Response {
     ([(header::ALLOW, HeaderValue::from_static("POST"))], refused).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DrainBody {
-    batch: Option<usize>,
-    interval_ms: Option<u64>,
-    timeout_ms: Option<u64>,
-}
-
 /// How long a drain goes on asking websockets that open after it began,
 /// unless the request says (`timeout_ms`, at most an hour).
 const DRAIN_LASTS: Duration = Duration::from_secs(60);
 const DRAIN_LASTS_AT_MOST: Duration = Duration::from_secs(3600);
 
+/// The pace a drain body asks for: by time (`window_ms`, `max_rate`), or
+/// `batch` every `interval_ms` as gates of earlier releases took it.
+fn drain_pace(body: &DrainBody) -> Result<Pace, HttpError> {
+    let by_time = body.window_ms.is_some() || body.max_rate.is_some();
+    let by_batch = body.batch.is_some() || body.interval_ms.is_some();
+    if by_time && by_batch {
+        return Err(HttpError::bad_request(
+            "a drain is paced by time (window_ms, max_rate) or by batches (batch, interval_ms), not both",
+        ));
+    }
+    if by_batch {
+        return Ok(Pace::Batches {
+            batch: body.batch.unwrap_or(10).clamp(1, 10_000),
+            // At least 10 ms between batches: a drain runs for its whole time.
+            pause: Duration::from_millis(body.interval_ms.unwrap_or(1000).clamp(10, 60_000)),
+        });
+    }
+    let mut pace = DrainPace::default();
+    if let Some(ms) = body.window_ms {
+        pace.window = Duration::from_millis(ms);
+        if pace.window > MAX_DRAIN_WINDOW {
+            return Err(HttpError::bad_request(
+                "window_ms must be at most 3600000 (an hour)",
+            ));
+        }
+    }
+    if let Some(rate) = body.max_rate {
+        if rate == 0 {
+            return Err(HttpError::bad_request(
+                "max_rate must be at least 1 (websockets a second)",
+            ));
+        }
+        pace.max_rate = Some(rate);
+    }
+    Ok(Pace::Window(pace))
+}
+
 async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
     authorise(&gate, req.headers(), Scope::Ci).await?;
-    let body: Option<DrainBody> = json_body(&gate, req).await?;
+    let body: DrainBody = json_body(&gate, req).await?.unwrap_or_default();
     let answer = gate.answer(gate.config().colour);
     if answer.is_ok() {
         return Err(HttpError::new(
@@ -92,19 +122,8 @@ async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
             "this colour still answers OK (live or in handover): draining it would cut live traffic",
         ));
     }
-    let batch = body
-        .as_ref()
-        .and_then(|b| b.batch)
-        .unwrap_or(10)
-        .clamp(1, 10_000);
-    // At least 10 ms between batches: a drain runs for its whole time.
-    let interval = Duration::from_millis(
-        body.as_ref()
-            .and_then(|b| b.interval_ms)
-            .unwrap_or(1000)
-            .clamp(10, 60_000),
-    );
-    let lasting = match body.and_then(|b| b.timeout_ms) {
+    let pace = drain_pace(&body)?;
+    let lasting = match body.timeout_ms {
         Some(0) => {
             return Err(HttpError::bad_request(
                 "timeout_ms must be at least 1: it is how long the drain goes on asking",
@@ -113,8 +132,8 @@ async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
         Some(ms) => Duration::from_millis(ms).min(DRAIN_LASTS_AT_MOST),
         None => DRAIN_LASTS,
     };
-    let mut asked = gate.drain(batch, interval, Some(lasting)) as u64;
-    match gate.drain_service(batch, interval, lasting).await {
+    let mut asked = gate.drain(pace, Some(lasting)) as u64;
+    match gate.drain_service(pace, lasting).await {
         None => {}
         Some(Ok(n)) => asked += n,
         Some(Err(e)) => {
@@ -125,16 +144,19 @@ async fn drain(State(gate): State<Gate>, req: Request) -> Reply {
             ));
         }
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "asked": asked,
-            "batch": batch,
-            "interval_ms": interval.as_millis() as u64,
-            "timeout_ms": lasting.as_millis() as u64,
-        })),
-    )
-        .into_response())
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut answer = json!({ "asked": asked, "timeout_ms": ms(lasting) });
+    match pace {
+        Pace::Window(p) => {
+            answer["window_ms"] = json!(ms(p.window));
+            answer["max_rate"] = json!(p.max_rate);
+        }
+        Pace::Batches { batch, pause } => {
+            answer["batch"] = json!(batch);
+            answer["interval_ms"] = json!(ms(pause));
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 async fn state_json(State(gate): State<Gate>) -> Json<GateStatus> {

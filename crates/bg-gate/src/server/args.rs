@@ -153,10 +153,13 @@ pub struct GateArgs {
     #[arg(long, env = "BG_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
 
-    /// Open connections (websockets included) each listener serves; beyond it, a reserve of
-    /// 64 more is served the health routes only, one request each, and the rest are closed.
-    #[arg(long, env = "BG_MAX_CONNECTIONS", default_value_t = super::conn::DEFAULT_MAX_CONNECTIONS)]
-    max_connections: usize,
+    /// Open connections (websockets included) each listener serves. Default: what the process's
+    /// open-file limit (ulimit -n, raised to its hard limit at start) leaves after a reserve for
+    /// the gate's own files and connections. Beyond it, a reserve of 64 more is served the
+    /// gate's own routes only (health, state, admin), one request each, and anything else is
+    /// answered 503 over_capacity; past that, connections are closed.
+    #[arg(long, env = "BG_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
 
     /// Bound on every store call.
     #[arg(long, env = "BG_STORE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
@@ -179,13 +182,24 @@ pub struct GateArgs {
     #[arg(long, env = "BG_DRAIN_AFTER", value_parser = parse_duration)]
     drain_after: Option<Duration>,
 
-    /// Websockets closed per batch of a drain.
-    #[arg(long, env = "BG_DRAIN_BATCH", default_value_t = 10)]
-    drain_batch: usize,
+    /// How long a drain takes to ask every websocket to move, however many there are
+    /// (--drain-after's own drain; bg-ctl sends its own window): a small colour is asked in a
+    /// moment, at no less than 100 a second.
+    #[arg(long, env = "BG_DRAIN_WINDOW", default_value = "20s", value_parser = parse_duration)]
+    drain_window: Duration,
 
-    /// Pause between batches of a drain.
-    #[arg(long, env = "BG_DRAIN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
-    drain_interval: Duration,
+    /// At most this many websockets a second asked to move by --drain-after's drain, for a live
+    /// colour that cannot take the reconnects faster; the window stretches to fit.
+    #[arg(long, env = "BG_DRAIN_MAX_RATE", value_name = "PER_SECOND")]
+    drain_max_rate: Option<u32>,
+
+    /// Replaced by --drain-window: refused with a message saying so.
+    #[arg(long, env = "BG_DRAIN_BATCH", hide = true, hide_env = true)]
+    drain_batch: Option<String>,
+
+    /// Replaced by --drain-window: refused with a message saying so.
+    #[arg(long, env = "BG_DRAIN_INTERVAL", hide = true, hide_env = true)]
+    drain_interval: Option<String>,
 
     /// Run this shell command on every change of the live colour and once at start-up, with
     /// BG_ACTIVE, BG_GENERATION, BG_APP and BG_COLOUR set: for load balancers without active
@@ -321,8 +335,8 @@ impl std::fmt::Debug for GateArgs {
             .field("store_timeout", &self.store_timeout)
             .field("gate_id", &self.gate_id)
             .field("drain_after", &self.drain_after)
-            .field("drain_batch", &self.drain_batch)
-            .field("drain_interval", &self.drain_interval)
+            .field("drain_window", &self.drain_window)
+            .field("drain_max_rate", &self.drain_max_rate)
             .field("on_change", &set(self.on_change.is_some()))
             .field("legacy_mirror", &self.legacy_mirror)
             .field(
@@ -446,16 +460,41 @@ impl GateArgs {
                 });
             }
         }
-        if args.max_connections == 0 {
+        if args.max_connections == Some(0) {
             return Err(ServerError::Limit {
                 option: "--max-connections",
                 reason: "must be at least 1",
             });
         }
+        for (option, given) in [
+            ("--drain-batch", &args.drain_batch),
+            ("--drain-interval", &args.drain_interval),
+        ] {
+            if given.is_some() {
+                return Err(ServerError::Limit {
+                    option,
+                    reason: "is gone: a drain is paced by time now; set --drain-window (how long asking every websocket takes) and, to cap it, --drain-max-rate",
+                });
+            }
+        }
+        if args.drain_window > bg_state::wire::MAX_DRAIN_WINDOW {
+            return Err(ServerError::Limit {
+                option: "--drain-window",
+                reason: "must be at most 1h",
+            });
+        }
+        if args.drain_max_rate == Some(0) {
+            return Err(ServerError::Limit {
+                option: "--drain-max-rate",
+                reason: "must be at least 1 (websockets a second)",
+            });
+        }
         let limits = Limits {
             header_timeout: args.header_timeout,
             idle_timeout: args.idle_timeout,
-            max_connections: args.max_connections,
+            max_connections: args
+                .max_connections
+                .unwrap_or_else(super::conn::default_max_connections),
         };
         let store = open_store(&args)?;
         if store.backend() == "memory" {
@@ -494,9 +533,11 @@ impl GateArgs {
         cfg.init = args.init;
         cfg.store_timeout = args.store_timeout;
         cfg.drain_after = args.drain_after;
-        cfg.drain_batch = args.drain_batch;
+        cfg.drain_pace = bg_state::wire::DrainPace {
+            window: args.drain_window,
+            max_rate: args.drain_max_rate,
+        };
         cfg.lb_sources = args.lb_sources;
-        cfg.drain_interval = args.drain_interval;
         cfg.on_change = args.on_change;
         cfg.service = args.service_url.map(|url| {
             let mut s = ServiceConfig::new(url);

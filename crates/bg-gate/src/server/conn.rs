@@ -29,8 +29,36 @@ use tower::ServiceExt;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default time a kept-alive connection may wait for its next request.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The default cap on a listener's open connections, websockets included.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Descriptors kept back from the connection cap for everything else the
+/// process holds: the store's connections, the agent check, files, the
+/// admin listener's own connections, the health reserve.
+pub const FD_RESERVE: usize = 256;
+
+/// The default cap on a listener's open connections, websockets included:
+/// the process's open-file limit less [`FD_RESERVE`] and the health reserve,
+/// after raising the soft limit to the hard one (as a server that holds
+/// thousands of websockets must; the soft default of 1,024 is for programs
+/// that open a few files). A process without a limit gets 1,000,000.
+#[must_use]
+pub fn default_max_connections() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    let files = limit
+        .current
+        .map_or(1_000_000, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    files
+        .saturating_sub(FD_RESERVE + HEALTH_RESERVE)
+        .clamp(1, 1_000_000)
+}
 /// Connections over the cap still served, one health request each, so the
 /// load balancer's check answers while the cap is reached.
 pub const HEALTH_RESERVE: usize = 64;
@@ -45,7 +73,7 @@ pub struct Limits {
     /// See [`DEFAULT_IDLE_TIMEOUT`]. Websockets, once upgraded, are not
     /// subject to it.
     pub idle_timeout: Duration,
-    /// See [`DEFAULT_MAX_CONNECTIONS`].
+    /// See [`default_max_connections`].
     pub max_connections: usize,
 }
 
@@ -54,16 +82,19 @@ impl Default for Limits {
         Limits {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections: default_max_connections(),
         }
     }
 }
 
 /// Serves `router` on `listener` within `limits` until `stop` resolves,
 /// then shuts every connection down gracefully and waits for them. A
-/// connection over the cap is served by `health` alone (give it
-/// [`Gate::public_router`](crate::Gate::public_router)), from a small
-/// reserve, or closed at once when that is taken too. Requests carry
+/// connection over the cap is served by `reserve` alone (give it the gate's
+/// own routers on this listener: [`Gate::public_router`](crate::Gate::public_router),
+/// and [`Gate::admin_router`](crate::Gate::admin_router) where it is served
+/// here too), one request, from a small reserve; any other path is answered
+/// `503` with the JSON kind `over_capacity`. When the reserve is taken too,
+/// the connection is closed at once. Requests carry
 /// `ConnectInfo<SocketAddr>`, as the probe log wants.
 ///
 /// This is how the standalone gate serves each listener; a service that
@@ -71,10 +102,11 @@ impl Default for Limits {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    health: Router,
+    reserve_router: Router,
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) {
+    let health = reserve_router.fallback(over_capacity);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let reserve = Arc::new(Semaphore::new(HEALTH_RESERVE));
     let (stopping, _) = tokio::sync::watch::channel(false);
@@ -114,6 +146,22 @@ pub async fn serve(
     }
     let _ = stopping.send(true);
     while conns.join_next().await.is_some() {}
+}
+
+/// What a connection served from the reserve gets for anything but the
+/// gate's own routes.
+async fn over_capacity() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = bg_state::wire::ErrorBody::new(
+        "over_capacity",
+        "this listener holds --max-connections connections: only the gate's own routes answer until some close",
+    );
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 /// What the watcher of one connection knows.

@@ -17,8 +17,8 @@ mod run;
 
 pub use args::GateArgs;
 pub use conn::{
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HEALTH_RESERVE, Limits,
-    serve,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, FD_RESERVE, HEALTH_RESERVE, Limits,
+    default_max_connections, serve,
 };
 pub use error::{ServerError, exit};
 pub use run::{GateServer, init_logging};

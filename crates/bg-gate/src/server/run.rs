@@ -53,9 +53,15 @@ impl GateServer {
             limits,
         } = self;
         let public = gate.track_requests(service.merge(gate.public_router()));
-        let (main_router, admin) = match admin {
-            Some(l) => (public, Some((l, gate.admin_router()))),
-            None => (public.merge(gate.admin_router()), None),
+        // Over the cap, each listener still serves the gate's own routes
+        // it has: the load balancer's check, and bg-ctl's state and drain.
+        let (main_router, main_reserve, admin) = match admin {
+            Some(l) => (public, gate.public_router(), Some((l, gate.admin_router()))),
+            None => (
+                public.merge(gate.admin_router()),
+                gate.public_router().merge(gate.admin_router()),
+                None,
+            ),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move || {
@@ -65,16 +71,16 @@ impl GateServer {
             }
         };
         let mut tasks = tokio::task::JoinSet::new();
-        let health: Router = gate.public_router();
         tasks.spawn(serve(
             listener,
             main_router,
-            health.clone(),
+            main_reserve,
             limits,
             stopped(),
         ));
         if let Some((l, r)) = admin {
-            tasks.spawn(serve(l, r, health, limits, stopped()));
+            let reserve = r.clone();
+            tasks.spawn(serve(l, r, reserve, limits, stopped()));
         }
         if let Some(l) = agent {
             let gate = gate.clone();
@@ -102,11 +108,11 @@ impl GateServer {
 async fn serve(
     listener: TcpListener,
     router: Router,
-    health: Router,
+    reserve: Router,
     limits: Limits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    super::conn::serve(listener, router, health, limits, stop).await;
+    super::conn::serve(listener, router, reserve, limits, stop).await;
     Ok(())
 }
 

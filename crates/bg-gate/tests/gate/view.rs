@@ -374,8 +374,7 @@ async fn an_idle_colour_drains_by_itself_when_told_to() {
         let store = backend.store.clone();
         let mut cfg = config(Colour::Green);
         cfg.drain_after = Some(Duration::from_millis(100));
-        cfg.drain_batch = 1;
-        cfg.drain_interval = Duration::from_millis(10);
+        cfg.drain_pace.window = Duration::from_millis(200);
         let g = Gate::new(Arc::clone(&store), cfg, auth()).unwrap();
         let mut sockets: Vec<_> = (0..3).map(|_| g.connections().track_websocket()).collect();
         let started = Instant::now();

@@ -11,8 +11,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, InvalidInput};
 use crate::model::{AppName, Colour, DeployPhase, Event, Lease, Presence, State};
 
+mod drain;
 mod gate;
 
+pub use drain::{
+    DEFAULT_DRAIN_WINDOW, DRAIN_FLOOR_RATE, DRAIN_TICK, DrainBody, DrainPace, MAX_DRAIN_WINDOW,
+};
 pub use gate::{ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, ServiceHealth, StoreHealth};
 
 /// The most events one `history` request returns.
