@@ -496,6 +496,10 @@ impl GateArgs {
                 .max_connections
                 .unwrap_or_else(super::conn::default_max_connections),
         };
+        tracing::info!(
+            max_connections = limits.max_connections,
+            "serving at most this many connections per listener, websockets included"
+        );
         let store = open_store(&args)?;
         if store.backend() == "memory" {
             tracing::warn!(

@@ -96,6 +96,66 @@ fn idle_keep_alive_connections_close_after_the_idle_limit() {
     );
 }
 
+/// `bg-gate ARGS` under `ulimit LIMIT` (`-n 400`: soft and hard; `-Sn
+/// 400`: soft only), on a free loopback port.
+fn start_under_ulimit(limit: &str, name: &str) -> (Process, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_bg-gate"))
+        .args(["--colour", "blue", "--init", "blue", "--handover", "0s"])
+        .args(["--listen", &addr.to_string(), "--header-timeout", "60s"]);
+    let p = Process::spawn(name, cmd);
+    wait_for_port(addr, Duration::from_secs(20));
+    (p, addr)
+}
+
+/// The soft and hard open-file limits of process `pid`.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut fields = line.split_whitespace().skip(3);
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn the_cap_follows_the_open_file_limit_and_at_the_cap_refuses_honestly() {
+    // 400 descriptors: 256 kept back and 64 for the health reserve leave 80.
+    let (p, addr) = start_under_ulimit("-n 400", "bg-gate at 400 files");
+    assert_eq!(open_file_limits(p.id()), ("400".into(), "400".into()));
+    let held: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The load balancer's check and bg-ctl's routes answer from the reserve.
+    let check = http::get(addr, "/balancer-keepalive-check").unwrap();
+    assert_eq!(check.status, 200, "{}", check.body);
+    let state = http::get(addr, "/bg/state").unwrap();
+    assert_eq!(state.status, 200, "{}", state.body);
+    // Anything else is refused as what it is, not as "not found".
+    let other = http::get(addr, "/anything-else").unwrap();
+    assert_eq!(other.status, 503, "{}", other.body);
+    let body: serde_json::Value = serde_json::from_str(&other.body).unwrap();
+    assert_eq!(body["kind"], "over_capacity", "{body}");
+    assert!(
+        other.headers.iter().any(|(k, _)| k == "retry-after"),
+        "{:?}",
+        other.headers
+    );
+    drop(held);
+
+    // A low soft limit under a higher hard one is raised to the hard one.
+    let (p, _) = start_under_ulimit("-Sn 400", "bg-gate at a soft 400");
+    let (soft, hard) = open_file_limits(p.id());
+    assert_eq!(soft, hard, "the soft limit was not raised");
+    assert_ne!(soft, "400");
+}
+
 #[tokio::test]
 async fn websockets_are_not_subject_to_the_idle_limit() {
     let program = bg_testkit::workspace_example("bg-gate", "ws_echo");
