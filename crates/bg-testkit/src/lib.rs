@@ -17,6 +17,8 @@
 //!   prefix of its own.
 //! * `store` (feature `store`) — stores that pass every call to another
 //!   store except the ones a test takes over.
+//! * [`names`] — the flags and environment variables that messages and
+//!   help name, checked against a `clap` tree (feature `names`).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 mod cluster;
 pub mod http;
+pub mod names;
 pub mod nginx;
 mod process;
 mod redis;

@@ -13,6 +13,8 @@ mod http;
 mod legacy_mirror;
 #[cfg(feature = "server")]
 mod limits;
+#[cfg(feature = "server")]
+mod names;
 mod nginx;
 mod oidc;
 mod on_change;
