@@ -5,6 +5,11 @@
 //!
 //! Servers and processes come from `bg_testkit`, so everything started here
 //! is stopped on drop.
+//!
+//! [`wsload`] is the websocket load generator behind `bg-wsload`: many
+//! clients through one address, counting moves, cuts and connect failures.
+
+pub mod wsload;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -3,7 +3,8 @@
 //! and installs `wrk` when it is missing.
 //!
 //! `bg-bench OUTPUT.md`; `bg-bench --durability` measures only the switch
-//! latency under Sentinel with and without `min_replicas`, and prints it.
+//! latency under Sentinel with and without `min_replicas`, and prints it;
+//! `bg-bench --many-apps` only many apps' gates on one Redis.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -309,6 +310,160 @@ async fn propagation(
     (percentile(&took, 0.5), percentile(&took, 0.99))
 }
 
+/// One field of `INFO` from `redis`.
+fn redis_info(redis: &RedisServer, field: &str) -> u64 {
+    let info = redis.cli(&["INFO", "all"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO has no {field}"))
+}
+
+/// CPU seconds (user + system) process `pid` used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of /proc/PID/stat, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// What many apps on one Redis cost and how fast one app's switch reaches
+/// its gates while the others only poll.
+struct ManyApps {
+    apps: usize,
+    gates: usize,
+    p50: Duration,
+    p99: Duration,
+    connections: u64,
+    commands_per_s: f64,
+    redis_cpu: f64,
+}
+
+/// `apps` apps with a blue and a green gate each, every gate with a store
+/// (and so Redis connections) of its own, as separate processes would have;
+/// `switches` switches of apps picked in turn.
+async fn many_apps(apps: usize, switches: usize) -> ManyApps {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let writer: Arc<dyn ColourStore> = Arc::new(RedisStore::open(&url).expect("store"));
+    let names: Vec<AppName> = (0..apps)
+        .map(|i| AppName::new(format!("app-{i:04}")).expect("app"))
+        .collect();
+    let mut gates = Vec::with_capacity(apps * 2);
+    for app in &names {
+        writer
+            .init(app, InitRequest::new(Colour::Blue, "bench"))
+            .await
+            .expect("init");
+        for colour in Colour::ALL {
+            let store: Arc<dyn ColourStore> = Arc::new(RedisStore::open(&url).expect("store"));
+            let mut cfg = GateConfig::new(app.clone(), colour, "v1");
+            cfg.handover = Duration::ZERO;
+            let gate = Gate::new(store, cfg, Auth::none()).expect("gate");
+            gate.start();
+            gates.push(gate);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while gates.iter().any(|g| g.view().generation() != 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the gates never all read their app"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Settled: every gate subscribed, polling, and reporting presence.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = u32::try_from(redis_info(&redis, "process_id")).expect("a pid");
+    let connections = redis_info(&redis, "connected_clients");
+    let (commands, cpu, t) = (
+        redis_info(&redis, "total_commands_processed"),
+        cpu_seconds(pid),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let secs = t.elapsed().as_secs_f64();
+    let commands_per_s = (redis_info(&redis, "total_commands_processed") - commands) as f64 / secs;
+    let redis_cpu = (cpu_seconds(pid) - cpu) / secs;
+
+    let mut took = Vec::with_capacity(switches);
+    for i in 0..switches {
+        let n = (i * 7919) % apps;
+        let app = &names[n];
+        let s = writer.get(app).await.expect("get").expect("state");
+        let out = writer
+            .switch(
+                app,
+                SwitchRequest::new(s.idle(), "bench").expect_generation(s.generation),
+            )
+            .await
+            .expect("switch");
+        let committed = Instant::now();
+        let want = out.state.generation;
+        let pair = &gates[n * 2..n * 2 + 2];
+        while pair.iter().any(|g| g.view().generation() != want) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        took.push(committed.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    took.sort();
+    ManyApps {
+        apps,
+        gates: gates.len(),
+        p50: percentile(&took, 0.5),
+        p99: percentile(&took, 0.99),
+        connections,
+        commands_per_s,
+        redis_cpu,
+    }
+}
+
+/// The many-apps section of the report.
+async fn many_apps_report(md: &mut String) {
+    eprintln!("many apps: 1000 apps, two gates each, on one Redis");
+    let m = many_apps(1000, 500).await;
+    let per_gate = m.commands_per_s / m.gates as f64;
+    let conns_per_gate = m.connections as f64 / m.gates as f64;
+    // Redis' own default maxclients, and a core it may use whole.
+    let by_connections = 10_000.0 / conns_per_gate;
+    let by_cpu = m.gates as f64 / m.redis_cpu.max(1e-6);
+    let _ = writeln!(
+        md,
+        "## Many apps on one Redis
+
+{} apps with a blue and a green gate each ({} gates in one process, each with a store and Redis connections of its own, as separate processes have; default poll 500 ms, presence every 5 s), one `redis-server`. 500 switches of apps in turn, each timed from its commit to both of its gates answering from it, while every other gate polls.
+
+         | measure | value |
+| --- | ---: |
+         | switch seen by both gates, p50 | {} ms |
+         | switch seen by both gates, p99 | {} ms (target ≤ 50 ms) |
+         | Redis connections | {} ({conns_per_gate:.1} per gate: commands and the change subscription) |
+         | Redis commands per second, idle | {:.0} ({per_gate:.2} per gate) |
+         | `redis-server` CPU, idle | {:.1}% of a core |
+
+         So one Redis serves about {:.0} gates before its default `maxclients` 10,000 (raise it, and its open-file limit, to go further), and about {:.0} gates before their polling alone fills one core; polling is what costs, so a longer `--poll-interval` buys gates in proportion, at the price of the bound on staleness when a notification is lost.
+",
+        m.apps,
+        m.gates,
+        ms(m.p50),
+        ms(m.p99),
+        m.connections,
+        m.commands_per_s,
+        m.redis_cpu * 100.0,
+        by_connections,
+        by_cpu,
+    );
+}
+
 /// `bg-ctl deploy` wall time against the instance's own restart time.
 async fn release_overhead(redis: &str, releases: usize) -> (Duration, Duration, Duration) {
     let instance = |colour| {
@@ -444,6 +599,12 @@ async fn main() {
         println!("{md}");
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("--many-apps") {
+        let mut md = String::new();
+        many_apps_report(&mut md).await;
+        println!("{md}");
+        return;
+    }
     // reqwest is built without a bundled crypto provider; ring is ours.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let out = std::env::args()
@@ -557,7 +718,10 @@ async fn main() {
         ms(overhead)
     );
 
-    // 4. What acknowledged writes cost.
+    // 4. Many apps on one Redis.
+    many_apps_report(&mut md).await;
+
+    // 5. What acknowledged writes cost.
     eprintln!("switch latency under Sentinel: min_replicas 0 and 1, 1000 switches each");
     durability(&mut md).await;
 

@@ -35,32 +35,41 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const FD_RESERVE: usize = 256;
 
 /// The default cap on a listener's open connections, websockets included:
-/// the process's open-file limit less [`FD_RESERVE`] and the health reserve,
-/// after raising the soft limit to the hard one (as a server that holds
-/// thousands of websockets must; the soft default of 1,024 is for programs
-/// that open a few files). A process without a limit gets 1,000,000.
+/// the process's open-file limit (raised first, see
+/// [`raise_open_file_limit`]) less [`FD_RESERVE`] and the health reserve. A
+/// process without a limit gets 1,000,000.
 #[must_use]
 pub fn default_max_connections() -> usize {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let raised = rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        if setrlimit(Resource::Nofile, raised).is_ok() {
-            limit = getrlimit(Resource::Nofile);
-        }
-    }
-    let files = limit
-        .current
-        .map_or(1_000_000, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let files =
+        raise_open_file_limit().map_or(1_000_000, |n| usize::try_from(n).unwrap_or(usize::MAX));
     files
         .saturating_sub(FD_RESERVE + HEALTH_RESERVE)
         .clamp(1, 1_000_000)
 }
-/// Connections over the cap still served, one health request each, so the
-/// load balancer's check answers while the cap is reached.
+
+/// Raises this process's soft open-file limit to its hard one, as a
+/// process holding thousands of sockets must (the usual soft default of
+/// 1,024 is for programs that open a few files), and returns the soft limit
+/// now in force: `None` when there is none.
+#[must_use]
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return limit.maximum;
+        }
+    }
+    limit.current
+}
+
+/// Connections over the cap still served, one request each to the gate's
+/// own routes, so the load balancer's check and `bg-ctl` get answers while
+/// the cap is reached.
 pub const HEALTH_RESERVE: usize = 64;
 /// The limits for a connection served from the reserve.
 const RESERVE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -18,7 +18,7 @@ mod run;
 pub use args::GateArgs;
 pub use conn::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, FD_RESERVE, HEALTH_RESERVE, Limits,
-    default_max_connections, serve,
+    default_max_connections, raise_open_file_limit, serve,
 };
 pub use error::{ServerError, exit};
 pub use run::{GateServer, init_logging};
