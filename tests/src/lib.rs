@@ -67,6 +67,9 @@ pub enum Stop {
 pub struct Instance {
     /// `blue` or `green`.
     pub colour: String,
+    /// Its name among the instances: the colour, or `blue-2` and the like
+    /// when a colour has several.
+    pub name: String,
     /// Where it listens (`--listen`).
     pub addr: SocketAddr,
     program: PathBuf,
@@ -83,6 +86,7 @@ impl Instance {
     pub fn new(program: PathBuf, colour: &str, store: &str, app: &str) -> Self {
         Instance {
             colour: colour.to_owned(),
+            name: colour.to_owned(),
             addr: loopback(),
             program,
             args: ["--colour", colour, "--store", store, "--app", app]
@@ -103,6 +107,7 @@ impl Instance {
     pub fn process(program: impl Into<PathBuf>, colour: &str, args: &[&str]) -> Self {
         Instance {
             colour: colour.to_owned(),
+            name: colour.to_owned(),
             addr: loopback(),
             program: program.into(),
             args: args
@@ -114,6 +119,13 @@ impl Instance {
             stop: Stop::Kill,
             process: None,
         }
+    }
+
+    /// Named `name` among the instances (one of several of its colour).
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
     }
 
     /// Listens on `addr` instead of a free port of its own.
@@ -180,7 +192,7 @@ impl Instance {
             self.program
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            self.colour
+            self.name
         );
         self.process = Some(Process::spawn(&name, cmd));
         wait_for_port(self.addr, Duration::from_secs(20));
@@ -200,24 +212,35 @@ impl Instance {
     }
 }
 
-/// The instances by colour, shared with the webhook receiver.
+/// The instances by name, shared with the webhook receiver.
 pub type Instances = Arc<Mutex<BTreeMap<String, Instance>>>;
 
 /// Puts started instances in the shared map the webhook receiver restarts.
 #[must_use]
 pub fn instances(all: impl IntoIterator<Item = Instance>) -> Instances {
     Arc::new(Mutex::new(
-        all.into_iter().map(|i| (i.colour.clone(), i)).collect(),
+        all.into_iter().map(|i| (i.name.clone(), i)).collect(),
     ))
 }
 
-/// The address of `colour`'s instance.
+/// The address of the instance named `name` (its colour, when it is the
+/// colour's only one).
 ///
 /// # Panics
 /// If there is no such instance.
 #[must_use]
-pub fn addr_of(instances: &Instances, colour: &str) -> SocketAddr {
-    lock(instances)[colour].addr
+pub fn addr_of(instances: &Instances, name: &str) -> SocketAddr {
+    lock(instances)[name].addr
+}
+
+/// The addresses of every instance of `colour`, in name order.
+#[must_use]
+pub fn addrs_of(instances: &Instances, colour: &str) -> Vec<SocketAddr> {
+    lock(instances)
+        .values()
+        .filter(|i| i.colour == colour)
+        .map(|i| i.addr)
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -225,8 +248,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A stand-in for Portainer's service webhooks: `POST /hook/{colour}?tag=V`
-/// answers `204` at once and restarts that colour's instance with version
-/// `V` in the background — unless the colour was [`break_colour`]ed, when it
+/// answers `204` at once and restarts that colour's instances (one after
+/// another, as a rolling service update does) with version `V` in the
+/// background — unless the colour was [`break_colour`]ed, when it
 /// answers `204` and deploys nothing.
 ///
 /// [`break_colour`]: Webhooks::break_colour
@@ -323,8 +347,15 @@ async fn hook(
     tokio::task::spawn_blocking(move || {
         std::thread::sleep(s.delay);
         let t = Instant::now();
-        if let Some(i) = lock(&s.instances).get_mut(&colour) {
+        let mut restarted = false;
+        for i in lock(&s.instances)
+            .values_mut()
+            .filter(|i| i.colour == colour)
+        {
             i.restart(&version);
+            restarted = true;
+        }
+        if restarted {
             lock(&s.restarts).push(t.elapsed());
         }
     });
@@ -372,8 +403,27 @@ impl Ctl {
     /// `BG_GATE_BLUE`, `BG_GATE_GREEN` and the webhooks for both colours.
     #[must_use]
     pub fn release_env(self, blue: SocketAddr, green: SocketAddr, hooks: &Webhooks) -> Self {
-        self.env("BG_GATE_BLUE", &format!("http://{blue}"))
-            .env("BG_GATE_GREEN", &format!("http://{green}"))
+        self.release_env_all(&[blue], &[green], hooks)
+    }
+
+    /// [`release_env`](Self::release_env) for colours of several
+    /// instances: every gate of each, comma-separated, as a CI job lists them.
+    #[must_use]
+    pub fn release_env_all(
+        self,
+        blue: &[SocketAddr],
+        green: &[SocketAddr],
+        hooks: &Webhooks,
+    ) -> Self {
+        let urls = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(|a| format!("http://{a}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        self.env("BG_GATE_BLUE", &urls(blue))
+            .env("BG_GATE_GREEN", &urls(green))
             .env("BG_WEBHOOK_BLUE", &hooks.url("blue"))
             .env("BG_WEBHOOK_GREEN", &hooks.url("green"))
     }

@@ -21,17 +21,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bg_e2e::wsload::{self, Load};
 use bg_e2e::{
-    Ctl, Instance, Instances, Stop, Webhooks, addr_of, gate_status, instances, loopback, run, show,
+    Ctl, Instance, Instances, Stop, Webhooks, addrs_of, gate_status, instances, loopback, run, show,
 };
 use bg_state::{AppName, Colour};
 use bg_testkit::nginx::{Nginx, Prefix, examples};
 use bg_testkit::{
     Process, RedisServer, free_port, http, wait_for_port, workspace_binary, workspace_example,
 };
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const TOKEN: &str = "lb-test-token-0123456789";
 
@@ -137,8 +135,8 @@ impl Front {
 fn haproxy(
     mode: Mode,
     timing: Timing,
-    blue: SocketAddr,
-    green: SocketAddr,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
     ports: Ports,
     dir: &std::path::Path,
 ) -> Front {
@@ -147,8 +145,23 @@ fn haproxy(
     let mut cfg = std::fs::read_to_string(examples().join("haproxy.cfg")).unwrap();
     substitute(&mut cfg, "bind :8000", &format!("bind {addr}"), 1);
     substitute(&mut cfg, "ipv4@127.0.0.1:9999", &format!("ipv4@{stats}"), 1);
-    substitute(&mut cfg, "10.0.0.11:8080", &blue.to_string(), 4);
-    substitute(&mut cfg, "10.0.0.12:8080", &green.to_string(), 4);
+    // A server line per instance, named as `servers` names them.
+    for (colour, example, addrs) in [
+        (Colour::Blue, "10.0.0.11:8080", blue),
+        (Colour::Green, "10.0.0.12:8080", green),
+    ] {
+        let lines: String = servers(colour, addrs.len())
+            .iter()
+            .zip(addrs)
+            .map(|(name, addr)| format!("    server {name} {addr} check\n"))
+            .collect();
+        substitute(
+            &mut cfg,
+            &format!("    server {colour} {example} check\n"),
+            &lines,
+            4,
+        );
+    }
     substitute(
         &mut cfg,
         "agent-port 9091",
@@ -201,6 +214,32 @@ fn haproxy(
         addr,
         stats,
     }
+}
+
+/// The names of `colour`'s servers in HAProxy: the colour for one instance,
+/// `blue-1`, `blue-2`, … for several (the example's advice).
+fn servers(colour: Colour, n: usize) -> Vec<String> {
+    if n == 1 {
+        return vec![colour.to_string()];
+    }
+    (1..=n).map(|i| format!("{colour}-{i}")).collect()
+}
+
+/// The hosts of a colour's instances: the example's two hosts for the
+/// first instance of each colour, `127.0.0.21` and `127.0.0.22` for the
+/// second, and so on.
+fn host(colour: Colour, i: usize) -> [u8; 4] {
+    let base = if colour == Colour::Blue {
+        BLUE_IP
+    } else {
+        GREEN_IP
+    };
+    [
+        127,
+        0,
+        0,
+        base[3] + 10 * u8::try_from(i).expect("a few instances"),
+    ]
 }
 
 /// The ports every colour's host uses alike: the agent's, the sidecar
@@ -258,13 +297,14 @@ fn haproxy_status(stats: SocketAddr, backend: &str, server: &str) -> Option<Stri
 async fn haproxy_until(
     stats: SocketAddr,
     backend: &'static str,
-    server: &'static str,
+    server: &str,
     limit: Duration,
     done: impl Fn(&str) -> bool,
 ) {
     let deadline = Instant::now() + limit;
     loop {
-        let status = tokio::task::spawn_blocking(move || haproxy_status(stats, backend, server))
+        let name = server.to_owned();
+        let status = tokio::task::spawn_blocking(move || haproxy_status(stats, backend, &name))
             .await
             .unwrap();
         if status.as_deref().is_some_and(&done) {
@@ -316,11 +356,6 @@ fn nginx(redis: &RedisServer, blue: SocketAddr, green: SocketAddr) -> Front {
 struct Counts {
     requests: AtomicU64,
     failed: AtomicU64,
-    ws_messages: AtomicU64,
-    ws_cut: AtomicU64,
-    ws_drained: AtomicU64,
-    ws_reconnected: AtomicU64,
-    ws_wrong_colour: AtomicU64,
 }
 
 /// HTTP requests through HAProxy without pause; any non-2xx or error fails.
@@ -352,90 +387,6 @@ async fn load(
     }
 }
 
-/// A websocket client: a message at least every 100 ms, each echo checked;
-/// closed with 1012 it reconnects and must land on the live colour.
-async fn ws_client(
-    lb: SocketAddr,
-    stop: Arc<AtomicBool>,
-    counts: Arc<Counts>,
-    live: Arc<Mutex<Colour>>,
-    errors: Arc<Mutex<Vec<String>>>,
-) {
-    let mut first = true;
-    'connect: while !stop.load(Ordering::Relaxed) {
-        let (mut ws, _) = match tokio_tungstenite::connect_async(format!("ws://{lb}/ws")).await {
-            Ok(c) => c,
-            Err(e) => {
-                counts.ws_cut.fetch_add(1, Ordering::Relaxed);
-                errors
-                    .lock()
-                    .unwrap()
-                    .push(format!("websocket connect failed: {e}"));
-                return;
-            }
-        };
-        // The greeting says where we landed.
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                let landed = if t.contains("green") {
-                    Colour::Green
-                } else {
-                    Colour::Blue
-                };
-                if !first && landed != *live.lock().unwrap() {
-                    counts.ws_wrong_colour.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            other => {
-                counts.ws_cut.fetch_add(1, Ordering::Relaxed);
-                errors
-                    .lock()
-                    .unwrap()
-                    .push(format!("no greeting: {other:?}"));
-                return;
-            }
-        }
-        if !first {
-            counts.ws_reconnected.fetch_add(1, Ordering::Relaxed);
-        }
-        first = false;
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            n += 1;
-            let msg = format!("m{n}");
-            if let Err(e) = ws.send(Message::text(msg.clone())).await {
-                counts.ws_cut.fetch_add(1, Ordering::Relaxed);
-                errors
-                    .lock()
-                    .unwrap()
-                    .push(format!("websocket send failed: {e}"));
-                return;
-            }
-            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == msg => {
-                    counts.ws_messages.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Some(Ok(Message::Close(Some(frame))))) if frame.code == CloseCode::Restart => {
-                    counts.ws_drained.fetch_add(1, Ordering::Relaxed);
-                    let _ = ws.close(None).await;
-                    continue 'connect;
-                }
-                other => {
-                    counts.ws_cut.fetch_add(1, Ordering::Relaxed);
-                    errors
-                        .lock()
-                        .unwrap()
-                        .push(format!("websocket cut: {other:?}"));
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = ws.close(None).await;
-        return;
-    }
-}
-
 /// Everything a test needs: Redis, two instances, the webhook receiver,
 /// the load balancer, and traffic flowing through it.
 struct Harness {
@@ -448,8 +399,9 @@ struct Harness {
     /// Sidecar mode: the standalone gates beside the services.
     sidecars: Vec<Instance>,
     mode: Mode,
-    blue: SocketAddr,
-    green: SocketAddr,
+    /// Every gate of each colour.
+    blue: Vec<SocketAddr>,
+    green: Vec<SocketAddr>,
     timing: Timing,
     store: Arc<dyn bg_state::ColourStore>,
     app: AppName,
@@ -457,10 +409,32 @@ struct Harness {
     counts: Arc<Counts>,
     errors: Arc<Mutex<Vec<String>>>,
     live: Arc<Mutex<Colour>>,
-    /// Samples in which neither gate answered OK.
+    /// The websocket clients.
+    websockets: Option<Load>,
+    /// Samples in which no gate answered OK.
     both_stop: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// The websocket clients a harness runs: `clients` of them, each sending a
+/// message every `interval`.
+#[derive(Debug, Clone, Copy)]
+struct Clients {
+    clients: usize,
+    interval: Duration,
+}
+
+/// Fifty clients, a message each every 100 ms.
+const BUSY_50: Clients = Clients {
+    clients: 50,
+    interval: Duration::from_millis(100),
+};
+
+/// Twenty clients, a message each every 100 ms.
+const BUSY_20: Clients = Clients {
+    clients: 20,
+    interval: Duration::from_millis(100),
+};
 
 /// Whether a gate answers OK, read from `/bg/state` (not a probe).
 fn live_at(addr: SocketAddr) -> bool {
@@ -468,7 +442,9 @@ fn live_at(addr: SocketAddr) -> bool {
 }
 
 impl Harness {
-    async fn start(mode: Mode, timing: Timing, clients: usize) -> Harness {
+    /// Redis, `per_colour` instances of each colour behind the load
+    /// balancer, and traffic through it: two HTTP loops and `clients`.
+    async fn start(mode: Mode, timing: Timing, clients: Clients, per_colour: usize) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
         let ports = Ports {
@@ -503,8 +479,21 @@ impl Harness {
                 .stop(Stop::Graceful(Duration::from_secs(10)))
                 .started("v0")
         };
-        let instances = instances([instance("blue", BLUE_IP), instance("green", GREEN_IP)]);
-        let services = (addr_of(&instances, "blue"), addr_of(&instances, "green"));
+        assert!(
+            per_colour == 1 || matches!(mode, Mode::HttpCheck),
+            "several instances per colour run with the plain HTTP check"
+        );
+        let instances = instances(Colour::ALL.into_iter().flat_map(|colour| {
+            servers(colour, per_colour)
+                .into_iter()
+                .enumerate()
+                .map(move |(i, name)| {
+                    instance(colour.as_str(), host(colour, i))
+                        .named(&name)
+                        .args(&["--gate-id", &name])
+                })
+        }));
+        let services = (addrs_of(&instances, "blue"), addrs_of(&instances, "green"));
         let hooks = Webhooks::serve(Arc::clone(&instances), Duration::ZERO).await;
         // The gates: in the services, or beside them.
         let sidecars: Vec<Instance> = if mode == Mode::Sidecar {
@@ -531,12 +520,12 @@ impl Harness {
             Vec::new()
         };
         let (blue, green) = match sidecars.as_slice() {
-            [b, g] => (b.addr, g.addr),
-            _ => services,
+            [b, g] => (vec![b.addr], vec![g.addr]),
+            _ => services.clone(),
         };
         let lb = match mode {
-            Mode::NginxPush => nginx(&redis, services.0, services.1),
-            _ => haproxy(mode, timing, services.0, services.1, ports, dir.path()),
+            Mode::NginxPush => nginx(&redis, services.0[0], services.1[0]),
+            _ => haproxy(mode, timing, &services.0, &services.1, ports, dir.path()),
         };
 
         // Wait until the load balancer serves blue.
@@ -562,19 +551,21 @@ impl Harness {
         // green before its checks have taken it out. (nginx only ever
         // knew blue.)
         if let Front::Haproxy { stats, .. } = lb {
-            // `DOWN`, `NOLB`, `DRAIN (agent)`; not `UP 1/3` (going down).
-            haproxy_until(
-                stats,
-                mode.backend(),
-                "green",
-                Duration::from_secs(60),
-                |s| {
-                    ["DOWN", "NOLB", "DRAIN"]
-                        .iter()
-                        .any(|out| s.starts_with(out))
-                },
-            )
-            .await;
+            for server in servers(Colour::Green, per_colour) {
+                // `DOWN`, `NOLB`, `DRAIN (agent)`; not `UP 1/3` (going down).
+                haproxy_until(
+                    stats,
+                    mode.backend(),
+                    &server,
+                    Duration::from_secs(60),
+                    |s| {
+                        ["DOWN", "NOLB", "DRAIN"]
+                            .iter()
+                            .any(|out| s.starts_with(out))
+                    },
+                )
+                .await;
+            }
         }
 
         let mut h = Harness {
@@ -594,6 +585,7 @@ impl Harness {
             counts: Arc::new(Counts::default()),
             errors: Arc::new(Mutex::new(Vec::new())),
             live: Arc::new(Mutex::new(Colour::Blue)),
+            websockets: None,
             both_stop: Arc::new(AtomicU64::new(0)),
             tasks: Vec::new(),
         };
@@ -606,26 +598,36 @@ impl Harness {
                 Arc::clone(&h.errors),
             )));
         }
-        for _ in 0..clients {
-            h.tasks.push(tokio::spawn(ws_client(
-                lb_addr,
-                Arc::clone(&h.stop),
-                Arc::clone(&h.counts),
-                Arc::clone(&h.live),
-                Arc::clone(&h.errors),
-            )));
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // A reconnect (after a drain) must land on the live colour.
+        let live = Arc::clone(&h.live);
+        let mut config = wsload::Config::new(format!("ws://{lb_addr}/ws"), clients.clients);
+        config.interval = clients.interval;
+        config.reconnect_jitter = Duration::from_millis(200);
+        config.ramp = Duration::from_millis(5 * clients.clients as u64).min(Duration::from_secs(5));
+        config.landing_ok = Some(Arc::new(move |greeting: &str| {
+            let live = *live.lock().unwrap();
+            greeting.split_whitespace().nth(1) == Some(live.as_str())
+        }));
+        let ws = Load::start(config);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ws.connected() < clients.clients as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {} websocket clients connected: {}",
+                ws.connected(),
+                clients.clients,
+                ws.counts()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Never both colours STOP.
-        let (stop, both, blue, green) = (
-            Arc::clone(&h.stop),
-            Arc::clone(&h.both_stop),
-            h.blue,
-            h.green,
-        );
+        h.websockets = Some(ws);
+        // Never every gate STOP.
+        let (stop, both) = (Arc::clone(&h.stop), Arc::clone(&h.both_stop));
+        let gates: Vec<SocketAddr> = h.blue.iter().chain(&h.green).copied().collect();
         h.tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let any = tokio::task::spawn_blocking(move || live_at(blue) || live_at(green))
+                let gates = gates.clone();
+                let any = tokio::task::spawn_blocking(move || gates.into_iter().any(live_at))
                     .await
                     .unwrap();
                 if !any {
@@ -640,7 +642,7 @@ impl Harness {
 
     fn bg_ctl(&self, args: &[&str]) -> Command {
         Ctl::workspace(&self.redis.url(), "chat", TOKEN, "lb-test")
-            .release_env(self.blue, self.green, &self.hooks)
+            .release_env_all(&self.blue, &self.green, &self.hooks)
             .command(args)
     }
 
@@ -731,52 +733,63 @@ impl Harness {
     }
 
     /// Stops the traffic and checks nothing failed; prints the counts.
-    async fn finish(&mut self, what: &str, expect_drains: bool) {
+    /// Stops the traffic and checks nothing failed; prints the counts and
+    /// returns the websocket clients'.
+    async fn finish(&mut self, what: &str, expect_drains: bool) -> wsload::Summary {
+        let ws = self.websockets.take().expect("the clients run");
+        // Clients asked to move a moment ago are let back in first.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = ws.counts();
+            if c.reconnects >= c.moves || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks.drain(..) {
             t.await.unwrap();
         }
+        let w = ws.stop().await;
         let c = &self.counts;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         eprintln!(
-            "{what}: {} HTTP requests, {} failed; {} websocket echoes, {} drained with 1012 and reconnected {}, {} cut, {} landed on the idle colour; both colours STOP in {} samples",
+            "{what}: {} HTTP requests, {} failed; websockets: {w}; every gate STOP in {} samples",
             load(&c.requests),
             load(&c.failed),
-            load(&c.ws_messages),
-            load(&c.ws_drained),
-            load(&c.ws_reconnected),
-            load(&c.ws_cut),
-            load(&c.ws_wrong_colour),
             load(&self.both_stop),
         );
         let errors = self.errors.lock().unwrap();
         let some = &errors[..errors.len().min(10)];
         assert_eq!(load(&c.failed), 0, "failed requests: {some:?}");
-        assert_eq!(load(&c.ws_cut), 0, "websockets cut: {some:?}");
+        assert_eq!(w.cuts, 0, "websockets cut: {:?}", w.errors);
         assert_eq!(
-            load(&c.ws_wrong_colour),
-            0,
+            w.connect_failures, 0,
+            "websocket connects failed: {:?}",
+            w.errors
+        );
+        assert_eq!(
+            w.wrong_landing, 0,
             "reconnected clients landed on the idle colour"
         );
-        assert_eq!(load(&self.both_stop), 0, "both colours answered STOP");
+        assert_eq!(load(&self.both_stop), 0, "every gate answered STOP");
         assert!(load(&c.requests) > 100, "the load generator barely ran");
-        assert!(
-            load(&c.ws_messages) > 100,
-            "the websocket clients barely ran"
-        );
+        assert!(w.messages > 100, "the websocket clients barely ran");
         if expect_drains {
-            assert!(load(&c.ws_drained) > 0, "no websocket was ever drained");
+            assert!(w.moves > 0, "no websocket was ever drained");
             assert_eq!(
-                load(&c.ws_drained),
-                load(&c.ws_reconnected),
-                "a drained client did not reconnect"
+                w.move_codes.keys().copied().collect::<Vec<_>>(),
+                [1012],
+                "moved by anything but a drain"
             );
+            assert_eq!(w.moves, w.reconnects, "a drained client did not reconnect");
         }
+        w
     }
 }
 
-async fn releases_under_traffic(mode: Mode, timing: Timing, releases: usize, clients: usize) {
-    let mut h = Harness::start(mode, timing, clients).await;
+async fn releases_under_traffic(mode: Mode, timing: Timing, releases: usize, clients: Clients) {
+    let mut h = Harness::start(mode, timing, clients, 1).await;
     h.releases(releases).await;
     h.finish(
         &format!("{mode:?}, {timing:?}: {releases} releases"),
@@ -796,10 +809,12 @@ impl Harness {
             let out = self.deploy(&version, &["--wait-lease", "60s"]).await;
             assert_eq!(out.status.code(), Some(0), "release {n}:\n{}", show(&out));
             let (live, _) = self.state().await;
-            eprintln!(
-                "{mode:?}: release {n} ({version} to {live}) took {:?}",
-                started.elapsed()
-            );
+            let took = started.elapsed();
+            eprintln!("{mode:?}: release {n} ({version} to {live}) took {took:?}");
+            if took > Duration::from_secs(30) {
+                // Where the time went, step by step.
+                eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+            }
             // The LB has seen the switch (--confirm-lb): every new request is served by the new version.
             self.serves(&version).await;
         }
@@ -810,7 +825,7 @@ impl Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn faults_under_load() {
     let _serial = crate::serial().await;
-    let mut h = Harness::start(Mode::HttpCheck, FAST, 20).await;
+    let mut h = Harness::start(Mode::HttpCheck, FAST, BUSY_20, 1).await;
 
     // Redis frozen for 10 s: the gates answer from what they know.
     h.redis.pause();
@@ -892,7 +907,10 @@ async fn faults_under_load() {
     let live_before = h.state().await;
     h.redis.restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (blue, green) = (format!("http://{}", h.blue), format!("http://{}", h.green));
+    let (blue, green) = (
+        format!("http://{}", h.blue[0]),
+        format!("http://{}", h.green[0]),
+    );
     let out = run(h.bg_ctl(&["init", "--from-gate", &blue, "--from-gate", &green])).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let restored = h.state().await;
@@ -927,37 +945,77 @@ fn releases(default: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_under_load_with_fast_checks() {
     let _serial = crate::serial().await;
-    releases_under_traffic(Mode::HttpCheck, FAST, releases(10), 50).await;
+    releases_under_traffic(Mode::HttpCheck, FAST, releases(10), BUSY_50).await;
+}
+
+/// The size of a real service: 2,000 websockets on two instances per
+/// colour behind one HAProxy backend, each instance with its gate, and
+/// `bg-ctl deploy` with its default drain settings. The first release goes
+/// to the empty colour; the second drains all 2,000 from the colour they
+/// are on, every one of its gates, before restarting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_websockets_on_two_instances_per_colour() {
+    let _serial = crate::serial().await;
+    let clients = Clients {
+        clients: 2_000,
+        interval: Duration::from_secs(2),
+    };
+    let mut h = Harness::start(Mode::HttpCheck, FAST, clients, 2).await;
+    // Both instances of blue hold their share.
+    for gate in &h.blue {
+        let held = gate_status(*gate)
+            .expect("a gate answers")
+            .connections
+            .websockets;
+        assert!(held >= 500, "blue's gate at {gate} holds {held} websockets");
+    }
+    h.releases(2).await;
+    let w = h
+        .finish(
+            "2,000 websockets, two instances per colour: 2 releases",
+            true,
+        )
+        .await;
+    assert!(
+        w.moves >= 2_000,
+        "the second release drained {} websockets of 2,000",
+        w.moves
+    );
+    assert_eq!(
+        w.landed.get("green").copied().unwrap_or(0),
+        w.moves,
+        "every drained client moved to green"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_under_load_with_disable_on_404() {
     let _serial = crate::serial().await;
-    releases_under_traffic(Mode::DisableOn404, FAST, releases(3), 50).await;
+    releases_under_traffic(Mode::DisableOn404, FAST, releases(3), BUSY_50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_under_load_with_agent_checks() {
     let _serial = crate::serial().await;
-    releases_under_traffic(Mode::Agent, FAST, releases(3), 50).await;
+    releases_under_traffic(Mode::Agent, FAST, releases(3), BUSY_50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_under_load_behind_nginx() {
     let _serial = crate::serial().await;
-    releases_under_traffic(Mode::NginxPush, FAST, releases(3), 50).await;
+    releases_under_traffic(Mode::NginxPush, FAST, releases(3), BUSY_50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_under_load_with_the_example_timing() {
     let _serial = crate::serial().await;
-    releases_under_traffic(Mode::HttpCheck, EXAMPLE, 2, 20).await;
+    releases_under_traffic(Mode::HttpCheck, EXAMPLE, 2, BUSY_20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_under_load_with_agent_checks_at_the_example_timing() {
     let _serial = crate::serial().await;
-    releases_under_traffic(Mode::Agent, EXAMPLE, 2, 20).await;
+    releases_under_traffic(Mode::Agent, EXAMPLE, 2, BUSY_20).await;
 }
 
 /// The Node.js example service beside standalone gates in sidecar mode,
@@ -968,7 +1026,7 @@ async fn releases_under_load_with_agent_checks_at_the_example_timing() {
 async fn releases_under_load_with_sidecar_gates_then_a_crashed_service() {
     let _serial = crate::serial().await;
     let releases = releases(3);
-    let mut h = Harness::start(Mode::Sidecar, FAST, 50).await;
+    let mut h = Harness::start(Mode::Sidecar, FAST, BUSY_50, 1).await;
     h.releases(releases).await;
     h.finish(&format!("Sidecar: {releases} releases"), releases >= 2)
         .await;
@@ -979,9 +1037,9 @@ async fn releases_under_load_with_sidecar_gates_then_a_crashed_service() {
         unreachable!("sidecar mode runs behind HAProxy")
     };
     let gate = if live == Colour::Blue {
-        h.blue
+        h.blue[0]
     } else {
-        h.green
+        h.green[0]
     };
     let crashed = Instant::now();
     h.instances
