@@ -18,5 +18,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-cargo build --release --locked -p bg-gate -p bg-ctl -p bg-e2e --bins
+cargo build --release --locked -p bg-gate -p bg-ctl -p bg-e2e --bins --examples
 ./target/release/bg-bench docs/benchmarks.md

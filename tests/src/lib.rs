@@ -135,6 +135,12 @@ impl Instance {
         self
     }
 
+    /// The running process's id, if one runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::id)
+    }
+
     /// Kills the running process at once, as a crash would.
     pub fn kill(&mut self) {
         drop(self.process.take());
