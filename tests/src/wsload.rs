@@ -144,6 +144,8 @@ impl Healthy {
 
     /// Checks every server of `balance` until `stop`.
     async fn check(self: Arc<Self>, balance: Balance, mut stop: watch::Receiver<bool>) {
+        // reqwest is built without a bundled crypto provider; ring is ours.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()

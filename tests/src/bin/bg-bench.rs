@@ -439,20 +439,14 @@ async fn many_apps_report(md: &mut String) {
     let by_cpu = m.gates as f64 / m.redis_cpu.max(1e-6);
     let _ = writeln!(
         md,
-        "## Many apps on one Redis
-
-{} apps with a blue and a green gate each ({} gates in one process, each with a store and Redis connections of its own, as separate processes have; default poll 500 ms, presence every 5 s), one `redis-server`. 500 switches of apps in turn, each timed from its commit to both of its gates answering from it, while every other gate polls.
-
-         | measure | value |
-| --- | ---: |
-         | switch seen by both gates, p50 | {} ms |
-         | switch seen by both gates, p99 | {} ms (target ≤ 50 ms) |
-         | Redis connections | {} ({conns_per_gate:.1} per gate: commands and the change subscription) |
-         | Redis commands per second, idle | {:.0} ({per_gate:.2} per gate) |
-         | `redis-server` CPU, idle | {:.1}% of a core |
-
-         So one Redis serves about {:.0} gates before its default `maxclients` 10,000 (raise it, and its open-file limit, to go further), and about {:.0} gates before their polling alone fills one core; polling is what costs, so a longer `--poll-interval` buys gates in proportion, at the price of the bound on staleness when a notification is lost.
-",
+        "## Many apps on one Redis\n\n{} apps with a blue and a green gate each ({} gates in one process, each with a store and Redis connections of its own, as separate processes have; default poll 500 ms, presence every 5 s), one `redis-server`. 500 switches of apps in turn, each timed from its commit to both of its gates answering from it, while every other gate polls.\n\n\
+         | measure | value |\n| --- | ---: |\n\
+         | switch seen by both gates, p50 | {} ms |\n\
+         | switch seen by both gates, p99 | {} ms (target ≤ 50 ms) |\n\
+         | Redis connections | {} ({conns_per_gate:.1} per gate: commands and the change subscription) |\n\
+         | Redis commands per second, idle | {:.0} ({per_gate:.2} per gate) |\n\
+         | `redis-server` CPU, idle | {:.1}% of a core |\n\n\
+         So one Redis serves about {:.0} gates before its default `maxclients` 10,000 (raise it, and its open-file limit, to go further), and about {:.0} gates before their polling alone fills one core; polling is what costs, so a longer `--poll-interval` buys gates in proportion, at the price of the bound on staleness when a notification is lost.\n",
         m.apps,
         m.gates,
         ms(m.p50),
@@ -511,7 +505,8 @@ async fn websocket_release(redis: &str, websockets: usize) -> WebsocketRelease {
     };
     let idle_rss = rss_mib(pid("blue"));
     let mut config = Config::new(format!("ws://{blue}/ws"), websockets);
-    config.ramp = Duration::from_millis(websockets as u64).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    config.ramp = Duration::from_millis(websockets as u64)
+        .clamp(Duration::from_secs(1), Duration::from_secs(10));
     config.balance = Some(Balance {
         urls: vec![format!("ws://{blue}/ws"), format!("ws://{green}/ws")],
         check: "/balancer-keepalive-check".into(),
@@ -622,11 +617,8 @@ async fn websockets_report(md: &mut String) {
     let tracking = tracking_cost_bytes();
     let _ = writeln!(
         md,
-        "## Releases with websockets
-
-`ws_echo` instances (the example service, embedding the gate) for blue and green, gate-direct: 10,000 websockets and a proxy in front would need two descriptors per websocket, more than this machine allows one process (20,000). `bg-wsload`'s clients (in process, a message every 5 s each) are spread by the gates' own health checks every 100 ms, as a load balancer with `rise 1 fall 1` would, and the gates count those checks as a load balancer's probes. One release to green leaves the clients on blue; the release measured goes back to blue with `bg-ctl deploy --confirm-lb` and its default drain (a 20 s window, at least 100 websockets a second), so it asks every one of them to move before it restarts blue.
-
-         | websockets | release wall time | drain (first to last asked) | peak reconnects/s on green | blue's RSS with all open | per websocket | blue's CPU while draining | moved | cut | connect failures |
+        "## Releases with websockets\n\n`ws_echo` instances (the example service, embedding the gate) for blue and green, gate-direct: 10,000 websockets and a proxy in front would need two descriptors per websocket, more than this machine allows one process (20,000). `bg-wsload`'s clients (in process, a message every 5 s each) are spread by the gates' own health checks every 100 ms, as a load balancer with `rise 1 fall 1` would, and the gates count those checks as a load balancer's probes. One release to green leaves the clients on blue; the release measured goes back to blue with `bg-ctl deploy --confirm-lb` and its default drain (a 20 s window, at least 100 websockets a second), so it asks every one of them to move before it restarts blue.\n\n\
+         | websockets | release wall time | drain (first to last asked) | peak reconnects/s on green | blue's RSS with all open | per websocket | blue's CPU while draining | moved | cut | connect failures |\n\
          | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in &runs {
@@ -647,9 +639,7 @@ async fn websockets_report(md: &mut String) {
     }
     let _ = writeln!(
         md,
-        "
-The release's time is flat in the count beyond the window: a small colour is asked at the floor rate in a second or less, a large one within the 20 s window. The gate's own tracking of a websocket (its entry in the tracker and the channel a drain asks through) costs {tracking:.0} bytes (100,000 tracked in one process); the rest of the per-websocket figure is the connection itself, its task and the websocket library's buffers, which `ws_echo` sizes for chat-like traffic (a 4 KiB read buffer, no write buffer, 64 KiB messages).
-"
+        "\nThe drain's time grows with the count only up to the window: at the floor rate of 100 a second, 100 websockets are asked in a second and 1,000 in ten; from 2,000 on, every count is asked within the 20 s window (10,000 at 500 a second, 50,000 would be at 2,500), so the release's time stops growing with it. Before the drain was paced by time, it asked 10 a second: 1,000 websockets took 100 s, beyond the default `--drain-timeout` of 60 s, and the release aborted. The gate's own tracking of a websocket (its entry in the tracker and the channel a drain asks through) costs {tracking:.0} bytes (100,000 tracked in one process); the rest of the per-websocket figure is the connection itself, its task and the websocket library's buffers, which `ws_echo` sizes for chat-like traffic (a 4 KiB read buffer, no write buffer, 64 KiB messages).\n"
     );
 }
 
@@ -782,6 +772,8 @@ async fn durability(md: &mut String) {
 
 #[tokio::main]
 async fn main() {
+    // reqwest is built without a bundled crypto provider; ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if std::env::args().nth(1).as_deref() == Some("--durability") {
         let mut md = String::new();
         durability(&mut md).await;
@@ -800,8 +792,6 @@ async fn main() {
         println!("{md}");
         return;
     }
-    // reqwest is built without a bundled crypto provider; ring is ours.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let out = std::env::args()
         .nth(1)
         .map_or_else(|| PathBuf::from("docs/benchmarks.md"), PathBuf::from);
