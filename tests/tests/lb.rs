@@ -445,6 +445,8 @@ impl Harness {
     /// Redis, `per_colour` instances of each colour behind the load
     /// balancer, and traffic through it: two HTTP loops and `clients`.
     async fn start(mode: Mode, timing: Timing, clients: Clients, per_colour: usize) -> Harness {
+        // A socket per client: more than a soft limit of 1,024 allows.
+        let _ = bg_gate::server::raise_open_file_limit();
         let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
         let ports = Ports {

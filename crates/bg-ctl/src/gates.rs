@@ -153,15 +153,15 @@ impl Gates for HttpGates {
             let target = &target;
             async move { self.post(url, target, &body).await }
         };
+        // serde_json sends the keys in alphabetical order, and serde names
+        // the first it does not know: a first-release gate may name
+        // `timeout_ms` at once.
         let (mut status, mut body) = send(&by_time).await?;
-        for (fields, instead) in [
-            (&["window_ms", "max_rate"][..], &by_batches),
-            (&["timeout_ms"], &oldest),
-        ] {
-            if !refuses_field(status, &body, fields) {
-                break;
-            }
-            (status, body) = send(instead).await?;
+        if refuses_field(status, &body, &["window_ms", "max_rate"]) {
+            (status, body) = send(&by_batches).await?;
+        }
+        if refuses_field(status, &body, &["timeout_ms"]) {
+            (status, body) = send(&oldest).await?;
         }
         if status.is_success() {
             return Ok(body["asked"].as_u64().unwrap_or(0));
@@ -266,6 +266,19 @@ mod tests {
             "{sent:?}"
         );
         assert!(sent[2].get("timeout_ms").is_none(), "{sent:?}");
+        // Without a cap (the default) it names timeout_ms first.
+        let (url, bodies) = earlier_gate(&["batch", "interval_ms"]).await;
+        gates
+            .drain(&url, DrainPace::default(), 10_000, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let sent = bodies_sent(&bodies);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(
+            (&sent[1]["batch"], &sent[1]["interval_ms"]),
+            (&serde_json::json!(50), &serde_json::json!(100)),
+            "{sent:?}"
+        );
 
         // The next release's gates also took timeout_ms.
         let (url, bodies) = earlier_gate(&["batch", "interval_ms", "timeout_ms"]).await;

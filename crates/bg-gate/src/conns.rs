@@ -182,6 +182,11 @@ impl Connections {
         keep_on: impl Fn() -> bool + Send + Sync + 'static,
     ) -> usize {
         let now = Instant::now();
+        // A deadline too far to represent is no deadline in practice.
+        let after = |d: Duration| {
+            now.checked_add(d)
+                .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+        };
         let pace = match pace {
             Pace::Batches { batch, pause } => Pace::Batches {
                 batch: batch.max(1),
@@ -192,11 +197,11 @@ impl Connections {
         let order = Draining {
             pace,
             window_end: match pace {
-                Pace::Window(p) => now + p.window,
+                Pace::Window(p) => after(p.window),
                 Pace::Batches { .. } => now,
             },
             credit: 0.0,
-            until: lasting.map(|d| now + d),
+            until: lasting.map(after),
             keep_on: Arc::new(keep_on),
         };
         let unasked = self.sockets().values().filter(|s| s.is_some()).count();

@@ -472,6 +472,8 @@ struct WebsocketRelease {
     /// its growth per websocket over the idle instance.
     rss_open: f64,
     rss_per_socket_kib: f64,
+    /// The share of a core the instance uses with every websocket open.
+    open_cpu: f64,
     /// CPU seconds the drained instance spent while its sockets were asked.
     drain_cpu: f64,
     summary: bg_e2e::wsload::Summary,
@@ -526,6 +528,10 @@ async fn websocket_release(redis: &str, websockets: usize) -> WebsocketRelease {
     // The health checks must have seen both gates a while (--lb-window).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_open = rss_mib(pid("blue"));
+    // What holding them costs while each sends a message every 5 s.
+    let (cpu, t) = (cpu_seconds(pid("blue")), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let open_cpu = (cpu_seconds(pid("blue")) - cpu) / t.elapsed().as_secs_f64();
     let ctl = Ctl::new(sibling("bg-ctl"), redis, &app, TOKEN).release_env(blue, green, &hooks);
     let deploy = |version: &str| {
         ctl.command(&[
@@ -587,6 +593,7 @@ async fn websocket_release(redis: &str, websockets: usize) -> WebsocketRelease {
         peak_reconnects: peak,
         rss_open,
         rss_per_socket_kib: (rss_open - idle_rss) * 1024.0 / websockets as f64,
+        open_cpu,
         drain_cpu,
         summary,
     }
@@ -594,9 +601,9 @@ async fn websocket_release(redis: &str, websockets: usize) -> WebsocketRelease {
 
 /// What the gate's own tracking of one websocket costs in memory, apart
 /// from the websocket library's buffers: the resident growth of this
-/// process over 100,000 tracked guards.
+/// process over 1,000,000 tracked guards.
 fn tracking_cost_bytes() -> f64 {
-    const N: usize = 100_000;
+    const N: usize = 1_000_000;
     let conns = bg_gate::Connections::default();
     let before = rss_mib(std::process::id());
     let guards: Vec<_> = (0..N).map(|_| conns.track_websocket()).collect();
@@ -618,19 +625,20 @@ async fn websockets_report(md: &mut String) {
     let _ = writeln!(
         md,
         "## Releases with websockets\n\n`ws_echo` instances (the example service, embedding the gate) for blue and green, gate-direct: 10,000 websockets and a proxy in front would need two descriptors per websocket, more than this machine allows one process (20,000). `bg-wsload`'s clients (in process, a message every 5 s each) are spread by the gates' own health checks every 100 ms, as a load balancer with `rise 1 fall 1` would, and the gates count those checks as a load balancer's probes. One release to green leaves the clients on blue; the release measured goes back to blue with `bg-ctl deploy --confirm-lb` and its default drain (a 20 s window, at least 100 websockets a second), so it asks every one of them to move before it restarts blue.\n\n\
-         | websockets | release wall time | drain (first to last asked) | peak reconnects/s on green | blue's RSS with all open | per websocket | blue's CPU while draining | moved | cut | connect failures |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+         | websockets | release wall time | drain (first to last asked) | peak reconnects/s on green | blue's RSS with all open | per websocket | blue's CPU with all open | blue's CPU while draining | moved | cut | connect failures |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in &runs {
         let _ = writeln!(
             md,
-            "| {} | {:.1} s | {:.1} s | {} | {:.0} MiB | {:.1} KiB | {:.2} s | {} | {} | {} |",
+            "| {} | {:.1} s | {:.1} s | {} | {:.0} MiB | {:.1} KiB | {:.1}% of a core | {:.2} s | {} | {} | {} |",
             r.websockets,
             r.wall.as_secs_f64(),
             r.drain.as_secs_f64(),
             r.peak_reconnects,
             r.rss_open,
             r.rss_per_socket_kib,
+            r.open_cpu * 100.0,
             r.drain_cpu,
             r.summary.moves,
             r.summary.cuts,
@@ -639,7 +647,7 @@ async fn websockets_report(md: &mut String) {
     }
     let _ = writeln!(
         md,
-        "\nThe drain's time grows with the count only up to the window: at the floor rate of 100 a second, 100 websockets are asked in a second and 1,000 in ten; from 2,000 on, every count is asked within the 20 s window (10,000 at 500 a second, 50,000 would be at 2,500), so the release's time stops growing with it. Before the drain was paced by time, it asked 10 a second: 1,000 websockets took 100 s, beyond the default `--drain-timeout` of 60 s, and the release aborted. The gate's own tracking of a websocket (its entry in the tracker and the channel a drain asks through) costs {tracking:.0} bytes (100,000 tracked in one process); the rest of the per-websocket figure is the connection itself, its task and the websocket library's buffers, which `ws_echo` sizes for chat-like traffic (a 4 KiB read buffer, no write buffer, 64 KiB messages).\n"
+        "\nThe drain's time grows with the count only up to the window: at the floor rate of 100 a second, 100 websockets are asked in a second and 1,000 in ten; from 2,000 on, every count is asked within the 20 s window (10,000 at 500 a second, 50,000 would be at 2,500), so the release's time stops growing with it. Before the drain was paced by time, it asked 10 a second: 1,000 websockets took 100 s, beyond the default `--drain-timeout` of 60 s, and the release aborted. The gate's own tracking of a websocket (its entry in the tracker and the channel a drain asks through) costs {tracking:.0} bytes (1,000,000 tracked in one process); the rest of the per-websocket figure is the connection itself, its task and the websocket library's buffers, which `ws_echo` sizes for chat-like traffic (a 4 KiB read buffer, no write buffer, 64 KiB messages).\n"
     );
 }
 
@@ -774,6 +782,8 @@ async fn durability(md: &mut String) {
 async fn main() {
     // reqwest is built without a bundled crypto provider; ring is ours.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Thousands of client sockets and Redis connections in this process.
+    let _ = bg_gate::server::raise_open_file_limit();
     if std::env::args().nth(1).as_deref() == Some("--durability") {
         let mut md = String::new();
         durability(&mut md).await;

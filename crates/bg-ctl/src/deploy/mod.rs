@@ -142,6 +142,15 @@ impl Deployer<'_> {
             }
             return Ok(done);
         }
+        // A pace that cannot drain what the idle colour holds is refused
+        // before anything is recorded or waited for.
+        let mut held = Vec::new();
+        for url in o.urls(state.idle()) {
+            if let Ok(r) = self.gates.report(url).await {
+                held.push(r.connections);
+            }
+        }
+        self.drain_takes(state.idle(), &held, false)?;
         let plan = self.record_deploying(&state, lease.fence).await?;
         self.wait_out_of_rotation(&plan).await?;
         self.drain(&plan).await?;
@@ -317,30 +326,8 @@ impl Deployer<'_> {
         if open == 0 && busy == 0 {
             return Ok(());
         }
-        // Each gate asks its own websockets: the busiest sets the time.
-        let most = held.iter().map(|(_, c)| c.websockets).max().unwrap_or(0);
-        let takes = pace.takes(most);
-        let capped = takes > pace.window;
-        if takes > o.drain_timeout {
-            let change = if capped {
-                "raise --drain-max-rate or --drain-timeout"
-            } else {
-                "shorten --drain-window or raise --drain-timeout"
-            };
-            return Err(CtlError::Usage(format!(
-                "asking the {most} websockets of one gate of {idle} to move takes about {}, longer than --drain-timeout {}: nothing was asked or restarted; {change}",
-                secs(takes),
-                secs(o.drain_timeout)
-            )));
-        }
-        if capped && let Some(cap) = pace.max_rate {
-            self.report.warn(format!(
-                "asking {most} websockets at most {cap} a second (--drain-max-rate) takes about {}, longer than --drain-window {}; going on, as --drain-timeout {} covers it",
-                secs(takes),
-                secs(pace.window),
-                secs(o.drain_timeout)
-            ));
-        }
+        let counts: Vec<ConnectionCounts> = held.iter().map(|(_, c)| *c).collect();
+        let takes = self.drain_takes(idle, &counts, true)?;
         let mut asked = 0;
         for (url, c) in &held {
             if c.websockets > 0 {
@@ -407,6 +394,48 @@ impl Deployer<'_> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// How long asking the websockets `held` by `idle`'s gates takes at
+    /// `--drain-window`'s pace (each gate asks its own: the busiest sets
+    /// the time); refused when `--drain-timeout` cannot cover it and leave
+    /// the clients time to reconnect, and, when `say`, said when a cap
+    /// makes the window impossible.
+    fn drain_takes(
+        &self,
+        idle: Colour,
+        held: &[ConnectionCounts],
+        say: bool,
+    ) -> CtlResult<Duration> {
+        let o = self.opts;
+        let pace = o.drain_pace;
+        let most = held.iter().map(|c| c.websockets).max().unwrap_or(0);
+        let takes = pace.takes(most);
+        let capped = takes > pace.window;
+        if most > 0 && takes >= o.drain_timeout {
+            let change = if capped {
+                "raise --drain-max-rate or --drain-timeout"
+            } else {
+                "shorten --drain-window or raise --drain-timeout"
+            };
+            return Err(CtlError::Usage(format!(
+                "asking the {most} websockets of one gate of {idle} to move takes about {}, not less than --drain-timeout {}: nothing was asked or restarted; {change}",
+                secs(takes),
+                secs(o.drain_timeout)
+            )));
+        }
+        if say
+            && capped
+            && let Some(cap) = pace.max_rate
+        {
+            self.report.warn(format!(
+                "asking {most} websockets at most {cap} a second (--drain-max-rate) takes about {}, longer than --drain-window {}; going on, as --drain-timeout {} covers it",
+                secs(takes),
+                secs(pace.window),
+                secs(o.drain_timeout)
+            ));
+        }
+        Ok(takes)
     }
 
     /// The connections of `colour`'s gates, summed.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bg_state::wire::{DrainPace, MAX_DRAIN_WINDOW};
+use bg_state::wire::DrainPace;
 use bg_state::{AppName, Colour, DeployPhase, DeployRecord, SwitchRequest};
 
 use crate::error::{CtlError, CtlResult};
@@ -142,15 +142,9 @@ impl DeployOptions {
 
     /// A pace no gate would take.
     fn validate_drain(&self) -> CtlResult<()> {
-        if self.drain_pace.window > MAX_DRAIN_WINDOW {
-            return Err(CtlError::Usage("--drain-window must be at most 1h".into()));
-        }
-        if self.drain_pace.max_rate == Some(0) {
-            return Err(CtlError::Usage(
-                "--drain-max-rate must be at least 1 (websockets a second per gate)".into(),
-            ));
-        }
-        Ok(())
+        self.drain_pace
+            .check()
+            .map_err(|why| CtlError::Usage(format!("--drain-window and --drain-max-rate: {why}")))
     }
 
     /// The switch of step 7 to `to`: compare-and-swap on `generation`,

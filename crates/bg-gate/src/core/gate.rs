@@ -146,15 +146,9 @@ impl Gate {
         if cfg.handover > Duration::from_secs(3600) {
             return Err(bad("handover", "must be at most 1h"));
         }
-        if cfg.drain_pace.window > bg_state::wire::MAX_DRAIN_WINDOW {
-            return Err(bad("drain_pace", "its window must be at most 1h"));
-        }
-        if cfg.drain_pace.max_rate == Some(0) {
-            return Err(bad(
-                "drain_pace",
-                "its max_rate must be at least 1 websocket a second",
-            ));
-        }
+        cfg.drain_pace
+            .check()
+            .map_err(|reason| bad("drain_pace", reason))?;
         if let Some(service) = &cfg.service {
             service
                 .check()

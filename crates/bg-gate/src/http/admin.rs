@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bg_state::wire::{DrainBody, DrainPace, GateStatus, MAX_DRAIN_WINDOW};
+use bg_state::wire::{DrainBody, DrainPace, GateStatus, MAX_DRAIN_BATCH};
 use bg_state::{Colour, SwitchRequest};
 use serde::Deserialize;
 use serde_json::json;
@@ -86,28 +86,20 @@ fn drain_pace(body: &DrainBody) -> Result<Pace, HttpError> {
     }
     if by_batch {
         return Ok(Pace::Batches {
-            batch: body.batch.unwrap_or(10).clamp(1, 10_000),
+            batch: body.batch.unwrap_or(10).clamp(1, MAX_DRAIN_BATCH),
             // At least 10 ms between batches: a drain runs for its whole time.
             pause: Duration::from_millis(body.interval_ms.unwrap_or(1000).clamp(10, 60_000)),
         });
     }
-    let mut pace = DrainPace::default();
-    if let Some(ms) = body.window_ms {
-        pace.window = Duration::from_millis(ms);
-        if pace.window > MAX_DRAIN_WINDOW {
-            return Err(HttpError::bad_request(
-                "window_ms must be at most 3600000 (an hour)",
-            ));
-        }
-    }
-    if let Some(rate) = body.max_rate {
-        if rate == 0 {
-            return Err(HttpError::bad_request(
-                "max_rate must be at least 1 (websockets a second)",
-            ));
-        }
-        pace.max_rate = Some(rate);
-    }
+    let defaults = DrainPace::default();
+    let pace = DrainPace {
+        window: body
+            .window_ms
+            .map_or(defaults.window, Duration::from_millis),
+        max_rate: body.max_rate,
+    };
+    pace.check()
+        .map_err(|why| HttpError::bad_request(format!("window_ms and max_rate: {why}")))?;
     Ok(Pace::Window(pace))
 }
 

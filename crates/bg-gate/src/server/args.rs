@@ -154,10 +154,11 @@ pub struct GateArgs {
     idle_timeout: Duration,
 
     /// Open connections (websockets included) each listener serves. Default: what the process's
-    /// open-file limit (ulimit -n, raised to its hard limit at start) leaves after a reserve for
-    /// the gate's own files and connections. Beyond it, a reserve of 64 more is served the
-    /// gate's own routes only (health, state, admin), one request each, and anything else is
-    /// answered 503 over_capacity; past that, connections are closed.
+    /// open-file limit (ulimit -n, raised to its hard limit at start) leaves after 320 for the
+    /// gate's own files, store connections and reserve. Beyond it, a reserve of 64 more is served
+    /// the gate's own routes on that listener only (health; state and admin where they are
+    /// served), one request each, and anything else is answered 503 over_capacity; past that,
+    /// connections are closed.
     #[arg(long, env = "BG_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
 
@@ -193,11 +194,11 @@ pub struct GateArgs {
     #[arg(long, env = "BG_DRAIN_MAX_RATE", value_name = "PER_SECOND")]
     drain_max_rate: Option<u32>,
 
-    /// Replaced by --drain-window: refused with a message saying so.
+    /// Replaced by --drain-window: ignored with a warning saying so.
     #[arg(long, env = "BG_DRAIN_BATCH", hide = true, hide_env = true)]
     drain_batch: Option<String>,
 
-    /// Replaced by --drain-window: refused with a message saying so.
+    /// Replaced by --drain-window: ignored with a warning saying so.
     #[arg(long, env = "BG_DRAIN_INTERVAL", hide = true, hide_env = true)]
     drain_interval: Option<String>,
 
@@ -466,29 +467,29 @@ impl GateArgs {
                 reason: "must be at least 1",
             });
         }
+        // An environment left from an earlier release must not stop the
+        // gate from starting; it is said once, and ignored.
         for (option, given) in [
-            ("--drain-batch", &args.drain_batch),
-            ("--drain-interval", &args.drain_interval),
+            ("--drain-batch (BG_DRAIN_BATCH)", &args.drain_batch),
+            ("--drain-interval (BG_DRAIN_INTERVAL)", &args.drain_interval),
         ] {
             if given.is_some() {
-                return Err(ServerError::Limit {
-                    option,
-                    reason: "is gone: a drain is paced by time now; set --drain-window (how long asking every websocket takes) and, to cap it, --drain-max-rate",
-                });
+                tracing::warn!(
+                    "{option} is ignored: a drain is paced by time now; set --drain-window (how long asking every websocket takes) and, to cap it, --drain-max-rate"
+                );
             }
         }
-        if args.drain_window > bg_state::wire::MAX_DRAIN_WINDOW {
-            return Err(ServerError::Limit {
-                option: "--drain-window",
-                reason: "must be at most 1h",
-            });
-        }
-        if args.drain_max_rate == Some(0) {
-            return Err(ServerError::Limit {
-                option: "--drain-max-rate",
-                reason: "must be at least 1 (websockets a second)",
-            });
-        }
+        let drain_pace = bg_state::wire::DrainPace {
+            window: args.drain_window,
+            max_rate: args.drain_max_rate,
+        };
+        drain_pace.check().map_err(|reason| ServerError::Limit {
+            option: "--drain-window or --drain-max-rate",
+            reason,
+        })?;
+        // A gate holding thousands of websockets needs more descriptors
+        // than the usual soft limit of 1,024, whatever its cap.
+        let files = super::conn::raise_open_file_limit();
         let limits = Limits {
             header_timeout: args.header_timeout,
             idle_timeout: args.idle_timeout,
@@ -496,6 +497,15 @@ impl GateArgs {
                 .max_connections
                 .unwrap_or_else(super::conn::default_max_connections),
         };
+        if let Some(files) = files
+            && limits.max_connections as u64 > files
+        {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                open_file_limit = files,
+                "--max-connections is above the open-file limit: connections past it are refused by the kernel, not answered; raise the limit (ulimit -n, LimitNOFILE) or lower --max-connections"
+            );
+        }
         tracing::info!(
             max_connections = limits.max_connections,
             "serving at most this many connections per listener, websockets included"
@@ -537,10 +547,7 @@ impl GateArgs {
         cfg.init = args.init;
         cfg.store_timeout = args.store_timeout;
         cfg.drain_after = args.drain_after;
-        cfg.drain_pace = bg_state::wire::DrainPace {
-            window: args.drain_window,
-            max_rate: args.drain_max_rate,
-        };
+        cfg.drain_pace = drain_pace;
         cfg.lb_sources = args.lb_sources;
         cfg.on_change = args.on_change;
         cfg.service = args.service_url.map(|url| {

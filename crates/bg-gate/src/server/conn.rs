@@ -29,22 +29,24 @@ use tower::ServiceExt;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default time a kept-alive connection may wait for its next request.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Descriptors kept back from the connection cap for everything else the
-/// process holds: the store's connections, the agent check, files, the
-/// admin listener's own connections, the health reserve.
+/// Descriptors kept back from the connection cap, beside the health
+/// reserve, for everything else the process holds: the store's
+/// connections, the agent check, files, the admin listener's connections.
 pub const FD_RESERVE: usize = 256;
 
 /// The default cap on a listener's open connections, websockets included:
-/// the process's open-file limit (raised first, see
-/// [`raise_open_file_limit`]) less [`FD_RESERVE`] and the health reserve. A
+/// the process's open-file limit as it is now (the gate raises it first,
+/// see [`raise_open_file_limit`]) less [`FD_RESERVE`] and
+/// [`HEALTH_RESERVE`], or less half of it when the limit is that low. A
 /// process without a limit gets 1,000,000.
 #[must_use]
 pub fn default_max_connections() -> usize {
-    let files =
-        raise_open_file_limit().map_or(1_000_000, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    files
-        .saturating_sub(FD_RESERVE + HEALTH_RESERVE)
-        .clamp(1, 1_000_000)
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let files = limit
+        .current
+        .map_or(1_000_000, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let reserve = (FD_RESERVE + HEALTH_RESERVE).min(files / 2);
+    (files - reserve).clamp(1, 1_000_000)
 }
 
 /// Raises this process's soft open-file limit to its hard one, as a

@@ -127,10 +127,13 @@ fn open_file_limits(pid: u32) -> (String, String) {
 
 #[test]
 fn the_cap_follows_the_open_file_limit_and_at_the_cap_refuses_honestly() {
-    // 400 descriptors: 256 kept back and 64 for the health reserve leave 80.
+    // 400 descriptors, too few to keep 320 back: half of them are, and the
+    // cap is the other 200.
     let (p, addr) = start_under_ulimit("-n 400", "bg-gate at 400 files");
     assert_eq!(open_file_limits(p.id()), ("400".into(), "400".into()));
-    let held: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
     // The load balancer's check and bg-ctl's routes answer from the reserve.
     let check = http::get(addr, "/balancer-keepalive-check").unwrap();

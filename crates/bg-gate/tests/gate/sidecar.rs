@@ -203,6 +203,40 @@ async fn drains_go_to_the_service_and_its_websockets_count() {
         })]
     );
 
+    // Paced by time: the service, which takes batches, is sent the
+    // window's pace for the websockets it holds (3,000 in 10 s: 300 a
+    // second, 30 every 100 ms).
+    svc.connections.store(3_000, Ordering::SeqCst);
+    wait_for(|| g.status().connections.websockets == 3_000).await;
+    let a = call(
+        &r,
+        Method::POST,
+        "/bg/drain",
+        Some(TOKEN),
+        r#"{"window_ms":10000,"timeout_ms":30000}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    assert_eq!(a.json()["window_ms"], 10_000, "{}", a.body);
+    assert_eq!(
+        svc.drains.lock().unwrap().last().cloned(),
+        Some(serde_json::json!({
+            "close_code": 1012, "batch": 30, "interval_ms": 100, "timeout_ms": 30000
+        }))
+    );
+    // Both paces at once: which one is meant is unclear.
+    let a = call(
+        &r,
+        Method::POST,
+        "/bg/drain",
+        Some(TOKEN),
+        r#"{"window_ms":10000,"batch":5}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(svc.drains.lock().unwrap().len(), 2);
+    svc.connections.store(3, Ordering::SeqCst);
+
     // timeout_ms 0 would drain nobody: refused, and not forwarded.
     let a = call(
         &r,
@@ -213,15 +247,24 @@ async fn drains_go_to_the_service_and_its_websockets_count() {
     )
     .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
-    assert_eq!(svc.drains.lock().unwrap().len(), 1);
+    assert_eq!(svc.drains.lock().unwrap().len(), 2);
 
-    // Blue goes live again while the service drains: its drain is stopped.
+    // Blue goes live again while the service drains: its drain is stopped
+    // (by the watcher of each drain forwarded).
     store
         .switch(&app(), SwitchRequest::new(Colour::Blue, "t"))
         .await
         .unwrap();
-    wait_for(|| svc.drains.lock().unwrap().len() == 2).await;
-    assert_eq!(svc.drains.lock().unwrap()[1]["timeout_ms"], 0);
+    wait_for(|| {
+        svc.drains
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d["timeout_ms"] == 0)
+            .count()
+            == 2
+    })
+    .await;
 
     // A service that is down holds nothing to drain: nothing is forwarded.
     svc.healthy.store(false, Ordering::SeqCst);
@@ -233,7 +276,9 @@ async fn drains_go_to_the_service_and_its_websockets_count() {
     let a = call(&r, Method::POST, "/bg/drain", Some(TOKEN), "").await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
     assert_eq!(a.json()["asked"], 0);
-    assert_eq!(svc.drains.lock().unwrap().len(), 2);
+    let forwarded = svc.drains.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(svc.drains.lock().unwrap().len(), forwarded);
     assert_eq!(status(&r).await.connections.websockets, 0);
 
     // A service that does not take the drain: the caller is told.

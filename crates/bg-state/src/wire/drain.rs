@@ -81,19 +81,43 @@ impl DrainPace {
 
     /// This pace as batches for a drain that only knows `batch` every
     /// `interval` (a gate of an earlier release, a sidecar's service):
-    /// `open` websockets asked within the window, at `interval` 100 ms.
+    /// `open` websockets asked within the window, never above the cap: a
+    /// batch every 100 ms, or one websocket at a time for a rate below ten a
+    /// second.
     #[must_use]
     pub fn as_batches(&self, open: u64) -> (usize, Duration) {
         const INTERVAL: Duration = Duration::from_millis(100);
         let rate = self
             .rate(open, self.window)
             .unwrap_or(f64::from(DRAIN_FLOOR_RATE));
-        let per_interval = (rate * INTERVAL.as_secs_f64()).ceil().max(1.0);
+        let per_interval = rate * INTERVAL.as_secs_f64();
+        if per_interval < 1.0 {
+            return (1, Duration::from_secs_f64(1.0 / rate.max(1.0 / 3600.0)));
+        }
         // At most what a gate of an earlier release accepts.
-        let batch = (per_interval as usize).min(10_000);
-        (batch, INTERVAL)
+        (
+            (per_interval.floor() as usize).min(MAX_DRAIN_BATCH),
+            INTERVAL,
+        )
+    }
+
+    /// Refuses a pace no gate takes: a window over an hour, a cap of 0.
+    ///
+    /// # Errors
+    /// What is wrong, naming the field (`window`, `max_rate`).
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.window > MAX_DRAIN_WINDOW {
+            return Err("the window must be at most 1h");
+        }
+        if self.max_rate == Some(0) {
+            return Err("max_rate must be at least 1 (websockets a second)");
+        }
+        Ok(())
     }
 }
+
+/// The largest batch `POST /bg/drain` takes (`batch`).
+pub const MAX_DRAIN_BATCH: usize = 10_000;
 
 /// The body of `POST /bg/drain`. Either the pace by time (`window_ms`,
 /// `max_rate`) or, as gates of earlier releases took it, `batch` websockets
@@ -166,11 +190,17 @@ mod tests {
         let pace = DrainPace::default();
         assert_eq!(pace.as_batches(10_000), (50, Duration::from_millis(100)));
         assert_eq!(pace.as_batches(10), (10, Duration::from_millis(100)));
+        // Below ten a second: one at a time, never above the cap.
         let capped = DrainPace {
             max_rate: Some(5),
             ..pace
         };
-        assert_eq!(capped.as_batches(10_000), (1, Duration::from_millis(100)));
+        assert_eq!(capped.as_batches(10_000), (1, Duration::from_millis(200)));
+        let capped = DrainPace {
+            max_rate: Some(105),
+            ..pace
+        };
+        assert_eq!(capped.as_batches(10_000), (10, Duration::from_millis(100)));
     }
 
     #[test]

@@ -15,7 +15,8 @@ mod drain;
 mod gate;
 
 pub use drain::{
-    DEFAULT_DRAIN_WINDOW, DRAIN_FLOOR_RATE, DRAIN_TICK, DrainBody, DrainPace, MAX_DRAIN_WINDOW,
+    DEFAULT_DRAIN_WINDOW, DRAIN_FLOOR_RATE, DRAIN_TICK, DrainBody, DrainPace, MAX_DRAIN_BATCH,
+    MAX_DRAIN_WINDOW,
 };
 pub use gate::{ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, ServiceHealth, StoreHealth};
 
