@@ -71,7 +71,34 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Decides whether a greeting is where a reconnect should land.
-pub type LandingCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+pub type LandingCheck = Arc<dyn Fn(&Landing<'_>) -> bool + Send + Sync>;
+
+/// A connection after a client's first, as a [`LandingCheck`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Landing<'a> {
+    /// This connection's greeting.
+    pub greeting: &'a str,
+    /// The greeting of the client's connection before this one.
+    pub previous: &'a str,
+    /// Whether the server moved the client (a close with 1000, 1001 or
+    /// 1012) rather than cut it.
+    pub after_move: bool,
+}
+
+impl Landing<'_> {
+    /// The colour a greeting names (`hello <colour> <version>`).
+    #[must_use]
+    pub fn colour(greeting: &str) -> &str {
+        greeting.split_whitespace().nth(1).unwrap_or("?")
+    }
+
+    /// Whether a moved client came back to the colour it was moved from:
+    /// the colour that asked it to go was still in rotation.
+    #[must_use]
+    pub fn moved_back(&self) -> bool {
+        self.after_move && Landing::colour(self.greeting) == Landing::colour(self.previous)
+    }
+}
 
 /// What a [`Load`] does.
 #[derive(Clone)]
@@ -96,8 +123,9 @@ pub struct Config {
     /// Whether the server greets each connection first (`hello <colour>
     /// <version>`).
     pub greeting: bool,
-    /// Called with the greeting of every connection after a client's first
-    /// one; a `false` counts as a [`wrong_landing`](Summary::wrong_landing).
+    /// Called with every connection after a client's first (its greeting
+    /// and the one before); a `false` counts as a
+    /// [`wrong_landing`](Summary::wrong_landing).
     pub landing_ok: Option<LandingCheck>,
     /// Without a load balancer in front: the servers to spread the clients
     /// over, picked by their health checks instead of `url`.
@@ -361,7 +389,7 @@ impl Load {
                 counts: Arc::clone(&counts),
                 stop: stopped.clone(),
                 rng: Rng::new(id),
-                landed_before: false,
+                previous: None,
                 healthy: Arc::clone(&healthy),
             };
             tokio::spawn(client.run())
@@ -473,7 +501,8 @@ struct Client {
     counts: Arc<Counts>,
     stop: watch::Receiver<bool>,
     rng: Rng,
-    landed_before: bool,
+    /// The greeting of the connection before, once there was one.
+    previous: Option<String>,
     healthy: Arc<Healthy>,
 }
 
@@ -572,11 +601,11 @@ impl Client {
     async fn session(&mut self, mut ws: Ws, moved: bool) -> End {
         if self.config.greeting {
             match self.greeting(&mut ws).await {
-                Ok(greeting) => self.land(Some(&greeting)),
+                Ok(greeting) => self.land(Some(greeting), moved),
                 Err(end) => return end,
             }
         } else {
-            self.land(None);
+            self.land(None, moved);
         }
         if moved {
             self.counts.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -587,23 +616,29 @@ impl Client {
         end
     }
 
-    fn land(&mut self, greeting: Option<&str>) {
-        if let Some(greeting) = greeting {
-            let colour = greeting.split_whitespace().nth(1).unwrap_or("?");
-            *self
-                .counts
-                .rare()
-                .landed
-                .entry(colour.to_owned())
-                .or_default() += 1;
-            if self.landed_before
-                && let Some(ok) = &self.config.landing_ok
-                && !ok(greeting)
-            {
-                self.counts.wrong_landing.fetch_add(1, Ordering::Relaxed);
-            }
+    fn land(&mut self, greeting: Option<String>, after_move: bool) {
+        let Some(greeting) = greeting else { return };
+        *self
+            .counts
+            .rare()
+            .landed
+            .entry(Landing::colour(&greeting).to_owned())
+            .or_default() += 1;
+        if let Some(previous) = &self.previous
+            && let Some(ok) = &self.config.landing_ok
+            && !ok(&Landing {
+                greeting: &greeting,
+                previous,
+                after_move,
+            })
+        {
+            self.counts.wrong_landing.fetch_add(1, Ordering::Relaxed);
+            self.counts.error(format!(
+                "client {}: landed on {greeting:?} after {:?} (a move: {after_move})",
+                self.id, self.previous
+            ));
         }
-        self.landed_before = true;
+        self.previous = Some(greeting);
     }
 
     async fn greeting(&mut self, ws: &mut Ws) -> Result<String, End> {
@@ -978,7 +1013,7 @@ mod tests {
     async fn a_reconnect_where_the_check_says_no_is_a_wrong_landing() {
         let server = EchoServer::start().await;
         let mut config = quick(server.url(), 10);
-        config.landing_ok = Some(Arc::new(|g: &str| g.starts_with("hello green ")));
+        config.landing_ok = Some(Arc::new(|l: &Landing<'_>| !l.moved_back()));
         let load = Load::start(config);
         until(&load, "connects", |s| s.connected == 10).await;
         server.greet("hello green v2");
@@ -987,11 +1022,11 @@ mod tests {
         assert_eq!(
             load.counts().wrong_landing,
             0,
-            "first connects are not checked"
+            "moved from blue to green: where they were asked to go"
         );
-        server.greet("hello blue v1");
+        // Moved again, and back where they were moved from.
         server.tell(Command::Close(Some(1000)));
-        until(&load, "blue again", |s| {
+        until(&load, "green again", |s| {
             s.reconnects == 20 && s.connected == 10
         })
         .await;
@@ -999,7 +1034,7 @@ mod tests {
         assert_eq!(s.wrong_landing, 10, "{s:#?}");
         assert_eq!(
             s.landed,
-            BTreeMap::from([("blue".to_owned(), 20), ("green".to_owned(), 10)])
+            BTreeMap::from([("blue".to_owned(), 10), ("green".to_owned(), 20)])
         );
         assert!(!s.is_clean());
     }
