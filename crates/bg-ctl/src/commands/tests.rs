@@ -1,9 +1,13 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bg_state::{DeployPhase, DeployRecord, EventKind, MemoryStore};
+use bg_state::{
+    AppName, Colour, ColourStore, DeployPhase, DeployRecord, EventKind, InitRequest, MemoryStore,
+    Presence, SwitchRequest,
+};
 
-use super::*;
-use crate::error::exit;
+use super::rollback;
+use crate::error::{CtlError, RollbackRefused, exit};
 use crate::gates::MockGates;
 
 /// Records a verified deploy of `version` to `colour` and switches to it,
