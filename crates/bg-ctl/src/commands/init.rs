@@ -1,10 +1,20 @@
 //! `init`: create the state, or restore it from the gates
 //! (`init --from-gate`) after the store lost it.
 
+use std::fmt;
+
 use bg_state::{AppName, Colour, ColourStore, InitRequest, State};
 
 use crate::error::{CtlError, CtlResult, RestoreRefused};
 use crate::gates::Gates;
+use crate::output::{Render, to_json};
+
+/// What `init` made, from a colour or from the gates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Initialised {
+    /// The state as created.
+    pub state: State,
+}
 
 /// `init --active COLOUR`.
 ///
@@ -17,10 +27,12 @@ pub async fn init(
     actor: &str,
     force: bool,
     reason: Option<String>,
-) -> CtlResult<State> {
+) -> CtlResult<Initialised> {
     let mut req = InitRequest::new(active, actor).force(force);
     req.reason = reason;
-    Ok(store.init(app, req).await?)
+    Ok(Initialised {
+        state: store.init(app, req).await?,
+    })
 }
 
 /// `init --from-gate URL…`: restore the colour the gates serve, above every
@@ -38,7 +50,7 @@ pub async fn init_from_gates(
     urls: &[String],
     actor: &str,
     force: bool,
-) -> CtlResult<State> {
+) -> CtlResult<Initialised> {
     if urls.is_empty() {
         return Err(CtlError::Usage(
             "init --from-gate needs at least one gate URL".into(),
@@ -67,5 +79,23 @@ pub async fn init_from_gates(
             "restored from {} gate(s) at generation {top}",
             reports.len()
         ));
-    Ok(store.init(app, req).await?)
+    Ok(Initialised {
+        state: store.init(app, req).await?,
+    })
+}
+
+impl Render for Initialised {
+    fn human(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        let s = &self.state;
+        writeln!(
+            out,
+            "{}: {} is live at generation {}",
+            s.app, s.active, s.generation
+        )
+    }
+
+    /// The state itself.
+    fn json(&self) -> serde_json::Value {
+        to_json(&self.state)
+    }
 }

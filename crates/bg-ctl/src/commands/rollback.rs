@@ -1,12 +1,33 @@
 //! `rollback`: the previous colour live again, only where it can return to.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use bg_state::{AppName, Colour, ColourStore, Error as StoreError, SwitchRequest};
+use bg_state::{
+    AppName, Colour, ColourStore, Error as StoreError, State, SwitchOutcome, SwitchRequest,
+};
+use serde::Serialize;
 
 use crate::error::{CtlError, CtlResult, RollbackRefused};
 use crate::gates::Gates;
+use crate::output::{Render, to_json};
 use crate::readiness::{self, NotYet, Readiness};
+
+/// What `rollback` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolledBack {
+    /// The state after it.
+    pub state: State,
+    /// `false` when the release it would take out of service had been
+    /// rolled back already (a retry, or a second rollback).
+    pub changed: bool,
+}
+
+impl From<SwitchOutcome> for RolledBack {
+    fn from(SwitchOutcome { state, changed }: SwitchOutcome) -> Self {
+        RolledBack { state, changed }
+    }
+}
 
 /// `rollback`: make the previous colour live again, only if its gates still
 /// run the version it last served live and answer with a fresh view.
@@ -24,7 +45,7 @@ pub async fn rollback(
     urls: &BTreeMap<Colour, Vec<String>>,
     actor: &str,
     reason: Option<String>,
-) -> CtlResult<bg_state::SwitchOutcome> {
+) -> CtlResult<RolledBack> {
     let state = store
         .get(app)
         .await?
@@ -42,7 +63,7 @@ pub async fn rollback(
         // The rollback that took `previous` out of service is the last
         // change: this is a retry of it (its answer was lost), or a second
         // one. Either way it is done, and the live colour stays.
-        return Ok(bg_state::SwitchOutcome {
+        return Ok(RolledBack {
             state,
             changed: false,
         });
@@ -54,7 +75,7 @@ pub async fn rollback(
         .expect_generation(state.generation)
         .rollback(true);
     req.reason = Some(reason.unwrap_or_else(|| format!("rollback to {want}")));
-    Ok(store.switch(app, req).await?)
+    Ok(store.switch(app, req).await?.into())
 }
 
 /// What `rollback` checks before it makes `colour` live again, and the
@@ -124,4 +145,30 @@ pub(crate) async fn can_return_to(
         }
     }
     Ok(())
+}
+
+impl Render for RolledBack {
+    fn human(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        let s = &self.state;
+        if self.changed {
+            writeln!(
+                out,
+                "rolled back: {} is live at generation {}",
+                s.active, s.generation
+            )
+        } else {
+            writeln!(
+                out,
+                "already rolled back: {} was rolled back; {} stays live at generation {}",
+                s.live_version(s.idle())
+                    .map_or("the previous release", |l| l.version.as_str()),
+                s.active,
+                s.generation
+            )
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
 }

@@ -2,12 +2,14 @@
 //! and what gates answer.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use bg_state::{AppName, Colour, ColourStore, Lease, Presence, State, format_millis};
 use serde::Serialize;
 
 use crate::error::CtlResult;
 use crate::gates::{GateStatus, Gates};
+use crate::output::{Render, to_json};
 
 /// What `status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -74,8 +76,8 @@ pub async fn status(
     })
 }
 
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Render for Status {
+    fn human(&self, f: &mut dyn fmt::Write) -> fmt::Result {
         let Some(s) = &self.state else {
             return writeln!(
                 f,
@@ -161,5 +163,9 @@ impl std::fmt::Display for Status {
             }
         }
         Ok(())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
     }
 }

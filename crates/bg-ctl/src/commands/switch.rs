@@ -1,9 +1,31 @@
 //! `switch`: make a colour live, compare-and-swap on the generation.
 
-use bg_state::{AppName, Colour, ColourStore, Error as StoreError, SwitchRequest};
+use std::fmt;
+
+use bg_state::{
+    AppName, Colour, ColourStore, Error as StoreError, State, SwitchOutcome, SwitchRequest,
+};
+use serde::Serialize;
 
 use crate::error::CtlResult;
+use crate::output::{Render, to_json};
 use crate::readiness;
+
+/// What `switch` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Switched {
+    /// The state after it.
+    pub state: State,
+    /// `false` when the colour was already live, or this was a retry of a
+    /// switch that had already committed.
+    pub changed: bool,
+}
+
+impl From<SwitchOutcome> for Switched {
+    fn from(SwitchOutcome { state, changed }: SwitchOutcome) -> Self {
+        Switched { state, changed }
+    }
+}
 
 /// `switch`: to `to` (default: the idle colour), refused while a gate is
 /// ahead of the store.
@@ -18,7 +40,7 @@ pub async fn switch(
     actor: &str,
     reason: Option<String>,
     force: bool,
-) -> CtlResult<bg_state::SwitchOutcome> {
+) -> CtlResult<Switched> {
     let state = store
         .get(app)
         .await?
@@ -27,5 +49,28 @@ pub async fn switch(
     let mut req = SwitchRequest::new(to.unwrap_or(state.idle()), actor).force(force);
     req.expect_generation = Some(expect.unwrap_or(state.generation));
     req.reason = reason;
-    Ok(store.switch(app, req).await?)
+    Ok(store.switch(app, req).await?.into())
+}
+
+impl Render for Switched {
+    fn human(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        let s = &self.state;
+        if self.changed {
+            writeln!(
+                out,
+                "switched: {} is live at generation {}",
+                s.active, s.generation
+            )
+        } else {
+            writeln!(
+                out,
+                "{} was already live (generation {}); nothing changed",
+                s.active, s.generation
+            )
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
 }

@@ -10,6 +10,7 @@
 //! or a deadline), `switch` (a switch that survives a lost answer, and the
 //! switch back after a failed verify).
 
+use std::fmt;
 use std::sync::OnceLock;
 
 use bg_state::{
@@ -21,6 +22,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::error::{CtlError, CtlResult, LeaseLost, Timeout, Undrained, WaitFor};
 use crate::gates::{ConnectionCounts, GateAnswer, Gates};
+use crate::output::{Render, to_json};
 use crate::readiness::{self, NotYet, Readiness};
 use crate::report::Reporter;
 use crate::trigger::{Checks, Trigger};
@@ -56,6 +58,31 @@ pub struct DeployOutcome {
     pub switched: bool,
     /// The version was live and verified already: nothing was released.
     pub already_live: bool,
+}
+
+impl Render for DeployOutcome {
+    fn human(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        let (version, colour) = (&self.version, self.colour);
+        if self.already_live {
+            writeln!(
+                out,
+                "{version} is already live on {colour} at generation {}: nothing released",
+                self.generation
+            )
+        } else if self.switched {
+            writeln!(
+                out,
+                "released {version} on {colour}: live at generation {}",
+                self.generation
+            )
+        } else {
+            writeln!(out, "deployed {version} on {colour} (not switched)")
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
 }
 
 /// The parts a release needs, as traits so the sequence is testable.
