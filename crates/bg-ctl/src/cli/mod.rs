@@ -22,7 +22,7 @@ use crate::trigger::{ExecTrigger, ShellChecks, Trigger, Webhooks};
 mod args;
 
 pub use args::Cli;
-use args::{Command, DeployArgs, GateUrls, LeaseCommand};
+use args::{Command, DeployArgs, LeaseCommand};
 
 /// The actor when none is given: the GitLab user and job, or user@host.
 fn default_actor() -> String {
@@ -204,8 +204,7 @@ impl Cli {
             }
             Command::Deploy(args) => {
                 let trigger = args.trigger(g.timeout)?;
-                refuse_store_gates_of_the_target(store, app, &g.gate, &args.gates).await?;
-                let opts = args.options(app, &actor);
+                let opts = args.options(app, &actor, &g.gate);
                 let deployer = Deployer {
                     store,
                     gates: &gates,
@@ -250,11 +249,13 @@ impl DeployArgs {
         )?))
     }
 
-    /// The release's options, for `actor` with a lease holder of its own.
-    fn options(&self, app: &AppName, actor: &str) -> DeployOptions {
+    /// The release's options, for `actor` with a lease holder of its own,
+    /// through `store_gates` when the store is gates (`--gate`).
+    fn options(&self, app: &AppName, actor: &str, store_gates: &[String]) -> DeployOptions {
         let mut opts = DeployOptions::new(app.clone(), self.version.clone(), actor);
         opts.holder = holder(actor);
         opts.gates = self.gates.by_colour();
+        opts.store_gates = store_gates.to_vec();
         opts.lease_ttl = self.lease_ttl;
         opts.wait_lease = self.wait_lease;
         opts.ready_timeout = self.ready_timeout;
@@ -288,45 +289,6 @@ fn legacy_mirror(app: &AppName, ids: &str) -> CtlResult<LegacyMirror> {
     };
     LegacyMirror::new(app.clone(), blue.trim(), green.trim())
         .map_err(|e| CtlError::Usage(e.to_string()))
-}
-
-/// A release through gates (`--gate`) that are all gates of the colour it
-/// is about to restart would lose its store halfway, at the webhook: it is
-/// refused before it starts.
-async fn refuse_store_gates_of_the_target(
-    store: &dyn ColourStore,
-    app: &AppName,
-    store_gates: &[String],
-    gates: &GateUrls,
-) -> CtlResult<()> {
-    if store.backend() != "remote" || store_gates.is_empty() {
-        return Ok(());
-    }
-    let key = |u: &str| {
-        url::Url::parse(u.trim()).map_or_else(
-            |_| u.trim().to_owned(),
-            |u| u.as_str().trim_end_matches('/').to_owned(),
-        )
-    };
-    let by_colour = gates.by_colour();
-    let Some((&colour, _)) = by_colour.iter().find(|(_, urls)| {
-        store_gates
-            .iter()
-            .all(|s| urls.iter().any(|u| key(u) == key(s)))
-    }) else {
-        return Ok(());
-    };
-    let Some(state) = store.get(app).await? else {
-        return Ok(());
-    };
-    if state.idle() != colour {
-        return Ok(());
-    }
-    Err(CtlError::Usage(format!(
-        "every store gate (--gate, BG_GATE) is a gate of {colour}, the colour this release restarts: \
-         its webhook would take bg-ctl's store away halfway; list a gate of each colour \
-         (BG_GATE=BLUE_GATE,GREEN_GATE)"
-    )))
 }
 
 /// A lease holder unique to this run: two pipelines sharing an actor and a

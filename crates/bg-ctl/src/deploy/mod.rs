@@ -123,6 +123,7 @@ impl Deployer<'_> {
     /// after the switch (LB confirmation, verify), which says so.
     pub async fn run(&self) -> CtlResult<DeployOutcome> {
         let o = self.opts;
+        self.keeps_its_store().await?;
         o.validate()?;
         if o.confirm_lb && (o.urls(Colour::Blue).is_empty() || o.urls(Colour::Green).is_empty()) {
             return Err(CtlError::Usage(
@@ -143,6 +144,40 @@ impl Deployer<'_> {
         };
         self.release_lease(&lease).await;
         result
+    }
+
+    /// A release through gates (`--gate`) that are all gates of the colour
+    /// it is about to restart would lose its store halfway, at the trigger:
+    /// it is refused before it starts.
+    async fn keeps_its_store(&self) -> CtlResult<()> {
+        let o = self.opts;
+        if self.store.backend() != "remote" || o.store_gates.is_empty() {
+            return Ok(());
+        }
+        let key = |u: &str| {
+            url::Url::parse(u.trim()).map_or_else(
+                |_| u.trim().to_owned(),
+                |u| u.as_str().trim_end_matches('/').to_owned(),
+            )
+        };
+        let Some((&colour, _)) = o.gates.iter().find(|(_, urls)| {
+            o.store_gates
+                .iter()
+                .all(|s| urls.iter().any(|u| key(u) == key(s)))
+        }) else {
+            return Ok(());
+        };
+        let Some(state) = self.store.get(&o.app).await? else {
+            return Ok(());
+        };
+        if state.idle() != colour {
+            return Ok(());
+        }
+        Err(CtlError::Usage(format!(
+            "every store gate (--gate, BG_GATE) is a gate of {colour}, the colour this release restarts: \
+             its webhook would take bg-ctl's store away halfway; list a gate of each colour \
+             (BG_GATE=BLUE_GATE,GREEN_GATE)"
+        )))
     }
 
     /// Steps 2 to 8, while the lease is held. The switch request goes into
