@@ -624,7 +624,7 @@ fn each_command_prints_what_it_did() {
     let mut want = format!(
         "app chat: green is live at generation 6\n  \
          last change: made by test at {} (v3 misbehaves)\n  \
-         blue: deployed v3 by test at {}\n  \
+         blue : deployed v3 by test at {}\n  \
          green: deployed v2 by test at {}\n  \
          lease: held by pipeline 7 (fence {}) until {}\n",
         at(s.last_change.at_ms),

@@ -104,16 +104,18 @@ impl Render for Status {
             lc.fence.map(|f| format!(", fence {f}")).unwrap_or_default(),
         )?;
         for colour in Colour::ALL {
+            // `Colour`'s Display ignores a width; its name takes one.
+            let name = colour.as_str();
             match s.deployment(colour) {
                 Some(d) => writeln!(
                     f,
-                    "  {colour:<5}: {} {} by {} at {}",
+                    "  {name:<5}: {} {} by {} at {}",
                     d.phase,
                     d.version,
                     d.actor,
                     format_millis(d.at_ms)
                 )?,
-                None => writeln!(f, "  {colour:<5}: no deploy recorded")?,
+                None => writeln!(f, "  {name:<5}: no deploy recorded")?,
             }
         }
         match &self.lease {

@@ -185,7 +185,7 @@ async fn status_shows_what_each_gate_answers() {
         format!(
             "app chat: blue is live at generation 1\n  \
              last change: made by ops at {}\n  \
-             blue: no deploy recorded\n  \
+             blue : no deploy recorded\n  \
              green: no deploy recorded\n  \
              lease: free\n  \
              {} (blue): answers OK, runs v1, generation 1, view 20 ms old, ALARM: the store is unreachable\n  \
