@@ -14,6 +14,23 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 /// A command's result, as it is shown.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use bg_ctl::commands;
+/// use bg_ctl::output::Render;
+/// use bg_state::{AppName, Colour, MemoryStore};
+///
+/// let (store, app) = (MemoryStore::new(), AppName::new("chat").unwrap());
+/// let made = commands::init(&store, &app, Colour::Blue, "ops", false, None)
+///     .await
+///     .unwrap();
+/// let mut text = String::new();
+/// made.human(&mut text).unwrap();
+/// assert_eq!(text, "chat: blue is live at generation 1\n");
+/// assert_eq!(made.json()["active"], "blue");
+/// # });
+/// ```
 pub trait Render {
     /// The text for people: whole lines, each ending in a newline.
     ///
