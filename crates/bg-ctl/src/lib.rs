@@ -5,20 +5,26 @@
 //!
 //! # Layout
 //!
-//! * [`cli`] — the options, their environment variables, help, dispatch.
+//! * [`cli`] — the options, their environment variables, help; dispatch,
+//!   which only routes: the store, the gates and the actor, then the
+//!   command, then its result to [`output`].
 //! * [`deploy`] — the release: lease, deploy to the idle colour, verify,
 //!   switch, one function per step of the spec, over traits
 //!   ([`gates::Gates`], [`trigger::Trigger`], [`trigger::Checks`]) so every
-//!   failure path is tested against mocks.
+//!   failure path is tested against mocks; its result is
+//!   [`deploy::DeployOutcome`].
 //! * [`readiness`] — when the gates are ready for the next step: pure rules
 //!   over gate reports and the state, shared by `deploy` and `rollback`.
 //! * [`reason`] — why a wait is not over yet ([`reason::NotYet`]).
 //! * [`commands`] — status, init (and restore from gates), switch,
-//!   rollback, history, lease.
+//!   rollback, history, lease show and break: a module each, with the
+//!   result the command returns and how it reads.
 //! * [`gates`] — what a gate's `/bg/state` says, and its drain.
 //! * [`trigger`] — webhooks (Portainer), commands, checks.
 //! * [`report`] — progress for people and CI.
-//! * [`output`] — results on stdout; a closed pipe ends them quietly.
+//! * [`output`] — [`output::Render`], which every command's result
+//!   implements: text for people, the value for `--json`; writing them on
+//!   stdout, where a closed pipe ends them quietly.
 //! * [`error`] — failures and their exit codes.
 
 pub mod cli;

@@ -467,3 +467,430 @@ fn an_untrusted_redis_certificate_exits_2_and_bg_redis_ca_fixes_it() {
         "{out:?}"
     );
 }
+
+/// The app's store, as the commands under test see it.
+fn store_at(state: &std::path::Path) -> std::sync::Arc<dyn bg_state::ColourStore> {
+    bg_state::open(&format!("file://{}", state.display())).expect("a file store")
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A gate's presence report in the store, as a gate of `colour` running
+/// `version` at `generation` makes it: what a release without gate URLs
+/// waits for.
+fn gate_reports(state: &std::path::Path, colour: bg_state::Colour, version: &str, generation: u64) {
+    let presence = bg_state::Presence::new(format!("{colour}-1"), colour, version, generation);
+    block_on(store_at(state).report_presence(
+        &chat(),
+        presence,
+        std::time::Duration::from_secs(300),
+    ))
+    .unwrap();
+}
+
+fn chat() -> bg_state::AppName {
+    bg_state::AppName::new("chat").unwrap()
+}
+
+/// `bg-ctl … ARGS` that succeeds: its stdout.
+fn stdout_of(state: &std::path::Path, args: &[&str]) -> String {
+    let out = bg_ctl(state, args, Stdio::piped());
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", shown(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `bg-ctl --json … ARGS` that succeeds: the document's `result`, after
+/// checking the envelope around it.
+fn result_of(state: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let text = stdout_of(state, &[&["--json"], args].concat());
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(keys(&doc), ["ok", "result", "steps"], "{args:?}: {text}");
+    assert_eq!(doc["ok"], true, "{args:?}: {text}");
+    assert!(doc["steps"].is_array(), "{args:?}: {text}");
+    if args[0] != "deploy" {
+        assert_eq!(doc["steps"], serde_json::json!([]), "{args:?}: {text}");
+    }
+    doc["result"].take()
+}
+
+/// An object's keys, sorted: what a script can rely on is which keys
+/// there are, not their order.
+fn keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// What every command prints for people, to the byte, through a whole
+/// story: init, a release without switching, its promotion, a retry, the
+/// next release, a rollback and its retry, a stuck lease broken.
+#[test]
+fn each_command_prints_what_it_did() {
+    use bg_state::{Colour, format_millis as at};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let store = store_at(&state);
+    let run = |args: &[&str]| stdout_of(&state, args);
+    let deploy = |version: &str, more: &[&str]| {
+        run(&[&["deploy", "--version", version, "--exec", "true"], more].concat())
+    };
+
+    assert_eq!(
+        run(&["status"]),
+        "app chat: not initialised (bg-ctl init --active COLOUR)\n"
+    );
+    assert_eq!(run(&["history"]), "app chat: no history\n");
+    assert_eq!(run(&["lease", "show"]), "free\n");
+
+    assert_eq!(
+        run(&["init", "--active", "blue", "--reason", "first"]),
+        "chat: blue is live at generation 1\n"
+    );
+    assert_eq!(
+        run(&["switch", "--to", "blue"]),
+        "blue was already live (generation 1); nothing changed\n"
+    );
+    assert_eq!(run(&["lease", "break"]), "no lease was held\n");
+
+    gate_reports(&state, Colour::Green, "v2", 1);
+    assert_eq!(
+        deploy("v2", &["--no-switch"]),
+        "deployed v2 on green (not switched)\n"
+    );
+    assert_eq!(
+        deploy("v2", &[]),
+        "released v2 on green: live at generation 2\n"
+    );
+    assert_eq!(
+        deploy("v2", &[]),
+        "v2 is already live on green at generation 2: nothing released\n"
+    );
+    gate_reports(&state, Colour::Blue, "v3", 2);
+    assert_eq!(
+        deploy("v3", &[]),
+        "released v3 on blue: live at generation 3\n"
+    );
+    assert_eq!(
+        run(&["switch", "--to", "green", "--expect-generation", "3"]),
+        "switched: green is live at generation 4\n"
+    );
+    assert_eq!(
+        run(&["switch", "--to", "blue", "--reason", "back"]),
+        "switched: blue is live at generation 5\n"
+    );
+
+    gate_reports(&state, Colour::Green, "v2", 5);
+    assert_eq!(
+        run(&["rollback", "--reason", "v3 misbehaves"]),
+        "rolled back: green is live at generation 6\n"
+    );
+    assert_eq!(
+        run(&["rollback"]),
+        "already rolled back: v3 was rolled back; green stays live at generation 6\n"
+    );
+
+    let lease = block_on(store.acquire_lease(
+        &chat(),
+        bg_state::LeaseRequest::new("pipeline 7", std::time::Duration::from_secs(300)),
+    ))
+    .unwrap();
+    assert_eq!(
+        run(&["lease", "show"]),
+        format!(
+            "held by pipeline 7 (fence {}) since {} until {}\n",
+            lease.fence,
+            at(lease.acquired_at_ms),
+            at(lease.expires_at_ms)
+        )
+    );
+
+    // Status: the state, the lease, the gates' presence, and what each
+    // gate URL answers (here: nothing listens).
+    let nowhere = "http://127.0.0.1:1";
+    let s = block_on(store.get(&chat())).unwrap().unwrap();
+    let (blue, green) = (s.blue.clone().unwrap(), s.green.clone().unwrap());
+    let mut want = format!(
+        "app chat: green is live at generation 6\n  \
+         last change: made by test at {} (v3 misbehaves)\n  \
+         blue : deployed v3 by test at {}\n  \
+         green: deployed v2 by test at {}\n  \
+         lease: held by pipeline 7 (fence {}) until {}\n",
+        at(s.last_change.at_ms),
+        at(blue.at_ms),
+        at(green.at_ms),
+        lease.fence,
+        at(lease.expires_at_ms)
+    );
+    for p in block_on(store.presences(&chat())).unwrap() {
+        want += &format!(
+            "  gate {} ({}): runs {}, applied generation {}, seen {}\n",
+            p.gate_id,
+            p.colour,
+            p.service_version,
+            p.applied_generation,
+            at(p.seen_at_ms)
+        );
+    }
+    let probed = result_of(&state, &["status", "--gate-blue", nowhere]);
+    let why = probed["probed"][0]["error"].as_str().unwrap();
+    want += &format!("  {nowhere}/ (blue): unreachable: {why}\n");
+    assert_eq!(run(&["status", "--gate-blue", nowhere]), want);
+
+    assert_eq!(
+        run(&["lease", "break", "--reason", "pipeline 7 was killed"]),
+        format!("broke the lease of pipeline 7 (fence {})\n", lease.fence)
+    );
+    assert_eq!(run(&["lease", "break"]), "no lease was held\n");
+    assert_eq!(run(&["lease", "show"]), "free\n");
+
+    // History, newest first: when, generation, who, what, and why.
+    let events = block_on(store.history(&chat(), 50)).unwrap();
+    let what: Vec<String> = events.iter().map(|e| e.kind.to_string()).collect();
+    assert_eq!(
+        what,
+        [
+            &format!("lease of pipeline 7 (fence {}) broken", lease.fence),
+            "rollback blue -> green",
+            "switch green -> blue",
+            "switch blue -> green",
+            "switch green -> blue",
+            "deployed v3 on blue",
+            "deploying v3 on blue",
+            "switch blue -> green",
+            "deployed v2 on green",
+            "deploying v2 on green",
+            "deployed v2 on green",
+            "deploying v2 on green",
+            "init: blue live",
+        ]
+    );
+    let want: String = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}  gen {:>4}  {:<28} {}{}{}\n",
+                at(e.at_ms),
+                e.generation,
+                e.actor,
+                e.kind,
+                if e.forced { " [forced]" } else { "" },
+                e.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(run(&["history", "--limit", "50"]), want);
+    assert!(
+        want.lines().next().unwrap().ends_with(&format!(
+            "  gen    6  test                         lease of pipeline 7 (fence {}) broken [forced] (pipeline 7 was killed)",
+            lease.fence
+        )),
+        "{want}"
+    );
+    assert_eq!(
+        run(&["history", "--limit", "1"]),
+        want.lines().next().unwrap().to_owned() + "\n"
+    );
+}
+
+/// What every command answers with `--json`: `{"ok", "result", "steps"}`,
+/// the result being the command's own value, shape pinned here.
+#[test]
+fn each_command_answers_json_with_its_result() {
+    use serde_json::{Value, json};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let store = store_at(&state);
+    let result = |args: &[&str]| result_of(&state, args);
+    let stored = || serde_json::to_value(block_on(store.get(&chat())).unwrap().unwrap()).unwrap();
+    let state_keys = [
+        "active",
+        "app",
+        "blue",
+        "generation",
+        "green",
+        "last_change",
+    ];
+
+    assert_eq!(
+        result(&["status"]),
+        json!({ "app": "chat", "state": null, "lease": null, "gates": [], "probed": [] })
+    );
+    assert_eq!(result(&["history"]), json!([]));
+    assert_eq!(result(&["lease", "show"]), Value::Null);
+
+    let init = result(&["init", "--active", "blue", "--reason", "first"]);
+    assert_eq!(init, stored());
+    assert_eq!(keys(&init), state_keys);
+    assert_eq!(
+        keys(&init["last_change"]),
+        ["actor", "at_ms", "fence", "forced", "reason", "request_id"]
+    );
+    assert_eq!(
+        (&init["app"], &init["active"], &init["generation"]),
+        (&json!("chat"), &json!("blue"), &json!(1))
+    );
+    assert_eq!(
+        (
+            &init["last_change"]["actor"],
+            &init["last_change"]["reason"]
+        ),
+        (&json!("test"), &json!("first"))
+    );
+    assert_eq!(result(&["lease", "break"]), Value::Null);
+
+    let switch = result(&["switch", "--to", "blue"]);
+    assert_eq!(switch, json!({ "state": stored(), "changed": false }));
+
+    gate_reports(&state, bg_state::Colour::Green, "v2", 1);
+    let deploy = |version: &str, more: &[&str]| {
+        result(&[&["deploy", "--version", version, "--exec", "true"], more].concat())
+    };
+    assert_eq!(
+        deploy("v2", &["--no-switch"]),
+        json!({ "version": "v2", "colour": "green", "generation": 1, "switched": false, "already_live": false })
+    );
+    assert_eq!(
+        deploy("v2", &[]),
+        json!({ "version": "v2", "colour": "green", "generation": 2, "switched": true, "already_live": false })
+    );
+    assert_eq!(
+        deploy("v2", &[]),
+        json!({ "version": "v2", "colour": "green", "generation": 2, "switched": false, "already_live": true })
+    );
+    // A release's steps, with when each was done.
+    let text = stdout_of(
+        &state,
+        &["--json", "deploy", "--version", "v2", "--exec", "true"],
+    );
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let steps = doc["steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "{text}");
+    for step in steps {
+        assert_eq!(keys(step), ["at_ms", "step"], "{text}");
+    }
+
+    gate_reports(&state, bg_state::Colour::Blue, "v3", 2);
+    deploy("v3", &[]);
+    gate_reports(&state, bg_state::Colour::Green, "v2", 3);
+    let rollback = result(&["rollback"]);
+    assert_eq!(rollback, json!({ "state": stored(), "changed": true }));
+    let mut live_keys = [&state_keys[..], &["blue_live", "green_live"]].concat();
+    live_keys.sort_unstable();
+    assert_eq!(keys(&rollback["state"]), live_keys);
+    assert_eq!(
+        rollback["state"]["blue_live"],
+        json!({ "version": "v3", "rolled_back": true })
+    );
+    assert_eq!(
+        result(&["rollback"]),
+        json!({ "state": stored(), "changed": false })
+    );
+
+    let lease = block_on(store.acquire_lease(
+        &chat(),
+        bg_state::LeaseRequest::new("pipeline 7", std::time::Duration::from_secs(300)),
+    ))
+    .unwrap();
+    let lease_json = json!({
+        "holder": "pipeline 7",
+        "fence": lease.fence,
+        "acquired_at_ms": lease.acquired_at_ms,
+        "expires_at_ms": lease.expires_at_ms,
+    });
+    assert_eq!(result(&["lease", "show"]), lease_json);
+
+    let nowhere = "http://127.0.0.1:1";
+    let status = result(&["status", "--gate-blue", nowhere]);
+    assert_eq!(keys(&status), ["app", "gates", "lease", "probed", "state"]);
+    assert_eq!(status["state"], stored());
+    assert_eq!(status["lease"], lease_json);
+    let presences = block_on(store.presences(&chat())).unwrap();
+    assert_eq!(status["gates"], serde_json::to_value(&presences).unwrap());
+    assert_eq!(
+        keys(&status["gates"][0]),
+        [
+            "applied_generation",
+            "colour",
+            "expires_at_ms",
+            "gate_id",
+            "seen_at_ms",
+            "service_version"
+        ]
+    );
+    let probed = &status["probed"];
+    assert_eq!(probed.as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(keys(&probed[0]), ["colour", "error", "report", "url"]);
+    assert_eq!(
+        (
+            &probed[0]["colour"],
+            &probed[0]["url"],
+            &probed[0]["report"]
+        ),
+        (&json!("blue"), &json!(format!("{nowhere}/")), &Value::Null)
+    );
+    assert!(probed[0]["error"].is_string(), "{status}");
+
+    assert_eq!(result(&["lease", "break"]), lease_json);
+    assert_eq!(result(&["lease", "break"]), Value::Null);
+
+    let history = result(&["history", "--limit", "3"]);
+    let events = block_on(store.history(&chat(), 3)).unwrap();
+    assert_eq!(history, serde_json::to_value(&events).unwrap());
+    assert_eq!(
+        keys(&history[0]),
+        [
+            "actor",
+            "at_ms",
+            "event",
+            "fence",
+            "forced",
+            "generation",
+            "holder",
+            "reason"
+        ]
+    );
+    assert_eq!(
+        (&history[0]["event"], &history[1]["event"]),
+        (&json!("lease_broken"), &json!("rollback"))
+    );
+
+    // A failure is a document too, on stdout, with the message on stderr.
+    let out = bg_ctl(
+        &state,
+        &["--json", "init", "--active", "blue"],
+        Stdio::piped(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", shown(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys(&doc), ["error", "ok", "steps"]);
+    assert_eq!(keys(&doc["error"]), ["exit_code", "kind", "message"]);
+    assert_eq!(
+        (
+            &doc["ok"],
+            &doc["error"]["kind"],
+            &doc["error"]["exit_code"]
+        ),
+        (&json!(false), &json!("already_initialised"), &json!(3))
+    );
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("bg-ctl: {message}\n")
+    );
+}

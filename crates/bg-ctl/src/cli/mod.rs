@@ -1,9 +1,10 @@
-//! The command line: dispatch to the commands, and their results on stdout.
-//! The options themselves, their environment variables and help are in
-//! `args.rs`.
+//! The command line: what every command needs (the store, the gates, who
+//! is acting), dispatch to the command, and its result on stdout — in the
+//! `--json` document (`ok`, `result`, `steps`) or as text. How a result
+//! reads is the command's own ([`crate::output::Render`]). The options
+//! themselves, their environment variables and help are in `args.rs`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,14 +15,14 @@ use crate::commands;
 use crate::deploy::{DeployOptions, Deployer};
 use crate::error::{CtlError, CtlResult, exit};
 use crate::gates::HttpGates;
-use crate::output;
+use crate::output::{self, Render};
 use crate::report::Reporter;
 use crate::trigger::{ExecTrigger, ShellChecks, Trigger, Webhooks};
 
 mod args;
 
 pub use args::Cli;
-use args::{Command, DeployArgs, GateUrls, LeaseCommand};
+use args::{Command, DeployArgs, LeaseCommand};
 
 /// The actor when none is given: the GitLab user and job, or user@host.
 fn default_actor() -> String {
@@ -40,21 +41,6 @@ fn default_actor() -> String {
     actor.chars().take(bg_state::MAX_NAME_LEN).collect()
 }
 
-/// What a command that succeeded shows: text for people, a value for `--json`.
-struct Done {
-    text: String,
-    value: serde_json::Value,
-}
-
-impl Done {
-    fn new(text: impl Into<String>, value: &impl serde::Serialize) -> Self {
-        Done {
-            text: text.into(),
-            value: serde_json::to_value(value).unwrap_or_default(),
-        }
-    }
-}
-
 impl Cli {
     /// Runs the command; returns the exit code.
     pub async fn run(self) -> u8 {
@@ -71,10 +57,10 @@ impl Cli {
         match result {
             Ok(done) => {
                 let written = if json {
-                    let doc = json!({ "ok": true, "result": done.value, "steps": report.steps() });
+                    let doc = json!({ "ok": true, "result": done.json(), "steps": report.steps() });
                     output::json(&mut stdout, &doc)
                 } else {
-                    output::human(&mut stdout, &done.text)
+                    output::human(&mut stdout, done.as_ref())
                 };
                 match written {
                     Ok(()) => exit::OK,
@@ -165,8 +151,11 @@ impl Cli {
         Ok(store)
     }
 
-    async fn dispatch(self, report: &Reporter) -> CtlResult<Done> {
+    /// Routes the command: the context it needs (the store, the gates,
+    /// who is acting), then the command, whose result shows itself.
+    async fn dispatch(self, report: &Reporter) -> CtlResult<Box<dyn Render>> {
         let store = self.open_store()?;
+        let store = store.as_ref();
         let g = &self.global;
         let app = &g.app;
         let actor = g.actor.clone().unwrap_or_else(default_actor);
@@ -176,165 +165,57 @@ impl Cli {
             );
         }
         let gates = HttpGates::new(g.token.clone(), g.timeout)?;
-        let done = match self.command {
+        Ok(match self.command {
             Command::Status { gates: urls } => {
-                let s = commands::status(store.as_ref(), &gates, app, &urls.by_colour()).await?;
-                Done::new(s.to_string(), &s)
+                Box::new(commands::status(store, &gates, app, &urls.by_colour()).await?)
             }
             Command::Init {
-                active,
-                from_gate,
+                active: Some(active),
                 force,
                 reason,
-                legacy_mirror: _,
-            } => {
-                let s = match active {
-                    Some(c) => {
-                        commands::init(store.as_ref(), app, c, &actor, force, reason).await?
-                    }
-                    None => {
-                        commands::init_from_gates(
-                            store.as_ref(),
-                            &gates,
-                            app,
-                            &from_gate,
-                            &actor,
-                            force,
-                        )
-                        .await?
-                    }
-                };
-                let text = format!(
-                    "{}: {} is live at generation {}\n",
-                    s.app, s.active, s.generation
-                );
-                Done::new(text, &s)
-            }
+                ..
+            } => Box::new(commands::init(store, app, active, &actor, force, reason).await?),
+            Command::Init {
+                active: None,
+                from_gate,
+                force,
+                ..
+            } => Box::new(
+                commands::init_from_gates(store, &gates, app, &from_gate, &actor, force).await?,
+            ),
             Command::Switch {
                 to,
                 expect_generation,
                 reason,
                 force,
-            } => {
-                let out = commands::switch(
-                    store.as_ref(),
-                    app,
-                    to,
-                    expect_generation,
-                    &actor,
-                    reason,
-                    force,
-                )
-                .await?;
-                let text = if out.changed {
-                    format!(
-                        "switched: {} is live at generation {}\n",
-                        out.state.active, out.state.generation
-                    )
-                } else {
-                    format!(
-                        "{} was already live (generation {}); nothing changed\n",
-                        out.state.active, out.state.generation
-                    )
-                };
-                Done::new(text, &out)
-            }
+            } => Box::new(
+                commands::switch(store, app, to, expect_generation, &actor, reason, force).await?,
+            ),
             Command::Rollback {
                 gates: urls,
                 reason,
-            } => {
-                let out = commands::rollback(
-                    store.as_ref(),
-                    &gates,
-                    app,
-                    &urls.by_colour(),
-                    &actor,
-                    reason,
-                )
-                .await?;
-                let text = if out.changed {
-                    format!(
-                        "rolled back: {} is live at generation {}\n",
-                        out.state.active, out.state.generation
-                    )
-                } else {
-                    format!(
-                        "already rolled back: {} was rolled back; {} stays live at generation {}\n",
-                        out.state
-                            .live_version(out.state.idle())
-                            .map_or("the previous release", |l| l.version.as_str()),
-                        out.state.active,
-                        out.state.generation
-                    )
-                };
-                Done::new(text, &out)
-            }
-            Command::History { limit } => {
-                let events = store.history(app, limit).await?;
-                let mut text = String::new();
-                if events.is_empty() {
-                    let _ = writeln!(text, "app {app}: no history");
-                }
-                for e in &events {
-                    let _ = writeln!(text, "{}", commands::describe(e));
-                }
-                Done::new(text, &events)
-            }
-            Command::Lease(LeaseCommand::Show) => {
-                let lease = store.lease(app).await?;
-                let text = match &lease {
-                    Some(l) => format!(
-                        "held by {} (fence {}) since {} until {}\n",
-                        l.holder,
-                        l.fence,
-                        bg_state::format_millis(l.acquired_at_ms),
-                        bg_state::format_millis(l.expires_at_ms)
-                    ),
-                    None => "free\n".to_owned(),
-                };
-                Done::new(text, &lease)
-            }
+            } => Box::new(
+                commands::rollback(store, &gates, app, &urls.by_colour(), &actor, reason).await?,
+            ),
+            Command::History { limit } => Box::new(commands::history(store, app, limit).await?),
+            Command::Lease(LeaseCommand::Show) => Box::new(commands::show_lease(store, app).await?),
             Command::Lease(LeaseCommand::Break { reason }) => {
-                let broken = commands::break_lease(store.as_ref(), app, &actor, reason).await?;
-                let text = match &broken {
-                    Some(l) => format!("broke the lease of {} (fence {})\n", l.holder, l.fence),
-                    None => "no lease was held\n".to_owned(),
-                };
-                Done::new(text, &broken)
+                Box::new(commands::break_lease(store, app, &actor, reason).await?)
             }
             Command::Deploy(args) => {
                 let trigger = args.trigger(g.timeout)?;
-                refuse_store_gates_of_the_target(store.as_ref(), app, &g.gate, &args.gates).await?;
-                let opts = args.options(app, &actor);
+                let opts = args.options(app, &actor, &g.gate);
                 let deployer = Deployer {
-                    store: store.as_ref(),
+                    store,
                     gates: &gates,
                     trigger: trigger.as_ref(),
                     checks: &ShellChecks,
                     report,
                     opts: &opts,
                 };
-                let out = deployer.run().await?;
-                let text = if out.already_live {
-                    format!(
-                        "{} is already live on {} at generation {}: nothing released\n",
-                        out.version, out.colour, out.generation
-                    )
-                } else if out.switched {
-                    format!(
-                        "released {} on {}: live at generation {}\n",
-                        out.version, out.colour, out.generation
-                    )
-                } else {
-                    format!(
-                        "deployed {} on {} (not switched)\n",
-                        out.version, out.colour
-                    )
-                };
-                Done::new(text, &out)
+                Box::new(deployer.run().await?)
             }
-        };
-        Ok(done)
+        })
     }
 }
 
@@ -368,11 +249,13 @@ impl DeployArgs {
         )?))
     }
 
-    /// The release's options, for `actor` with a lease holder of its own.
-    fn options(&self, app: &AppName, actor: &str) -> DeployOptions {
+    /// The release's options, for `actor` with a lease holder of its own,
+    /// through `store_gates` when the store is gates (`--gate`).
+    fn options(&self, app: &AppName, actor: &str, store_gates: &[String]) -> DeployOptions {
         let mut opts = DeployOptions::new(app.clone(), self.version.clone(), actor);
         opts.holder = holder(actor);
         opts.gates = self.gates.by_colour();
+        opts.store_gates = store_gates.to_vec();
         opts.lease_ttl = self.lease_ttl;
         opts.wait_lease = self.wait_lease;
         opts.ready_timeout = self.ready_timeout;
@@ -406,45 +289,6 @@ fn legacy_mirror(app: &AppName, ids: &str) -> CtlResult<LegacyMirror> {
     };
     LegacyMirror::new(app.clone(), blue.trim(), green.trim())
         .map_err(|e| CtlError::Usage(e.to_string()))
-}
-
-/// A release through gates (`--gate`) that are all gates of the colour it
-/// is about to restart would lose its store halfway, at the webhook: it is
-/// refused before it starts.
-async fn refuse_store_gates_of_the_target(
-    store: &dyn ColourStore,
-    app: &AppName,
-    store_gates: &[String],
-    gates: &GateUrls,
-) -> CtlResult<()> {
-    if store.backend() != "remote" || store_gates.is_empty() {
-        return Ok(());
-    }
-    let key = |u: &str| {
-        url::Url::parse(u.trim()).map_or_else(
-            |_| u.trim().to_owned(),
-            |u| u.as_str().trim_end_matches('/').to_owned(),
-        )
-    };
-    let by_colour = gates.by_colour();
-    let Some((&colour, _)) = by_colour.iter().find(|(_, urls)| {
-        store_gates
-            .iter()
-            .all(|s| urls.iter().any(|u| key(u) == key(s)))
-    }) else {
-        return Ok(());
-    };
-    let Some(state) = store.get(app).await? else {
-        return Ok(());
-    };
-    if state.idle() != colour {
-        return Ok(());
-    }
-    Err(CtlError::Usage(format!(
-        "every store gate (--gate, BG_GATE) is a gate of {colour}, the colour this release restarts: \
-         its webhook would take bg-ctl's store away halfway; list a gate of each colour \
-         (BG_GATE=BLUE_GATE,GREEN_GATE)"
-    )))
 }
 
 /// A lease holder unique to this run: two pipelines sharing an actor and a

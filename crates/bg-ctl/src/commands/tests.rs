@@ -1,10 +1,26 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bg_state::{DeployPhase, DeployRecord, EventKind, MemoryStore};
+use bg_state::{
+    AppName, Colour, ColourStore, DeployPhase, DeployRecord, EventKind, InitRequest, MemoryStore,
+    Presence, SwitchRequest,
+};
 
-use super::*;
-use crate::error::exit;
-use crate::gates::MockGates;
+use bg_state::format_millis as at;
+use serde_json::json;
+
+use super::{init_from_gates, rollback, status};
+use crate::error::{CtlError, RollbackRefused, exit};
+use crate::gates::{MockGates, redact};
+use crate::output::{Render, to_json};
+use crate::testing::{BLUE, GREEN, app, report};
+
+/// What `result` shows people.
+fn text(result: &dyn Render) -> String {
+    let mut text = String::new();
+    result.human(&mut text).unwrap();
+    text
+}
 
 /// Records a verified deploy of `version` to `colour` and switches to it,
 /// as a release does.
@@ -140,4 +156,83 @@ async fn a_retried_rollback_never_makes_the_rolled_back_release_live_again() {
     assert!(!again.changed, "{again:?}");
     let s = store.get(&app).await.unwrap().unwrap();
     assert_eq!((s.active, s.generation), (Colour::Green, 4));
+}
+
+/// `status` with gate URLs: a line for each, with what it answers, or why
+/// it could not be asked; `--json` has its report or the error.
+#[tokio::test]
+async fn status_shows_what_each_gate_answers() {
+    let store = crate::testing::store().await;
+    let mut blue = report(Colour::Blue, Colour::Blue, "v1", 1);
+    blue.alarm = Some("the store is unreachable".into());
+    let mut gates = MockGates::new();
+    let answer = blue.clone();
+    gates.expect_report().returning(move |url| {
+        if url == BLUE {
+            Ok(answer.clone())
+        } else {
+            Err(CtlError::Failed("it answered 404".into()))
+        }
+    });
+    let urls = BTreeMap::from([
+        (Colour::Blue, vec![BLUE.to_owned()]),
+        (Colour::Green, vec![GREEN.to_owned()]),
+    ]);
+    let shown = status(&store, &gates, &app(), &urls).await.unwrap();
+    let s = store.get(&app()).await.unwrap().unwrap();
+    assert_eq!(
+        text(&shown),
+        format!(
+            "app chat: blue is live at generation 1\n  \
+             last change: made by ops at {}\n  \
+             blue : no deploy recorded\n  \
+             green: no deploy recorded\n  \
+             lease: free\n  \
+             {} (blue): answers OK, runs v1, generation 1, view 20 ms old, ALARM: the store is unreachable\n  \
+             {} (green): unreachable: it answered 404\n",
+            at(s.last_change.at_ms),
+            redact(BLUE),
+            redact(GREEN)
+        )
+    );
+    let json = shown.json();
+    assert_eq!(json["state"], to_json(&s));
+    assert_eq!(
+        json["probed"],
+        json!([
+            {
+                "colour": "blue",
+                "url": redact(BLUE),
+                "report": to_json(&blue),
+                "error": null,
+            },
+            { "colour": "green", "url": redact(GREEN), "report": null, "error": "it answered 404" },
+        ])
+    );
+}
+
+/// `init --from-gate` shows what it restored as `init` does: the state.
+#[tokio::test]
+async fn init_from_the_gates_shows_the_state_it_restored() {
+    let store = MemoryStore::new();
+    let mut gates = MockGates::new();
+    gates.expect_report().returning(|url| {
+        let colour = if url == BLUE {
+            Colour::Blue
+        } else {
+            Colour::Green
+        };
+        Ok(report(colour, Colour::Green, "v4", 5))
+    });
+    let urls = [BLUE.to_owned(), GREEN.to_owned()];
+    let restored = init_from_gates(&store, &gates, &app(), &urls, "ops", false)
+        .await
+        .unwrap();
+    assert_eq!(text(&restored), "chat: green is live at generation 6\n");
+    let s = store.get(&app()).await.unwrap().unwrap();
+    assert_eq!(restored.json(), to_json(&s));
+    assert_eq!(
+        restored.json()["last_change"]["reason"],
+        "restored from 2 gate(s) at generation 5"
+    );
 }

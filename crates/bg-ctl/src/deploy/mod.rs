@@ -10,6 +10,7 @@
 //! or a deadline), `switch` (a switch that survives a lost answer, and the
 //! switch back after a failed verify).
 
+use std::fmt;
 use std::sync::OnceLock;
 
 use bg_state::{
@@ -21,6 +22,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::error::{CtlError, CtlResult, LeaseLost, Timeout, Undrained, WaitFor};
 use crate::gates::{ConnectionCounts, GateAnswer, Gates};
+use crate::output::{Render, to_json};
 use crate::readiness::{self, NotYet, Readiness};
 use crate::report::Reporter;
 use crate::trigger::{Checks, Trigger};
@@ -56,6 +58,31 @@ pub struct DeployOutcome {
     pub switched: bool,
     /// The version was live and verified already: nothing was released.
     pub already_live: bool,
+}
+
+impl Render for DeployOutcome {
+    fn human(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        let (version, colour) = (&self.version, self.colour);
+        if self.already_live {
+            writeln!(
+                out,
+                "{version} is already live on {colour} at generation {}: nothing released",
+                self.generation
+            )
+        } else if self.switched {
+            writeln!(
+                out,
+                "released {version} on {colour}: live at generation {}",
+                self.generation
+            )
+        } else {
+            writeln!(out, "deployed {version} on {colour} (not switched)")
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
 }
 
 /// The parts a release needs, as traits so the sequence is testable.
@@ -96,6 +123,7 @@ impl Deployer<'_> {
     /// after the switch (LB confirmation, verify), which says so.
     pub async fn run(&self) -> CtlResult<DeployOutcome> {
         let o = self.opts;
+        self.keeps_its_store().await?;
         o.validate()?;
         if o.confirm_lb && (o.urls(Colour::Blue).is_empty() || o.urls(Colour::Green).is_empty()) {
             return Err(CtlError::Usage(
@@ -116,6 +144,40 @@ impl Deployer<'_> {
         };
         self.release_lease(&lease).await;
         result
+    }
+
+    /// A release through gates (`--gate`) that are all gates of the colour
+    /// it is about to restart would lose its store halfway, at the trigger:
+    /// it is refused before it starts.
+    async fn keeps_its_store(&self) -> CtlResult<()> {
+        let o = self.opts;
+        if self.store.backend() != "remote" || o.store_gates.is_empty() {
+            return Ok(());
+        }
+        let key = |u: &str| {
+            url::Url::parse(u.trim()).map_or_else(
+                |_| u.trim().to_owned(),
+                |u| u.as_str().trim_end_matches('/').to_owned(),
+            )
+        };
+        let Some((&colour, _)) = o.gates.iter().find(|(_, urls)| {
+            o.store_gates
+                .iter()
+                .all(|s| urls.iter().any(|u| key(u) == key(s)))
+        }) else {
+            return Ok(());
+        };
+        let Some(state) = self.store.get(&o.app).await? else {
+            return Ok(());
+        };
+        if state.idle() != colour {
+            return Ok(());
+        }
+        Err(CtlError::Usage(format!(
+            "every store gate (--gate, BG_GATE) is a gate of {colour}, the colour this release restarts: \
+             its webhook would take bg-ctl's store away halfway; list a gate of each colour \
+             (BG_GATE=BLUE_GATE,GREEN_GATE)"
+        )))
     }
 
     /// Steps 2 to 8, while the lease is held. The switch request goes into

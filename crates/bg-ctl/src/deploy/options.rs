@@ -32,6 +32,9 @@ pub struct DeployOptions {
     pub holder: String,
     /// Gate URLs per colour (admin routes); every wait applies to all of a colour's gates.
     pub gates: BTreeMap<Colour, Vec<String>>,
+    /// The gates that are the store (`--gate`), when it is reached through
+    /// gates: a release never restarts all of them at once.
+    pub store_gates: Vec<String>,
     /// The lease's time to live; it is renewed every third of it.
     pub lease_ttl: Duration,
     /// Queue behind another pipeline's lease for this long instead of failing.
@@ -84,6 +87,7 @@ impl DeployOptions {
             holder: actor.clone(),
             actor,
             gates: BTreeMap::new(),
+            store_gates: Vec::new(),
             lease_ttl: Duration::from_secs(30),
             wait_lease: None,
             ready_timeout: Duration::from_secs(120),

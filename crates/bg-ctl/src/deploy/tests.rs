@@ -12,9 +12,9 @@ use super::*;
 use crate::error::{CheckFailed, GateAhead, LeaseLost, Pending, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
-    FakeGates, FirstAnswerLost, GREEN, OneReadFails, SwitchLostWithTheLease, SwitchUnreachable,
-    app, failing_checks, futures_now, gates, live, opts, overlay, passing_checks, release, run,
-    store, trigger_that_deploys,
+    BLUE, FakeGates, FirstAnswerLost, GREEN, OneReadFails, SwitchLostWithTheLease,
+    SwitchUnreachable, app, failing_checks, futures_now, gates, live, opts, overlay,
+    passing_checks, release, run, store, trigger_that_deploys,
 };
 use crate::trigger::MockTrigger;
 
@@ -908,4 +908,51 @@ async fn a_switch_back_whose_answer_was_lost_is_retried_safely() {
         "{err:?}"
     );
     assert_eq!(live(&real).await, (Colour::Blue, 3), "switched back once");
+}
+
+/// Through gates (`--gate`) that are all gates of the colour it would
+/// restart, a release is refused before it takes the lease; with a gate of
+/// the live colour among them, it goes on to the lease.
+#[tokio::test]
+async fn a_release_that_would_restart_its_own_store_is_refused_first() {
+    let state = store().await.get(&app()).await.unwrap();
+    let remote = || {
+        let mut remote = bg_state::MockColourStore::new();
+        remote.expect_backend().return_const("remote");
+        let state = state.clone();
+        remote.expect_get().returning(move |_| Ok(state.clone()));
+        remote
+    };
+    let release = |store: bg_state::MockColourStore, o: DeployOptions| async move {
+        run(
+            &store,
+            &MockGates::new(),
+            &MockTrigger::new(),
+            &passing_checks(),
+            &o,
+        )
+        .await
+        .unwrap_err()
+    };
+    let mut o = opts();
+    o.store_gates = vec![format!("{GREEN}/")];
+    let err = release(remote(), o.clone()).await;
+    assert_eq!(err.exit_code(), exit::USAGE, "{err}");
+    assert!(err.to_string().contains("a gate of each colour"), "{err}");
+
+    o.store_gates.push(BLUE.into());
+    let mut held = remote();
+    held.expect_acquire_lease().returning(|app, _| {
+        Err(StoreError::LeaseHeld {
+            app: app.clone(),
+            holder: "pipeline-0".into(),
+            fence: 1,
+            expires_at_ms: 0,
+        })
+    });
+    let err = release(held, o).await;
+    assert!(
+        matches!(err, CtlError::Store(StoreError::LeaseHeld { .. })),
+        "{err}"
+    );
 }
