@@ -96,36 +96,28 @@ fn the_scan_finds_every_option_and_catches_a_made_up_one() {
 
 #[test]
 fn every_allowed_name_is_still_needed() {
-    let found = mentioned();
-    let defined = defined();
-    for (list, what) in [
-        (ENVIRONMENT, "ENVIRONMENT"),
-        (FOREIGN_FLAGS, "FOREIGN_FLAGS"),
-        (
-            GATE_FLAGS_NAMED_BY_CTL,
-            "bg_testkit::names::GATE_FLAGS_NAMED_BY_CTL",
-        ),
-    ] {
-        let stale = names::stale(list, &found, &defined);
-        assert!(
-            stale.is_empty(),
-            "{what}: bg-ctl no longer names these, or has them itself: {stale:?}"
-        );
-    }
+    names::assert_still_needed(
+        "bg-ctl",
+        &[
+            (ENVIRONMENT, "ENVIRONMENT"),
+            (FOREIGN_FLAGS, "FOREIGN_FLAGS"),
+            (
+                GATE_FLAGS_NAMED_BY_CTL,
+                "bg_testkit::names::GATE_FLAGS_NAMED_BY_CTL",
+            ),
+        ],
+        &mentioned(),
+        &defined(),
+    );
 }
 
 /// bg-gate's messages name these bg-ctl flags: they must stay bg-ctl's.
 #[test]
 fn the_flags_bg_gate_names_of_bg_ctl_exist() {
-    let defined = defined();
-    let gone: Vec<&str> = CTL_FLAGS_NAMED_BY_GATE
-        .iter()
-        .map(|(n, _)| *n)
-        .filter(|n| !defined.covers(n))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "bg-gate's messages name bg-ctl flags bg-ctl does not have: {gone:?} \
-         (bg_testkit::names::CTL_FLAGS_NAMED_BY_GATE)"
+    names::assert_named_exist(
+        CTL_FLAGS_NAMED_BY_GATE,
+        "CTL_FLAGS_NAMED_BY_GATE",
+        "bg-gate",
+        &defined(),
     );
 }

@@ -470,6 +470,43 @@ pub fn stale<'a>(list: &[(&'a str, &str)], found: &[Mention], known: &Known) -> 
         .collect()
 }
 
+/// Checks that no entry of the allowlists `lists` (each with its name, for
+/// the message) of `tool` has gone [`stale`].
+///
+/// # Panics
+/// Naming the stale entries and their list.
+pub fn assert_still_needed(
+    tool: &str,
+    lists: &[(&[(&str, &str)], &str)],
+    found: &[Mention],
+    defined: &Known,
+) {
+    for (list, what) in lists {
+        let stale = stale(list, found, defined);
+        assert!(
+            stale.is_empty(),
+            "{what}: {tool} no longer names these, or has them itself: {stale:?}"
+        );
+    }
+}
+
+/// Checks that the flags of `list` (named by `other`'s messages as this
+/// tool's, `list_name`) are all `defined` here.
+///
+/// # Panics
+/// Naming the flags that are gone.
+pub fn assert_named_exist(list: &[(&str, &str)], list_name: &str, other: &str, defined: &Known) {
+    let gone: Vec<&str> = list
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !defined.covers(n))
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "{other}'s messages name flags that do not exist: {gone:?} (bg_testkit::names::{list_name})"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,36 +117,28 @@ fn the_scan_finds_every_option_and_catches_a_made_up_one() {
 
 #[test]
 fn every_allowed_name_is_still_needed() {
-    let found = mentioned();
-    let defined = defined();
-    for (list, what) in [
-        (ENVIRONMENT, "ENVIRONMENT"),
-        (FOREIGN_FLAGS, "FOREIGN_FLAGS"),
-        (
-            CTL_FLAGS_NAMED_BY_GATE,
-            "bg_testkit::names::CTL_FLAGS_NAMED_BY_GATE",
-        ),
-    ] {
-        let stale = names::stale(list, &found, &defined);
-        assert!(
-            stale.is_empty(),
-            "{what}: bg-gate no longer names these, or has them itself: {stale:?}"
-        );
-    }
+    names::assert_still_needed(
+        "bg-gate",
+        &[
+            (ENVIRONMENT, "ENVIRONMENT"),
+            (FOREIGN_FLAGS, "FOREIGN_FLAGS"),
+            (
+                CTL_FLAGS_NAMED_BY_GATE,
+                "bg_testkit::names::CTL_FLAGS_NAMED_BY_GATE",
+            ),
+        ],
+        &mentioned(),
+        &defined(),
+    );
 }
 
 /// bg-ctl's messages name these gate flags: they must stay the gate's.
 #[test]
 fn the_flags_bg_ctl_names_of_bg_gate_exist() {
-    let defined = defined();
-    let gone: Vec<&str> = GATE_FLAGS_NAMED_BY_CTL
-        .iter()
-        .map(|(n, _)| *n)
-        .filter(|n| !defined.covers(n))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "bg-ctl's messages name gate flags bg-gate does not have: {gone:?} \
-         (bg_testkit::names::GATE_FLAGS_NAMED_BY_CTL)"
+    names::assert_named_exist(
+        GATE_FLAGS_NAMED_BY_CTL,
+        "GATE_FLAGS_NAMED_BY_CTL",
+        "bg-ctl",
+        &defined(),
     );
 }
