@@ -630,9 +630,9 @@ impl Harness {
             // Rare (a client moved back), so asked at once, not sampled: a
             // switch a moment ago made that colour live.
             let live_now = || {
-                gates_of
-                    .get(colour)
-                    .is_some_and(|gates| gates.iter().any(|g| live_at(*g)))
+                gates_of.get(colour).is_some_and(|gates| {
+                    tokio::task::block_in_place(|| gates.iter().any(|g| live_at(*g)))
+                })
             };
             !l.moved_back() || answered_ok() || live_now()
         }));
