@@ -1,16 +1,18 @@
 //! The whole claim, for real, through every load balancer mode that
 //! `docs/operations.md` offers: two `ws_echo` instances (blue and green,
 //! each embedding the gate) behind HAProxy — with its plain HTTP check,
-//! `disable-on-404`, or `agent-check` — or behind nginx told of switches by
-//! a standalone gate, while HTTP load and websocket clients flow through it
-//! and `bg-ctl deploy` releases one version after another. No request may
-//! fail and no websocket may be cut without a clean close.
+//! `disable-on-404`, or `agent-check` — behind Caddy's active health check,
+//! or behind nginx told of switches by a standalone gate, while HTTP load
+//! and websocket clients flow through it and `bg-ctl deploy` releases one
+//! version after another. No request may fail and no websocket may be cut
+//! without a clean close.
 //!
-//! The load balancers run the files users copy: `docs/examples/haproxy.cfg`
-//! and `docs/examples/nginx.conf` with only addresses and ports put in (and,
-//! for the fast-check runs, the check intervals), so the examples are what
-//! is proven. Starting them is `bg_testkit`'s part; this file has the
-//! modes, the traffic and the verdict.
+//! The load balancers run the files users copy: `docs/examples/haproxy.cfg`,
+//! `docs/examples/Caddyfile` and `docs/examples/nginx.conf` with only
+//! addresses and ports put in (and, for the fast-check runs, the check
+//! intervals), so the examples are what is proven. Starting them is
+//! `bg_testkit`'s part; this file has the modes, the traffic and the
+//! verdict.
 //!
 //! `BG_E2E_RELEASES` sets how many releases each mode's run makes (by
 //! default 10 for the plain HTTP check with fast checks, 3 for the others).
@@ -25,7 +27,9 @@ use bg_e2e::wsload::{self, Load};
 use bg_e2e::{
     Ctl, Instance, Instances, Stop, Webhooks, addrs_of, gate_status, instances, loopback, run, show,
 };
+use bg_state::wire::GateAnswer;
 use bg_state::{AppName, Colour};
+use bg_testkit::caddy::{self, Caddy};
 use bg_testkit::haproxy::{self, Haproxy};
 use bg_testkit::nginx::{Nginx, Prefix};
 use bg_testkit::{
@@ -55,6 +59,9 @@ enum Mode {
     /// (`docs/examples/node-ws`) beside a standalone gate in sidecar mode;
     /// the webhook restarts the service only.
     Sidecar,
+    /// Caddy, `docs/examples/Caddyfile`: active health checks, the idle
+    /// colour's 503 fails them.
+    Caddy,
 }
 
 impl Mode {
@@ -65,7 +72,7 @@ impl Mode {
             Mode::DisableOn404 => "chat_disable_on_404",
             Mode::Agent => "chat_agent",
             Mode::Sidecar => "chat_sidecar",
-            Mode::NginxPush => unreachable!("nginx has no HAProxy backend"),
+            Mode::NginxPush | Mode::Caddy => unreachable!("{self:?} has no HAProxy backend"),
         }
     }
 
@@ -75,6 +82,8 @@ impl Mode {
         match self {
             // The example's `default-server` line: `rise 2 fall 3`.
             Mode::HttpCheck | Mode::DisableOn404 | Mode::Agent | Mode::Sidecar => Some((2, 3)),
+            // Caddy 2.6: one check either way.
+            Mode::Caddy => Some((1, 1)),
             Mode::NginxPush => None,
         }
     }
@@ -83,8 +92,8 @@ impl Mode {
 /// How often the load balancer checks, and the handover that covers it.
 #[derive(Debug, Clone, Copy)]
 struct Timing {
-    /// Checks every 200 ms (`inter` and `agent-inter`) instead of the
-    /// example's 2 s (1 s for agents).
+    /// Checks every 200 ms (HAProxy's `inter` and `agent-inter`, Caddy's
+    /// `health_interval`) instead of the examples' 2 s (1 s for agents).
     fast: bool,
     handover: &'static str,
 }
@@ -105,6 +114,7 @@ const EXAMPLE: Timing = Timing {
 /// The load balancer in front of the two colours.
 enum Front {
     Haproxy(Haproxy),
+    Caddy(Caddy),
     Nginx {
         nginx: Nginx,
         /// The standalone gate that runs the example script on every change.
@@ -116,6 +126,7 @@ impl Front {
     fn addr(&self) -> SocketAddr {
         match self {
             Front::Haproxy(haproxy) => haproxy.addr(),
+            Front::Caddy(caddy) => caddy.addr(),
             Front::Nginx { nginx, .. } => nginx.addr(),
         }
     }
@@ -152,6 +163,17 @@ fn haproxy(
         cfg.check_interval("200ms");
     }
     Front::Haproxy(Haproxy::start(cfg))
+}
+
+/// `docs/examples/Caddyfile` with the test's addresses and ports, and for
+/// fast checks the interval.
+fn caddy(timing: Timing, blue: &[SocketAddr], green: &[SocketAddr]) -> Front {
+    let mut cfg = caddy::Config::example();
+    cfg.upstreams(blue, green);
+    if timing.fast {
+        cfg.health_interval("200ms");
+    }
+    Front::Caddy(Caddy::start(cfg))
 }
 
 /// The names of `colour`'s servers in HAProxy: the colour for one instance,
@@ -350,6 +372,17 @@ fn live_at(addr: SocketAddr) -> bool {
     gate_status(addr).is_some_and(|s| s.live)
 }
 
+/// How many of the load balancer's probes the gate at `addr` has answered
+/// STOP, in its recent log.
+fn stop_probes(addr: SocketAddr) -> usize {
+    gate_status(addr).map_or(0, |s| {
+        s.probes
+            .iter()
+            .filter(|p| p.answer == GateAnswer::Stop)
+            .count()
+    })
+}
+
 impl Harness {
     /// Redis, `per_colour` instances of each colour behind the load
     /// balancer, and traffic through it: two HTTP loops and `clients`.
@@ -383,7 +416,7 @@ impl Harness {
                     let agent = SocketAddr::from((ip, ports.agent)).to_string();
                     i = i.args(&["--agent-listen", &agent]);
                 }
-                Mode::HttpCheck | Mode::NginxPush | Mode::Sidecar => {}
+                Mode::HttpCheck | Mode::NginxPush | Mode::Sidecar | Mode::Caddy => {}
             }
             i.env("BG_TOKEN", TOKEN)
                 .stop(Stop::Graceful(Duration::from_secs(10)))
@@ -435,6 +468,7 @@ impl Harness {
         };
         let lb = match mode {
             Mode::NginxPush => nginx(&redis, services.0[0], services.1[0]),
+            Mode::Caddy => caddy(timing, &services.0, &services.1),
             Mode::HttpCheck | Mode::DisableOn404 | Mode::Agent | Mode::Sidecar => {
                 haproxy(mode, timing, &services.0, &services.1, ports)
             }
@@ -459,25 +493,48 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        // HAProxy starts with both servers up; clients must not land on
-        // green before its checks have taken it out. (nginx only ever
-        // knew blue.)
-        if let Front::Haproxy(haproxy) = &lb {
-            for server in servers(Colour::Green, per_colour) {
-                // `DOWN`, `NOLB`, `DRAIN (agent)`; not `UP 1/3` (going down).
-                haproxy_until(
-                    haproxy.stats(),
-                    mode.backend(),
-                    &server,
-                    Duration::from_secs(60),
-                    |s| {
-                        ["DOWN", "NOLB", "DRAIN"]
-                            .iter()
-                            .any(|out| s.starts_with(out))
-                    },
-                )
-                .await;
+        // HAProxy starts with both servers up, and Caddy takes green out
+        // only at its first check; clients must not land on green before
+        // the checks have taken it out. (nginx only ever knew blue.)
+        match &lb {
+            Front::Haproxy(haproxy) => {
+                for server in servers(Colour::Green, per_colour) {
+                    // `DOWN`, `NOLB`, `DRAIN (agent)`; not `UP 1/3` (going down).
+                    haproxy_until(
+                        haproxy.stats(),
+                        mode.backend(),
+                        &server,
+                        Duration::from_secs(60),
+                        |s| {
+                            ["DOWN", "NOLB", "DRAIN"]
+                                .iter()
+                                .any(|out| s.starts_with(out))
+                        },
+                    )
+                    .await;
+                }
             }
+            Front::Caddy(_) => {
+                // Caddy 2.6 does not say whether an upstream is healthy (its
+                // admin API lists requests and failures only), but one failed
+                // check takes it out: a second STOP answer from each of
+                // green's gates shows Caddy has had the first.
+                for gate in green.clone() {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while tokio::task::spawn_blocking(move || stop_probes(gate))
+                        .await
+                        .unwrap()
+                        < 2
+                    {
+                        assert!(
+                            Instant::now() < deadline,
+                            "Caddy never checked green's gate at {gate}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            Front::Nginx { .. } => {}
         }
 
         let mut h = Harness {
@@ -918,6 +975,12 @@ async fn releases_under_load_with_agent_checks() {
 async fn releases_under_load_behind_nginx() {
     let _serial = crate::serial().await;
     releases_under_traffic(Mode::NginxPush, FAST, releases(3), BUSY_50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn releases_under_load_behind_caddy() {
+    let _serial = crate::serial().await;
+    releases_under_traffic(Mode::Caddy, FAST, releases(3), BUSY_50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,10 +13,11 @@
 //! * [`http`] — a blocking HTTP/1.1 client small enough to trust in a test.
 //! * [`workspace_binary`], [`workspace_example`] — the workspace's own
 //!   programs, rebuilt when stale.
-//! * [`haproxy`], [`nginx`] — real load balancers running the
+//! * [`haproxy`], [`caddy`], [`nginx`] — real load balancers running the
 //!   configurations of `docs/examples` ([`examples`]) with only the test's
 //!   addresses and ports put in: HAProxy with its servers' states read from
-//!   the stats socket, nginx under a prefix of its own.
+//!   the stats socket, Caddy with directories and an admin port of its own,
+//!   nginx under a prefix of its own.
 //! * `store` (feature `store`) — stores that pass every call to another
 //!   store except the ones a test takes over.
 //! * [`names`] — the flags and environment variables that messages and
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub mod caddy;
 mod cluster;
 pub mod haproxy;
 pub mod http;
