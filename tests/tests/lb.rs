@@ -566,15 +566,32 @@ impl Harness {
                 Arc::clone(&h.errors),
             )));
         }
-        // A reconnect (after a drain) must land on the live colour.
+        // A reconnect (after a drain) must land on the live colour: the one
+        // the last release left live or, once a release has switched (the
+        // release itself returns only after --confirm-lb), a colour whose
+        // gates answer OK. A load balancer that checks fast (Caddy's one
+        // good check) sends late reconnects to the new colour before
+        // `bg-ctl deploy` returns; one on a colour answering STOP is wrong.
         let live = Arc::clone(&h.live);
+        let gates = (h.blue.clone(), h.green.clone());
         let mut config = wsload::Config::new(format!("ws://{lb_addr}/ws"), clients.clients);
         config.interval = clients.interval;
         config.reconnect_jitter = Duration::from_millis(200);
         config.ramp = Duration::from_millis(5 * clients.clients as u64).min(Duration::from_secs(5));
         config.landing_ok = Some(Arc::new(move |greeting: &str| {
+            let landed = greeting.split_whitespace().nth(1);
             let live = *live.lock().unwrap();
-            greeting.split_whitespace().nth(1) == Some(live.as_str())
+            if landed == Some(live.as_str()) {
+                return true;
+            }
+            let gates = match landed {
+                Some("blue") => &gates.0,
+                Some("green") => &gates.1,
+                _ => return false,
+            };
+            // Rare (a landing on the other colour), and the runtime has
+            // other workers meanwhile.
+            tokio::task::block_in_place(|| gates.iter().any(|g| live_at(*g)))
         }));
         let ws = Load::start(config);
         let deadline = Instant::now() + Duration::from_secs(60);
