@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need, then runs every check.
-# Run as root on Debian (it uses apt-get when redis-server, haproxy, nginx, rsync or openssl is missing).
+# Run as root on Debian (it uses apt-get when redis-server, haproxy, caddy, nginx, rsync or openssl is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 # gitlab-ci-local copies the project with rsync to run a job in shell mode.
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
@@ -21,9 +22,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian packages may start a system redis-server on 6379 and an nginx on
-# port 80; the tests never use them (each starts its own on a free port), so
-# they are left as they are.
+# The Debian packages may start a system redis-server on 6379, and an nginx
+# or a caddy on port 80 (caddy's admin endpoint on localhost:2019); the tests
+# never use them (each starts its own on free ports, caddy with directories of
+# its own), so they are left as they are.
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -113,6 +115,7 @@ echo "==> checking docs/examples"
 for cfg in docs/examples/haproxy*.cfg; do
   haproxy -c -f "$cfg"
 done
+caddy validate --config docs/examples/Caddyfile --adapter caddyfile
 # nginx checks its example under a prefix of its own, with the upstream file
 # written by the example on-change script (NGINX_BIN=true: write, do not reload).
 nginx_check=$(mktemp -d)

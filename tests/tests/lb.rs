@@ -1,21 +1,23 @@
 //! The whole claim, for real, through every load balancer mode that
 //! `docs/operations.md` offers: two `ws_echo` instances (blue and green,
 //! each embedding the gate) behind HAProxy — with its plain HTTP check,
-//! `disable-on-404`, or `agent-check` — or behind nginx told of switches by
-//! a standalone gate, while HTTP load and websocket clients flow through it
-//! and `bg-ctl deploy` releases one version after another. No request may
-//! fail and no websocket may be cut without a clean close.
+//! `disable-on-404`, or `agent-check` — behind Caddy's active health check,
+//! or behind nginx told of switches by a standalone gate, while HTTP load
+//! and websocket clients flow through it and `bg-ctl deploy` releases one
+//! version after another. No request may fail and no websocket may be cut
+//! without a clean close.
 //!
-//! The load balancers run the files users copy: `docs/examples/haproxy.cfg`
-//! and `docs/examples/nginx.conf` with only addresses and ports put in (and,
-//! for the fast-check runs, the check intervals), so the examples are what
-//! is proven.
+//! The load balancers run the files users copy: `docs/examples/haproxy.cfg`,
+//! `docs/examples/Caddyfile` and `docs/examples/nginx.conf` with only
+//! addresses and ports put in (and, for the fast-check runs, the check
+//! intervals), so the examples are what is proven. Starting them is
+//! `bg_testkit`'s part; this file has the modes, the traffic and the
+//! verdict.
 //!
 //! `BG_E2E_RELEASES` sets how many releases each mode's run makes (by
 //! default 10 for the plain HTTP check with fast checks, 3 for the others).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,10 +28,13 @@ use bg_e2e::wsload::{self, Load};
 use bg_e2e::{
     Ctl, Instance, Instances, Stop, Webhooks, addrs_of, gate_status, instances, loopback, run, show,
 };
+use bg_state::wire::GateAnswer;
 use bg_state::{AppName, Colour};
-use bg_testkit::nginx::{Nginx, Prefix, examples};
+use bg_testkit::caddy::{self, Caddy};
+use bg_testkit::haproxy::{self, Haproxy};
+use bg_testkit::nginx::{Nginx, Prefix};
 use bg_testkit::{
-    Process, RedisServer, free_port, http, wait_for_port, workspace_binary, workspace_example,
+    Process, RedisServer, examples, free_port, http, workspace_binary, workspace_example,
 };
 
 const TOKEN: &str = "lb-test-token-0123456789";
@@ -39,11 +44,6 @@ const TOKEN: &str = "lb-test-token-0123456789";
 /// both agents listen on the one `agent-port` the example gives.
 const BLUE_IP: [u8; 4] = [127, 0, 0, 11];
 const GREEN_IP: [u8; 4] = [127, 0, 0, 12];
-
-/// The example's `default-server` line: `rise 2 fall 3`, which `bg-ctl`'s
-/// `--lb-rise` and `--lb-fall` match.
-const EXAMPLE_RISE: u32 = 2;
-const EXAMPLE_FALL: u32 = 3;
 
 /// How the load balancer learns which colour is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,9 @@ enum Mode {
     /// (`docs/examples/node-ws`) beside a standalone gate in sidecar mode;
     /// the webhook restarts the service only.
     Sidecar,
+    /// Caddy, `docs/examples/Caddyfile`: active health checks, the idle
+    /// colour's 503 fails them.
+    Caddy,
 }
 
 impl Mode {
@@ -70,16 +73,28 @@ impl Mode {
             Mode::DisableOn404 => "chat_disable_on_404",
             Mode::Agent => "chat_agent",
             Mode::Sidecar => "chat_sidecar",
-            Mode::NginxPush => unreachable!("nginx has no HAProxy backend"),
+            Mode::NginxPush | Mode::Caddy => unreachable!("{self:?} has no HAProxy backend"),
+        }
+    }
+
+    /// The load balancer's rise and fall, which `bg-ctl`'s `--lb-rise` and
+    /// `--lb-fall` match; `None` for one that never asks the gates.
+    fn rise_fall(self) -> Option<(u32, u32)> {
+        match self {
+            // The example's `default-server` line: `rise 2 fall 3`.
+            Mode::HttpCheck | Mode::DisableOn404 | Mode::Agent | Mode::Sidecar => Some((2, 3)),
+            // Caddy 2.6: one check either way.
+            Mode::Caddy => Some((1, 1)),
+            Mode::NginxPush => None,
         }
     }
 }
 
-/// How often HAProxy checks, and the handover that covers it.
+/// How often the load balancer checks, and the handover that covers it.
 #[derive(Debug, Clone, Copy)]
 struct Timing {
-    /// `inter 200ms` and `agent-inter 200ms` instead of the example's
-    /// `inter 2s` and `agent-inter 1s`.
+    /// Checks every 200 ms (HAProxy's `inter` and `agent-inter`, Caddy's
+    /// `health_interval`) instead of the examples' 2 s (1 s for agents).
     fast: bool,
     handover: &'static str,
 }
@@ -97,24 +112,10 @@ const EXAMPLE: Timing = Timing {
     handover: "6s",
 };
 
-/// Replaces the `n` occurrences of `from` in `text`; a different count
-/// means the example changed under the test.
-fn substitute(text: &mut String, from: &str, to: &str, n: usize) {
-    assert_eq!(
-        text.matches(from).count(),
-        n,
-        "docs/examples/haproxy.cfg should hold {from:?} {n} times"
-    );
-    *text = text.replace(from, to);
-}
-
 /// The load balancer in front of the two colours.
 enum Front {
-    Haproxy {
-        _process: Process,
-        addr: SocketAddr,
-        stats: SocketAddr,
-    },
+    Haproxy(Haproxy),
+    Caddy(Caddy),
     Nginx {
         nginx: Nginx,
         /// The standalone gate that runs the example script on every change.
@@ -125,7 +126,8 @@ enum Front {
 impl Front {
     fn addr(&self) -> SocketAddr {
         match self {
-            Front::Haproxy { addr, .. } => *addr,
+            Front::Haproxy(haproxy) => haproxy.addr(),
+            Front::Caddy(caddy) => caddy.addr(),
             Front::Nginx { nginx, .. } => nginx.addr(),
         }
     }
@@ -139,82 +141,40 @@ fn haproxy(
     blue: &[SocketAddr],
     green: &[SocketAddr],
     ports: Ports,
-    dir: &std::path::Path,
 ) -> Front {
-    let addr = loopback();
-    let stats = loopback();
-    let mut cfg = std::fs::read_to_string(examples().join("haproxy.cfg")).unwrap();
-    substitute(&mut cfg, "bind :8000", &format!("bind {addr}"), 1);
-    substitute(&mut cfg, "ipv4@127.0.0.1:9999", &format!("ipv4@{stats}"), 1);
+    let mut cfg = haproxy::Config::example();
     // A server line per instance, named as `servers` names them.
-    for (colour, example, addrs) in [
-        (Colour::Blue, "10.0.0.11:8080", blue),
-        (Colour::Green, "10.0.0.12:8080", green),
-    ] {
-        let lines: String = servers(colour, addrs.len())
-            .iter()
-            .zip(addrs)
-            .map(|(name, addr)| format!("    server {name} {addr} check\n"))
+    for (colour, addrs) in [(Colour::Blue, blue), (Colour::Green, green)] {
+        let named: Vec<(String, SocketAddr)> = servers(colour, addrs.len())
+            .into_iter()
+            .zip(addrs.iter().copied())
             .collect();
-        substitute(
-            &mut cfg,
-            &format!("    server {colour} {example} check\n"),
-            &lines,
-            4,
-        );
+        cfg.servers(colour.as_str(), &named);
     }
-    substitute(
-        &mut cfg,
-        "agent-port 9091",
-        &format!("agent-port {}", ports.agent),
-        1,
-    );
-    substitute(
-        &mut cfg,
+    cfg.substitute("agent-port 9091", &format!("agent-port {}", ports.agent), 1);
+    cfg.substitute(
         "fall 3 port 9090",
         &format!("fall 3 port {}", ports.sidecar),
         1,
     );
-    // Use the mode's backend as the example says: the others stay disabled.
     if mode != Mode::HttpCheck {
-        substitute(
-            &mut cfg,
-            "default_backend chat\n",
-            &format!("default_backend {}\n", mode.backend()),
-            1,
-        );
-        substitute(
-            &mut cfg,
-            &format!(
-                "backend {}\n    # Not in use. To use it: delete the next line, add it to backend chat,\n    \
-                 # and point default_backend at this one.\n    disabled\n",
-                mode.backend()
-            ),
-            &format!("backend {}\n", mode.backend()),
-            1,
-        );
-        substitute(
-            &mut cfg,
-            "backend chat\n",
-            "backend chat\n    disabled\n",
-            1,
-        );
+        cfg.use_backend(mode.backend());
     }
     if timing.fast {
-        substitute(&mut cfg, "agent-inter 1s", "agent-inter 200ms", 1);
-        substitute(&mut cfg, "inter 2s", "inter 200ms", 4);
+        cfg.check_interval("200ms");
     }
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let mut cmd = Command::new("haproxy");
-    cmd.arg("-db").arg("-f").arg(&path);
-    let process = Process::spawn("haproxy", cmd);
-    wait_for_port(addr, Duration::from_secs(10));
-    Front::Haproxy {
-        _process: process,
-        addr,
-        stats,
+    Front::Haproxy(Haproxy::start(cfg))
+}
+
+/// `docs/examples/Caddyfile` with the test's addresses and ports, and for
+/// fast checks the interval.
+fn caddy(timing: Timing, blue: &[SocketAddr], green: &[SocketAddr]) -> Front {
+    let mut cfg = caddy::Config::example();
+    cfg.upstreams(blue, green);
+    if timing.fast {
+        cfg.health_interval("200ms");
     }
+    Front::Caddy(Caddy::start(cfg))
 }
 
 /// The names of `colour`'s servers in HAProxy: the colour for one instance,
@@ -274,49 +234,21 @@ fn node_service(colour: &str, control: SocketAddr) -> Instance {
     )
 }
 
-/// A server's status in HAProxy's `show stat` (`UP`, `DOWN`, `NOLB`,
-/// `DRAIN`, …), asked on the example's stats socket.
-fn haproxy_status(stats: SocketAddr, backend: &str, server: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect_timeout(&stats, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"show stat\n").ok()?;
-    let mut csv = String::new();
-    s.read_to_string(&mut csv).ok()?;
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
-    let col = header.iter().position(|h| *h == "status")?;
-    lines
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&backend) && f.get(1) == Some(&server))
-        .and_then(|f| f.get(col).map(|s| (*s).to_owned()))
-}
-
 /// Waits up to `limit` for `server`'s status in `backend` to satisfy `done`.
 ///
 /// # Panics
 /// If it does not.
 async fn haproxy_until(
-    stats: SocketAddr,
+    stats: haproxy::Stats,
     backend: &'static str,
     server: &str,
     limit: Duration,
-    done: impl Fn(&str) -> bool,
+    done: impl Fn(&str) -> bool + Send + 'static,
 ) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let name = server.to_owned();
-        let status = tokio::task::spawn_blocking(move || haproxy_status(stats, backend, &name))
-            .await
-            .unwrap();
-        if status.as_deref().is_some_and(&done) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "HAProxy's {backend}/{server} is still {status:?} after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let server = server.to_owned();
+    tokio::task::spawn_blocking(move || stats.wait_for(backend, &server, limit, done))
+        .await
+        .unwrap();
 }
 
 /// nginx as `docs/operations.md` sets it up: the example configuration
@@ -391,7 +323,6 @@ async fn load(
 /// Everything a test needs: Redis, two instances, the webhook receiver,
 /// the load balancer, and traffic flowing through it.
 struct Harness {
-    _dir: tempfile::TempDir,
     redis: RedisServer,
     /// Kept so the instances stop with the harness.
     instances: Instances,
@@ -441,13 +372,23 @@ fn live_at(addr: SocketAddr) -> bool {
     gate_status(addr).is_some_and(|s| s.live)
 }
 
+/// How many of the load balancer's probes the gate at `addr` has answered
+/// STOP, in its recent log.
+fn stop_probes(addr: SocketAddr) -> usize {
+    gate_status(addr).map_or(0, |s| {
+        s.probes
+            .iter()
+            .filter(|p| p.answer == GateAnswer::Stop)
+            .count()
+    })
+}
+
 impl Harness {
     /// Redis, `per_colour` instances of each colour behind the load
     /// balancer, and traffic through it: two HTTP loops and `clients`.
     async fn start(mode: Mode, timing: Timing, clients: Clients, per_colour: usize) -> Harness {
         // A socket per client: more than a soft limit of 1,024 allows.
         let _ = bg_gate::server::raise_open_file_limit();
-        let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
         let ports = Ports {
             agent: free_port(),
@@ -475,7 +416,7 @@ impl Harness {
                     let agent = SocketAddr::from((ip, ports.agent)).to_string();
                     i = i.args(&["--agent-listen", &agent]);
                 }
-                Mode::HttpCheck | Mode::NginxPush | Mode::Sidecar => {}
+                Mode::HttpCheck | Mode::NginxPush | Mode::Sidecar | Mode::Caddy => {}
             }
             i.env("BG_TOKEN", TOKEN)
                 .stop(Stop::Graceful(Duration::from_secs(10)))
@@ -527,7 +468,10 @@ impl Harness {
         };
         let lb = match mode {
             Mode::NginxPush => nginx(&redis, services.0[0], services.1[0]),
-            _ => haproxy(mode, timing, &services.0, &services.1, ports, dir.path()),
+            Mode::Caddy => caddy(timing, &services.0, &services.1),
+            Mode::HttpCheck | Mode::DisableOn404 | Mode::Agent | Mode::Sidecar => {
+                haproxy(mode, timing, &services.0, &services.1, ports)
+            }
         };
 
         // Wait until the load balancer serves blue.
@@ -549,29 +493,51 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        // HAProxy starts with both servers up; clients must not land on
-        // green before its checks have taken it out. (nginx only ever
-        // knew blue.)
-        if let Front::Haproxy { stats, .. } = lb {
-            for server in servers(Colour::Green, per_colour) {
-                // `DOWN`, `NOLB`, `DRAIN (agent)`; not `UP 1/3` (going down).
-                haproxy_until(
-                    stats,
-                    mode.backend(),
-                    &server,
-                    Duration::from_secs(60),
-                    |s| {
-                        ["DOWN", "NOLB", "DRAIN"]
-                            .iter()
-                            .any(|out| s.starts_with(out))
-                    },
-                )
-                .await;
+        // HAProxy starts with both servers up, and Caddy takes green out
+        // only at its first check; clients must not land on green before
+        // the checks have taken it out. (nginx only ever knew blue.)
+        match &lb {
+            Front::Haproxy(haproxy) => {
+                for server in servers(Colour::Green, per_colour) {
+                    // `DOWN`, `NOLB`, `DRAIN (agent)`; not `UP 1/3` (going down).
+                    haproxy_until(
+                        haproxy.stats(),
+                        mode.backend(),
+                        &server,
+                        Duration::from_secs(60),
+                        |s| {
+                            ["DOWN", "NOLB", "DRAIN"]
+                                .iter()
+                                .any(|out| s.starts_with(out))
+                        },
+                    )
+                    .await;
+                }
             }
+            Front::Caddy(_) => {
+                // Caddy 2.6 does not say whether an upstream is healthy (its
+                // admin API lists requests and failures only), but one failed
+                // check takes it out: a second STOP answer from each of
+                // green's gates shows Caddy has had the first.
+                for gate in green.clone() {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while tokio::task::spawn_blocking(move || stop_probes(gate))
+                        .await
+                        .unwrap()
+                        < 2
+                    {
+                        assert!(
+                            Instant::now() < deadline,
+                            "Caddy never checked green's gate at {gate}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            Front::Nginx { .. } => {}
         }
 
         let mut h = Harness {
-            _dir: dir,
             store: bg_state::open(&redis.url()).unwrap(),
             redis,
             instances,
@@ -690,7 +656,6 @@ impl Harness {
     }
 
     fn deploy_cmd(&self, version: &str, extra: &[&str]) -> Command {
-        let (fall, rise) = (EXAMPLE_FALL.to_string(), EXAMPLE_RISE.to_string());
         let ready = if self.timing.fast { "60s" } else { "120s" };
         let mut args = vec![
             "deploy",
@@ -702,8 +667,12 @@ impl Harness {
             "50ms",
         ];
         // nginx never asks the gates: there is no probe to confirm with.
-        if self.mode != Mode::NginxPush {
-            args.extend(["--confirm-lb", "--lb-fall", &fall, "--lb-rise", &rise]);
+        let counts = self
+            .mode
+            .rise_fall()
+            .map(|(rise, fall)| (rise.to_string(), fall.to_string()));
+        if let Some((rise, fall)) = &counts {
+            args.extend(["--confirm-lb", "--lb-fall", fall, "--lb-rise", rise]);
         }
         args.extend(["--drain-timeout", "30s"]);
         if !extra.contains(&"--ready-timeout") {
@@ -1043,6 +1012,12 @@ async fn releases_under_load_behind_nginx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn releases_under_load_behind_caddy() {
+    let _serial = crate::serial().await;
+    releases_under_traffic(Mode::Caddy, FAST, releases(3), BUSY_50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_under_load_with_the_example_timing() {
     let _serial = crate::serial().await;
     releases_under_traffic(Mode::HttpCheck, EXAMPLE, 2, BUSY_20).await;
@@ -1069,9 +1044,10 @@ async fn releases_under_load_with_sidecar_gates_then_a_crashed_service() {
     assert_eq!(h.sidecars.len(), 2);
 
     let (live, generation) = h.state().await;
-    let Front::Haproxy { stats, .. } = h.lb else {
+    let Front::Haproxy(haproxy) = &h.lb else {
         unreachable!("sidecar mode runs behind HAProxy")
     };
+    let stats = haproxy.stats();
     let gate = if live == Colour::Blue {
         h.blue[0]
     } else {

@@ -13,8 +13,11 @@
 //! * [`http`] — a blocking HTTP/1.1 client small enough to trust in a test.
 //! * [`workspace_binary`], [`workspace_example`] — the workspace's own
 //!   programs, rebuilt when stale.
-//! * [`nginx`] — a real nginx with the example configuration under a
-//!   prefix of its own.
+//! * [`haproxy`], [`caddy`], [`nginx`] — real load balancers running the
+//!   configurations of `docs/examples` ([`examples`]) with only the test's
+//!   addresses and ports put in: HAProxy with its servers' states read from
+//!   the stats socket, Caddy with directories and an admin port of its own,
+//!   nginx under a prefix of its own.
 //! * `store` (feature `store`) — stores that pass every call to another
 //!   store except the ones a test takes over.
 //! * [`names`] — the flags and environment variables that messages and
@@ -25,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub mod caddy;
 mod cluster;
+pub mod haproxy;
 pub mod http;
 pub mod names;
 pub mod nginx;
@@ -41,6 +46,27 @@ pub use process::Process;
 pub use redis::{RedisServer, redis_cli};
 pub use sentinel::SentinelSet;
 pub use tls::TlsFiles;
+
+/// `docs/examples`, where the files users copy live.
+#[must_use]
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples")
+}
+
+/// Replaces the `n` occurrences of `from` in `text`, the content of the
+/// example file `file`.
+///
+/// # Panics
+/// If `text` holds `from` a different number of times: the example changed
+/// under the test, which would otherwise run something else than the file.
+pub(crate) fn substitute(text: &mut String, file: &str, from: &str, to: &str, n: usize) {
+    assert_eq!(
+        text.matches(from).count(),
+        n,
+        "docs/examples/{file} should hold {from:?} {n} times"
+    );
+    *text = text.replace(from, to);
+}
 
 /// A port nobody listened on a moment ago.
 ///

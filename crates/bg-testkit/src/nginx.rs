@@ -8,13 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::wait_for_port;
-
-/// `docs/examples`, where the files users copy live.
-#[must_use]
-pub fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples")
-}
+use crate::{examples, wait_for_port};
 
 /// How to run nginx: Debian puts it in /usr/sbin, which not every PATH has.
 ///

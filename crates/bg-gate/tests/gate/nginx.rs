@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bg_state::{Colour, SwitchRequest};
-use bg_testkit::nginx::{Nginx, Prefix, examples};
+use bg_testkit::examples;
+use bg_testkit::nginx::{Nginx, Prefix};
 use bg_testkit::{free_port, http};
 
 use super::view::wait_for;
