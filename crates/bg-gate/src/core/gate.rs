@@ -16,7 +16,7 @@ use super::service::ServiceState;
 use super::view::{Answer, Folded, View};
 use crate::auth::{Auth, AuthError};
 use crate::conns::{Connections, Pace};
-use crate::probes::{Probe, ProbeLog};
+use crate::probes::ProbeLog;
 
 /// The `changes` long polls that may wait on one gate at once.
 pub const MAX_POLLS: usize = 1024;
@@ -174,7 +174,7 @@ impl Gate {
             inner: Arc::new(Inner {
                 service: cfg.service.clone().map(ServiceState::new),
                 live,
-                probes: ProbeLog::new(cfg.probe_log),
+                probes: ProbeLog::new(cfg.probe_log, cfg.lb_sources.clone()),
                 cfg,
                 store,
                 view: ArcSwap::from_pointee(view),
@@ -235,15 +235,7 @@ impl Gate {
     /// `--lb-source` names the load balancers and `source` is not one.
     /// Takes no lock shared with other checks.
     pub(crate) fn record_probe(&self, source: Option<IpAddr>, colour: Colour, answer: Answer) {
-        let ranges = &self.inner.cfg.lb_sources;
-        if ranges.is_empty() || source.is_some_and(|ip| ranges.iter().any(|r| r.contains(ip))) {
-            self.inner.probes.record(Probe {
-                source,
-                at_ms: unix_ms(),
-                colour,
-                answer,
-            });
-        }
+        self.inner.probes.record(source, colour, answer);
     }
 
     /// What this gate reports at `GET /bg/state`: its colour and version,
@@ -515,11 +507,4 @@ impl Inner {
 /// A duration in whole milliseconds, saturating.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Milliseconds since the Unix epoch, as probes are stamped.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
