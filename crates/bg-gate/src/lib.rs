@@ -73,8 +73,8 @@ mod probes;
 pub mod server;
 
 pub use crate::core::{
-    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, MAX_POLLS, MAX_POLLS_PER_SOURCE,
-    SERVICE_TIMEOUT, ServiceConfig, StopStatus, View,
+    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, SERVICE_TIMEOUT, ServiceConfig, StopStatus,
+    View,
 };
 pub use auth::{
     Auth, AuthError, Caller, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL,
@@ -82,5 +82,5 @@ pub use auth::{
     OidcConfig, OidcError, OidcVerifier, Refusal, Scope, UnknownScope,
 };
 pub use conns::{Connections, DRAIN_CLOSE_CODE, Pace, RequestGuard, WebSocketGuard};
-pub use http::{GENERATION_MARGIN, MAX_BODY};
+pub use http::{GENERATION_MARGIN, MAX_BODY, MAX_POLLS, MAX_POLLS_PER_SOURCE};
 pub use probes::{BadLbSource, LbSource, MAX_PROBE_SOURCES, Probe, ProbeLog};

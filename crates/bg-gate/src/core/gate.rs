@@ -18,11 +18,6 @@ use crate::auth::{Auth, AuthError};
 use crate::conns::{Connections, Pace};
 use crate::probes::ProbeLog;
 
-/// The `changes` long polls that may wait on one gate at once.
-pub const MAX_POLLS: usize = 1024;
-/// The `changes` long polls that may wait at once per source address.
-pub const MAX_POLLS_PER_SOURCE: usize = 32;
-
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -76,13 +71,10 @@ pub(crate) struct Inner {
     pub auth: Auth,
     pub probes: ProbeLog,
     pub conns: Connections,
-    /// Bounds the `changes` long polls waiting at once.
-    pub polls: tokio::sync::Semaphore,
-    /// The `changes` long polls waiting per source address.
-    pub polls_by_source: Mutex<std::collections::HashMap<Option<std::net::IpAddr>, usize>>,
-    /// The generation of the view, for the `changes` long polls: they all
-    /// wait on this one broadcast, fed by the follower's one subscription.
-    pub generation: watch::Sender<u64>,
+    /// The generation of the view, for whoever waits for it to move (the
+    /// `changes` long polls): all on this one broadcast, fed by the
+    /// follower's one subscription.
+    generation: watch::Sender<u64>,
     /// The live colour and generation of the last adopted state, for the
     /// on-change runner; receivers wake only when the colour changes.
     pub(super) live: watch::Sender<Option<(Colour, u64)>>,
@@ -186,8 +178,6 @@ impl Gate {
                 counters: Counters::default(),
                 auth,
                 conns: Connections::default(),
-                polls: tokio::sync::Semaphore::new(MAX_POLLS),
-                polls_by_source: Mutex::default(),
                 generation,
             }),
         })
@@ -345,6 +335,13 @@ impl Gate {
     /// If the file is unreadable or malformed; the tokens in force stay.
     pub fn reload_tokens(&self) -> Result<bool, AuthError> {
         self.inner.auth.reload()
+    }
+
+    /// The generation the view answers from, as a receiver that wakes each
+    /// time the view adopts another one: what the `changes` long polls of
+    /// the gate's own app wait on, so that none needs a store subscription.
+    pub(crate) fn generations(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
     }
 
     /// The connection tracker of this gate.

@@ -24,6 +24,6 @@ mod view;
 
 pub use config::{BODY_TIMEOUT, GateConfig, StopStatus};
 pub(crate) use gate::bounded;
-pub use gate::{Gate, GateError, MAX_POLLS, MAX_POLLS_PER_SOURCE};
+pub use gate::{Gate, GateError};
 pub use service::{SERVICE_TIMEOUT, ServiceConfig};
 pub use view::{Answer, View};
