@@ -73,8 +73,8 @@ mod probes;
 pub mod server;
 
 pub use crate::core::{
-    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, SERVICE_TIMEOUT, ServiceConfig, StopStatus,
-    View,
+    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, LbCheck, SERVICE_TIMEOUT, ServiceConfig,
+    StopStatus, Verdict, VerdictKind, Via, View,
 };
 pub use auth::{
     Auth, AuthError, Caller, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL,

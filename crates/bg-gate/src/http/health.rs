@@ -4,8 +4,6 @@
 //! to compare against).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -15,7 +13,7 @@ use axum::routing::get;
 use bg_state::Colour;
 
 use super::reply::{HttpError, Segment, method_not_allowed};
-use crate::core::{Answer, Gate, View};
+use crate::core::{Gate, GateConfig, LbCheck, Verdict, VerdictKind, Via};
 
 /// `GET/HEAD /balancer-keepalive-check`, `GET /running-service-id`,
 /// `GET /bg/check/{colour}`, `GET /bg/live`.
@@ -35,66 +33,46 @@ fn source(req: &Request) -> Option<std::net::IpAddr> {
         .map(|ConnectInfo(addr)| addr.ip())
 }
 
-/// The health answer for `colour`, recorded in the probe log.
+/// The answer to a load balancer's check of `colour` from `source`: the
+/// core's verdict, counted and logged there, rendered here.
 ///
-/// This is the hottest path there is: no allocation, no store round trip
-/// (but in strict mode), one atomic load of the view, and in sidecar mode
-/// one of the service's health flag.
+/// This is the hottest path there is: no store round trip (but in strict
+/// mode), one atomic load of the view, and in sidecar mode one of the
+/// service's health flag.
 async fn health(gate: &Gate, colour: Colour, source: Option<std::net::IpAddr>) -> Response {
     if gate.config().strict {
         gate.refresh().await;
     }
-    let now = Instant::now();
-    let view = gate.inner.view.load();
-    let cfg = gate.config();
-    let counters = &gate.inner.counters;
-    if colour == cfg.colour && !gate.service_up() {
-        // The service beside this gate is down: nobody is sent here,
-        // whichever colour is live. A failed check (503), even with
-        // --stop-status 404, so the load balancer marks it down.
-        counters.answers_down.fetch_add(1, Ordering::Relaxed);
-        gate.record_probe(source, colour, Answer::Stop);
-        return headed(
-            (StatusCode::SERVICE_UNAVAILABLE, "DOWN").into_response(),
-            gate,
-            &view,
-            now,
-        );
-    }
-    let answer = view.answer(colour, now);
-    match answer {
-        Answer::Ok => &counters.answers_ok,
-        Answer::Handover => &counters.answers_handover,
-        Answer::Stop => &counters.answers_stop,
-    }
-    .fetch_add(1, Ordering::Relaxed);
-    gate.record_probe(source, colour, answer);
-    let (status, word) = if answer.is_ok() {
-        (StatusCode::OK, "OK")
-    } else {
-        (
-            StatusCode::from_u16(cfg.stop_status.code()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            "STOP",
-        )
-    };
-    let body: &'static str = match (cfg.seed_body, answer.is_ok()) {
-        (false, _) => word,
-        (true, true) => "<response>OK</response>",
-        (true, false) => "<response>STOP</response>",
-    };
-    headed((status, body).into_response(), gate, &view, now)
+    let verdict = gate.answer_check(LbCheck::new(colour, source, Via::Http));
+    render(verdict, gate.config())
 }
 
-/// A health answer with its headers: not cached, and the generation and
-/// staleness it was given from.
-fn headed(mut res: Response, gate: &Gate, view: &View, now: Instant) -> Response {
+/// A verdict as an HTTP health answer: `200 OK` while the colour takes
+/// traffic; the STOP status (`--stop-status`) when idle; `503 DOWN` while
+/// the service beside a sidecar gate is down — a failed check even with
+/// `--stop-status 404`, so the load balancer marks it down. Never cached,
+/// and headed with the generation and staleness it was given from.
+fn render(verdict: Verdict, cfg: &GateConfig) -> Response {
+    let (status, body) = match (verdict.kind(), cfg.seed_body) {
+        (VerdictKind::Down, _) => (StatusCode::SERVICE_UNAVAILABLE, "DOWN"),
+        (VerdictKind::Ok | VerdictKind::Handover, false) => (StatusCode::OK, "OK"),
+        (VerdictKind::Ok | VerdictKind::Handover, true) => {
+            (StatusCode::OK, "<response>OK</response>")
+        }
+        (VerdictKind::Stop, seed) => (
+            StatusCode::from_u16(cfg.stop_status.code()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            if seed {
+                "<response>STOP</response>"
+            } else {
+                "STOP"
+            },
+        ),
+    };
+    let mut res = (status, body).into_response();
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-bg-generation", HeaderValue::from(view.generation()));
-    h.insert(
-        "x-bg-stale-ms",
-        HeaderValue::from(view.stale_ms(now, gate.inner.started)),
-    );
+    h.insert("x-bg-generation", HeaderValue::from(verdict.generation()));
+    h.insert("x-bg-stale-ms", HeaderValue::from(verdict.stale_ms()));
     res
 }
 

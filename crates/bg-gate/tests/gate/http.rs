@@ -375,8 +375,8 @@ async fn metrics_speak_prometheus() {
                 .starts_with("text/plain")
         );
         for line in [
-            "bg_gate_answers_total{answer=\"ok\"} 1",
-            "bg_gate_answers_total{answer=\"stop\"} 1",
+            "bg_gate_answers_total{answer=\"ok\",via=\"http\"} 1",
+            "bg_gate_answers_total{answer=\"stop\",via=\"http\"} 1",
             "bg_gate_live 1",
             "bg_gate_generation 1",
             "bg_gate_alarm 0",
