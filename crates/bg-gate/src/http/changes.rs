@@ -27,7 +27,8 @@ use super::api::app_name;
 use super::reply::{HttpError, Reply, Segment, method_not_allowed};
 use crate::core::{Gate, bounded};
 
-/// The `changes` long polls that may wait on one gate at once.
+/// The `changes` long polls that may wait at once on one gate (on one
+/// [`Gate::admin_router`] and its clones, as the standalone gate serves it).
 pub const MAX_POLLS: usize = 1024;
 /// The `changes` long polls that may wait at once per source address.
 pub const MAX_POLLS_PER_SOURCE: usize = 32;

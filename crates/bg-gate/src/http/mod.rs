@@ -45,6 +45,10 @@ impl Gate {
     /// authenticated; see `docs/api.md`). Serve it on a private listener
     /// where you can: anything merged into the public router is reachable
     /// by whoever reaches the load balancer.
+    ///
+    /// The bounds on waiting change polls ([`MAX_POLLS`],
+    /// [`MAX_POLLS_PER_SOURCE`]) belong to the router returned: to serve the
+    /// admin routes on several listeners, build it once and clone it.
     pub fn admin_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         admin::router(self)
             .merge(api::router(self))
