@@ -5,26 +5,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::verdict::{VerdictKind, Via};
 
+/// Counters by front end, then by verdict: a new `Via` gets its own
+/// without a change here.
+type ByViaAndKind<T> = [[T; VerdictKind::ALL.len()]; Via::ALL.len()];
+
 fn via_index(via: Via) -> usize {
-    match via {
-        Via::Http => 0,
-        Via::Agent => 1,
-    }
+    via as usize
 }
 
 fn kind_index(kind: VerdictKind) -> usize {
-    match kind {
-        VerdictKind::Ok => 0,
-        VerdictKind::Handover => 1,
-        VerdictKind::Stop => 2,
-        VerdictKind::Down => 3,
-    }
+    kind as usize
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Counters {
     /// Answers to load balancers' checks, by front end and verdict.
-    answers: [[AtomicU64; 4]; 2],
+    answers: ByViaAndKind<AtomicU64>,
     store_errors: AtomicU64,
     alarms: AtomicU64,
     switches: AtomicU64,
@@ -74,7 +70,7 @@ impl Counters {
 /// The gate's counters at one moment.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Counts {
-    answers: [[u64; 4]; 2],
+    answers: ByViaAndKind<u64>,
     store_errors: u64,
     alarms: u64,
     switches: u64,
@@ -105,5 +101,29 @@ impl Counts {
     /// Writes refused for their credentials.
     pub(crate) fn auth_refusals(&self) -> u64 {
         self.auth_refusals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_front_end_and_verdict_has_a_counter_of_its_own() {
+        for (i, via) in Via::ALL.into_iter().enumerate() {
+            assert_eq!(via_index(via), i, "{via:?}");
+        }
+        for (i, kind) in VerdictKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind_index(kind), i, "{kind:?}");
+        }
+        let c = Counters::default();
+        c.answered(Via::Agent, VerdictKind::Down);
+        let counts = c.snapshot();
+        for via in Via::ALL {
+            for kind in VerdictKind::ALL {
+                let n = u64::from(via == Via::Agent && kind == VerdictKind::Down);
+                assert_eq!(counts.answers(kind, via), n, "{via:?} {kind:?}");
+            }
+        }
     }
 }
