@@ -157,28 +157,27 @@ async fn metrics(State(gate): State<Gate>) -> Response {
     let own = gate.verdict(cfg.colour);
     let c = gate.counts();
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP bg_gate_answers_total Load balancers' checks answered, by answer and by front end \
+         (http: the health routes; agent: the agent check).\n\
+         # TYPE bg_gate_answers_total counter"
+    );
+    for via in Via::ALL {
+        for kind in VerdictKind::ALL {
+            let (answer, via_name, n) = (kind.as_str(), via.as_str(), c.answers(kind, via));
+            let _ = writeln!(
+                out,
+                "bg_gate_answers_total{{answer=\"{answer}\",via=\"{via_name}\"}} {n}"
+            );
+        }
+    }
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in samples {
             let _ = writeln!(out, "{name}{labels} {v}");
         }
     };
-    let answers: Vec<(String, u64)> = Via::ALL
-        .into_iter()
-        .flat_map(|via| {
-            VerdictKind::ALL.into_iter().map(move |kind| {
-                let labels = format!("{{answer=\"{}\",via=\"{}\"}}", kind.as_str(), via.as_str());
-                (labels, c.answers(kind, via))
-            })
-        })
-        .collect();
-    let answers: Vec<(&str, u64)> = answers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-    metric(
-        "bg_gate_answers_total",
-        "counter",
-        "Load balancers' checks answered, by answer and by front end (http: the health routes; agent: the agent check).",
-        &answers,
-    );
     metric(
         "bg_gate_live",
         "gauge",
