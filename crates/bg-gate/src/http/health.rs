@@ -93,7 +93,7 @@ impl Answers {
         match verdict.kind() {
             VerdictKind::Ok | VerdictKind::Handover => &self.ok,
             VerdictKind::Down => &self.down,
-            _ => &self.stop,
+            VerdictKind::Stop => &self.stop,
         }
         .with(verdict)
     }
