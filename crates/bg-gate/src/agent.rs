@@ -1,6 +1,8 @@
-//! The HAProxy `agent-check` responder: one line per connection, `ready`
-//! while this colour answers OK and `drain` when it is idle. Each query is
-//! logged in the probe log like an HTTP health check.
+//! The HAProxy `agent-check` responder: one line per connection, the
+//! gate's verdict in the agent's words — `ready` while this colour takes
+//! traffic, `drain` when it is idle. Each query is answered, counted and
+//! logged by [`Gate::answer_check`], as an HTTP health check is; this file
+//! only renders the verdict.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::core::{Answer, Gate};
+use crate::core::{Gate, LbCheck, VerdictKind, Via};
 
 /// Agent connections being answered at once; more wait in the backlog.
 const MAX_AGENT_CONNECTIONS: usize = 256;
@@ -38,34 +40,9 @@ impl Gate {
             };
             match accepted {
                 Ok((mut stream, peer)) => {
-                    let colour = self.config().colour;
-                    let up = self.service_up();
-                    let answer = if up {
-                        self.answer(colour)
-                    } else {
-                        Answer::Stop
-                    };
-                    // Logged as a probe, as an HTTP check is: a release
-                    // waits for the agent to have been told `drain`.
-                    self.record_probe(Some(peer.ip()), colour, answer);
-                    // In sidecar mode the agent also sets the server's
-                    // operational state: `down` while the service is down,
-                    // and `up` with every other answer, since HAProxy keeps
-                    // a server the agent called down until told `up`.
-                    let sidecar = self.inner.service.is_some();
-                    let line: &[u8] = match (sidecar, up, answer.is_ok()) {
-                        (true, false, _) => {
-                            self.inner
-                                .counters
-                                .answers_down
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            b"down\n"
-                        }
-                        (true, true, true) => b"up ready\n",
-                        (true, true, false) => b"up drain\n",
-                        (false, _, true) => b"ready\n",
-                        (false, _, false) => b"drain\n",
-                    };
+                    let check = LbCheck::new(self.config().colour, Some(peer.ip()), Via::Agent);
+                    let verdict = self.answer_check(check);
+                    let line = agent_line(verdict.kind(), self.config().service.is_some());
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(AGENT_WRITE_TIMEOUT, async {
                             let _ = stream.write_all(line).await;
@@ -81,5 +58,19 @@ impl Gate {
                 }
             }
         }
+    }
+}
+
+/// The agent's words for a verdict. In sidecar mode they also set the
+/// server's operational state: `down` while the service is down, and `up`
+/// with every other answer, since HAProxy keeps a server the agent called
+/// down until told `up`.
+fn agent_line(kind: VerdictKind, sidecar: bool) -> &'static [u8] {
+    match (kind, sidecar) {
+        (VerdictKind::Down, _) => b"down\n",
+        (VerdictKind::Ok | VerdictKind::Handover, true) => b"up ready\n",
+        (VerdictKind::Stop, true) => b"up drain\n",
+        (VerdictKind::Ok | VerdictKind::Handover, false) => b"ready\n",
+        (VerdictKind::Stop, false) => b"drain\n",
     }
 }

@@ -4,26 +4,34 @@
 //!
 //! # Layout
 //!
-//! The layers point one way: the HTTP layer and the runner are built on the
-//! core, the core on auth; never the other way round.
+//! The layers point one way: the runner is built on the front ends, the
+//! front ends on the core, the core on the leaves; never the other way
+//! round, and the core's state is private to it.
 //!
 //! * The core (`core/`): [`Gate`] and [`GateConfig`] — one gate per colour
 //!   (or replica): its [`View`] of the store, kept current by
 //!   [`Gate::start`] (change hints plus a poll), with make-before-break
 //!   handover, alarms when the store loses or lowers the state, a local
-//!   cache file, presence reports, `--init` and the on-change command.
-//! * The HTTP layer (`http/`): [`Gate::public_router`] —
-//!   `/balancer-keepalive-check`, `/running-service-id`,
-//!   `/bg/check/{colour}`, `/bg/live`: for the load balancer.
-//!   [`Gate::admin_router`] — `/bg/state`, `POST /bg/switch` and the
-//!   hand-made `POST /switch`, `POST /bg/drain`, `/metrics` and the store
-//!   API under `/bg/api/v1`: for people and tools, on a private listener
-//!   where possible.
-//! * Auth (`auth/`): [`Auth`] — named bearer tokens and GitLab CI
-//!   `id_tokens` ([`OidcVerifier`]); with none configured, switching is off.
-//! * [`Connections`] — websocket and request tracking, and the paced drain
-//!   that closes idle-colour websockets with code 1012.
-//! * [`Gate::serve_agent`] — the HAProxy `agent-check` responder.
+//!   cache file, presence reports, `--init` and the on-change command. And
+//!   the one decision every load balancer gets: [`Gate::verdict`] says what
+//!   a colour is told ([`VerdictKind`]: ok, handover, stop, down);
+//!   [`Gate::answer_check`] answers a load balancer's [`LbCheck`] with it,
+//!   counted and logged whichever front end ([`Via`]) received it.
+//! * The front ends, which only render the verdict:
+//!   * the HTTP layer (`http/`): [`Gate::public_router`] —
+//!     `/balancer-keepalive-check`, `/running-service-id`,
+//!     `/bg/check/{colour}`, `/bg/live`: for the load balancer.
+//!     [`Gate::admin_router`] — `/bg/state`, `POST /bg/switch` and the
+//!     hand-made `POST /switch`, `POST /bg/drain`, `/metrics` and the store
+//!     API under `/bg/api/v1` with its change stream: for people and tools,
+//!     on a private listener where possible;
+//!   * [`Gate::serve_agent`] — the HAProxy `agent-check` responder.
+//! * The leaves, which know nothing of the gate: auth (`auth/`): [`Auth`] —
+//!   named bearer tokens and GitLab CI `id_tokens` ([`OidcVerifier`]);
+//!   with none configured, switching is off. [`Connections`] — websocket
+//!   and request tracking, and the paced drain that closes idle-colour
+//!   websockets with code 1012. [`ProbeLog`] — the load balancers' recent
+//!   checks, and [`LbSource`], who counts as one.
 //! * `server` (feature `server`, on by default) — the standalone runner:
 //!   the `bg-gate` flags as a `clap` struct, listeners, signals, logging,
 //!   and exit codes. Without it the crate pulls neither `clap` nor
@@ -57,7 +65,7 @@
 //! # tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 //! // The answer never waits on the store:
 //! # while gate.view().state.is_none() { tokio::time::sleep(std::time::Duration::from_millis(10)).await; }
-//! assert!(gate.answer(Colour::Blue).is_ok());
+//! assert!(gate.verdict(Colour::Blue).is_ok());
 //! # Ok(())
 //! # }
 //! ```
@@ -73,8 +81,8 @@ mod probes;
 pub mod server;
 
 pub use crate::core::{
-    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, MAX_POLLS, MAX_POLLS_PER_SOURCE,
-    SERVICE_TIMEOUT, ServiceConfig, StopStatus, View,
+    Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, LbCheck, SERVICE_TIMEOUT, ServiceConfig,
+    StopStatus, Verdict, VerdictKind, Via, View,
 };
 pub use auth::{
     Auth, AuthError, Caller, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL,
@@ -82,5 +90,5 @@ pub use auth::{
     OidcConfig, OidcError, OidcVerifier, Refusal, Scope, UnknownScope,
 };
 pub use conns::{Connections, DRAIN_CLOSE_CODE, Pace, RequestGuard, WebSocketGuard};
-pub use http::{GENERATION_MARGIN, MAX_BODY};
+pub use http::{GENERATION_MARGIN, MAX_BODY, MAX_POLLS, MAX_POLLS_PER_SOURCE};
 pub use probes::{BadLbSource, LbSource, MAX_PROBE_SOURCES, Probe, ProbeLog};

@@ -6,6 +6,9 @@
 //! Recording takes no lock: a probe is packed into one `u64` and stored in
 //! its source's ring with atomics. Only a source not seen before takes the
 //! table's lock, to claim a slot.
+//!
+//! A leaf: it knows the wire types of `bg_state` and nothing of the gate
+//! that feeds it.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -15,8 +18,7 @@ use std::sync::{Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use bg_state::Colour;
-
-use crate::core::Answer;
+use bg_state::wire::GateAnswer as Answer;
 
 /// One health check the gate answered, as `GET /bg/state` reports it.
 pub use bg_state::wire::ProbeRecord as Probe;
@@ -61,6 +63,8 @@ impl Ring {
 #[derive(Debug)]
 pub struct ProbeLog {
     cap: usize,
+    /// Only probes from these ranges are logged; all when empty.
+    lb_sources: Vec<LbSource>,
     slots: Box<[ArcSwapOption<Ring>]>,
     /// Taken only to claim a slot for a new source.
     claiming: Mutex<()>,
@@ -99,9 +103,12 @@ fn unpack(source: Option<IpAddr>, packed: u64) -> Probe {
 }
 
 impl ProbeLog {
-    pub(crate) fn new(cap: usize) -> Self {
+    /// A log of up to `cap` probes per source, of the sources in
+    /// `lb_sources` (of any source when it is empty).
+    pub(crate) fn new(cap: usize, lb_sources: Vec<LbSource>) -> Self {
         ProbeLog {
             cap,
+            lb_sources,
             slots: (0..MAX_PROBE_SOURCES)
                 .map(|_| ArcSwapOption::empty())
                 .collect(),
@@ -128,10 +135,24 @@ impl ProbeLog {
         false
     }
 
-    pub(crate) fn record(&self, probe: Probe) {
-        if self.cap == 0 {
+    /// Logs a check of `colour` from `source`, answered `answer`, stamped
+    /// now — unless `--lb-source` names the load balancers and `source` is
+    /// not one. Takes no lock shared with other checks.
+    pub(crate) fn record(&self, source: Option<IpAddr>, colour: Colour, answer: Answer) {
+        let from_lb = self.lb_sources.is_empty()
+            || source.is_some_and(|ip| self.lb_sources.iter().any(|r| r.contains(ip)));
+        if self.cap == 0 || !from_lb {
             return;
         }
+        self.record_at(Probe {
+            source,
+            at_ms: unix_ms(),
+            colour,
+            answer,
+        });
+    }
+
+    fn record_at(&self, probe: Probe) {
         let packed = pack(probe.at_ms, probe.colour, probe.answer);
         if self.record_known(probe.source, packed, probe.at_ms) {
             return;
@@ -179,6 +200,13 @@ impl ProbeLog {
         out.sort_by_key(|p| p.at_ms);
         out
     }
+}
+
+/// Milliseconds since the Unix epoch, as probes are stamped.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// An address range in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`, or one

@@ -16,7 +16,7 @@ struct Cache {
 }
 
 /// The cached state of `app`, `None` if there is no cache file.
-pub(crate) fn load(path: &Path, app: &AppName) -> Result<Option<State>, String> {
+pub(super) fn load(path: &Path, app: &AppName) -> Result<Option<State>, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -43,7 +43,7 @@ pub(crate) fn load(path: &Path, app: &AppName) -> Result<Option<State>, String> 
 
 /// Writes `state` atomically: a temporary file created exclusively, fsync,
 /// rename.
-pub(crate) fn save(path: &Path, state: &State) -> std::io::Result<()> {
+pub(super) fn save(path: &Path, state: &State) -> std::io::Result<()> {
     let cache = Cache {
         format: FORMAT.to_owned(),
         state: state.clone(),

@@ -106,7 +106,9 @@ pub struct GateConfig {
     /// answers from changes, and once when it first knows a state (so a
     /// load balancer configured by it is right after a restart): the push
     /// model for load balancers without active health checks, such as
-    /// open-source nginx. Its environment is minimal: `BG_ACTIVE` (the live
+    /// open-source nginx. The live colour is the one whose
+    /// [`Gate::verdict`](crate::Gate::verdict) is `Ok`: in sidecar mode,
+    /// never this gate's own colour while its service is down. Its environment is minimal: `BG_ACTIVE` (the live
     /// colour), `BG_GENERATION`, `BG_APP` and `BG_COLOUR` (this gate's
     /// colour), and of the gate's own only `PATH`, `HOME`, `LANG`, `LC_ALL`
     /// and `TZ` — no token, no store URL. Runs go one at a time, off the health-check path, once

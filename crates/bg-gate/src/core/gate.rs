@@ -1,41 +1,22 @@
 //! The gate handle: its shared state, its view held for lock-free reads,
 //! and the one place store reads are applied to that view.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bg_state::wire::{ConnectionCounts, GateStatus, StoreHealth};
-use bg_state::{Colour, ColourStore, Error as StoreError, State};
+use bg_state::{Colour, ColourStore, Error as StoreError, State, SwitchOutcome, SwitchRequest};
 use tokio::sync::{Notify, watch};
 
 use super::config::GateConfig;
+use super::counters::{Counters, Counts};
 use super::service::ServiceState;
 use super::view::{Answer, Folded, View};
-use crate::auth::{Auth, AuthError};
+use crate::auth::{Auth, AuthError, Caller, Refusal, Scope};
 use crate::conns::{Connections, Pace};
-use crate::probes::{Probe, ProbeLog};
-
-/// The `changes` long polls that may wait on one gate at once.
-pub const MAX_POLLS: usize = 1024;
-/// The `changes` long polls that may wait at once per source address.
-pub const MAX_POLLS_PER_SOURCE: usize = 32;
-
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub answers_ok: AtomicU64,
-    pub answers_handover: AtomicU64,
-    pub answers_stop: AtomicU64,
-    /// Sidecar mode: answers of `503 DOWN` while the service was down.
-    pub answers_down: AtomicU64,
-    pub store_errors: AtomicU64,
-    pub alarms: AtomicU64,
-    pub switches: AtomicU64,
-    pub auth_refusals: AtomicU64,
-}
+use crate::probes::ProbeLog;
 
 /// A health gate for one colour of one app. Cheap to clone.
 ///
@@ -44,7 +25,7 @@ pub(crate) struct Counters {
 /// [`Gate::admin_router`].
 #[derive(Clone)]
 pub struct Gate {
-    pub(crate) inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -57,37 +38,37 @@ impl std::fmt::Debug for Gate {
     }
 }
 
-pub(crate) struct Inner {
-    pub cfg: GateConfig,
-    pub store: Arc<dyn ColourStore>,
-    pub view: ArcSwap<View>,
+/// The gate's state, private to the core: the HTTP layer, the agent
+/// responder and the runner go through [`Gate`]'s methods.
+pub(super) struct Inner {
+    pub(super) cfg: GateConfig,
+    pub(super) store: Arc<dyn ColourStore>,
+    pub(super) view: ArcSwap<View>,
     /// Serialises view updates (readers never take it), and holds the
     /// number of the newest read applied: a read that started before it
     /// finished after it, and is stale.
-    pub(super) update: Mutex<u64>,
+    update: Mutex<u64>,
     /// Numbers store reads in the order they start.
-    pub(super) reads: AtomicU64,
+    reads: AtomicU64,
     /// Serialises cache-file writes and holds the generation last written,
     /// so two quick adoptions cannot leave the older state on disk.
-    pub(super) cache_written: Arc<Mutex<u64>>,
-    pub changed: Notify,
-    pub started: Instant,
-    pub counters: Counters,
-    pub auth: Auth,
-    pub probes: ProbeLog,
-    pub conns: Connections,
-    /// Bounds the `changes` long polls waiting at once.
-    pub polls: tokio::sync::Semaphore,
-    /// The `changes` long polls waiting per source address.
-    pub polls_by_source: Mutex<std::collections::HashMap<Option<std::net::IpAddr>, usize>>,
-    /// The generation of the view, for the `changes` long polls: they all
-    /// wait on this one broadcast, fed by the follower's one subscription.
-    pub generation: watch::Sender<u64>,
-    /// The live colour and generation of the last adopted state, for the
-    /// on-change runner; receivers wake only when the colour changes.
+    cache_written: Arc<Mutex<u64>>,
+    pub(super) changed: Notify,
+    pub(super) started: Instant,
+    pub(super) counters: Counters,
+    pub(super) auth: Auth,
+    pub(super) probes: ProbeLog,
+    conns: Connections,
+    /// The generation of the view, for whoever waits for it to move (the
+    /// `changes` long polls): all on this one broadcast, fed by the
+    /// follower's one subscription.
+    generation: watch::Sender<u64>,
+    /// The colour the push model sends traffic to and the generation that
+    /// made it so, for the on-change runner; receivers wake only when the
+    /// colour changes.
     pub(super) live: watch::Sender<Option<(Colour, u64)>>,
     /// Sidecar mode: what the checker found out about the service.
-    pub(crate) service: Option<ServiceState>,
+    pub(super) service: Option<ServiceState>,
 }
 
 /// Why a gate could not be built.
@@ -166,30 +147,30 @@ impl Gate {
                 Err(e) => tracing::warn!(error = %e, "ignoring the cache file"),
             }
         }
+        let (live, _) = watch::channel(None);
+        let (generation, _) = watch::channel(view.generation());
+        let inner = Inner {
+            service: cfg.service.clone().map(ServiceState::new),
+            live,
+            probes: ProbeLog::new(cfg.probe_log, cfg.lb_sources.clone()),
+            cfg,
+            store,
+            view: ArcSwap::from_pointee(view),
+            update: Mutex::new(0),
+            reads: AtomicU64::new(0),
+            cache_written: Arc::new(Mutex::new(0)),
+            changed: Notify::new(),
+            started: Instant::now(),
+            counters: Counters::default(),
+            auth,
+            conns: Connections::default(),
+            generation,
+        };
         // A state from the cache counts as known: the first run of the
         // on-change command pushes it even while the store is down.
-        let (live, _) = watch::channel(view.state.as_ref().map(|s| (s.active, s.generation)));
-        let (generation, _) = watch::channel(view.generation());
+        inner.publish_pushed(&inner.view.load());
         Ok(Gate {
-            inner: Arc::new(Inner {
-                service: cfg.service.clone().map(ServiceState::new),
-                live,
-                probes: ProbeLog::new(cfg.probe_log),
-                cfg,
-                store,
-                view: ArcSwap::from_pointee(view),
-                update: Mutex::new(0),
-                reads: AtomicU64::new(0),
-                cache_written: Arc::new(Mutex::new(0)),
-                changed: Notify::new(),
-                started: Instant::now(),
-                counters: Counters::default(),
-                auth,
-                conns: Connections::default(),
-                polls: tokio::sync::Semaphore::new(MAX_POLLS),
-                polls_by_source: Mutex::default(),
-                generation,
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -211,7 +192,10 @@ impl Gate {
         self.inner.view.load_full()
     }
 
-    /// The health answer for `colour` now, from the view.
+    /// What the store's view says of `colour` now (live, in its handover,
+    /// or idle), before the service beside a sidecar gate is considered:
+    /// whether this colour's websockets should move. What a load balancer
+    /// is told is [`Gate::verdict`].
     #[must_use]
     pub fn answer(&self, colour: Colour) -> Answer {
         self.inner.view.load().answer(colour, Instant::now())
@@ -230,22 +214,6 @@ impl Gate {
         })
     }
 
-    /// Logs a load balancer's check of `colour` from `source`, answered
-    /// `answer` — an HTTP health check or an agent query alike — unless
-    /// `--lb-source` names the load balancers and `source` is not one.
-    /// Takes no lock shared with other checks.
-    pub(crate) fn record_probe(&self, source: Option<IpAddr>, colour: Colour, answer: Answer) {
-        let ranges = &self.inner.cfg.lb_sources;
-        if ranges.is_empty() || source.is_some_and(|ip| ranges.iter().any(|r| r.contains(ip))) {
-            self.inner.probes.record(Probe {
-                source,
-                at_ms: unix_ms(),
-                colour,
-                answer,
-            });
-        }
-    }
-
     /// What this gate reports at `GET /bg/state`: its colour and version,
     /// its answer, the view it answers from and how old that is, the store's
     /// health, its connections and the load balancer's recent probes.
@@ -255,6 +223,7 @@ impl Gate {
         let view = self.view();
         let cfg = self.config();
         let answer = view.answer(cfg.colour, now);
+        let verdict = self.inner.verdict_on(&view, cfg.colour, now);
         let handover_ms_left = match (answer, view.handover) {
             (Answer::Handover, Some((_, until))) => {
                 Some(millis(until.saturating_duration_since(now)))
@@ -268,11 +237,11 @@ impl Gate {
             colour: cfg.colour,
             version: self.service_version(),
             answer,
-            live: answer.is_ok() && self.service_up(),
+            live: verdict.is_ok(),
             active: view.state.as_ref().map(|s| s.active),
-            generation: view.generation(),
+            generation: verdict.generation(),
             handover_ms_left,
-            stale_ms: view.stale_ms(now, self.inner.started),
+            stale_ms: verdict.stale_ms(),
             from_cache: view.from_cache,
             strict: cfg.strict,
             store: StoreHealth {
@@ -310,7 +279,7 @@ impl Gate {
     /// `503 DOWN` whatever the store says.
     #[must_use]
     pub fn service_up(&self) -> bool {
-        self.inner.service.as_ref().is_none_or(ServiceState::is_up)
+        self.inner.service_up()
     }
 
     /// In sidecar mode with a drain route: forwards a drain to the service
@@ -353,6 +322,62 @@ impl Gate {
     /// If the file is unreadable or malformed; the tokens in force stay.
     pub fn reload_tokens(&self) -> Result<bool, AuthError> {
         self.inner.auth.reload()
+    }
+
+    /// Who the text of an `Authorization` header names, if that caller's
+    /// scope covers `needed`; a refusal is counted.
+    pub(crate) async fn authorise(
+        &self,
+        authorization: Option<&str>,
+        needed: Scope,
+    ) -> Result<Caller, Refusal> {
+        let caller = self
+            .inner
+            .auth
+            .caller(authorization)
+            .await
+            .inspect_err(|_| self.inner.counters.auth_refused())?;
+        self.require(&caller, needed)?;
+        Ok(caller)
+    }
+
+    /// Refuses, counted, a `caller` whose scope does not cover `needed`.
+    pub(crate) fn require(&self, caller: &Caller, needed: Scope) -> Result<(), Refusal> {
+        if caller.scope.allows(needed) {
+            return Ok(());
+        }
+        tracing::info!(actor = %caller.actor, scope = %caller.scope, %needed, "write refused: scope");
+        self.inner.counters.auth_refused();
+        Err(Refusal::NeedsAdmin)
+    }
+
+    /// Switches this gate's app in the store, within the store timeout; a
+    /// switch that changed the live colour is counted, and the view catches
+    /// up at once.
+    pub(crate) async fn switch(&self, request: SwitchRequest) -> Result<SwitchOutcome, StoreError> {
+        let cfg = &self.inner.cfg;
+        let out = bounded(
+            cfg.store_timeout,
+            self.inner.store.switch(&cfg.app, request),
+        )
+        .await?;
+        if out.changed {
+            self.inner.counters.switched();
+        }
+        self.refresh().await;
+        Ok(out)
+    }
+
+    /// The counters `/metrics` shows, now.
+    pub(crate) fn counts(&self) -> Counts {
+        self.inner.counters.snapshot()
+    }
+
+    /// The generation the view answers from, as a receiver that wakes each
+    /// time the view adopts another one: what the `changes` long polls of
+    /// the gate's own app wait on, so that none needs a store subscription.
+    pub(crate) fn generations(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
     }
 
     /// The connection tracker of this gate.
@@ -420,7 +445,7 @@ impl Inner {
     /// was applied first: folds it in ([`View::fold`] holds the rules),
     /// counts and logs what it raised, and on adoption wakes the on-change
     /// runner and writes the cache file.
-    pub(crate) fn apply(&self, seq: u64, read: Result<Option<State>, StoreError>) {
+    pub(super) fn apply(&self, seq: u64, read: Result<Option<State>, StoreError>) {
         let mut newest = self
             .update
             .lock()
@@ -441,11 +466,11 @@ impl Inner {
             raised,
         } = current.fold(read, &self.cfg.app, self.cfg.handover, Instant::now());
         if let Some(alarm) = &raised {
-            self.counters.alarms.fetch_add(1, Ordering::Relaxed);
+            self.counters.alarm();
             tracing::error!(alarm = %alarm, "store disagrees with the gate");
         }
         if failed {
-            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            self.counters.store_error();
             match (&current.store_error, &next.store_error) {
                 (None, Some(e)) if misconfigured => tracing::error!(
                     error = %e,
@@ -461,32 +486,20 @@ impl Inner {
             (Some(state), Some(path)) if adopted => Some((path.clone(), state.clone())),
             _ => None,
         };
-        let live = match &next.state {
-            Some(state) if adopted => {
-                tracing::info!(active = %state.active, generation = state.generation, "adopted state");
-                Some((state.active, state.generation))
-            }
-            _ => None,
-        };
+        if let Some(state) = &next.state
+            && adopted
+        {
+            tracing::info!(active = %state.active, generation = state.generation, "adopted state");
+        }
         let generation = next.generation();
+        // Still under the lock, so the runner sees changes in view order.
+        self.publish_pushed(&next);
         self.view.store(Arc::new(next));
         self.generation.send_if_modified(|g| {
             let changed = *g != generation;
             *g = generation;
             changed
         });
-        // Still under the lock, so the runner sees changes in view order.
-        if let Some(seen) = live
-            && self.cfg.on_change.is_some()
-        {
-            self.live.send_if_modified(|last| {
-                let changed = last.is_none_or(|(active, _)| active != seen.0);
-                // A newer generation of the same colour is kept for the
-                // environment of a run still to come, without waking anyone.
-                *last = Some(seen);
-                changed
-            });
-        }
         drop(newest);
         self.changed.notify_waiters();
         // Off the async workers and outside the lock: an fsync can be slow.
@@ -512,14 +525,46 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Whether the service is up: always, but in sidecar mode, where the
+    /// checker decides.
+    pub(super) fn service_up(&self) -> bool {
+        self.service.as_ref().is_none_or(ServiceState::is_up)
+    }
+
+    /// Tells the on-change runner the colour the push model sends traffic
+    /// to on `view`, waking it only when that colour changes. With no such
+    /// colour the last one stands: there is nothing else to push.
+    pub(super) fn publish_pushed(&self, view: &View) {
+        if self.cfg.on_change.is_none() {
+            return;
+        }
+        let Some(seen) = self.pushed_on(view) else {
+            return;
+        };
+        self.live.send_if_modified(|last| {
+            let changed = last.is_none_or(|(colour, _)| colour != seen.0);
+            // A newer generation of the same colour is kept for the
+            // environment of a run still to come, without waking anyone.
+            *last = Some(seen);
+            changed
+        });
+    }
+
+    /// The service beside a sidecar gate came up or went down: the colour
+    /// the push model sends traffic to may have changed with it.
+    pub(super) fn service_changed(&self) {
+        // Under the view's lock, so the runner sees this in order with
+        // the view's changes.
+        let _order = self
+            .update
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.publish_pushed(&self.view.load());
+    }
+}
+
 /// A duration in whole milliseconds, saturating.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Milliseconds since the Unix epoch, as probes are stamped.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -79,7 +79,7 @@ impl ServiceConfig {
     }
 
     /// Why these settings cannot work, if they cannot.
-    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
+    pub(super) fn check(&self) -> Result<(), (&'static str, String)> {
         let url = reqwest::Url::parse(&self.url).map_err(|e| {
             (
                 "service_url",
@@ -131,8 +131,8 @@ impl ServiceConfig {
 
 /// What the checker found, read by the health answer and `/bg/state`.
 #[derive(Debug)]
-pub(crate) struct ServiceState {
-    pub(crate) cfg: ServiceConfig,
+pub(super) struct ServiceState {
+    pub(super) cfg: ServiceConfig,
     client: reqwest::Client,
     up: AtomicBool,
     version: ArcSwapOption<String>,
@@ -142,7 +142,7 @@ pub(crate) struct ServiceState {
 }
 
 impl ServiceState {
-    pub(crate) fn new(cfg: ServiceConfig) -> Self {
+    pub(super) fn new(cfg: ServiceConfig) -> Self {
         // reqwest is built without a bundled crypto provider (an https
         // service URL needs one); ring is the one the gate uses.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -164,24 +164,24 @@ impl ServiceState {
     }
 
     /// Whether the health route passes, as of the last checks.
-    pub(crate) fn is_up(&self) -> bool {
+    pub(super) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
     /// The version the service last gave.
-    pub(crate) fn version(&self) -> Option<String> {
+    pub(super) fn version(&self) -> Option<String> {
         self.version.load().as_deref().cloned()
     }
 
     /// The open websockets the service last gave.
-    pub(crate) fn websockets(&self) -> Option<u64> {
+    pub(super) fn websockets(&self) -> Option<u64> {
         match self.websockets.load(Ordering::Relaxed) {
             u64::MAX => None,
             n => Some(n),
         }
     }
 
-    pub(crate) fn health(&self) -> ServiceHealth {
+    pub(super) fn health(&self) -> ServiceHealth {
         ServiceHealth {
             url: redact_url(&self.cfg.url),
             up: self.is_up(),
@@ -264,7 +264,7 @@ impl ServiceState {
 
     /// Forwards a drain to the service; how many websockets it says it
     /// asked (0 if it does not say).
-    pub(crate) async fn drain(
+    pub(super) async fn drain(
         &self,
         path: &str,
         batch: usize,
@@ -389,6 +389,7 @@ pub(super) async fn watch_service(weak: Weak<Inner>) {
                 good = good.saturating_add(1);
                 if good >= rise && !svc.up.swap(true, Ordering::Relaxed) {
                     tracing::info!(version = ?svc.version(), "the service is up: answering by colour");
+                    inner.service_changed();
                 }
             }
             Err(e) => {
@@ -396,6 +397,7 @@ pub(super) async fn watch_service(weak: Weak<Inner>) {
                 bad = bad.saturating_add(1);
                 if bad >= fall && svc.up.swap(false, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "the service is down: answering 503 DOWN");
+                    inner.service_changed();
                 }
                 svc.set_error(Some(e));
             }

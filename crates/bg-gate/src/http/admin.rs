@@ -2,8 +2,7 @@
 //! authenticated switch (and the hand-made `/switch`), the drain, and
 //! Prometheus metrics.
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -18,7 +17,7 @@ use serde_json::json;
 use super::reply::{HttpError, Reply, authorise, json_body, method_not_allowed};
 use crate::auth::Scope;
 use crate::conns::Pace;
-use crate::core::{Gate, bounded};
+use crate::core::{Gate, VerdictKind, Via};
 
 /// `GET /bg/state`, `POST /bg/switch` and `POST /switch` (a `GET` of
 /// either is refused with 405), `POST /bg/drain`, `GET /metrics`.
@@ -52,11 +51,7 @@ async fn switch(State(gate): State<Gate>, req: Request) -> Reply {
     request.expect_generation = body.expect_generation;
     request.reason = body.reason;
     request.request_id = body.request_id;
-    let out = bounded(cfg.store_timeout, gate.store().switch(&cfg.app, request)).await?;
-    if out.changed {
-        gate.inner.counters.switches.fetch_add(1, Ordering::Relaxed);
-    }
-    gate.refresh().await;
+    let out = gate.switch(request).await?;
     Ok(Json(json!({ "changed": out.changed, "state": out.state })).into_response())
 }
 
@@ -157,12 +152,26 @@ async fn state_json(State(gate): State<Gate>) -> Json<GateStatus> {
 
 async fn metrics(State(gate): State<Gate>) -> Response {
     use std::fmt::Write;
-    let now = Instant::now();
     let view = gate.view();
     let cfg = gate.config();
-    let c = &gate.inner.counters;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let own = gate.verdict(cfg.colour);
+    let c = gate.counts();
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP bg_gate_answers_total Load balancers' checks answered, by answer and by front end \
+         (http: the health routes; agent: the agent check).\n\
+         # TYPE bg_gate_answers_total counter"
+    );
+    for via in Via::ALL {
+        for kind in VerdictKind::ALL {
+            let (answer, via_name, n) = (kind.as_str(), via.as_str(), c.answers(kind, via));
+            let _ = writeln!(
+                out,
+                "bg_gate_answers_total{{answer=\"{answer}\",via=\"{via_name}\"}} {n}"
+            );
+        }
+    }
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in samples {
@@ -170,24 +179,10 @@ async fn metrics(State(gate): State<Gate>) -> Response {
         }
     };
     metric(
-        "bg_gate_answers_total",
-        "counter",
-        "Health answers given, by answer.",
-        &[
-            ("{answer=\"ok\"}", load(&c.answers_ok)),
-            ("{answer=\"handover\"}", load(&c.answers_handover)),
-            ("{answer=\"stop\"}", load(&c.answers_stop)),
-            ("{answer=\"down\"}", load(&c.answers_down)),
-        ],
-    );
-    metric(
         "bg_gate_live",
         "gauge",
         "1 if this gate's colour answers OK.",
-        &[(
-            "",
-            u64::from(view.answer(cfg.colour, now).is_ok() && gate.service_up()),
-        )],
+        &[("", u64::from(own.is_ok()))],
     );
     if cfg.service.is_some() {
         metric(
@@ -201,13 +196,13 @@ async fn metrics(State(gate): State<Gate>) -> Response {
         "bg_gate_generation",
         "gauge",
         "The generation the gate answers from (0: nothing known).",
-        &[("", view.generation())],
+        &[("", own.generation())],
     );
     metric(
         "bg_gate_stale_milliseconds",
         "gauge",
         "Time since the store last confirmed the view.",
-        &[("", view.stale_ms(now, gate.inner.started))],
+        &[("", own.stale_ms())],
     );
     metric(
         "bg_gate_store_up",
@@ -219,7 +214,7 @@ async fn metrics(State(gate): State<Gate>) -> Response {
         "bg_gate_store_errors_total",
         "counter",
         "Failed store reads.",
-        &[("", load(&c.store_errors))],
+        &[("", c.store_errors())],
     );
     metric(
         "bg_gate_alarm",
@@ -231,7 +226,7 @@ async fn metrics(State(gate): State<Gate>) -> Response {
         "bg_gate_alarms_total",
         "counter",
         "Alarms raised.",
-        &[("", load(&c.alarms))],
+        &[("", c.alarms())],
     );
     metric(
         "bg_gate_websockets",
@@ -249,13 +244,13 @@ async fn metrics(State(gate): State<Gate>) -> Response {
         "bg_gate_switches_total",
         "counter",
         "Switches made through this gate.",
-        &[("", load(&c.switches))],
+        &[("", c.switches())],
     );
     metric(
         "bg_gate_auth_refusals_total",
         "counter",
         "Write requests refused for credentials.",
-        &[("", load(&c.auth_refusals))],
+        &[("", c.auth_refusals())],
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -2,11 +2,9 @@
 //! `docs/api.md`. Reads go to the store, never to the gate's view; writes
 //! are authenticated and recorded as the authenticated caller.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::PoisonError;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -20,16 +18,13 @@ use serde::de::DeserializeOwned;
 
 use super::reply::{HttpError, Reply, Segment, authorise, json_body, method_not_allowed, require};
 use crate::auth::{Caller, Scope};
-use crate::core::{Gate, MAX_POLLS_PER_SOURCE, bounded};
+use crate::core::{Gate, bounded};
 
 /// How far above the highest generation known (to the store, its gates'
 /// presence reports and this gate) a generation floor or a reported
 /// generation may reach. A restore needs only "above every gate"; a
 /// number near the ceiling would leave the app unable to switch.
 pub const GENERATION_MARGIN: u64 = 1_000_000;
-
-/// The longest a `changes` long poll waits.
-const MAX_LONG_POLL: Duration = Duration::from_secs(25);
 
 pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S> {
     Router::new()
@@ -46,7 +41,6 @@ pub(super) fn router<S: Clone + Send + Sync + 'static>(gate: &Gate) -> Router<S>
             "/bg/api/v1/apps/{app}/presence",
             get(presences).post(presence),
         )
-        .route("/bg/api/v1/apps/{app}/changes", get(changes))
         // A route, not a fallback: a host router may have a fallback of its
         // own, and axum refuses to merge two.
         .route("/bg/api/v1/{*rest}", axum::routing::any(not_found))
@@ -59,7 +53,7 @@ async fn not_found() -> HttpError {
 }
 
 /// The app of the path, if this gate serves it through the API.
-fn app_name(gate: &Gate, raw: &str) -> Result<AppName, HttpError> {
+pub(super) fn app_name(gate: &Gate, raw: &str) -> Result<AppName, HttpError> {
     let app = AppName::new(raw)?;
     let own = &gate.config().app;
     if app != *own && !gate.config().api_any_app {
@@ -305,145 +299,4 @@ async fn presence(State(gate): State<Gate>, Segment(app): Segment, req: Request)
     )
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChangesQuery {
-    since: Option<u64>,
-    timeout_ms: Option<u64>,
-}
-
-/// A place among the polls of one source, given back on drop.
-struct SourceSlot<'a> {
-    gate: &'a Gate,
-    source: Option<IpAddr>,
-}
-
-impl<'a> SourceSlot<'a> {
-    fn take(gate: &'a Gate, source: Option<IpAddr>) -> Option<Self> {
-        let mut by_source = gate
-            .inner
-            .polls_by_source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = by_source.entry(source).or_insert(0);
-        if *n >= MAX_POLLS_PER_SOURCE {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot { gate, source })
-    }
-}
-
-impl Drop for SourceSlot<'_> {
-    fn drop(&mut self) {
-        let mut by_source = self
-            .gate
-            .inner
-            .polls_by_source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = by_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                by_source.remove(&self.source);
-            }
-        }
-    }
-}
-
-async fn changes(
-    State(gate): State<Gate>,
-    Segment(app): Segment,
-    query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
-    req: Request,
-) -> Reply {
-    let app = app_name(&gate, &app)?;
-    let Ok(Query(q)) = query else {
-        return Err(HttpError::bad_request(
-            "changes takes ?since=GENERATION&timeout_ms=N",
-        ));
-    };
-    let source = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(a)| a.ip());
-    let Some(_slot) = SourceSlot::take(&gate, source) else {
-        return Err(HttpError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            format!(
-                "{MAX_POLLS_PER_SOURCE} change polls from this address are waiting already; \
-                 wait for one to end"
-            ),
-        ));
-    };
-    let Ok(_permit) = gate.inner.polls.try_acquire() else {
-        return Err(HttpError::unavailable(
-            "too many change polls are waiting on this gate; poll the state instead",
-        ));
-    };
-    let since = q.since.unwrap_or(0);
-    let wait = q
-        .timeout_ms
-        .map_or(MAX_LONG_POLL, Duration::from_millis)
-        .min(MAX_LONG_POLL);
-    let generation = if app == gate.config().app {
-        // The gate's own app: its view, which the follower keeps current
-        // through its one subscription, and the broadcast of it.
-        let mut rx = gate.inner.generation.subscribe();
-        let now = *rx.borrow_and_update();
-        if now == since {
-            match tokio::time::timeout(wait, rx.wait_for(|g| *g != since)).await {
-                Ok(Ok(g)) => Some(*g),
-                Ok(Err(_)) => return Err(HttpError::unavailable("the gate is shutting down")),
-                Err(_) => None,
-            }
-        } else {
-            Some(now)
-        }
-    } else {
-        // Another app (`api_any_app`): polled through the gate's one store
-        // client, never a subscription of its own.
-        poll_store(&gate, &app, since, wait).await?
-    };
-    let answer = match generation {
-        Some(g) => wire::ChangesAnswer {
-            changed: true,
-            generation: Some(g),
-        },
-        None => wire::ChangesAnswer {
-            changed: false,
-            generation: Some(since),
-        },
-    };
-    Ok(Json(answer).into_response())
-}
-
-/// The generation of `app` once it is not `since`, read every poll
-/// interval until `wait` runs out (`None`).
-async fn poll_store(
-    gate: &Gate,
-    app: &AppName,
-    since: u64,
-    wait: Duration,
-) -> Result<Option<u64>, HttpError> {
-    let limit = gate.config().store_timeout;
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let now = bounded(limit, gate.store().get(app))
-            .await?
-            .map_or(0, |s| s.generation);
-        if now != since {
-            return Ok(Some(now));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep_until(
-            deadline.min(tokio::time::Instant::now() + gate.config().poll_interval),
-        )
-        .await;
-    }
 }

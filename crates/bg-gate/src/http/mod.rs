@@ -6,6 +6,7 @@
 //!   no store;
 //! * `admin.rs` — `/bg/state`, the switch, the drain, `/metrics`;
 //! * `api.rs` — the store over HTTP, `/bg/api/v1`;
+//! * `changes.rs` — its change stream (the long polls and their bounds);
 //! * `reply.rs` — `HttpError`, the one error answer, and the steps every
 //!   write shares (authorisation, the bounded JSON body).
 
@@ -19,9 +20,12 @@ use crate::core::Gate;
 
 mod admin;
 mod api;
-pub use api::GENERATION_MARGIN;
+mod changes;
 mod health;
 mod reply;
+
+pub use api::GENERATION_MARGIN;
+pub use changes::{MAX_POLLS, MAX_POLLS_PER_SOURCE};
 
 /// The largest request body the admin routes accept.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -41,9 +45,14 @@ impl Gate {
     /// authenticated; see `docs/api.md`). Serve it on a private listener
     /// where you can: anything merged into the public router is reachable
     /// by whoever reaches the load balancer.
+    ///
+    /// The bounds on waiting change polls ([`MAX_POLLS`],
+    /// [`MAX_POLLS_PER_SOURCE`]) belong to the router returned: to serve the
+    /// admin routes on several listeners, build it once and clone it.
     pub fn admin_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         admin::router(self)
             .merge(api::router(self))
+            .merge(changes::router(self))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
     }
 

@@ -2,8 +2,6 @@
 //! early, and the two steps every write takes first, [`authorise`] and
 //! [`json_body`].
 
-use std::sync::atomic::Ordering;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -143,32 +141,14 @@ pub(crate) async fn authorise(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let caller = gate
-        .inner
-        .auth
-        .caller(authorization)
+    gate.authorise(authorization, needed)
         .await
-        .map_err(|r| refused(gate, r))?;
-    require(gate, &caller, needed)?;
-    Ok(caller)
+        .map_err(HttpError::Auth)
 }
 
 /// Refuses (403, counted) a `caller` whose scope does not cover `needed`.
 pub(crate) fn require(gate: &Gate, caller: &Caller, needed: Scope) -> Result<(), HttpError> {
-    if caller.scope.allows(needed) {
-        Ok(())
-    } else {
-        tracing::info!(actor = %caller.actor, scope = %caller.scope, %needed, "write refused: scope");
-        Err(refused(gate, Refusal::NeedsAdmin))
-    }
-}
-
-fn refused(gate: &Gate, r: Refusal) -> HttpError {
-    gate.inner
-        .counters
-        .auth_refusals
-        .fetch_add(1, Ordering::Relaxed);
-    HttpError::Auth(r)
+    gate.require(caller, needed).map_err(HttpError::Auth)
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`](crate::MAX_BODY) bytes within

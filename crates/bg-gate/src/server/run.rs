@@ -53,13 +53,16 @@ impl GateServer {
             limits,
         } = self;
         let public = gate.track_requests(service.merge(gate.public_router()));
+        // One admin router, cloned wherever it is served, so its bounds on
+        // waiting change polls hold for the whole gate.
+        let admin_routes = gate.admin_router();
         // Over the cap, each listener still serves the gate's own routes
         // it has: the load balancer's check, and bg-ctl's state and drain.
         let (main_router, main_reserve, admin) = match admin {
-            Some(l) => (public, gate.public_router(), Some((l, gate.admin_router()))),
+            Some(l) => (public, gate.public_router(), Some((l, admin_routes))),
             None => (
-                public.merge(gate.admin_router()),
-                gate.public_router().merge(gate.admin_router()),
+                public.merge(admin_routes.clone()),
+                gate.public_router().merge(admin_routes),
                 None,
             ),
         };

@@ -51,6 +51,36 @@ async fn live_and_idle_answers() {
 }
 
 #[tokio::test]
+async fn health_answers_carry_their_headers_whatever_the_verdict() {
+    let store = memory_with(Colour::Blue).await;
+    for (colour, body) in [(Colour::Blue, "OK"), (Colour::Green, "STOP")] {
+        let r = router(&gate(&store, config(colour)).await);
+        for method in [Method::GET, Method::HEAD] {
+            let a = call(&r, method.clone(), "/balancer-keepalive-check", None, "").await;
+            let mut names: Vec<_> = a.headers.keys().map(|k| k.as_str()).collect();
+            names.sort_unstable();
+            assert_eq!(
+                names,
+                [
+                    "cache-control",
+                    "content-length",
+                    "content-type",
+                    "x-bg-generation",
+                    "x-bg-stale-ms"
+                ],
+                "{method} {colour}"
+            );
+            assert_eq!(a.headers["content-type"], "text/plain; charset=utf-8");
+            assert_eq!(a.headers["content-length"], body.len().to_string().as_str());
+            assert_eq!(a.headers["cache-control"], "no-store");
+            assert_eq!(a.headers["x-bg-generation"], "1");
+            let stale = a.headers["x-bg-stale-ms"].to_str().unwrap();
+            assert!(stale.parse::<u64>().is_ok(), "{stale}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn stop_status_and_seed_body_are_selectable() {
     for backend in backends(Some(Colour::Blue)).await {
         let store = backend.store.clone();
@@ -375,8 +405,8 @@ async fn metrics_speak_prometheus() {
                 .starts_with("text/plain")
         );
         for line in [
-            "bg_gate_answers_total{answer=\"ok\"} 1",
-            "bg_gate_answers_total{answer=\"stop\"} 1",
+            "bg_gate_answers_total{answer=\"ok\",via=\"http\"} 1",
+            "bg_gate_answers_total{answer=\"stop\",via=\"http\"} 1",
             "bg_gate_live 1",
             "bg_gate_generation 1",
             "bg_gate_alarm 0",

@@ -24,6 +24,7 @@ mod process;
 mod redis;
 mod scopes;
 mod sidecar;
+mod verdict;
 mod view;
 
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use super::view::wait_for;
 use super::*;
 
 /// The lines the command wrote so far.
-fn lines(path: &Path) -> Vec<String> {
+pub(crate) fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -21,7 +21,7 @@ fn lines(path: &Path) -> Vec<String> {
 }
 
 /// Quotes a path for `sh`: temporary paths hold no single quote.
-fn q(path: &Path) -> String {
+pub(crate) fn q(path: &Path) -> String {
     let s = path.to_str().unwrap();
     assert!(!s.contains('\''), "{s}");
     format!("'{s}'")

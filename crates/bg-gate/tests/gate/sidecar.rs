@@ -15,14 +15,14 @@ use super::*;
 
 /// What the stand-in service does, and the drains it was sent.
 #[derive(Default)]
-struct Service {
-    healthy: AtomicBool,
+pub(crate) struct Service {
+    pub(crate) healthy: AtomicBool,
     version: Mutex<String>,
     connections: AtomicU64,
     drains: Mutex<Vec<serde_json::Value>>,
 }
 
-async fn service(s: Arc<Service>) -> std::net::SocketAddr {
+pub(crate) async fn service(s: Arc<Service>) -> std::net::SocketAddr {
     let app =
         Router::new()
             .route(
@@ -70,7 +70,7 @@ async fn service(s: Arc<Service>) -> std::net::SocketAddr {
     addr
 }
 
-fn sidecar_config(colour: Colour, addr: std::net::SocketAddr) -> GateConfig {
+pub(crate) fn sidecar_config(colour: Colour, addr: std::net::SocketAddr) -> GateConfig {
     let mut cfg = config(colour);
     let mut s = ServiceConfig::new(format!("http://{addr}"));
     s.interval = Duration::from_millis(50);
