@@ -147,6 +147,60 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The gate's health path and the request tracking against a bare handler,
 /// all three served by `bg-bare` (same runtime, same server loop), in
 /// alternating rounds; medians of the rounds.
+/// `requests` keep-alive GETs of `path` from `connections` clients at
+/// once, each answer read whole.
+fn fixed_requests(addr: SocketAddr, path: &str, requests: usize, connections: usize) {
+    use std::io::{Read, Write};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let per = requests / connections;
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let request = request.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.set_nodelay(true).expect("nodelay");
+                let mut buf = vec![0u8; 4096];
+                for _ in 0..per {
+                    s.write_all(request.as_bytes()).expect("write");
+                    let mut got = Vec::new();
+                    loop {
+                        let n = s.read(&mut buf).expect("read");
+                        assert!(n > 0, "the server closed the connection");
+                        got.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&got);
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if got.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a client thread");
+    }
+}
+
+/// Microseconds of the server's CPU (user and system) per health check,
+/// over 100,000 checks from four keep-alive connections: steadier on
+/// shared cores than requests per second.
+fn cpu_per_check(pid: u32, addr: SocketAddr) -> f64 {
+    const REQUESTS: usize = 100_000;
+    let before = cpu_seconds(pid);
+    fixed_requests(addr, "/balancer-keepalive-check", REQUESTS, 4);
+    (cpu_seconds(pid) - before) * 1e6 / REQUESTS as f64
+}
+
 fn same_runtime(md: &mut String) {
     let pin = pinned("0");
     let variants = ["bare", "gate", "tracked"];
@@ -178,6 +232,16 @@ fn same_runtime(md: &mut String) {
             rps[i].push(w.rps);
         }
     }
+    // CPU per check: three rounds each, rotated, medians.
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..3 {
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            eprintln!("  CPU per check, round {} of 3: {}", round + 1, variants[i]);
+            cpu[i].push(cpu_per_check(servers[i].0.id(), servers[i].1));
+        }
+    }
+    let cpu_med: Vec<f64> = cpu.iter().map(|r| median(r.clone())).collect();
     let med: Vec<f64> = rps.iter().map(|r| median(r.clone())).collect();
     let ratio = |i: usize| med[i] / med[0].max(1.0);
     let verdict = |r: f64| if r >= 0.95 { "met" } else { "**missed**" };
@@ -197,8 +261,8 @@ fn same_runtime(md: &mut String) {
     );
     let _ = writeln!(
         md,
-        "| variant | median requests/s | vs bare | target | rounds |
-| --- | ---: | ---: | --- | --- |"
+        "| variant | median requests/s | vs bare | target | rounds | CPU per check |\n\
+         | --- | ---: | ---: | --- | --- | ---: |"
     );
     for (i, name) in ["bare handler", "gate health path", "tracked bare handler"]
         .iter()
@@ -216,12 +280,17 @@ fn same_runtime(md: &mut String) {
         };
         let _ = writeln!(
             md,
-            "| {name} | {:.0} | {:.2}× | {target} | {rounds} |",
+            "| {name} | {:.0} | {:.2}× | {target} | {rounds} | {:.2} µs |",
             med[i],
-            ratio(i)
+            ratio(i),
+            cpu_med[i]
         );
     }
-    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "\nCPU per check: the server process's user and system time over 100,000 health checks from four keep-alive connections (a plain client, not `wrk`), median of 3 rounds; the gate's health path costs {:.2}× the bare handler's CPU per check.\n",
+        cpu_med[1] / cpu_med[0].max(1e-9)
+    );
 }
 
 /// One keep-alive client at a fixed 1,000 requests per second for 10 s.
