@@ -5,7 +5,8 @@
 //!
 //! The rules that say when the gates are ready live in
 //! [`crate::readiness`]; here are the steps that ask the gates and the
-//! store and act. Beside them: `options` (how a release runs), `lease`
+//! store and act. Beside them: `options` (how a release runs), `drain`
+//! (steps 3 and 4: out of rotation, then the paced drain), `lease`
 //! (renewing the lease while the steps run), `wait` (polling until ready
 //! or a deadline), `switch` (a switch that survives a lost answer, and the
 //! switch back after a failed verify).
@@ -20,13 +21,14 @@ use bg_state::{
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
 
-use crate::error::{CtlError, CtlResult, LeaseLost, Timeout, Undrained, WaitFor};
-use crate::gates::{ConnectionCounts, GateAnswer, Gates};
+use crate::error::{CtlError, CtlResult, LeaseLost, Timeout, WaitFor};
+use crate::gates::{GateAnswer, Gates};
 use crate::output::{Render, to_json};
 use crate::readiness::{self, NotYet, Readiness};
 use crate::report::Reporter;
 use crate::trigger::{Checks, Trigger};
 
+mod drain;
 mod lease;
 mod options;
 mod switch;
@@ -34,16 +36,6 @@ mod wait;
 
 use options::millis;
 pub use options::{DeployOptions, OnDrainTimeout};
-
-/// A duration as people read it in a progress line: `1.5s`, `20s`.
-fn secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s < 10.0 && s.fract() != 0.0 {
-        format!("{s:.1}s")
-    } else {
-        format!("{}s", s.round())
-    }
-}
 
 /// What a release did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -325,191 +317,6 @@ impl Deployer<'_> {
             plan.live, plan.generation, o.version, plan.idle
         ));
         Ok(plan)
-    }
-
-    /// Step 3: the idle colour is out of rotation as the load balancer
-    /// sees it — otherwise clients drained in step 4 land right back on it.
-    async fn wait_out_of_rotation(&self, plan: &Plan) -> CtlResult<()> {
-        let o = self.opts;
-        let (idle, generation) = (plan.idle, plan.generation);
-        let urls = o.urls(idle);
-        if urls.is_empty() {
-            self.report.warn(format!(
-                "no gate URL for {idle} (--gate-{idle}): cannot prove it is out of rotation or drain it"
-            ));
-            return Ok(());
-        }
-        let window = millis(o.lb_window);
-        // The load balancers as the live colour's gates know them: the idle
-        // gates may have been restarted a moment ago.
-        let mut known: Vec<String> = Vec::new();
-        for url in o.urls(plan.live) {
-            if let Ok(r) = self.gates.report(url).await {
-                for s in readiness::lb_sources(&r, window) {
-                    if !known.contains(&s) {
-                        known.push(s);
-                    }
-                }
-            }
-        }
-        let known = &known;
-        self.wait(
-            WaitFor::OutOfRotation(idle),
-            o.ready_timeout,
-            false,
-            || async {
-                self.unmoved(plan).await?;
-                self.each_gate(urls, move |r, url| {
-                    readiness::out_of_rotation(r, url, idle, generation, o.lb_fall, window, known)
-                })
-                .await
-            },
-        )
-        .await?;
-        self.report.step(format!("{idle} is out of rotation"));
-        Ok(())
-    }
-
-    /// Step 4: drain it — ask its gates to close lingering websockets,
-    /// paced to finish within `--drain-window` (including any that open
-    /// while the drain runs), and wait for none to be left. When
-    /// `--drain-timeout` runs out, abort (the default: the restart would
-    /// cut them) or proceed as told. A pace that cannot finish in time is
-    /// refused before anything is asked.
-    async fn drain(&self, plan: &Plan) -> CtlResult<()> {
-        let o = self.opts;
-        let (idle, pace) = (plan.idle, o.drain_pace);
-        let mut held = Vec::new();
-        for url in o.urls(idle) {
-            held.push((url, self.gates.report(url).await?.connections));
-        }
-        let open: u64 = held.iter().map(|(_, c)| c.websockets).sum();
-        let busy: u64 = held.iter().map(|(_, c)| c.requests).sum();
-        if open == 0 && busy == 0 {
-            return Ok(());
-        }
-        let counts: Vec<ConnectionCounts> = held.iter().map(|(_, c)| *c).collect();
-        let takes = self.drain_takes(idle, &counts, true)?;
-        let mut asked = 0;
-        for (url, c) in &held {
-            if c.websockets > 0 {
-                asked += self
-                    .gates
-                    .drain(url, pace, c.websockets, o.drain_timeout)
-                    .await?;
-            }
-        }
-        // A drain already under way (the gate's own, or an earlier run's)
-        // goes on, but its sockets are still to be waited for; and requests
-        // the load balancer sent before it marked the colour down are let
-        // finish before the restart.
-        if open > 0 {
-            self.report.step(format!(
-                "{open} websockets open on {idle}; {asked} newly asked to reconnect, within about {}",
-                secs(takes)
-            ));
-        }
-        let drained = self
-            .wait(WaitFor::Drained(idle), o.drain_timeout, false, || async {
-                // Someone switched meanwhile: the colour may be live now.
-                self.unmoved(plan).await?;
-                Ok(readiness::drained(self.connections(idle).await?))
-            })
-            .await;
-        match drained {
-            Ok(()) => {
-                self.report.step(format!("{idle} drained"));
-                Ok(())
-            }
-            Err(CtlError::Timeout(t @ Timeout::Gates { .. })) => {
-                // What the restart would cut, and why, as the gates say now.
-                let left = match self.connections(idle).await {
-                    Ok(left) if left.websockets == 0 && left.requests == 0 => {
-                        self.report.step(format!("{idle} drained"));
-                        return Ok(());
-                    }
-                    Ok(left) => left,
-                    Err(_) if o.on_drain_timeout == OnDrainTimeout::Proceed => {
-                        self.report.warn(format!(
-                            "{t}; proceeding, as --on-drain-timeout proceed says"
-                        ));
-                        return Ok(());
-                    }
-                    Err(_) => return Err(CtlError::Timeout(t)),
-                };
-                let undrained = Undrained {
-                    colour: idle,
-                    limit: o.drain_timeout,
-                    websockets: left.websockets,
-                    requests: left.requests,
-                    arrived: left.arrived_while_draining,
-                };
-                match o.on_drain_timeout {
-                    OnDrainTimeout::Abort => Err(CtlError::Timeout(Timeout::Drain(undrained))),
-                    OnDrainTimeout::Proceed => {
-                        self.report.warn(format!(
-                            "{undrained}; proceeding, as --on-drain-timeout proceed says"
-                        ));
-                        Ok(())
-                    }
-                }
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// How long asking the websockets `held` by `idle`'s gates takes at
-    /// `--drain-window`'s pace (each gate asks its own: the busiest sets
-    /// the time); refused when `--drain-timeout` cannot cover it and leave
-    /// the clients time to reconnect, and, when `say`, said when a cap
-    /// makes the window impossible.
-    fn drain_takes(
-        &self,
-        idle: Colour,
-        held: &[ConnectionCounts],
-        say: bool,
-    ) -> CtlResult<Duration> {
-        let o = self.opts;
-        let pace = o.drain_pace;
-        let most = held.iter().map(|c| c.websockets).max().unwrap_or(0);
-        let takes = pace.takes(most);
-        let capped = takes > pace.window;
-        if most > 0 && takes >= o.drain_timeout {
-            let change = if capped {
-                "raise --drain-max-rate or --drain-timeout"
-            } else {
-                "shorten --drain-window or raise --drain-timeout"
-            };
-            return Err(CtlError::Usage(format!(
-                "asking the {most} websockets of one gate of {idle} to move takes about {}, not less than --drain-timeout {}: nothing was asked or restarted; {change}",
-                secs(takes),
-                secs(o.drain_timeout)
-            )));
-        }
-        if say
-            && capped
-            && let Some(cap) = pace.max_rate
-        {
-            self.report.warn(format!(
-                "asking {most} websockets at most {cap} a second (--drain-max-rate) takes about {}, longer than --drain-window {}; going on, as --drain-timeout {} covers it",
-                secs(takes),
-                secs(pace.window),
-                secs(o.drain_timeout)
-            ));
-        }
-        Ok(takes)
-    }
-
-    /// The connections of `colour`'s gates, summed.
-    async fn connections(&self, colour: Colour) -> CtlResult<ConnectionCounts> {
-        let mut total = ConnectionCounts::default();
-        for url in self.opts.urls(colour) {
-            let c = self.gates.report(url).await?.connections;
-            total.websockets += c.websockets;
-            total.requests += c.requests;
-            total.arrived_while_draining += c.arrived_while_draining;
-        }
-        Ok(total)
     }
 
     /// Step 5: trigger its deploy (a webhook or a command) — after one
