@@ -180,8 +180,9 @@ pub struct Undrained {
     pub colour: Colour,
     /// `--drain-timeout`.
     pub limit: Duration,
-    /// Websockets still open: the restart cuts them.
-    pub websockets: u64,
+    /// Websockets still open: the restart cuts them. `None` when a gate
+    /// could not count them.
+    pub websockets: Option<u64>,
     /// Requests still in flight.
     pub requests: u64,
     /// Websockets opened while the drain ran.
@@ -199,9 +200,14 @@ impl fmt::Display for Undrained {
         } = self;
         write!(f, "{colour} not drained within {limit:?}: ")?;
         match (websockets, requests) {
-            (0, r) => write!(f, "{r} requests still in flight")?,
-            (w, 0) => write!(f, "{w} websockets still open, which its restart would cut")?,
-            (w, r) => write!(
+            (None, r) => write!(
+                f,
+                "a gate cannot count its websockets (its service's connections route fails or \
+                 is slow), so its restart may cut an unknown number, and {r} requests in flight"
+            )?,
+            (Some(0), r) => write!(f, "{r} requests still in flight")?,
+            (Some(w), 0) => write!(f, "{w} websockets still open, which its restart would cut")?,
+            (Some(w), r) => write!(
                 f,
                 "{w} websockets still open, which its restart would cut, and {r} requests in flight"
             )?,
@@ -213,7 +219,13 @@ impl fmt::Display for Undrained {
                  balancer still sends clients there, so {colour} is not out of rotation \
                  (check its health checks, or name the load balancers with --lb-source)"
             )
-        } else if *websockets > 0 {
+        } else if websockets.is_none() {
+            write!(
+                f,
+                "; fix the service's connections route (bg-gate --service-connections-path), \
+                 or pass --on-drain-timeout proceed to restart anyway"
+            )
+        } else if websockets.is_some_and(|w| w > 0) {
             write!(
                 f,
                 "; their clients were asked to reconnect (close code 1012) and did not: \

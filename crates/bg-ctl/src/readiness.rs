@@ -119,15 +119,28 @@ pub fn out_of_rotation(
     Ok(Readiness::Ready)
 }
 
-/// Step 4: drained once no websocket is open and no request in flight.
+/// Step 4: drained once every gate of the colour can count its
+/// websockets, none is open and no request is in flight. A gate that
+/// cannot count them (a sidecar whose service's connections route fails)
+/// holds the drain: unknown is not zero.
 #[must_use]
-pub fn drained(total: ConnectionCounts) -> Readiness {
-    if total.websockets == 0 && total.requests == 0 {
+pub fn drained<'a>(gates: impl IntoIterator<Item = (&'a str, ConnectionCounts)>) -> Readiness {
+    let (mut websockets, mut requests) = (0u64, 0u64);
+    for (url, c) in gates {
+        let Some(w) = c.websockets else {
+            return pending(NotYet::Uncounted {
+                url: url.to_owned(),
+            });
+        };
+        websockets += w;
+        requests += c.requests;
+    }
+    if websockets == 0 && requests == 0 {
         Readiness::Ready
     } else {
         pending(NotYet::Busy {
-            websockets: total.websockets,
-            requests: total.requests,
+            websockets,
+            requests,
         })
     }
 }

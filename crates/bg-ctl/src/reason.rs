@@ -80,6 +80,11 @@ pub enum NotYet {
         /// Requests in flight.
         requests: u64,
     },
+    /// A gate of the colour being drained cannot count its websockets.
+    Uncounted {
+        /// The gate.
+        url: String,
+    },
     /// A load balancer has not yet seen a colour answer as it should after
     /// the switch.
     LbUnseen {
@@ -142,6 +147,10 @@ impl fmt::Display for NotYet {
             } => write!(
                 f,
                 "{websockets} websockets open, {requests} requests in flight"
+            ),
+            NotYet::Uncounted { url } => write!(
+                f,
+                "gate {url} cannot count its websockets (its service's connections route fails or is slow): unknown is not zero"
             ),
             NotYet::LbUnseen {
                 source,

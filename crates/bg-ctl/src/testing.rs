@@ -71,7 +71,10 @@ pub fn report(colour: Colour, live: Colour, version: &str, generation: u64) -> G
             error: None,
         },
         alarm: None,
-        connections: ConnectionCounts::default(),
+        connections: ConnectionCounts {
+            websockets: Some(0),
+            ..ConnectionCounts::default()
+        },
         probes: (0..3)
             .map(|_| ProbeRecord {
                 source: Some([10, 0, 0, 1].into()),

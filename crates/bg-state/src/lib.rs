@@ -95,7 +95,7 @@ pub use open::{OpenOptions, open, open_with};
 #[cfg(any(test, feature = "mock"))]
 pub use store::MockColourStore;
 pub use store::{
-    BreakLease, ColourStore, DEFAULT_HISTORY_CAP, DeployRecord, InitRequest, LeaseRequest,
+    BreakLease, ColourStore, DEFAULT_HISTORY_CAP, check_version, DeployRecord, InitRequest, LeaseRequest,
     MAX_GENERATION, MAX_NAME_LEN, MAX_REASON_LEN, MAX_REQUEST_ID_LEN, MAX_VERSION_LEN,
     Subscription, SwitchOutcome, SwitchRequest,
 };

@@ -412,9 +412,13 @@ pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result
 }
 
 /// The rule for a version string: 1 to [`MAX_VERSION_LEN`] characters, no
-/// whitespace or control characters. The Redis script checks stored live
-/// versions by the same rule (`valid_version` in `store.lua`).
-pub(crate) fn check_version(version: &str) -> Result<()> {
+/// whitespace or control characters, counted in characters. The Redis
+/// script checks stored live versions by the same rule (`valid_version` in
+/// `store.lua`); a sidecar gate holds what it reads from its service to it.
+///
+/// # Errors
+/// [`Error::InvalidInput`] saying which part of the rule `version` breaks.
+pub fn check_version(version: &str) -> Result<()> {
     check_text("version", version, MAX_VERSION_LEN)?;
     if version.chars().any(char::is_whitespace) {
         return Err(Error::invalid(

@@ -29,11 +29,18 @@ use std::path::{Path, PathBuf};
 
 /// bg-gate's flags that bg-ctl's messages and help name, each with why it
 /// is right there. bg-ctl's test allows them; bg-gate's checks they exist.
-pub const GATE_FLAGS_NAMED_BY_CTL: &[(&str, &str)] = &[(
-    "--lb-source",
-    "bg-ctl waits for the load balancers' probes; its --lb-window help and its error for \
-     a drain no load balancer confirms tell the user to start the gates with --lb-source",
-)];
+pub const GATE_FLAGS_NAMED_BY_CTL: &[(&str, &str)] = &[
+    (
+        "--lb-source",
+        "bg-ctl waits for the load balancers' probes; its --lb-window help and its error for \
+         a drain no load balancer confirms tell the user to start the gates with --lb-source",
+    ),
+    (
+        "--service-connections-path",
+        "a drain that ran out because a sidecar gate could not count its service's \
+         websockets names the gate's option for the route that failed",
+    ),
+];
 
 /// bg-ctl's flags that bg-gate's messages and help name, each with why it
 /// is right there. bg-gate's test allows them; bg-ctl's checks they exist.

@@ -77,21 +77,36 @@ impl Deployer<'_> {
         for url in o.urls(idle) {
             held.push((url, self.gates.report(url).await?.connections));
         }
-        let open: u64 = held.iter().map(|(_, c)| c.websockets).sum();
+        let open: u64 = held.iter().filter_map(|(_, c)| c.websockets).sum();
         let busy: u64 = held.iter().map(|(_, c)| c.requests).sum();
-        if open == 0 && busy == 0 {
+        let uncounted: Vec<&str> = held
+            .iter()
+            .filter(|(_, c)| c.websockets.is_none())
+            .map(|(url, _)| url.as_str())
+            .collect();
+        if open == 0 && busy == 0 && uncounted.is_empty() {
             return Ok(());
         }
         let counts: Vec<ConnectionCounts> = held.iter().map(|(_, c)| *c).collect();
         let takes = self.drain_takes(idle, &counts, true)?;
         let mut asked = 0;
         for (url, c) in &held {
-            if c.websockets > 0 {
+            // A gate that cannot count is asked too: it forwards the drain
+            // to its service, which can.
+            if c.websockets != Some(0) {
                 asked += self
                     .gates
-                    .drain(url, pace, c.websockets, o.drain_timeout)
+                    .drain(url, pace, c.websockets.unwrap_or(0), o.drain_timeout)
                     .await?;
             }
+        }
+        if !uncounted.is_empty() {
+            self.report.warn(format!(
+                "{} cannot count the websockets of {idle} behind {}: their service's connections route fails or is slow; waiting until it answers, for at most --drain-timeout {}",
+                if uncounted.len() == 1 { "a gate" } else { "gates" },
+                uncounted.join(", "),
+                secs(o.drain_timeout)
+            ));
         }
         // A drain already under way (the gate's own, or an earlier run's)
         // goes on, but its sockets are still to be waited for; and requests
@@ -107,7 +122,10 @@ impl Deployer<'_> {
             .wait(WaitFor::Drained(idle), o.drain_timeout, false, || async {
                 // Someone switched meanwhile: the colour may be live now.
                 self.unmoved(plan).await?;
-                Ok(readiness::drained(self.connections(idle).await?))
+                let gates = self.connections(idle).await?;
+                Ok(readiness::drained(
+                    gates.iter().map(|(url, c)| (url.as_str(), *c)),
+                ))
             })
             .await;
         match drained {
@@ -118,11 +136,16 @@ impl Deployer<'_> {
             Err(CtlError::Timeout(t @ Timeout::Gates { .. })) => {
                 // What the restart would cut, and why, as the gates say now.
                 let left = match self.connections(idle).await {
-                    Ok(left) if left.websockets == 0 && left.requests == 0 => {
-                        self.report.step(format!("{idle} drained"));
-                        return Ok(());
+                    Ok(gates) => {
+                        let ready = readiness::drained(
+                            gates.iter().map(|(url, c)| (url.as_str(), *c)),
+                        );
+                        if ready == readiness::Readiness::Ready {
+                            self.report.step(format!("{idle} drained"));
+                            return Ok(());
+                        }
+                        sum(gates.iter().map(|(_, c)| c))
                     }
-                    Ok(left) => left,
                     Err(_) if o.on_drain_timeout == OnDrainTimeout::Proceed => {
                         self.report.warn(format!(
                             "{t}; proceeding, as --on-drain-timeout proceed says"
@@ -165,7 +188,7 @@ impl Deployer<'_> {
     ) -> CtlResult<Duration> {
         let o = self.opts;
         let pace = o.drain_pace;
-        let most = held.iter().map(|c| c.websockets).max().unwrap_or(0);
+        let most = held.iter().filter_map(|c| c.websockets).max().unwrap_or(0);
         let takes = pace.takes(most);
         let capped = takes > pace.window;
         if most > 0 && takes >= o.drain_timeout {
@@ -194,15 +217,26 @@ impl Deployer<'_> {
         Ok(takes)
     }
 
-    /// The connections of `colour`'s gates, summed.
-    async fn connections(&self, colour: Colour) -> CtlResult<ConnectionCounts> {
-        let mut total = ConnectionCounts::default();
+    /// The connections of each of `colour`'s gates.
+    async fn connections(&self, colour: Colour) -> CtlResult<Vec<(String, ConnectionCounts)>> {
+        let mut gates = Vec::new();
         for url in self.opts.urls(colour) {
-            let c = self.gates.report(url).await?.connections;
-            total.websockets += c.websockets;
-            total.requests += c.requests;
-            total.arrived_while_draining += c.arrived_while_draining;
+            gates.push((url.to_owned(), self.gates.report(url).await?.connections));
         }
-        Ok(total)
+        Ok(gates)
     }
+}
+
+/// Connections summed; websockets unknown if any gate's are.
+fn sum<'a>(gates: impl IntoIterator<Item = &'a ConnectionCounts>) -> ConnectionCounts {
+    let mut total = ConnectionCounts {
+        websockets: Some(0),
+        ..ConnectionCounts::default()
+    };
+    for c in gates {
+        total.websockets = total.websockets.zip(c.websockets).map(|(a, b)| a + b);
+        total.requests += c.requests;
+        total.arrived_while_draining += c.arrived_while_draining;
+    }
+    total
 }

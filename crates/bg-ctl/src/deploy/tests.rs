@@ -337,7 +337,7 @@ async fn lingering_websockets_are_drained_first() {
     let o2 = Arc::clone(&open);
     let mut g = FakeGates::following(&store)
         .deployed_when(&deployed)
-        .green(move |r| r.connections.websockets = o2.load(Ordering::SeqCst))
+        .green(move |r| r.connections.websockets = Some(o2.load(Ordering::SeqCst)))
         .build();
     let o3 = Arc::clone(&open);
     g.expect_drain()
@@ -360,6 +360,65 @@ async fn lingering_websockets_are_drained_first() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_gate_that_cannot_count_its_websockets_holds_the_drain() {
+    // Green's sidecar gate cannot read its service's count for a while:
+    // unknown, not zero. The release waits, asks it to drain all the same
+    // (it forwards the drain to its service), and goes on once it counts 0.
+    let store = store().await;
+    let deployed = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let r2 = Arc::clone(&reads);
+    let mut g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green(move |r| {
+            let n = r2.fetch_add(1, Ordering::SeqCst);
+            r.connections.websockets = (n >= 8).then_some(0);
+        })
+        .build();
+    g.expect_drain()
+        .withf(|url, _, n, _| url == GREEN && *n == 0)
+        .times(1)
+        .returning(|_, _, _, _| Ok(0));
+    let mut o = opts();
+    o.drain_timeout = Duration::from_secs(60);
+    let out = run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &o,
+    )
+    .await
+    .unwrap();
+    assert!(out.switched);
+    assert!(reads.load(Ordering::SeqCst) > 8, "it waited for a count");
+
+    // A count that never comes: the drain runs out, and the restart is not
+    // made, with why.
+    let store = self::store().await;
+    let mut g = FakeGates::following(&store)
+        .green(|r| r.connections.websockets = None)
+        .build();
+    g.expect_drain().times(1).returning(|_, _, _, _| Ok(0));
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let err = run(&store, &g, &t, &passing_checks(), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::TIMEOUT, "{err}");
+    let msg = err.to_string();
+    for said in [
+        "green not drained within 300ms",
+        "a gate cannot count its websockets",
+        "may cut an unknown number",
+        "--service-connections-path",
+    ] {
+        assert!(msg.contains(said), "{said:?} not in: {msg}");
+    }
+    assert_eq!(live(&store).await, (Colour::Blue, 1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn every_gate_of_the_colour_is_drained_with_its_own_count() {
     let store = store().await;
     let deployed = Arc::new(AtomicBool::new(false));
@@ -368,7 +427,7 @@ async fn every_gate_of_the_colour_is_drained_with_its_own_count() {
     let o2 = Arc::clone(&open);
     let mut g = FakeGates::following(&store)
         .deployed_when(&deployed)
-        .green(move |r| r.connections.websockets = o2.load(Ordering::SeqCst))
+        .green(move |r| r.connections.websockets = Some(o2.load(Ordering::SeqCst)))
         .build();
     let mut o = opts();
     o.drain_timeout = Duration::from_secs(60);
@@ -407,7 +466,7 @@ async fn a_drain_pace_that_cannot_finish_in_time_is_refused_before_anything_is_a
     let store = self::store().await;
     let g = {
         let mut g = FakeGates::following(&store)
-            .green(|r| r.connections.websockets = 10_000)
+            .green(|r| r.connections.websockets = Some(10_000))
             .build();
         g.expect_drain().never();
         g
@@ -450,7 +509,7 @@ async fn a_drain_that_runs_out_aborts_by_default_and_says_what_it_would_cut() {
     let store = self::store().await;
     let mut g = FakeGates::following(&store)
         .green(|r| {
-            r.connections.websockets = 3;
+            r.connections.websockets = Some(3);
             r.connections.arrived_while_draining = 2;
         })
         .build();
@@ -475,7 +534,7 @@ async fn a_drain_that_runs_out_aborts_by_default_and_says_what_it_would_cut() {
     // Clients that ignore the close: said as such.
     let store = self::store().await;
     let mut g = FakeGates::following(&store)
-        .green(|r| r.connections.websockets = 2)
+        .green(|r| r.connections.websockets = Some(2))
         .build();
     g.expect_drain().returning(|_, _, _, _| Ok(2));
     let mut t = MockTrigger::new();
@@ -491,7 +550,7 @@ async fn a_drain_that_runs_out_aborts_by_default_and_says_what_it_would_cut() {
     let deployed = Arc::new(AtomicBool::new(false));
     let mut g = FakeGates::following(&store)
         .deployed_when(&deployed)
-        .green(|r| r.connections.websockets = 2)
+        .green(|r| r.connections.websockets = Some(2))
         .build();
     g.expect_drain().returning(|_, _, _, _| Ok(2));
     let mut o = opts();
@@ -624,7 +683,7 @@ async fn a_drain_under_way_is_still_waited_for() {
             if p.fetch_add(1, Ordering::SeqCst) > 4 {
                 o2.store(0, Ordering::SeqCst);
             }
-            r.connections.websockets = o2.load(Ordering::SeqCst);
+            r.connections.websockets = Some(o2.load(Ordering::SeqCst));
         })
         .build();
     g.expect_drain().returning(|_, _, _, _| Ok(0)); // asked already: nobody new
@@ -715,7 +774,7 @@ async fn the_longest_version_the_store_takes_is_released_all_the_way() {
 async fn a_forced_switch_during_the_drain_stops_it_at_once_and_triggers_nothing() {
     let store = store().await;
     let mut g = FakeGates::following(&store)
-        .green(|r| r.connections.websockets = 2) // clients keep coming back
+        .green(|r| r.connections.websockets = Some(2)) // clients keep coming back
         .build();
     let s = store.clone();
     g.expect_drain().returning(move |_, _, _, _| {
@@ -745,7 +804,7 @@ async fn a_forced_switch_during_the_drain_stops_it_at_once_and_triggers_nothing(
 async fn a_lease_broken_during_the_drain_triggers_nothing() {
     let store = store().await;
     let mut g = FakeGates::following(&store)
-        .green(|r| r.connections.websockets = 2)
+        .green(|r| r.connections.websockets = Some(2))
         .build();
     let s = store.clone();
     g.expect_drain().returning(move |_, _, _, _| {

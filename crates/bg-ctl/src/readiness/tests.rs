@@ -2,7 +2,7 @@ use bg_state::Presence;
 
 use super::*;
 use crate::gates::ProbeRecord;
-use crate::testing::{GREEN, report};
+use crate::testing::{BLUE, GREEN, report};
 
 const WINDOW: u64 = 20_000;
 
@@ -97,10 +97,15 @@ fn gates_ahead_by_presence_are_all_named() {
 
 #[test]
 fn drained_means_no_websocket_and_no_request() {
-    let counts = |websockets, requests| ConnectionCounts {
-        websockets,
-        requests,
-        ..ConnectionCounts::default()
+    let counts = |websockets, requests| {
+        [(
+            GREEN,
+            ConnectionCounts {
+                websockets: Some(websockets),
+                requests,
+                ..ConnectionCounts::default()
+            },
+        )]
     };
     assert_eq!(drained(counts(0, 0)), Readiness::Ready);
     assert_eq!(
@@ -114,6 +119,13 @@ fn drained_means_no_websocket_and_no_request() {
         drained(counts(5, 0)),
         Readiness::Pending(NotYet::Busy { websockets: 5, .. })
     ));
+    // A gate that cannot count holds the drain, whatever the others say.
+    let [counted] = counts(0, 0);
+    let uncounted = (BLUE, ConnectionCounts::default());
+    assert_eq!(
+        drained([counted, uncounted]),
+        Readiness::Pending(NotYet::Uncounted { url: BLUE.into() })
+    );
 }
 
 #[test]

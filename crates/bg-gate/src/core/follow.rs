@@ -29,8 +29,13 @@ impl Gate {
         if let Some(oidc) = self.inner.auth.oidc_shared() {
             tokio::spawn(refresh_jwks(Arc::downgrade(oidc)));
         }
-        if self.inner.service.is_some() {
+        if let Some(svc) = &self.inner.service {
             tokio::spawn(super::service::watch_service(Arc::downgrade(&self.inner)));
+            if svc.cfg.drain_path.is_some() {
+                // A drain forwarded before a restart may run on in the
+                // service: once this colour is live, it is stopped.
+                super::service::owe_stop(&self.inner, super::DRAIN_LASTS_AT_MOST);
+            }
         }
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(follow(weak))

@@ -251,8 +251,12 @@ impl Gate {
             },
             alarm: view.alarm.clone(),
             connections: ConnectionCounts {
-                websockets: self.connections().websockets()
-                    + service.and_then(|s| s.websockets()).unwrap_or(0),
+                websockets: match service {
+                    Some(s) => s
+                        .open_websockets()
+                        .map(|n| n + self.connections().websockets()),
+                    None => Some(self.connections().websockets()),
+                },
                 requests: self.connections().requests(),
                 arrived_while_draining: self.connections().arrived_while_draining(),
             },
@@ -308,10 +312,7 @@ impl Gate {
         if asked.is_ok() {
             // The service cannot tell when this colour is live again: stop
             // its drain then (`timeout_ms` 0), as the gate stops its own.
-            tokio::spawn(super::service::stop_drain_when_live(
-                Arc::downgrade(&self.inner),
-                lasting,
-            ));
+            super::service::owe_stop(&self.inner, lasting);
         }
         Some(asked)
     }

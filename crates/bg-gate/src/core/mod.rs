@@ -33,6 +33,7 @@ mod view;
 pub use config::{BODY_TIMEOUT, GateConfig, StopStatus};
 pub(crate) use gate::bounded;
 pub use gate::{Gate, GateError};
+pub(crate) use service::DRAIN_LASTS_AT_MOST;
 pub use service::{SERVICE_TIMEOUT, ServiceConfig};
 pub use verdict::{LbCheck, Verdict, VerdictKind, Via};
 pub use view::{Answer, View};

@@ -8,7 +8,7 @@
 //! ever waits on the service, or on the store.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -20,6 +20,14 @@ use super::gate::Inner;
 /// How long one request to the service may take: each check, each read of
 /// its version or connections, each forwarded drain.
 pub const SERVICE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest a drain goes on (`timeout_ms` at most an hour): also how
+/// long a restarted sidecar gate watches for a drain it may have forwarded
+/// before, to stop it once its colour is live.
+pub(crate) const DRAIN_LASTS_AT_MOST: Duration = Duration::from_secs(3600);
+
+/// How often a stop the service did not take is sent again, at most.
+const STOP_RETRY_AT_MOST: Duration = Duration::from_secs(1);
 
 /// The service beside a standalone gate, and how to ask it.
 /// [`ServiceConfig::new`] gives the defaults.
@@ -139,6 +147,16 @@ pub(super) struct ServiceState {
     /// `u64::MAX` until read.
     websockets: AtomicU64,
     error: Mutex<Option<String>>,
+    /// Until when a stop is owed to the service's drain once this colour
+    /// is live (a drain was forwarded, or may have been before a restart);
+    /// `None` when none is. Under its lock: whether a watcher runs.
+    stop_owed: Mutex<StopOwed>,
+}
+
+#[derive(Debug, Default)]
+struct StopOwed {
+    until: Option<tokio::time::Instant>,
+    watching: bool,
 }
 
 impl ServiceState {
@@ -160,6 +178,7 @@ impl ServiceState {
             version: ArcSwapOption::empty(),
             websockets: AtomicU64::new(u64::MAX),
             error: Mutex::new(None),
+            stop_owed: Mutex::new(StopOwed::default()),
         }
     }
 
@@ -179,6 +198,17 @@ impl ServiceState {
             u64::MAX => None,
             n => Some(n),
         }
+    }
+
+    /// The websockets the service holds, as far as the gate can tell:
+    /// none when it has no connections route (the gate cannot see them) or
+    /// is down (a crashed service holds none); `None`, unknown, when it is
+    /// up but its count could not be read.
+    pub(super) fn open_websockets(&self) -> Option<u64> {
+        if self.cfg.connections_path.is_none() || !self.is_up() {
+            return Some(0);
+        }
+        self.websockets()
     }
 
     pub(super) fn health(&self) -> ServiceHealth {
@@ -321,8 +351,8 @@ impl std::fmt::Display for RemovedUrl<'_> {
 }
 
 /// A version from a version route: JSON with a string `version`, or the
-/// first line of a plain-text body. Holds to the rules of
-/// `--service-version`: 1 to 128 characters, no whitespace.
+/// first line of a plain-text body. Holds to the store's rule for
+/// versions ([`bg_state::check_version`]).
 fn parse_version(body: &str) -> Option<String> {
     let body = body.trim();
     let v = if body.starts_with('{') {
@@ -335,39 +365,68 @@ fn parse_version(body: &str) -> Option<String> {
     } else {
         body.lines().next()?.trim().to_owned()
     };
-    (!v.is_empty() && v.len() <= bg_state::MAX_VERSION_LEN && !v.chars().any(char::is_whitespace))
-        .then_some(v)
+    bg_state::check_version(&v).ok().map(|()| v)
 }
 
-/// Watches a drain forwarded to the service for `lasting`: if this colour
-/// answers OK again meanwhile (someone switched back), tells the service to
-/// stop (`timeout_ms` 0).
-pub(super) async fn stop_drain_when_live(weak: Weak<Inner>, lasting: Duration) {
+/// Owes the service a stop of its drain for `lasting`: once this colour
+/// answers OK again (someone switched back, or a restarted gate finds its
+/// colour live), the service is told to stop (`timeout_ms` 0), and told
+/// again, backing off to once a second, until it takes the stop or the
+/// drain's time is over: otherwise the live colour would go on closing
+/// its newcomers' websockets. One watcher serves every drain forwarded.
+pub(super) fn owe_stop(inner: &Arc<Inner>, lasting: Duration) {
+    let Some(svc) = inner.service.as_ref() else {
+        return;
+    };
     let until = tokio::time::Instant::now() + lasting;
-    while tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut owed = svc.stop_owed.lock().unwrap_or_else(PoisonError::into_inner);
+    owed.until = Some(owed.until.map_or(until, |u| u.max(until)));
+    if !std::mem::replace(&mut owed.watching, true) {
+        tokio::spawn(stop_drain_when_live(Arc::downgrade(inner)));
+    }
+}
+
+/// The watcher [`owe_stop`] starts; ends once no stop is owed.
+async fn stop_drain_when_live(weak: Weak<Inner>) {
+    let mut pause = Duration::from_millis(100);
+    let mut refused = 0u32;
+    loop {
+        tokio::time::sleep(pause).await;
         let Some(inner) = weak.upgrade() else { return };
-        let colour = inner.cfg.colour;
-        if inner
+        let Some(svc) = inner.service.as_ref() else {
+            return;
+        };
+        {
+            let mut owed = svc.stop_owed.lock().unwrap_or_else(PoisonError::into_inner);
+            if owed.until.is_none_or(|u| tokio::time::Instant::now() >= u) {
+                *owed = StopOwed::default();
+                if refused > 0 {
+                    tracing::warn!(refused, "the service never took the stop of its drain, whose time is now over");
+                }
+                return;
+            }
+        }
+        let live = inner
             .view
             .load()
-            .answer(colour, std::time::Instant::now())
-            .is_ok()
-        {
-            let Some(svc) = inner.service.as_ref() else {
+            .answer(inner.cfg.colour, std::time::Instant::now())
+            .is_ok();
+        let Some(path) = svc.cfg.drain_path.as_deref().filter(|_| live) else {
+            continue;
+        };
+        match svc.drain(path, 1, Duration::ZERO, Duration::ZERO).await {
+            Ok(_) => {
+                *svc.stop_owed.lock().unwrap_or_else(PoisonError::into_inner) = StopOwed::default();
+                tracing::info!(refused, "this colour is live: the service's drain stopped");
                 return;
-            };
-            let Some(path) = svc.cfg.drain_path.clone() else {
-                return;
-            };
-            let stopped = svc.drain(&path, 1, Duration::ZERO, Duration::ZERO).await;
-            match stopped {
-                Ok(_) => tracing::info!("this colour is live again: the service's drain stopped"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "this colour is live again, and the service's drain could not be stopped")
-                }
             }
-            return;
+            Err(e) => {
+                if refused == 0 {
+                    tracing::warn!(error = %e, "this colour is live, and the service did not take the stop of its drain: sending it again");
+                }
+                refused = refused.saturating_add(1);
+                pause = (pause * 2).min(STOP_RETRY_AT_MOST);
+            }
         }
     }
 }
@@ -428,6 +487,12 @@ mod tests {
             assert_eq!(parse_version(bad), None, "{bad:?}");
         }
         assert_eq!(parse_version(&"x".repeat(129)), None);
+        // The store's rule: counted in characters, no control characters.
+        let accented = "é".repeat(bg_state::MAX_VERSION_LEN);
+        assert_eq!(parse_version(&accented), Some(accented.clone()));
+        for bad in ["v1\u{7}", "v\u{1b}[31m2", r#"{"version":"v1\u0000"}"#] {
+            assert_eq!(parse_version(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

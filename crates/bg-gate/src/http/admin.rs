@@ -17,7 +17,7 @@ use serde_json::json;
 use super::reply::{HttpError, Reply, authorise, json_body, method_not_allowed};
 use crate::auth::Scope;
 use crate::conns::Pace;
-use crate::core::{Gate, VerdictKind, Via};
+use crate::core::{DRAIN_LASTS_AT_MOST, Gate, VerdictKind, Via};
 
 /// `GET /bg/state`, `POST /bg/switch` and `POST /switch` (a `GET` of
 /// either is refused with 405), `POST /bg/drain`, `GET /metrics`.
@@ -67,7 +67,6 @@ async fn switch_by_get() -> Response {
 /// How long a drain goes on asking websockets that open after it began,
 /// unless the request says (`timeout_ms`, at most an hour).
 const DRAIN_LASTS: Duration = Duration::from_secs(60);
-const DRAIN_LASTS_AT_MOST: Duration = Duration::from_secs(3600);
 
 /// The pace a drain body asks for: by time (`window_ms`, `max_rate`), or
 /// `batch` every `interval_ms` as gates of earlier releases took it.

@@ -145,7 +145,7 @@ async fn state_json_has_what_tools_read() {
         assert_eq!(s.generation, 1);
         assert_eq!(s.answer, bg_gate::Answer::Ok);
         assert!(s.live && s.store.healthy);
-        assert_eq!(s.connections.websockets, 1);
+        assert_eq!(s.connections.websockets, Some(1));
         assert_eq!(s.probes.len(), 1, "reading /bg/state is not a probe");
         assert_eq!(s.probes[0].answer, bg_gate::Answer::Ok);
         // Served without connect info, the source is simply unknown.

@@ -3,9 +3,11 @@
 //! connection count and drain route the test controls and watches.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::{get as get_route, post};
 use bg_gate::ServiceConfig;
 use bg_state::{Colour, SwitchRequest};
@@ -19,7 +21,30 @@ pub(crate) struct Service {
     pub(crate) healthy: AtomicBool,
     version: Mutex<String>,
     connections: AtomicU64,
+    /// How its connections route answers: [`COUNTS`], [`FAILS`] or [`HANGS`].
+    counting: AtomicU8,
+    /// How many of the next stops (`timeout_ms` 0) its drain route refuses.
+    refuse_stops: AtomicU32,
     drains: Mutex<Vec<serde_json::Value>>,
+}
+
+/// The connections route answers its count.
+const COUNTS: u8 = 0;
+/// The connections route answers 500.
+const FAILS: u8 = 1;
+/// The connections route answers after the gate has stopped waiting.
+const HANGS: u8 = 2;
+
+impl Service {
+    /// The stops (`timeout_ms` 0) it took.
+    fn stops(&self) -> usize {
+        self.drains
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d["timeout_ms"] == 0)
+            .count()
+    }
 }
 
 pub(crate) async fn service(s: Arc<Service>) -> std::net::SocketAddr {
@@ -46,9 +71,15 @@ pub(crate) async fn service(s: Arc<Service>) -> std::net::SocketAddr {
             .route(
                 "/connections",
                 get_route(|State(s): State<Arc<Service>>| async move {
+                    match s.counting.load(Ordering::SeqCst) {
+                        FAILS => return (StatusCode::INTERNAL_SERVER_ERROR, "{}").into_response(),
+                        HANGS => tokio::time::sleep(bg_gate::SERVICE_TIMEOUT * 2).await,
+                        _ => {}
+                    }
                     axum::Json(
                         serde_json::json!({ "connections": s.connections.load(Ordering::SeqCst) }),
                     )
+                    .into_response()
                 }),
             )
             .route(
@@ -56,10 +87,20 @@ pub(crate) async fn service(s: Arc<Service>) -> std::net::SocketAddr {
                 post(
                     |State(s): State<Arc<Service>>,
                      axum::Json(body): axum::Json<serde_json::Value>| async move {
+                        if body["timeout_ms"] == 0
+                            && s.refuse_stops
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
+                            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                        }
                         s.drains.lock().unwrap().push(body);
                         axum::Json(
                             serde_json::json!({ "asked": s.connections.load(Ordering::SeqCst) }),
                         )
+                        .into_response()
                     },
                 ),
             )
@@ -183,7 +224,7 @@ async fn drains_go_to_the_service_and_its_websockets_count() {
     let r = router(&g);
     let _follower = g.start();
     wait_for(|| g.service_up()).await;
-    assert_eq!(status(&r).await.connections.websockets, 3);
+    assert_eq!(status(&r).await.connections.websockets, Some(3));
 
     let a = call(
         &r,
@@ -207,7 +248,7 @@ async fn drains_go_to_the_service_and_its_websockets_count() {
     // window's pace for the websockets it holds (3,000 in 10 s: 300 a
     // second, 30 every 100 ms).
     svc.connections.store(3_000, Ordering::SeqCst);
-    wait_for(|| g.status().connections.websockets == 3_000).await;
+    wait_for(|| g.status().connections.websockets == Some(3_000)).await;
     let a = call(
         &r,
         Method::POST,
@@ -249,22 +290,15 @@ async fn drains_go_to_the_service_and_its_websockets_count() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     assert_eq!(svc.drains.lock().unwrap().len(), 2);
 
-    // Blue goes live again while the service drains: its drain is stopped
-    // (by the watcher of each drain forwarded).
+    // Blue goes live again while the service drains: its drain is stopped,
+    // once for every drain forwarded.
     store
         .switch(&app(), SwitchRequest::new(Colour::Blue, "t"))
         .await
         .unwrap();
-    wait_for(|| {
-        svc.drains
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|d| d["timeout_ms"] == 0)
-            .count()
-            == 2
-    })
-    .await;
+    wait_for(|| svc.stops() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(svc.stops(), 1);
 
     // A service that is down holds nothing to drain: nothing is forwarded.
     svc.healthy.store(false, Ordering::SeqCst);
@@ -279,7 +313,7 @@ async fn drains_go_to_the_service_and_its_websockets_count() {
     let forwarded = svc.drains.lock().unwrap().len();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(svc.drains.lock().unwrap().len(), forwarded);
-    assert_eq!(status(&r).await.connections.websockets, 0);
+    assert_eq!(status(&r).await.connections.websockets, Some(0));
 
     // A service that does not take the drain: the caller is told.
     svc.healthy.store(true, Ordering::SeqCst);
@@ -312,4 +346,118 @@ async fn bad_service_settings_are_refused() {
         err.to_string().contains("service_connections_path"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_count_the_gate_cannot_read_is_unknown_not_zero() {
+    let svc = Arc::new(Service::default());
+    svc.healthy.store(true, Ordering::SeqCst);
+    svc.connections.store(5, Ordering::SeqCst);
+    let addr = service(Arc::clone(&svc)).await;
+    let store = memory_with(Colour::Green).await;
+    let g = gate(&store, sidecar_config(Colour::Blue, addr)).await;
+    let r = router(&g);
+    let _follower = g.start();
+    wait_for(|| g.service_up()).await;
+    let websockets = |r: &Router| {
+        let r = r.clone();
+        async move { get(&r, "/bg/state").await.json()["connections"]["websockets"].clone() }
+    };
+    assert_eq!(websockets(&r).await, 5);
+
+    // The service answers its health route but not its connections route
+    // (500, then too slowly): it may still hold its websockets, so the
+    // gate says it does not know, in /bg/state and to bg-ctl.
+    for how in [FAILS, HANGS] {
+        svc.counting.store(how, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let w = websockets(&r).await;
+            if w.is_null() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "route {how}: still reported {w} websockets"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(g.service_up(), "only the health route decides");
+        let s = get(&r, "/bg/state").await.json();
+        assert!(s["service"]["websockets"].is_null(), "{s}");
+        assert!(
+            s["service"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("/connections"),
+            "{s}"
+        );
+        svc.counting.store(COUNTS, Ordering::SeqCst);
+        wait_for(|| g.status().service.and_then(|s| s.websockets) == Some(5)).await;
+        assert_eq!(websockets(&r).await, 5);
+    }
+}
+
+#[tokio::test]
+async fn a_stop_the_service_refuses_is_sent_again_until_it_is_taken() {
+    let svc = Arc::new(Service::default());
+    svc.healthy.store(true, Ordering::SeqCst);
+    svc.connections.store(3, Ordering::SeqCst);
+    let addr = service(Arc::clone(&svc)).await;
+    let store = memory_with(Colour::Green).await;
+    let g = gate(&store, sidecar_config(Colour::Blue, addr)).await;
+    let r = router(&g);
+    let _follower = g.start();
+    wait_for(|| g.service_up()).await;
+    let a = call(&r, Method::POST, "/bg/drain", Some(TOKEN), r#"{"timeout_ms":30000}"#).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+
+    // Blue is live again while the service drains, and the service fails
+    // the first stops it is sent: the gate keeps sending it.
+    svc.refuse_stops.store(3, Ordering::SeqCst);
+    store
+        .switch(&app(), SwitchRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    wait_for(|| svc.stops() == 1).await;
+    assert_eq!(svc.refuse_stops.load(Ordering::SeqCst), 0, "three were refused");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(svc.stops(), 1, "taken once, sent no more");
+}
+
+#[tokio::test]
+async fn a_restarted_gate_stops_a_drain_it_forwarded_before() {
+    let svc = Arc::new(Service::default());
+    svc.healthy.store(true, Ordering::SeqCst);
+    svc.connections.store(3, Ordering::SeqCst);
+    let addr = service(Arc::clone(&svc)).await;
+    let store = memory_with(Colour::Green).await;
+    {
+        let g = gate(&store, sidecar_config(Colour::Blue, addr)).await;
+        let _follower = g.start();
+        wait_for(|| g.service_up()).await;
+        let a = call(&router(&g), Method::POST, "/bg/drain", Some(TOKEN), r#"{"timeout_ms":30000}"#)
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+        // The gate stops here: it restarts, and the service drains on.
+    }
+    assert_eq!(svc.drains.lock().unwrap().len(), 1);
+    store
+        .switch(&app(), SwitchRequest::new(Colour::Blue, "t"))
+        .await
+        .unwrap();
+    // The gate back, its colour live: it cannot know whether a drain it
+    // forwarded runs on, so it stops any.
+    let g = gate(&store, sidecar_config(Colour::Blue, addr)).await;
+    let _follower = g.start();
+    wait_for(|| svc.stops() == 1).await;
+    // Idle, a restarted gate leaves the service's drain alone.
+    let svc = Arc::new(Service::default());
+    svc.healthy.store(true, Ordering::SeqCst);
+    let addr = service(Arc::clone(&svc)).await;
+    let g = gate(&store, sidecar_config(Colour::Green, addr)).await;
+    let _follower = g.start();
+    wait_for(|| g.service_up()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(svc.drains.lock().unwrap().is_empty());
 }

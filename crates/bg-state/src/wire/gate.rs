@@ -152,8 +152,10 @@ pub struct StoreHealth {
 /// A gate's tracked connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionCounts {
-    /// Open websockets.
-    pub websockets: u64,
+    /// Open websockets; `None` (`null`) when the gate cannot count them
+    /// (a sidecar gate whose service is up but whose connections route
+    /// fails or does not answer in time): unknown, never 0.
+    pub websockets: Option<u64>,
     /// Requests in flight.
     #[serde(default)]
     pub requests: u64,
