@@ -164,6 +164,31 @@ async fn full_release_then_rollback() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_release_can_be_rolled_back() {
+    // Day one: the gates made blue live (`--init blue`) running v1; the
+    // first release puts v2 on green, and a rollback returns to blue's v1.
+    let _serial = crate::serial().await;
+    let rig = Rig::start().await;
+    let out = rig.deploy("v2", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Green, 2));
+    let out = run(rig.bg_ctl(&["rollback", "--reason", "v2 misbehaves"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(rig.live().await, (Colour::Blue, 3));
+    let s = rig
+        .store
+        .get(&AppName::new("chat").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.live_version(Colour::Blue).map(|l| l.version.as_str()),
+        Some("v1")
+    );
+    assert!(s.live_version(Colour::Green).is_some_and(|l| l.rolled_back));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_webhook_that_deploys_nothing_is_caught() {
     let _serial = crate::serial().await;
     let rig = Rig::start().await;

@@ -82,7 +82,7 @@ pub mod server;
 
 pub use crate::core::{
     Answer, BODY_TIMEOUT, Gate, GateConfig, GateError, LbCheck, SERVICE_TIMEOUT, ServiceConfig,
-    StopStatus, Verdict, VerdictKind, Via, View,
+    StopStatus, UNKNOWN_VERSION, Verdict, VerdictKind, Via, View,
 };
 pub use auth::{
     Auth, AuthError, Caller, ClaimRule, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFETCH_INTERVAL,

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::Deployment;
-use crate::model::{AppName, Event, EventKind, LastChange, Lease, Millis, Presence, State};
+use crate::model::{
+    AppName, Event, EventKind, LastChange, Lease, LiveVersion, Millis, Presence, State,
+};
 use crate::store::{
     BreakLease, DeployRecord, InitRequest, LeaseRequest, SwitchOutcome, SwitchRequest,
 };
@@ -151,6 +153,13 @@ impl AppRecord {
             blue_live: old.and_then(|s| s.blue_live.clone()),
             green_live: old.and_then(|s| s.green_live.clone()),
         };
+        let mut state = state;
+        if let Some(version) = &req.version {
+            *state.live_version_mut(req.active) = Some(LiveVersion {
+                version: version.clone(),
+                rolled_back: false,
+            });
+        }
         let kind = EventKind::Init { active: req.active };
         Ok((self.commit(state, kind, cap), Effect::Notify))
     }

@@ -95,8 +95,8 @@ pub use open::{OpenOptions, open, open_with};
 #[cfg(any(test, feature = "mock"))]
 pub use store::MockColourStore;
 pub use store::{
-    BreakLease, ColourStore, DEFAULT_HISTORY_CAP, check_version, DeployRecord, InitRequest, LeaseRequest,
+    BreakLease, ColourStore, DEFAULT_HISTORY_CAP, DeployRecord, InitRequest, LeaseRequest,
     MAX_GENERATION, MAX_NAME_LEN, MAX_REASON_LEN, MAX_REQUEST_ID_LEN, MAX_VERSION_LEN,
-    Subscription, SwitchOutcome, SwitchRequest,
+    Subscription, SwitchOutcome, SwitchRequest, check_version,
 };
 pub use text::{format_millis, parse_duration, redact_url};

@@ -42,6 +42,11 @@ pub struct InitRequest {
     /// its data passes one more than the highest generation any gate knows,
     /// since gates never adopt a lower generation.
     pub min_generation: Option<u64>,
+    /// The version the colour made live runs, when known: recorded as the
+    /// version it serves live, so the first release after installation can
+    /// be rolled back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl InitRequest {
@@ -53,7 +58,14 @@ impl InitRequest {
             reason: None,
             force: false,
             min_generation: None,
+            version: None,
         }
+    }
+    /// The colour made live runs `version`.
+    #[must_use]
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
     }
     /// Says why.
     #[must_use]
@@ -463,6 +475,9 @@ impl InitRequest {
     pub fn validate(&self) -> Result<()> {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_opt("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
+        if let Some(v) = &self.version {
+            check_version(v)?;
+        }
         check_number("min_generation", self.min_generation)
     }
 }

@@ -121,8 +121,10 @@ pub(super) enum Command {
         gates: GateUrls,
     },
     /// Create the state (generation 1), or restore it from the gates after the store lost it.
-    #[command(after_help = "Examples:\n  bg-ctl --app chat init --active blue\n  \
-        bg-ctl --app chat init --from-gate http://blue:9090 --from-gate http://green:9090   # after Redis restarted empty")]
+    #[command(
+        after_help = "Examples:\n  bg-ctl --app chat init --active blue --version v1.4.2\n  \
+        bg-ctl --app chat init --from-gate http://blue:9090 --from-gate http://green:9090   # after Redis restarted empty"
+    )]
     Init {
         /// The colour to make live.
         #[arg(long, value_parser = parse_colour, required_unless_present = "from_gate", conflicts_with = "from_gate")]
@@ -133,6 +135,11 @@ pub(super) enum Command {
         /// Replace state that is there (recorded as forced; the generation still goes up).
         #[arg(long)]
         force: bool,
+        /// The version the colour made live runs (image tag, commit): recorded as its live
+        /// version, so `bg-ctl rollback` can return to it after the first release. With
+        /// --from-gate it is what the live colour's gates report, when they agree.
+        #[arg(long, value_name = "VERSION", conflicts_with = "from_gate")]
+        version: Option<String>,
         /// Keep the hand-made design's keys `lb-status-<BLUE_ID>` and
         /// `lb-status-<GREEN_ID>` in step with the live colour, whoever makes
         /// the change: the ids are recorded in the app's state (Redis store

@@ -173,15 +173,20 @@ impl Cli {
                 active: Some(active),
                 force,
                 reason,
+                version,
                 ..
-            } => Box::new(commands::init(store, app, active, &actor, force, reason).await?),
+            } => {
+                Box::new(commands::init(store, app, active, &actor, force, reason, version).await?)
+            }
             Command::Init {
                 active: None,
                 from_gate,
                 force,
+                reason,
                 ..
             } => Box::new(
-                commands::init_from_gates(store, &gates, app, &from_gate, &actor, force).await?,
+                commands::init_from_gates(store, &gates, app, &from_gate, &actor, force, reason)
+                    .await?,
             ),
             Command::Switch {
                 to,

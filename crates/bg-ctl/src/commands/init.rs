@@ -16,7 +16,7 @@ pub struct Initialised {
     pub state: State,
 }
 
-/// `init --active COLOUR`.
+/// `init --active COLOUR [--version V]`.
 ///
 /// # Errors
 /// As the store's `init`.
@@ -27,17 +27,21 @@ pub async fn init(
     actor: &str,
     force: bool,
     reason: Option<String>,
+    version: Option<String>,
 ) -> CtlResult<Initialised> {
     let mut req = InitRequest::new(active, actor).force(force);
     req.reason = reason;
+    req.version = version;
     Ok(Initialised {
         state: store.init(app, req).await?,
     })
 }
 
 /// `init --from-gate URL…`: restore the colour the gates serve, above every
-/// generation they know. Refused if any named gate cannot be reached, or
-/// if they disagree on the live colour at their highest generation.
+/// generation they know, with the version the live colour's gates report
+/// as its live one when they agree. Refused if any named gate cannot be
+/// reached, or if they disagree on the live colour at their highest
+/// generation. `reason` is recorded after what was restored.
 ///
 /// # Errors
 /// [`CtlError::Unreachable`] for a gate that does not answer,
@@ -50,6 +54,7 @@ pub async fn init_from_gates(
     urls: &[String],
     actor: &str,
     force: bool,
+    reason: Option<String>,
 ) -> CtlResult<Initialised> {
     if urls.is_empty() {
         return Err(CtlError::Usage(
@@ -72,13 +77,29 @@ pub async fn init_from_gates(
     if actives.iter().any(|c| *c != active) {
         return Err(CtlError::Restore(RestoreRefused::Disagree(top)));
     }
-    let req = InitRequest::new(active, actor)
+    let restored = format!(
+        "restored from {} gate(s) at generation {top}",
+        reports.len()
+    );
+    let mut req = InitRequest::new(active, actor)
         .force(force)
         .min_generation(top + 1)
-        .reason(format!(
-            "restored from {} gate(s) at generation {top}",
-            reports.len()
-        ));
+        .reason(match reason {
+            Some(why) => format!("{restored}: {why}"),
+            None => restored,
+        });
+    // What the live colour's gates run is what it serves live, when they
+    // agree and it holds to the store's rule for versions.
+    let mut running = reports
+        .iter()
+        .filter(|(_, r)| r.colour == active)
+        .map(|(_, r)| r.version.as_str());
+    if let Some(first) = running.next()
+        && running.all(|v| v == first)
+        && bg_state::check_version(first).is_ok()
+    {
+        req = req.version(first);
+    }
     Ok(Initialised {
         state: store.init(app, req).await?,
     })

@@ -225,14 +225,27 @@ async fn init_from_the_gates_shows_the_state_it_restored() {
         Ok(report(colour, Colour::Green, "v4", 5))
     });
     let urls = [BLUE.to_owned(), GREEN.to_owned()];
-    let restored = init_from_gates(&store, &gates, &app(), &urls, "ops", false)
-        .await
-        .unwrap();
+    let restored = init_from_gates(
+        &store,
+        &gates,
+        &app(),
+        &urls,
+        "ops",
+        false,
+        Some("redis lost its data".into()),
+    )
+    .await
+    .unwrap();
     assert_eq!(text(&restored), "chat: green is live at generation 6\n");
     let s = store.get(&app()).await.unwrap().unwrap();
     assert_eq!(restored.json(), to_json(&s));
     assert_eq!(
         restored.json()["last_change"]["reason"],
-        "restored from 2 gate(s) at generation 5"
+        "restored from 2 gate(s) at generation 5: redis lost its data"
+    );
+    // Green's gate runs v4: what green serves live, for a later rollback.
+    assert_eq!(
+        s.live_version(Colour::Green).map(|l| l.version.as_str()),
+        Some("v4")
     );
 }

@@ -137,9 +137,8 @@ impl Deployer<'_> {
                 // What the restart would cut, and why, as the gates say now.
                 let left = match self.connections(idle).await {
                     Ok(gates) => {
-                        let ready = readiness::drained(
-                            gates.iter().map(|(url, c)| (url.as_str(), *c)),
-                        );
+                        let ready =
+                            readiness::drained(gates.iter().map(|(url, c)| (url.as_str(), *c)));
                         if ready == readiness::Readiness::Ready {
                             self.report.step(format!("{idle} drained"));
                             return Ok(());

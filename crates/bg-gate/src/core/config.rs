@@ -9,6 +9,10 @@ use bg_state::{AppName, Colour};
 /// routes, unless the gate's configuration says otherwise.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The version a gate reports when it is told none (`--service-version`'s
+/// default): never recorded as a version a colour serves.
+pub const UNKNOWN_VERSION: &str = "unknown";
+
 /// What an idle colour answers to the health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StopStatus {
@@ -51,7 +55,8 @@ pub struct GateConfig {
     pub app: AppName,
     /// The colour this gate serves.
     pub colour: Colour,
-    /// The version of the service this gate runs in (image tag, commit).
+    /// The version of the service this gate runs in (image tag, commit);
+    /// [`UNKNOWN_VERSION`] when not known.
     pub service_version: String,
     /// Unique per gate, for presence reports. Default: `<colour>-<host>-<pid>`.
     pub gate_id: String,

@@ -150,7 +150,17 @@ async fn follow(weak: Weak<Inner>) {
 
 async fn initialise(gate: &Gate, colour: Colour) {
     let cfg = &gate.inner.cfg;
-    let req = InitRequest::new(colour, cfg.gate_id.clone()).reason("bg-gate --init");
+    let mut req = InitRequest::new(colour, cfg.gate_id.clone()).reason("bg-gate --init");
+    // The colour made live runs what this gate reports, when it is this
+    // gate's colour and the version is known: what a rollback after the
+    // first release returns to.
+    let version = gate.service_version();
+    if colour == cfg.colour
+        && version != super::UNKNOWN_VERSION
+        && bg_state::check_version(&version).is_ok()
+    {
+        req = req.version(version);
+    }
     match bounded(cfg.store_timeout, gate.inner.store.init(&cfg.app, req)).await {
         Ok(s) => tracing::info!(active = %s.active, "initialised the store"),
         Err(StoreError::AlreadyInitialised { current }) if current.active != colour => {

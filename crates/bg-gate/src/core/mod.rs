@@ -30,7 +30,7 @@ mod service;
 mod verdict;
 mod view;
 
-pub use config::{BODY_TIMEOUT, GateConfig, StopStatus};
+pub use config::{BODY_TIMEOUT, GateConfig, StopStatus, UNKNOWN_VERSION};
 pub(crate) use gate::bounded;
 pub use gate::{Gate, GateError};
 pub(crate) use service::DRAIN_LASTS_AT_MOST;

@@ -401,7 +401,10 @@ async fn stop_drain_when_live(weak: Weak<Inner>) {
             if owed.until.is_none_or(|u| tokio::time::Instant::now() >= u) {
                 *owed = StopOwed::default();
                 if refused > 0 {
-                    tracing::warn!(refused, "the service never took the stop of its drain, whose time is now over");
+                    tracing::warn!(
+                        refused,
+                        "the service never took the stop of its drain, whose time is now over"
+                    );
                 }
                 return;
             }

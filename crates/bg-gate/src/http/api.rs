@@ -149,6 +149,7 @@ async fn init(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> 
         reason: b.reason,
         force: b.force,
         min_generation: b.min_generation,
+        version: b.version,
     };
     let res = answer(&gate, async {
         Ok(wire::StateAnswer {

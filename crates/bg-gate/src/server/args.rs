@@ -60,7 +60,7 @@ pub struct GateArgs {
     admin_on_public: bool,
 
     /// The version of the service this gate stands for (image tag, commit).
-    #[arg(long, env = "BG_SERVICE_VERSION", default_value = "unknown")]
+    #[arg(long, env = "BG_SERVICE_VERSION", default_value = crate::UNKNOWN_VERSION)]
     service_version: String,
 
     /// A file of `name token [scope]` lines (scope `ci`, the default, or `admin`) allowed to

@@ -3,8 +3,8 @@
 //! connection count and drain route the test controls and watches.
 
 use std::sync::Mutex;
-use std::time::Instant;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -409,7 +409,14 @@ async fn a_stop_the_service_refuses_is_sent_again_until_it_is_taken() {
     let r = router(&g);
     let _follower = g.start();
     wait_for(|| g.service_up()).await;
-    let a = call(&r, Method::POST, "/bg/drain", Some(TOKEN), r#"{"timeout_ms":30000}"#).await;
+    let a = call(
+        &r,
+        Method::POST,
+        "/bg/drain",
+        Some(TOKEN),
+        r#"{"timeout_ms":30000}"#,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
 
     // Blue is live again while the service drains, and the service fails
@@ -420,7 +427,11 @@ async fn a_stop_the_service_refuses_is_sent_again_until_it_is_taken() {
         .await
         .unwrap();
     wait_for(|| svc.stops() == 1).await;
-    assert_eq!(svc.refuse_stops.load(Ordering::SeqCst), 0, "three were refused");
+    assert_eq!(
+        svc.refuse_stops.load(Ordering::SeqCst),
+        0,
+        "three were refused"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(svc.stops(), 1, "taken once, sent no more");
 }
@@ -436,8 +447,14 @@ async fn a_restarted_gate_stops_a_drain_it_forwarded_before() {
         let g = gate(&store, sidecar_config(Colour::Blue, addr)).await;
         let _follower = g.start();
         wait_for(|| g.service_up()).await;
-        let a = call(&router(&g), Method::POST, "/bg/drain", Some(TOKEN), r#"{"timeout_ms":30000}"#)
-            .await;
+        let a = call(
+            &router(&g),
+            Method::POST,
+            "/bg/drain",
+            Some(TOKEN),
+            r#"{"timeout_ms":30000}"#,
+        )
+        .await;
         assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
         // The gate stops here: it restarts, and the service drains on.
     }

@@ -257,6 +257,7 @@ impl ColourStore for RemoteStore {
             reason: req.reason,
             force: req.force,
             min_generation: req.min_generation,
+            version: req.version,
         };
         let a: wire::StateAnswer = self.post(app, "init", &body).await?;
         a.state.ok_or_else(empty)

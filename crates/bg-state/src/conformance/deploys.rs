@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Config, initialised};
+use super::{Config, fresh_app, initialised};
 use crate::{
     BreakLease, Colour, ColourStore, DeployPhase, DeployRecord, Error, EventKind, InitRequest,
     LeaseRequest, LiveVersion, SwitchRequest,
@@ -433,4 +433,91 @@ pub async fn live_version_of_the_colour_left(store: &dyn ColourStore) {
             assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
         }
     }
+}
+
+/// A version known when a colour is made live by `init` is the version it
+/// serves live: the first release after installation can be rolled back to
+/// it. A forced init with a version replaces a rolled-back mark; one
+/// without keeps what was known; a bad version changes nothing.
+pub async fn live_version_known_at_init(store: &dyn ColourStore) {
+    let app = fresh_app("init-version");
+    let s = store
+        .init(&app, InitRequest::new(Colour::Blue, "ops").version("v1"))
+        .await
+        .unwrap();
+    let v1 = LiveVersion {
+        version: "v1".into(),
+        rolled_back: false,
+    };
+    assert_eq!(
+        (s.blue_live.as_ref(), s.green_live.as_ref()),
+        (Some(&v1), None)
+    );
+    assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
+
+    // The first release: green runs v2 and goes live; blue keeps v1.
+    for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
+        store
+            .record_deploy(&app, DeployRecord::new(Colour::Green, "v2", phase, "ci"))
+            .await
+            .unwrap();
+    }
+    let s = store
+        .switch(&app, SwitchRequest::new(Colour::Green, "ci"))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(s.live_version(Colour::Blue), Some(&v1));
+    // Its rollback returns to v1 and marks v2 rolled back.
+    let s = store
+        .switch(&app, SwitchRequest::new(Colour::Blue, "ci").rollback(true))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(s.live_version(Colour::Blue), Some(&v1));
+    assert!(s.live_version(Colour::Green).is_some_and(|l| l.rolled_back));
+
+    // A forced init without a version keeps what was known.
+    let s = store
+        .init(&app, InitRequest::new(Colour::Green, "ops").force(true))
+        .await
+        .unwrap();
+    assert_eq!(s.live_version(Colour::Blue), Some(&v1));
+    assert!(s.live_version(Colour::Green).is_some_and(|l| l.rolled_back));
+    // With one, it is the colour's live version again, not rolled back.
+    let s = store
+        .init(
+            &app,
+            InitRequest::new(Colour::Green, "ops")
+                .force(true)
+                .version("v3"),
+        )
+        .await
+        .unwrap();
+    let v3 = LiveVersion {
+        version: "v3".into(),
+        rolled_back: false,
+    };
+    assert_eq!(s.live_version(Colour::Green), Some(&v3));
+    assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
+
+    // A version the store's rule refuses: nothing changes.
+    for bad in [
+        "",
+        "two words",
+        "v\u{7}",
+        &"x".repeat(crate::MAX_VERSION_LEN + 1),
+    ] {
+        let err = store
+            .init(
+                &app,
+                InitRequest::new(Colour::Blue, "ops")
+                    .force(true)
+                    .version(bad),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{bad:?}: {err}");
+    }
+    assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
 }

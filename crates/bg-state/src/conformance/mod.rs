@@ -27,7 +27,8 @@ mod switching;
 
 pub use bookkeeping::{bad_input_changes_nothing, history_is_bounded, notifications, presence};
 pub use deploys::{
-    deploy_records, lease_expiry, lease_rules, live_version_of_the_colour_left, live_versions,
+    deploy_records, lease_expiry, lease_rules, live_version_known_at_init,
+    live_version_of_the_colour_left, live_versions,
 };
 pub use race::compare_and_swap_race;
 pub use switching::{
@@ -87,6 +88,7 @@ pub async fn run_all(stores: &[Arc<dyn ColourStore>], cfg: &Config) {
     deploy_records(store, cfg).await;
     live_versions(store).await;
     live_version_of_the_colour_left(store).await;
+    live_version_known_at_init(store).await;
     lease_rules(store, cfg).await;
     lease_expiry(store).await;
     history_is_bounded(store, cfg.history_cap).await;

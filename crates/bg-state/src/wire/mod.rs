@@ -35,6 +35,8 @@ pub struct InitBody {
     pub force: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// `POST switch`.

@@ -334,6 +334,7 @@ impl ColourStore for RedisStore {
             opt(req.reason.as_deref()),
             flag(req.force),
             req.min_generation.unwrap_or(1).to_string(),
+            opt(req.version.as_deref()),
         ];
         let reply = self.run_with(app, "init", &args, true).await?;
         match reply.status.as_str() {

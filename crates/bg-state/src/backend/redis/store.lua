@@ -150,7 +150,7 @@ if op == 'read' then
   return reply('ok')
 
 elseif op == 'init' then
-  -- 5 active, 6 actor, 7 reason, 8 force, 9 min generation
+  -- 5 active, 6 actor, 7 reason, 8 force, 9 min generation, 10 version it runs
   local bad = corrupt(); if bad then return bad end
   local exists = field('generation') ~= nil
   if exists and ARGV[8] ~= '1' then return reply('already_init') end
@@ -162,6 +162,12 @@ elseif op == 'init' then
     'lc_actor', ARGV[6], 'lc_at', num(now), 'lc_forced', ARGV[8])
   set_opt('lc_reason', ARGV[7])
   redis.call('HDEL', S, 'lc_request', 'lc_fence')
+  -- A known version becomes the one the colour serves live (checked by
+  -- the caller by the rule valid_version holds).
+  if ARGV[10] ~= '' then
+    redis.call('HSET', S, ARGV[5] .. '_live', ARGV[10])
+    redis.call('HDEL', S, ARGV[5] .. '_live_rb')
+  end
   event({ generation = gen, at_ms = now, actor = ARGV[6], forced = ARGV[8] == '1',
     reason = opt(ARGV[7]), event = 'init', active = ARGV[5] })
   publish()
