@@ -146,7 +146,7 @@ pub enum LeaseLost {
     /// not run.
     #[error(
         "the switch had committed ({to} is live at generation {generation}), but the lease was lost before \
-         --confirm-lb or --verify ran; check the release by hand"
+         --confirm-lb and --verify had finished; check the release by hand"
     )]
     AfterSwitch {
         /// The colour now live.

@@ -275,6 +275,56 @@ impl Override for SwitchLostWithTheLease {
     }
 }
 
+/// The switch back after a failed verify: the lease is broken as it is
+/// sent, after it commits (`commits`) or before, and the store stops
+/// answering switches, so the lease is found lost while the answer is
+/// awaited.
+#[derive(Debug)]
+pub struct SwitchBackLosesTheLease {
+    /// Whether the switch back commits before the lease is broken.
+    commits: bool,
+    broken: AtomicBool,
+}
+
+impl SwitchBackLosesTheLease {
+    /// The switch back commits before the lease is broken, or not.
+    pub fn commits(commits: bool) -> Self {
+        SwitchBackLosesTheLease {
+            commits,
+            broken: AtomicBool::new(false),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Override for SwitchBackLosesTheLease {
+    async fn switch(
+        &self,
+        inner: &dyn ColourStore,
+        app: &AppName,
+        req: SwitchRequest,
+    ) -> bg_state::Result<SwitchOutcome> {
+        if !req.rollback {
+            return inner.switch(app, req).await;
+        }
+        if !self.broken.swap(true, Ordering::SeqCst) {
+            if self.commits {
+                inner.switch(app, req).await?;
+            }
+            inner
+                .break_lease(
+                    app,
+                    bg_state::BreakLease {
+                        actor: "ops".into(),
+                        reason: None,
+                    },
+                )
+                .await?;
+        }
+        Err(connection_reset())
+    }
+}
+
 /// Reads of the state fail once, with a dropped connection, after the
 /// first `after` reads; every other call reaches the store.
 #[derive(Debug)]

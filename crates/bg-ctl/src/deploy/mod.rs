@@ -93,6 +93,18 @@ pub struct Deployer<'a> {
     pub opts: &'a DeployOptions,
 }
 
+/// What a release has sent or learnt, which a lease lost meanwhile must
+/// not hide: each is set before what it names is sent.
+#[derive(Debug, Default)]
+struct Sent {
+    /// The switch.
+    switch: OnceLock<SwitchRequest>,
+    /// Why `--verify` failed, once it has.
+    verify_failed: OnceLock<String>,
+    /// The switch back after it failed.
+    back: OnceLock<SwitchRequest>,
+}
+
 /// What step 2 read, which every later step works from.
 struct Plan {
     /// The colour being released to.
@@ -123,16 +135,21 @@ impl Deployer<'_> {
             ));
         }
         let lease = self.take_lease().await?;
-        let sent = OnceLock::new();
+        let sent = Sent::default();
         let result = tokio::select! {
             r = self.release(&lease, &sent) => r,
             e = self.keep_lease(&lease) => Err(e),
         };
-        let result = match (result, sent.get()) {
+        let result = match (result, sent.switch.get(), sent.verify_failed.get()) {
+            // The lease went during the switch back after a failed verify:
+            // said as what happened, switched back or not, read back.
+            (Err(e @ CtlError::LeaseLost(_)), Some(req), Some(failure)) => Err(self
+                .lost_in_switch_back(req.to, failure, sent.back.get(), e)
+                .await),
             // The lease went while the switch's answer was awaited: what
             // the store did is read back, never guessed.
-            (Err(e @ CtlError::LeaseLost(_)), Some(req)) => self.read_back(req, e).await,
-            (r, _) => r,
+            (Err(e @ CtlError::LeaseLost(_)), Some(req), None) => self.read_back(req, e).await,
+            (r, _, _) => r,
         };
         self.release_lease(&lease).await;
         result
@@ -172,13 +189,9 @@ impl Deployer<'_> {
         )))
     }
 
-    /// Steps 2 to 8, while the lease is held. The switch request goes into
-    /// `sent` before it is sent.
-    async fn release(
-        &self,
-        lease: &Lease,
-        sent: &OnceLock<SwitchRequest>,
-    ) -> CtlResult<DeployOutcome> {
+    /// Steps 2 to 8, while the lease is held. What it sends goes into
+    /// `sent` first.
+    async fn release(&self, lease: &Lease, sent: &Sent) -> CtlResult<DeployOutcome> {
         let o = self.opts;
         let state = self.read_state().await?;
         if let Some(done) = self.already_live(&state).await {
@@ -192,7 +205,8 @@ impl Deployer<'_> {
                     fence: lease.fence,
                     old_versions: self.versions(state.idle()).await,
                 };
-                self.confirm_and_verify(&plan, state.generation).await?;
+                self.confirm_and_verify(&plan, state.generation, sent)
+                    .await?;
             }
             return Ok(done);
         }
@@ -223,8 +237,8 @@ impl Deployer<'_> {
                 already_live: false,
             });
         }
-        let generation = self.switch(&plan, sent).await?;
-        self.confirm_and_verify(&plan, generation).await?;
+        let generation = self.switch(&plan, &sent.switch).await?;
+        self.confirm_and_verify(&plan, generation, sent).await?;
         Ok(DeployOutcome {
             version: o.version.clone(),
             colour: plan.idle,
@@ -388,7 +402,7 @@ impl Deployer<'_> {
     /// OK `--lb-rise` times and the old one STOP `--lb-fall` times; then
     /// `--verify` through the `--watch` window, switching back if it fails
     /// while the old colour still runs the old version.
-    async fn confirm_and_verify(&self, plan: &Plan, generation: u64) -> CtlResult<()> {
+    async fn confirm_and_verify(&self, plan: &Plan, generation: u64, sent: &Sent) -> CtlResult<()> {
         let o = self.opts;
         if o.confirm_lb {
             self.confirm_lb(plan.idle, plan.live)
@@ -402,7 +416,7 @@ impl Deployer<'_> {
                 })?;
         }
         if let Some(cmd) = &o.verify {
-            self.watch(cmd, plan, generation).await?;
+            self.watch(cmd, plan, generation, sent).await?;
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 use bg_state::{Colour, Error as StoreError, SwitchRequest};
 use tokio::time::{Duration, Instant};
 
-use super::{DeployOutcome, Deployer, Plan};
+use std::sync::OnceLock;
+
+use super::{DeployOutcome, Deployer, Plan, Sent};
 use crate::error::{CtlError, CtlResult, LeaseLost, RollbackRefused, SwitchBack, VerifyFailed};
 
 impl Deployer<'_> {
@@ -89,7 +91,13 @@ impl Deployer<'_> {
 
     /// Runs the verify command through the watch window; on failure,
     /// switches back if the old colour still runs the old version.
-    pub(super) async fn watch(&self, cmd: &str, plan: &Plan, generation: u64) -> CtlResult<()> {
+    pub(super) async fn watch(
+        &self,
+        cmd: &str,
+        plan: &Plan,
+        generation: u64,
+        sent: &Sent,
+    ) -> CtlResult<()> {
         let o = self.opts;
         let new = plan.idle;
         let until = Instant::now() + o.watch;
@@ -100,7 +108,8 @@ impl Deployer<'_> {
                 .run(cmd, o.check_env(new, &url), o.ready_timeout)
                 .await
             {
-                return Err(self.switch_back(plan, generation, e).await);
+                let _ = sent.verify_failed.set(e.to_string());
+                return Err(self.switch_back(plan, generation, e, &sent.back).await);
             }
             if Instant::now() >= until {
                 break;
@@ -119,7 +128,13 @@ impl Deployer<'_> {
     /// would go: its gates answer, still run what they ran before the
     /// release, and follow the store. The switch is retried by request id
     /// like the release's own.
-    async fn switch_back(&self, plan: &Plan, generation: u64, failure: CtlError) -> CtlError {
+    async fn switch_back(
+        &self,
+        plan: &Plan,
+        generation: u64,
+        failure: CtlError,
+        sent: &OnceLock<SwitchRequest>,
+    ) -> CtlError {
         let o = self.opts;
         let (new, old) = (plan.idle, plan.live);
         let failed = |back| {
@@ -189,6 +204,7 @@ impl Deployer<'_> {
             .rollback(true)
             .request_id(format!("switch-back:{}", plan.fence))
             .reason(format!("verify failed for {}", o.version));
+        let _ = sent.set(req.clone());
         match self.switch_surely(req).await {
             Ok(generation) => {
                 self.report.step(format!(
@@ -198,6 +214,59 @@ impl Deployer<'_> {
             }
             Err(e) => failed(SwitchBack::Failed(Box::new(e))),
         }
+    }
+
+    /// The lease was lost after `--verify` failed (`failure`) on `to`, while
+    /// the switch back was being checked or sent (`back`, once sent): what
+    /// happened is read back — switched back (the switch back's request id
+    /// is the last change's) or not — and said as a failed verify.
+    pub(super) async fn lost_in_switch_back(
+        &self,
+        to: Colour,
+        failure: &str,
+        back: Option<&SwitchRequest>,
+        lost: CtlError,
+    ) -> CtlError {
+        let o = self.opts;
+        let from = to.other();
+        let back = match back {
+            None => SwitchBack::NotTried(Box::new(lost)),
+            Some(req) => {
+                let deadline = Instant::now() + o.ready_timeout;
+                loop {
+                    match self.store.get(&o.app).await {
+                        Ok(Some(s))
+                            if s.active == from
+                                && req.request_id.is_some()
+                                && s.last_change.request_id == req.request_id =>
+                        {
+                            break SwitchBack::Done(s.generation);
+                        }
+                        Ok(_) => break SwitchBack::Failed(Box::new(lost)),
+                        Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                            tokio::time::sleep(o.poll.max(Duration::from_millis(100))).await;
+                        }
+                        Err(source) => {
+                            break SwitchBack::Failed(Box::new(CtlError::SwitchUnconfirmed {
+                                to: from,
+                                source,
+                            }));
+                        }
+                    }
+                }
+            }
+        };
+        if let SwitchBack::Done(generation) = back {
+            self.report.step(format!(
+                "switched back: {from} is live at generation {generation}"
+            ));
+        }
+        CtlError::Verify(Box::new(VerifyFailed {
+            failure: CtlError::Failed(failure.to_owned()),
+            to,
+            from,
+            back,
+        }))
     }
 
     /// The versions a colour's gates report now (what a switch back needs).

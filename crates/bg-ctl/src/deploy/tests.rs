@@ -12,9 +12,9 @@ use super::*;
 use crate::error::{CheckFailed, GateAhead, LeaseLost, Pending, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
-    BLUE, FakeGates, FirstAnswerLost, GREEN, OneReadFails, SwitchLostWithTheLease,
-    SwitchUnreachable, app, failing_checks, futures_now, gates, live, opts, overlay,
-    passing_checks, release, run, store, trigger_that_deploys,
+    BLUE, FakeGates, FirstAnswerLost, GREEN, OneReadFails, SwitchBackLosesTheLease,
+    SwitchLostWithTheLease, SwitchUnreachable, app, failing_checks, futures_now, gates, live, opts,
+    overlay, passing_checks, release, run, store, trigger_that_deploys,
 };
 use crate::trigger::MockTrigger;
 
@@ -967,6 +967,42 @@ async fn a_switch_back_whose_answer_was_lost_is_retried_safely() {
         "{err:?}"
     );
     assert_eq!(live(&real).await, (Colour::Blue, 3), "switched back once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_lost_during_the_switch_back_is_reported_as_what_happened() {
+    for commits in [true, false] {
+        let real = store().await;
+        let mock = overlay(&real, SwitchBackLosesTheLease::commits(commits));
+        let mut o = opts();
+        o.verify = Some("./verify".into());
+        // The switch back is retried long enough for a renewal to find the
+        // lease gone.
+        o.ready_timeout = Duration::from_secs(5);
+        let err = release(&*mock, &real, &failing_checks(), &o)
+            .await
+            .unwrap_err();
+        let CtlError::Verify(v) = &err else {
+            panic!("commits {commits}: not reported as a failed verify: {err:?}");
+        };
+        assert_eq!((v.to, v.from), (Colour::Green, Colour::Blue));
+        assert_eq!(err.exit_code(), exit::FAILED, "{err}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("verify failed ("), "{msg}");
+        if commits {
+            assert!(matches!(v.back, SwitchBack::Done(3)), "{err:?}");
+            assert!(msg.contains("switched back to blue"), "{msg}");
+            assert_eq!(live(&real).await, (Colour::Blue, 3));
+        } else {
+            assert!(
+                matches!(&v.back, SwitchBack::Failed(e)
+                if matches!(**e, CtlError::LeaseLost(_))),
+                "{err:?}"
+            );
+            assert!(msg.contains("switching back to blue failed too"), "{msg}");
+            assert_eq!(live(&real).await, (Colour::Green, 2));
+        }
+    }
 }
 
 /// Through gates (`--gate`) that are all gates of the colour it would
