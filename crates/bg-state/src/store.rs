@@ -42,6 +42,11 @@ pub struct InitRequest {
     /// its data passes one more than the highest generation any gate knows,
     /// since gates never adopt a lower generation.
     pub min_generation: Option<u64>,
+    /// An idempotency key: a retry of an init that committed under the same
+    /// key (its answer lost, its replicas unconfirmed) is answered with the
+    /// state it made, not refused as already initialised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl InitRequest {
@@ -53,6 +58,7 @@ impl InitRequest {
             reason: None,
             force: false,
             min_generation: None,
+            request_id: None,
         }
     }
     /// Says why.
@@ -71,6 +77,12 @@ impl InitRequest {
     #[must_use]
     pub fn min_generation(mut self, generation: u64) -> Self {
         self.min_generation = Some(generation);
+        self
+    }
+    /// With an idempotency key.
+    #[must_use]
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
         self
     }
 }
@@ -175,6 +187,10 @@ pub struct DeployRecord {
     pub fence: Option<u64>,
     /// Record even though someone else holds the lease (recorded as forced).
     pub force: bool,
+    /// An idempotency key: a retry of a record that was made under the same
+    /// key is answered as a success without a second record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl DeployRecord {
@@ -192,6 +208,7 @@ impl DeployRecord {
             actor: actor.into(),
             fence: None,
             force: false,
+            request_id: None,
         }
     }
     /// Under the lease with this fence.
@@ -204,6 +221,12 @@ impl DeployRecord {
     #[must_use]
     pub fn force(mut self, force: bool) -> Self {
         self.force = force;
+        self
+    }
+    /// With an idempotency key.
+    #[must_use]
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
         self
     }
 }
@@ -459,6 +482,7 @@ impl InitRequest {
     pub fn validate(&self) -> Result<()> {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_opt("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
+        check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)?;
         check_number("min_generation", self.min_generation)
     }
 }
@@ -487,6 +511,7 @@ impl DeployRecord {
     pub fn validate(&self) -> Result<()> {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_version(&self.version)?;
+        check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)?;
         check_number("fence", self.fence)
     }
 }
@@ -518,7 +543,8 @@ impl BreakLease {
 impl Presence {
     pub(crate) fn validate(&self) -> Result<()> {
         check_text("gate_id", &self.gate_id, MAX_NAME_LEN)?;
-        check_text("service_version", &self.service_version, MAX_VERSION_LEN)
+        check_text("service_version", &self.service_version, MAX_VERSION_LEN)?;
+        check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)
     }
 }
 

@@ -334,10 +334,11 @@ impl ColourStore for RedisStore {
             opt(req.reason.as_deref()),
             flag(req.force),
             req.min_generation.unwrap_or(1).to_string(),
+            opt(req.request_id.as_deref()),
         ];
         let reply = self.run_with(app, "init", &args, true).await?;
         match reply.status.as_str() {
-            "ok" => self.state_of(app, &reply),
+            "ok" | "unchanged" => self.state_of(app, &reply),
             _ => Err(self.refusal(app, &reply)),
         }
     }
@@ -380,6 +381,7 @@ impl ColourStore for RedisStore {
             rec.actor.clone(),
             rec.fence.map(|g| g.to_string()).unwrap_or_default(),
             flag(rec.force),
+            opt(rec.request_id.as_deref()),
         ];
         let reply = self.run(app, "deploy", &args).await?;
         match reply.status.as_str() {
