@@ -128,7 +128,10 @@ impl AppRecord {
         let old = self.state.as_ref();
         if let Some(current) = old
             && current.active == req.active
-            && same_request(current.last_change.request_id.as_ref(), req.request_id.as_ref())
+            && same_request(
+                current.last_change.request_id.as_ref(),
+                req.request_id.as_ref(),
+            )
         {
             return Ok((current.clone(), Effect::None));
         }
