@@ -28,7 +28,9 @@ pub async fn init(
     force: bool,
     reason: Option<String>,
 ) -> CtlResult<Initialised> {
-    let mut req = InitRequest::new(active, actor).force(force);
+    let mut req = InitRequest::new(active, actor)
+        .force(force)
+        .request_id(super::request_id("init"));
     req.reason = reason;
     Ok(Initialised {
         state: store.init(app, req).await?,
@@ -74,6 +76,7 @@ pub async fn init_from_gates(
     }
     let req = InitRequest::new(active, actor)
         .force(force)
+        .request_id(super::request_id("init"))
         .min_generation(top + 1)
         .reason(format!(
             "restored from {} gate(s) at generation {top}",
