@@ -129,6 +129,9 @@ async fn busy_is_an_unknown_outcome() {
     let err = store.switch(&app, switch("job-2")).await.unwrap_err();
     drop(busy);
     assert_unknown(&err, "BUSY");
+    wait_for("the script is killed", || {
+        server.cli(&["PING"]).contains("PONG")
+    });
     let out = store.switch(&app, switch("job-2")).await.unwrap();
     assert_eq!(out.state.generation, 2);
 }
