@@ -22,7 +22,7 @@ use serde::Serialize;
 /// use bg_state::{AppName, Colour, MemoryStore};
 ///
 /// let (store, app) = (MemoryStore::new(), AppName::new("chat").unwrap());
-/// let made = commands::init(&store, &app, Colour::Blue, "ops", false, None)
+/// let made = commands::init(&store, &app, Colour::Blue, "ops", false, None, Some("v1".into()))
 ///     .await
 ///     .unwrap();
 /// let mut text = String::new();

@@ -201,6 +201,30 @@ impl Override for SwitchUnreachable {
     }
 }
 
+/// The first deploy record commits, but its answer is lost on the way
+/// back; every later call reaches the store as usual.
+#[derive(Debug, Default)]
+pub struct FirstRecordLost {
+    lost: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Override for FirstRecordLost {
+    async fn record_deploy(
+        &self,
+        inner: &dyn ColourStore,
+        app: &AppName,
+        rec: bg_state::DeployRecord,
+    ) -> bg_state::Result<bg_state::State> {
+        let out = inner.record_deploy(app, rec).await;
+        if self.lost.swap(true, Ordering::SeqCst) {
+            out
+        } else {
+            Err(connection_reset())
+        }
+    }
+}
+
 /// The first switch (of every switch, or only of those recorded as a
 /// rollback) commits, but its answer is lost on the way back; every later
 /// call reaches the store as usual.

@@ -128,6 +128,15 @@ impl AppRecord {
     ) -> Result<(State, Effect)> {
         req.validate()?;
         let old = self.state.as_ref();
+        if let Some(current) = old
+            && current.active == req.active
+            && same_request(
+                current.last_change.request_id.as_ref(),
+                req.request_id.as_ref(),
+            )
+        {
+            return Ok((current.clone(), Effect::None));
+        }
         if let (Some(current), false) = (old, req.force) {
             return Err(Error::AlreadyInitialised {
                 current: Box::new(current.clone()),
@@ -145,7 +154,7 @@ impl AppRecord {
                 at_ms: now,
                 reason: req.reason.clone(),
                 forced: req.force,
-                request_id: None,
+                request_id: req.request_id.clone(),
                 fence: None,
             },
             blue: old.and_then(|s| s.blue.clone()),
@@ -236,6 +245,13 @@ impl AppRecord {
         let Some(current) = self.state.as_ref() else {
             return Err(Error::NotInitialised { app: app.clone() });
         };
+        if current.deployment(rec.colour).is_some_and(|d| {
+            d.version == rec.version
+                && d.phase == rec.phase
+                && same_request(d.request_id.as_ref(), rec.request_id.as_ref())
+        }) {
+            return Ok((current.clone(), Effect::None));
+        }
         if current.active == rec.colour {
             return Err(Error::DeployToLive {
                 app: app.clone(),
@@ -249,6 +265,7 @@ impl AppRecord {
             phase: rec.phase,
             at_ms: now,
             actor: rec.actor.clone(),
+            request_id: rec.request_id.clone(),
         });
         self.push_event(
             Event {
@@ -382,6 +399,12 @@ impl AppRecord {
     ) -> Result<((), Effect)> {
         presence.validate()?;
         crate::store::check_ttl(ttl)?;
+        if self.gates.get(&presence.gate_id).is_some_and(|p| {
+            p.expires_at_ms > now
+                && same_request(p.request_id.as_ref(), presence.request_id.as_ref())
+        }) {
+            return Ok(((), Effect::None));
+        }
         presence.seen_at_ms = now;
         presence.expires_at_ms = now.saturating_add(ms(ttl));
         self.gates.retain(|_, p| p.expires_at_ms > now);
@@ -407,6 +430,11 @@ fn check_ceiling(n: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Whether a request carries the id a write was made under.
+fn same_request(made: Option<&String>, asked: Option<&String>) -> bool {
+    asked.is_some() && made == asked
 }
 
 /// Whether `req` repeats the switch that produced `current`.

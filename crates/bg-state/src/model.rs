@@ -310,6 +310,9 @@ pub struct Deployment {
     pub at_ms: Millis,
     /// Who recorded it.
     pub actor: Actor,
+    /// The idempotency key it was recorded under, so a retry is recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// A version a colour served live.
@@ -432,6 +435,10 @@ pub struct Presence {
     pub seen_at_ms: Millis,
     /// When this report lapses (store clock; set by the store).
     pub expires_at_ms: Millis,
+    /// The idempotency key of the report: a retry of a report the store
+    /// took is answered as done without a second write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Presence {
@@ -450,7 +457,15 @@ impl Presence {
             applied_generation,
             seen_at_ms: 0,
             expires_at_ms: 0,
+            request_id: None,
         }
+    }
+
+    /// With an idempotency key.
+    #[must_use]
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
     }
 }
 

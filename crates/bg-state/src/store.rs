@@ -47,6 +47,11 @@ pub struct InitRequest {
     /// be rolled back to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// An idempotency key: a retry of an init that committed under the same
+    /// key (its answer lost, its replicas unconfirmed) is answered with the
+    /// state it made, not refused as already initialised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl InitRequest {
@@ -59,6 +64,7 @@ impl InitRequest {
             force: false,
             min_generation: None,
             version: None,
+            request_id: None,
         }
     }
     /// The colour made live runs `version`.
@@ -83,6 +89,12 @@ impl InitRequest {
     #[must_use]
     pub fn min_generation(mut self, generation: u64) -> Self {
         self.min_generation = Some(generation);
+        self
+    }
+    /// With an idempotency key.
+    #[must_use]
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
         self
     }
 }
@@ -187,6 +199,10 @@ pub struct DeployRecord {
     pub fence: Option<u64>,
     /// Record even though someone else holds the lease (recorded as forced).
     pub force: bool,
+    /// An idempotency key: a retry of a record that was made under the same
+    /// key is answered as a success without a second record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl DeployRecord {
@@ -204,6 +220,7 @@ impl DeployRecord {
             actor: actor.into(),
             fence: None,
             force: false,
+            request_id: None,
         }
     }
     /// Under the lease with this fence.
@@ -216,6 +233,12 @@ impl DeployRecord {
     #[must_use]
     pub fn force(mut self, force: bool) -> Self {
         self.force = force;
+        self
+    }
+    /// With an idempotency key.
+    #[must_use]
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
         self
     }
 }
@@ -478,6 +501,7 @@ impl InitRequest {
         if let Some(v) = &self.version {
             check_version(v)?;
         }
+        check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)?;
         check_number("min_generation", self.min_generation)
     }
 }
@@ -506,6 +530,7 @@ impl DeployRecord {
     pub fn validate(&self) -> Result<()> {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_version(&self.version)?;
+        check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)?;
         check_number("fence", self.fence)
     }
 }
@@ -537,7 +562,8 @@ impl BreakLease {
 impl Presence {
     pub(crate) fn validate(&self) -> Result<()> {
         check_text("gate_id", &self.gate_id, MAX_NAME_LEN)?;
-        check_text("service_version", &self.service_version, MAX_VERSION_LEN)
+        check_text("service_version", &self.service_version, MAX_VERSION_LEN)?;
+        check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)
     }
 }
 

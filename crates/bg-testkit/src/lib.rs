@@ -8,6 +8,9 @@
 //! * [`RedisServer`] (`redis.rs`), [`SentinelSet`] (`sentinel.rs`),
 //!   [`RedisCluster`] (`cluster.rs`), with [`TlsFiles`] (`tls.rs`) for their
 //!   TLS forms — real Redis servers on loopback, killed on drop.
+//! * [`RedisProxy`] (`proxy.rs`) — a proxy in front of one of them that
+//!   reads the commands going through, to cut a connection once a script
+//!   ran or act on the servers just before a `WAIT` reaches them.
 //! * [`Process`] (`process.rs`), [`free_port`], [`wait_for_port`] — any
 //!   program as a child process, killed on drop.
 //! * [`http`] — a blocking HTTP/1.1 client small enough to trust in a test.
@@ -35,6 +38,7 @@ pub mod http;
 pub mod names;
 pub mod nginx;
 mod process;
+mod proxy;
 mod redis;
 mod sentinel;
 #[cfg(feature = "store")]
@@ -43,6 +47,7 @@ mod tls;
 
 pub use cluster::RedisCluster;
 pub use process::Process;
+pub use proxy::{Fault, RedisProxy};
 pub use redis::{RedisServer, redis_cli};
 pub use sentinel::SentinelSet;
 pub use tls::TlsFiles;

@@ -137,8 +137,9 @@ pub(super) enum Command {
         force: bool,
         /// The version the colour made live runs (image tag, commit): recorded as its live
         /// version, so `bg-ctl rollback` can return to it after the first release. With
-        /// --from-gate it is what the live colour's gates report, when they agree.
-        #[arg(long, value_name = "VERSION", conflicts_with = "from_gate")]
+        /// --from-gate it is what the live colour's gates report, when they agree (this is
+        /// not read).
+        #[arg(long, env = "BG_VERSION", value_name = "VERSION")]
         version: Option<String>,
         /// Keep the hand-made design's keys `lb-status-<BLUE_ID>` and
         /// `lb-status-<GREEN_ID>` in step with the live colour, whoever makes

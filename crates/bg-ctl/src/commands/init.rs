@@ -29,7 +29,9 @@ pub async fn init(
     reason: Option<String>,
     version: Option<String>,
 ) -> CtlResult<Initialised> {
-    let mut req = InitRequest::new(active, actor).force(force);
+    let mut req = InitRequest::new(active, actor)
+        .force(force)
+        .request_id(super::request_id("init"));
     req.reason = reason;
     req.version = version;
     Ok(Initialised {
@@ -83,6 +85,7 @@ pub async fn init_from_gates(
     );
     let mut req = InitRequest::new(active, actor)
         .force(force)
+        .request_id(super::request_id("init"))
         .min_generation(top + 1)
         .reason(match reason {
             Some(why) => format!("{restored}: {why}"),

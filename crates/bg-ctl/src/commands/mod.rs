@@ -17,5 +17,14 @@ pub use rollback::{RolledBack, rollback};
 pub use status::{ProbedGate, Status, status};
 pub use switch::{Switched, switch};
 
+/// A request id for one write of this run: a retry of the write under it
+/// is recognised by the store if the write was made.
+pub(crate) fn request_id(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("bg-ctl:{what}:{}:{nanos}", std::process::id())
+}
+
 #[cfg(test)]
 mod tests;

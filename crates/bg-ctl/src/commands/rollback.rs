@@ -73,7 +73,8 @@ pub async fn rollback(
     can_return_to(store, gates, app, urls, previous, &want, state.generation).await?;
     let mut req = SwitchRequest::new(previous, actor)
         .expect_generation(state.generation)
-        .rollback(true);
+        .rollback(true)
+        .request_id(super::request_id("rollback"));
     req.reason = Some(reason.unwrap_or_else(|| format!("rollback to {want}")));
     Ok(store.switch(app, req).await?.into())
 }

@@ -46,7 +46,9 @@ pub async fn switch(
         .await?
         .ok_or_else(|| StoreError::NotInitialised { app: app.clone() })?;
     readiness::none_ahead(&store.presences(app).await?, state.generation)?;
-    let mut req = SwitchRequest::new(to.unwrap_or(state.idle()), actor).force(force);
+    let mut req = SwitchRequest::new(to.unwrap_or(state.idle()), actor)
+        .force(force)
+        .request_id(super::request_id("switch"));
     req.expect_generation = Some(expect.unwrap_or(state.generation));
     req.reason = reason;
     Ok(store.switch(app, req).await?.into())

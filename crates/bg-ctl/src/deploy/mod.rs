@@ -526,13 +526,24 @@ impl Deployer<'_> {
         Ok(())
     }
 
-    /// Records a phase of this release for the idle colour, fenced.
+    /// Records a phase of this release for the idle colour, fenced, and
+    /// retried through a store outage under one request id (unique to the
+    /// lease, the phase and the version), so a record whose answer was lost
+    /// is recognised, not made twice.
     async fn record(&self, plan: &Plan, phase: DeployPhase) -> CtlResult<()> {
         let o = self.opts;
+        let id: String = format!("deploy:{}:{phase}:{}", plan.fence, o.version)
+            .chars()
+            .take(bg_state::MAX_REQUEST_ID_LEN)
+            .collect();
         let rec = DeployRecord::new(plan.idle, o.version.clone(), phase, o.actor.clone())
-            .fence(plan.fence);
-        self.store.record_deploy(&o.app, rec).await?;
-        Ok(())
+            .fence(plan.fence)
+            .request_id(id);
+        self.retrying(&format!("recording {phase} {}", o.version), || async {
+            self.store.record_deploy(&o.app, rec.clone()).await?;
+            Ok(())
+        })
+        .await
     }
 }
 

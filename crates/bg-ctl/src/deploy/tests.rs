@@ -12,9 +12,10 @@ use super::*;
 use crate::error::{CheckFailed, GateAhead, LeaseLost, Pending, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
-    BLUE, FakeGates, FirstAnswerLost, GREEN, OneReadFails, SwitchBackLosesTheLease,
-    SwitchLostWithTheLease, SwitchUnreachable, app, failing_checks, futures_now, gates, live, opts,
-    overlay, passing_checks, release, run, store, trigger_that_deploys,
+    BLUE, FakeGates, FirstAnswerLost, FirstRecordLost, GREEN, OneReadFails,
+    SwitchBackLosesTheLease, SwitchLostWithTheLease, SwitchUnreachable, app, failing_checks,
+    futures_now, gates, live, opts, overlay, passing_checks, release, run, store,
+    trigger_that_deploys,
 };
 use crate::trigger::MockTrigger;
 
@@ -635,6 +636,24 @@ async fn a_switch_whose_answer_was_lost_is_retried_safely() {
         .unwrap();
     assert_eq!(out.generation, 2, "one switch, recognised on retry");
     assert_eq!(live(&real).await, (Colour::Green, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_record_whose_answer_was_lost_is_retried_safely() {
+    let real = store().await;
+    let mock = overlay(&real, FirstRecordLost::default());
+    let out = release(&*mock, &real, &passing_checks(), &opts())
+        .await
+        .unwrap();
+    assert_eq!(out.generation, 2);
+    let records = real
+        .history(&app(), 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.kind, EventKind::Deploy { .. }))
+        .count();
+    assert_eq!(records, 2, "one deploying and one deployed record");
 }
 
 #[tokio::test(start_paused = true)]

@@ -150,6 +150,7 @@ async fn init(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> 
         force: b.force,
         min_generation: b.min_generation,
         version: b.version,
+        request_id: b.request_id,
     };
     let res = answer(&gate, async {
         Ok(wire::StateAnswer {
@@ -189,6 +190,7 @@ async fn deploy(State(gate): State<Gate>, Segment(app): Segment, req: Request) -
     let mut rec = DeployRecord::new(b.colour, b.version, b.phase, caller.actor);
     rec.fence = b.fence;
     rec.force = b.force;
+    rec.request_id = b.request_id;
     answer(&gate, async {
         Ok(wire::StateAnswer {
             state: Some(gate.store().record_deploy(&app, rec).await?),
@@ -293,7 +295,8 @@ async fn presences(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
 async fn presence(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, _caller, b) = write::<wire::PresenceBody>(&gate, &app, req, Scope::Admin).await?;
     check_generation(&gate, &app, "applied_generation", b.applied_generation).await?;
-    let report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
+    let mut report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
+    report.request_id = b.request_id;
     bounded(
         gate.config().store_timeout,
         gate.store().report_presence(&app, report, ttl(b.ttl_ms)),

@@ -258,6 +258,7 @@ impl ColourStore for RemoteStore {
             force: req.force,
             min_generation: req.min_generation,
             version: req.version,
+            request_id: req.request_id,
         };
         let a: wire::StateAnswer = self.post(app, "init", &body).await?;
         a.state.ok_or_else(empty)
@@ -285,6 +286,7 @@ impl ColourStore for RemoteStore {
             phase: rec.phase,
             fence: rec.fence,
             force: rec.force,
+            request_id: rec.request_id,
         };
         let a: wire::StateAnswer = self.post(app, "deploys", &body).await?;
         a.state.ok_or_else(empty)
@@ -352,6 +354,7 @@ impl ColourStore for RemoteStore {
             service_version: presence.service_version,
             applied_generation: presence.applied_generation,
             ttl_ms: ms(ttl),
+            request_id: presence.request_id,
         };
         self.call::<_, serde_json::Value>(
             app,

@@ -23,6 +23,7 @@ use crate::{AppName, Colour, ColourStore, InitRequest};
 mod bookkeeping;
 mod deploys;
 mod race;
+mod retries;
 mod switching;
 
 pub use bookkeeping::{bad_input_changes_nothing, history_is_bounded, notifications, presence};
@@ -31,6 +32,10 @@ pub use deploys::{
     live_version_of_the_colour_left, live_versions,
 };
 pub use race::compare_and_swap_race;
+pub use retries::{
+    deploy_retries_are_recognised, init_retries_are_recognised, presence_retries_are_recognised,
+    rollback_retries_are_recognised,
+};
 pub use switching::{
     generation_never_goes_down, init_rules, switch_compare_and_swap, switch_retries_are_recognised,
     uninitialised,
@@ -85,6 +90,10 @@ pub async fn run_all(stores: &[Arc<dyn ColourStore>], cfg: &Config) {
     generation_never_goes_down(store).await;
     switch_compare_and_swap(store, cfg).await;
     switch_retries_are_recognised(store).await;
+    init_retries_are_recognised(store).await;
+    rollback_retries_are_recognised(store).await;
+    deploy_retries_are_recognised(store).await;
+    presence_retries_are_recognised(store).await;
     deploy_records(store, cfg).await;
     live_versions(store).await;
     live_version_of_the_colour_left(store).await;

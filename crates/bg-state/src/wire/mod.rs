@@ -37,6 +37,8 @@ pub struct InitBody {
     pub min_generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// `POST switch`.
@@ -71,6 +73,8 @@ pub struct DeployBody {
     pub fence: Option<u64>,
     #[serde(default)]
     pub force: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// `POST lease`.
@@ -118,6 +122,8 @@ pub struct PresenceBody {
     pub service_version: String,
     pub applied_generation: u64,
     pub ttl_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// `{"state": …}`.

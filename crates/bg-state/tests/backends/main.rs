@@ -7,6 +7,7 @@ mod memory;
 mod redis;
 mod sentinel;
 mod tls;
+mod unknown;
 
 use std::sync::Arc;
 use std::time::Duration;

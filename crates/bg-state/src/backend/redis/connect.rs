@@ -200,14 +200,49 @@ impl Inner {
                 ),
             );
         }
-        let retryable = !matches!(e.retry_method(), RetryMethod::NoRetry)
-            && e.kind() != redis::ErrorKind::AuthenticationFailed;
+        let retryable = outcome_unknown(e)
+            || (!matches!(e.retry_method(), RetryMethod::NoRetry)
+                && e.kind() != redis::ErrorKind::AuthenticationFailed);
+        let message = match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => format!("{code} {detail}"),
+            _ => e.to_string(),
+        };
         Error::Unavailable {
             backend: "redis",
-            message: e.to_string(),
+            message,
             retryable,
         }
     }
+}
+
+/// Failures after which a write may or may not have been made, or kept:
+/// the connection went (the script may have run), the server was demoted
+/// (READONLY, or a `WAIT` answered by a replica), or it refuses writes for
+/// now (NOREPLICAS, MISCONF, BUSY with another script, LOADING, a cluster
+/// moving). A retry by request id, on the master looked up again, is how
+/// to know; none of them means the request was wrong.
+pub(super) fn outcome_unknown(e: &RedisError) -> bool {
+    let demoted_wait = e.code() == Some("ERR")
+        && e.detail()
+            .is_some_and(|d| d.starts_with("WAIT cannot be used with replica"));
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || demoted_wait
+        || matches!(
+            e.code(),
+            Some(
+                "READONLY"
+                    | "NOREPLICAS"
+                    | "MISCONF"
+                    | "BUSY"
+                    | "LOADING"
+                    | "MASTERDOWN"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+            )
+        )
 }
 
 pub(super) fn timed_out(after: Duration) -> Error {

@@ -18,13 +18,14 @@ use crate::store::{
     Subscription, SwitchOutcome, SwitchRequest,
 };
 
+mod confirm;
 mod connect;
 mod listen;
 mod mirror;
 mod reply;
 mod target;
 
-use connect::{AnyConn, Connector, read_ca, timed_out};
+use connect::{Connector, outcome_unknown, read_ca, timed_out};
 use listen::Heard;
 pub use mirror::LegacyMirror;
 use reply::{Reply, parse_lease, parse_state};
@@ -80,9 +81,12 @@ impl Default for RedisOptions {
 ///
 /// The connection is made lazily and re-made after a failure; a call that
 /// meets a broken or paused server fails within the configured timeouts with
-/// a retryable [`Error::Unavailable`]. Under Sentinel the master is looked up
-/// again after a connection failure, a `READONLY` answer (a demoted master)
-/// or a `+switch-master` event.
+/// a retryable [`Error::Unavailable`]. Once a script may have run, every
+/// failure is such an outcome-unknown error, never a refusal: a dropped
+/// connection, `READONLY` (a demoted master), `NOREPLICAS`, `MISCONF`,
+/// `BUSY`, a `WAIT` answered by a replica; a retry with the same request id
+/// is recognised if the write was made. Under Sentinel the master is looked
+/// up again after any of them, and after a `+switch-master` event.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -194,17 +198,7 @@ impl RedisStore {
     ) -> Result<T> {
         match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                let moved = e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
-                if moved {
-                    self.forget_master().await;
-                }
-                Err(self.inner.unavailable(&e))
-            }
+            Ok(Err(e)) => Err(self.failed(&e).await),
             Err(_) => {
                 self.forget_master().await;
                 Err(timed_out(limit))
@@ -212,35 +206,13 @@ impl RedisStore {
         }
     }
 
-    /// Waits until `min_replicas` replicas hold every write made so far on
-    /// this connection: an acknowledged switch or init survives a failover.
-    async fn confirm_replicas(&self, conn: &mut AnyConn) -> Result<()> {
-        let wanted = self.inner.target.min_replicas();
-        if wanted == 0 {
-            return Ok(());
+    /// The error for a failed command; after one that leaves the outcome
+    /// unknown, the next call looks the Sentinel master up again.
+    async fn failed(&self, e: &redis::RedisError) -> Error {
+        if outcome_unknown(e) {
+            self.forget_master().await;
         }
-        let wait = self.inner.opts.replica_timeout;
-        let got: u64 = self
-            .bounded_by(
-                self.deadline() + wait,
-                redis::cmd("WAIT")
-                    .arg(wanted)
-                    .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
-                    .query_async(conn),
-            )
-            .await?;
-        if got < u64::from(wanted) {
-            return Err(Error::Unavailable {
-                backend: "redis",
-                message: format!(
-                    "the change is written but only {got} of {wanted} replicas confirmed it \
-                     within {wait:?}; the outcome is unknown until a retry with the same request \
-                     id, or a read, shows it"
-                ),
-                retryable: true,
-            });
-        }
-        Ok(())
+        self.inner.unavailable(e)
     }
 
     /// Runs the store script for `app`.
@@ -249,7 +221,8 @@ impl RedisStore {
     }
 
     /// Runs the store script for `app`; when `durable`, a change it made
-    /// (or found already made) is confirmed by the replicas `min_replicas` asks for.
+    /// (or found already made) is confirmed by the replicas `min_replicas`
+    /// asks for, see [`RedisStore::run_confirmed`].
     async fn run_with(
         &self,
         app: &AppName,
@@ -258,43 +231,37 @@ impl RedisStore {
         durable: bool,
     ) -> Result<Reply> {
         let tag = app.as_str();
-        let mut inv = SCRIPT.prepare_invoke();
-        inv.key(format!("bg:{{{tag}}}:state"))
-            .key(format!("bg:{{{tag}}}:history"))
-            .key(format!("bg:{{{tag}}}:gates"));
+        let mut keys = vec![
+            format!("bg:{{{tag}}}:state"),
+            format!("bg:{{{tag}}}:history"),
+            format!("bg:{{{tag}}}:gates"),
+        ];
         if let Some(m) = self.inner.opts.mirror.as_ref().filter(|m| m.app == *app) {
-            inv.key(m.key(Colour::Blue)).key(m.key(Colour::Green));
+            keys.extend([m.key(Colour::Blue), m.key(Colour::Green)]);
         }
-        inv.arg(op)
-            .arg(channel(app))
-            .arg(self.inner.opts.history_cap)
-            .arg(crate::MAX_GENERATION);
-        for a in args {
+        let mut argv = vec![
+            op.to_owned(),
+            channel(app),
+            self.inner.opts.history_cap.to_string(),
+            crate::MAX_GENERATION.to_string(),
+        ];
+        argv.extend_from_slice(args);
+        let mut conn = self.conn().await?;
+        let wanted = self.inner.target.min_replicas();
+        if durable && wanted > 0 {
+            return self
+                .run_confirmed(app, &mut conn, &keys, &argv, wanted)
+                .await;
+        }
+        let mut inv = SCRIPT.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        for a in &argv {
             inv.arg(a);
         }
-        let mut conn = self.conn().await?;
         let raw: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
-        let reply = Reply::parse(app, raw)?;
-        if durable && matches!(reply.status.as_str(), "ok" | "unchanged") {
-            if reply.status == "unchanged" && self.inner.target.min_replicas() > 0 {
-                // WAIT counts the writes of this connection, and an
-                // unchanged answer wrote nothing here (the change was made
-                // earlier, maybe by another process): one small write in
-                // the app's slot, after the change, makes the replicas'
-                // acknowledgement cover the change too.
-                self.bounded(
-                    redis::cmd("SET")
-                        .arg(format!("bg:{{{tag}}}:synced"))
-                        .arg(reply.now)
-                        .arg("PX")
-                        .arg(60_000)
-                        .query_async::<()>(&mut conn),
-                )
-                .await?;
-            }
-            self.confirm_replicas(&mut conn).await?;
-        }
-        Ok(reply)
+        Reply::parse(app, raw)
     }
 }
 
@@ -334,11 +301,12 @@ impl ColourStore for RedisStore {
             opt(req.reason.as_deref()),
             flag(req.force),
             req.min_generation.unwrap_or(1).to_string(),
+            opt(req.request_id.as_deref()),
             opt(req.version.as_deref()),
         ];
         let reply = self.run_with(app, "init", &args, true).await?;
         match reply.status.as_str() {
-            "ok" => self.state_of(app, &reply),
+            "ok" | "unchanged" => self.state_of(app, &reply),
             _ => Err(self.refusal(app, &reply)),
         }
     }
@@ -381,6 +349,7 @@ impl ColourStore for RedisStore {
             rec.actor.clone(),
             rec.fence.map(|g| g.to_string()).unwrap_or_default(),
             flag(rec.force),
+            opt(rec.request_id.as_deref()),
         ];
         let reply = self.run(app, "deploy", &args).await?;
         match reply.status.as_str() {

@@ -92,6 +92,7 @@ pub(super) fn parse_state(app: &AppName, f: &HashMap<String, String>) -> Result<
             phase,
             at_ms: num_field(app, f, &key("at"))?,
             actor: req_field(app, f, &key("actor"))?.to_owned(),
+            request_id: f.get(&key("request")).cloned(),
         }))
     };
     // The same rules as `corrupt()` in the script: a live version is a valid

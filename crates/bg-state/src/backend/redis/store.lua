@@ -150,9 +150,15 @@ if op == 'read' then
   return reply('ok')
 
 elseif op == 'init' then
-  -- 5 active, 6 actor, 7 reason, 8 force, 9 min generation, 10 version it runs
+  -- 5 active, 6 actor, 7 reason, 8 force, 9 min generation, 10 request id,
+  -- 11 the version it runs
   local bad = corrupt(); if bad then return bad end
   local exists = field('generation') ~= nil
+  local rid = ARGV[10] or ''
+  -- A retry of the init that made this state: done already.
+  if exists and rid ~= '' and field('lc_request') == rid and field('active') == ARGV[5] then
+    return reply('unchanged')
+  end
   if exists and ARGV[8] ~= '1' then return reply('already_init') end
   local held = math.max(tonumber(field('high_water') or '0') or 0, tonumber(field('generation') or '0'))
   local gen = math.max(held + 1, tonumber(ARGV[9]))
@@ -160,12 +166,12 @@ elseif op == 'init' then
   mirror(true, ARGV[5])
   redis.call('HSET', S, 'active', ARGV[5], 'generation', num(gen), 'high_water', num(gen),
     'lc_actor', ARGV[6], 'lc_at', num(now), 'lc_forced', ARGV[8])
-  set_opt('lc_reason', ARGV[7])
-  redis.call('HDEL', S, 'lc_request', 'lc_fence')
+  set_opt('lc_reason', ARGV[7]); set_opt('lc_request', rid)
+  redis.call('HDEL', S, 'lc_fence')
   -- A known version becomes the one the colour serves live (checked by
   -- the caller by the rule valid_version holds).
-  if ARGV[10] ~= '' then
-    redis.call('HSET', S, ARGV[5] .. '_live', ARGV[10])
+  if ARGV[11] ~= '' then
+    redis.call('HSET', S, ARGV[5] .. '_live', ARGV[11])
     redis.call('HDEL', S, ARGV[5] .. '_live_rb')
   end
   event({ generation = gen, at_ms = now, actor = ARGV[6], forced = ARGV[8] == '1',
@@ -218,14 +224,20 @@ elseif op == 'switch' then
   return reply('ok')
 
 elseif op == 'deploy' then
-  -- 5 colour, 6 version, 7 phase, 8 actor, 9 fence, 10 force
+  -- 5 colour, 6 version, 7 phase, 8 actor, 9 fence, 10 force, 11 request id
   local bad = corrupt(); if bad then return bad end
   if field('generation') == nil then return reply('not_init') end
-  local colour = ARGV[5]
+  local colour, rid = ARGV[5], ARGV[11] or ''
+  -- A retry of the record there now: done already, even if its colour went live since.
+  if rid ~= '' and field(colour .. '_request') == rid and field(colour .. '_version') == ARGV[6]
+      and field(colour .. '_phase') == ARGV[7] then
+    return reply('ok')
+  end
   if field('active') == colour then return reply('deploy_live') end
   local refused = check_fence(ARGV[9], ARGV[10]); if refused then return refused end
   redis.call('HSET', S, colour .. '_version', ARGV[6], colour .. '_phase', ARGV[7],
     colour .. '_at', num(now), colour .. '_actor', ARGV[8])
+  set_opt(colour .. '_request', rid)
   event({ generation = tonumber(field('generation')), at_ms = now, actor = ARGV[8], forced = ARGV[10] == '1',
     event = 'deploy', colour = colour, version = ARGV[6], phase = ARGV[7] })
   publish()
@@ -281,6 +293,14 @@ elseif op == 'presence' then
   -- 5 gate id, 6 presence JSON, 7 ttl ms
   local bad = corrupt(); if bad then return bad end
   local p = cjson.decode(ARGV[6])
+  -- A retry of the report there now (same request id, not lapsed): done already.
+  local rid = p.request_id
+  if type(rid) == 'string' then
+    local ok, old = pcall(cjson.decode, redis.call('HGET', G, ARGV[5]) or 'null')
+    if ok and type(old) == 'table' and old.request_id == rid and (tonumber(old.expires_at_ms) or 0) > now then
+      return reply('ok', '', G)
+    end
+  end
   p.seen_at_ms = now
   p.expires_at_ms = now + tonumber(ARGV[7])
   local all = redis.call('HGETALL', G)
