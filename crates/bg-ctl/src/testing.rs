@@ -12,7 +12,7 @@ use bg_state::{
 use bg_testkit::store::{Overlay, Override};
 
 use crate::deploy::{DeployOptions, DeployOutcome, Deployer};
-use crate::error::{CheckFailed, CtlResult};
+use crate::error::{CheckFailed, CtlError, CtlResult};
 use crate::gates::{
     ConnectionCounts, GateAnswer, GateStatus, Gates, MockGates, ProbeRecord, StoreHealth,
 };
@@ -29,10 +29,11 @@ pub fn app() -> AppName {
     AppName::new("chat").unwrap()
 }
 
-/// A memory store with the app initialised: blue live at generation 1.
+/// A memory store with the app initialised: blue live at generation 1,
+/// running v1.
 pub async fn store() -> MemoryStore {
     let s = MemoryStore::new();
-    s.init(&app(), InitRequest::new(Colour::Blue, "ops"))
+    s.init(&app(), InitRequest::new(Colour::Blue, "ops").version("v1"))
         .await
         .unwrap();
     s
@@ -97,6 +98,8 @@ pub struct FakeGates {
     deployed: Arc<AtomicBool>,
     green: Box<dyn FnMut(&mut GateStatus) + Send>,
     blue: Box<dyn FnMut(&mut GateStatus) + Send>,
+    /// How many of green's next reports fail as an unreachable gate.
+    green_silent: usize,
 }
 
 impl FakeGates {
@@ -107,7 +110,15 @@ impl FakeGates {
             deployed: Arc::new(AtomicBool::new(false)),
             green: Box::new(|_| {}),
             blue: Box::new(|_| {}),
+            green_silent: 0,
         }
+    }
+
+    /// Green's first `n` reports fail: its gate does not answer.
+    #[must_use]
+    pub fn green_silent_for(mut self, n: usize) -> Self {
+        self.green_silent = n;
+        self
     }
 
     /// Green runs "v2" once `deployed` is set.
@@ -138,9 +149,14 @@ impl FakeGates {
             deployed,
             mut green,
             mut blue,
+            mut green_silent,
         } = self;
         let mut g = MockGates::new();
         g.expect_report().returning(move |url| {
+            if url == GREEN && green_silent > 0 {
+                green_silent -= 1;
+                return Err(CtlError::Unreachable(format!("{url}: connection refused")));
+            }
             let state = futures_now(store.get(&app())).unwrap().unwrap();
             let colour = if url == BLUE {
                 Colour::Blue

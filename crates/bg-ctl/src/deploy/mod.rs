@@ -194,16 +194,19 @@ impl Deployer<'_> {
     async fn release(&self, lease: &Lease, sent: &Sent) -> CtlResult<DeployOutcome> {
         let o = self.opts;
         let state = self.read_state().await?;
-        if let Some(done) = self.already_live(&state).await {
+        if let Some(done) = self.already_live(&state).await? {
             if o.confirm_lb || o.verify.is_some() {
                 // A retry of a release whose confirmation or verify failed
                 // must not pass unchecked: check again what it asked for.
+                // A switch back then goes where `rollback` would: to the
+                // version the other colour last served live, as recorded
+                // (not whatever its gates run now).
                 let plan = Plan {
                     idle: state.active,
                     live: state.idle(),
                     generation: state.generation,
                     fence: lease.fence,
-                    old_versions: self.versions(state.idle()).await,
+                    old_versions: Vec::new(),
                 };
                 self.confirm_and_verify(&plan, state.generation, sent)
                     .await?;
@@ -289,28 +292,58 @@ impl Deployer<'_> {
 
     /// A retried job (its answer lost) finds its version live, verified,
     /// and run by every gate given for the live colour: that is success,
-    /// without a second release to the other colour.
-    async fn already_live(&self, state: &State) -> Option<DeployOutcome> {
+    /// without a second release to the other colour. A gate that does not
+    /// answer is unknown, not "runs something else": it is asked again
+    /// until `--ready-timeout`, and then the job stops (exit 5) rather than
+    /// start a second release because a gate blinked.
+    async fn already_live(&self, state: &State) -> CtlResult<Option<DeployOutcome>> {
         let o = self.opts;
-        let live = state.deployment(state.active)?;
+        let Some(live) = state.deployment(state.active) else {
+            return Ok(None);
+        };
         if live.version != o.version || live.phase != DeployPhase::Deployed {
-            return None;
+            return Ok(None);
         }
-        let runs = self.versions(state.active).await;
-        if runs.len() != o.urls(state.active).len() || runs.iter().any(|v| *v != o.version) {
-            return None;
+        let deadline = Instant::now() + o.ready_timeout;
+        loop {
+            let mut silent = None;
+            for url in o.urls(state.active) {
+                match self.gates.report(url).await {
+                    Ok(r) if r.version != o.version => return Ok(None),
+                    Ok(_) => {}
+                    Err(e) => silent = Some((url, e)),
+                }
+            }
+            let Some((url, e)) = silent else { break };
+            if Instant::now() >= deadline {
+                return Err(CtlError::Unreachable(format!(
+                    "{} is recorded live and verified on {}, but gate {} does not answer ({e}), so \
+                     whether it runs there is unknown: not starting a second release; run the job \
+                     again once the gate answers",
+                    o.version,
+                    state.active,
+                    crate::gates::redact(url)
+                )));
+            }
+            self.report.waiting(format!(
+                "{} is recorded live on {}; gate {} does not answer ({e}): asking again",
+                o.version,
+                state.active,
+                crate::gates::redact(url)
+            ));
+            tokio::time::sleep(o.poll.max(Duration::from_millis(100))).await;
         }
         self.report.step(format!(
             "{} is already live on {} at generation {} and verified: nothing to release",
             o.version, state.active, state.generation
         ));
-        Some(DeployOutcome {
+        Ok(Some(DeployOutcome {
             version: o.version.clone(),
             colour: state.active,
             generation: state.generation,
             switched: false,
             already_live: true,
-        })
+        }))
     }
 
     /// Step 2: from the state read, pick the idle colour, record

@@ -9,7 +9,7 @@ use bg_state::{
 };
 
 use super::*;
-use crate::error::{CheckFailed, GateAhead, LeaseLost, Pending, SwitchBack, exit};
+use crate::error::{CheckFailed, GateAhead, LeaseLost, Pending, RollbackRefused, SwitchBack, exit};
 use crate::gates::MockGates;
 use crate::testing::{
     BLUE, FakeGates, FirstAnswerLost, FirstRecordLost, GREEN, OneReadFails,
@@ -926,6 +926,81 @@ async fn a_retry_checks_again_what_the_release_asked_for() {
         matches!(&err, CtlError::Verify(v) if v.to == Colour::Green && v.from == Colour::Blue),
         "{err}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_release_is_not_started_again_because_a_live_gate_blinked() {
+    let (store, _) = released_v2().await;
+    let deployed = Arc::new(AtomicBool::new(true));
+    // The job is retried; green's gate misses two reports, then answers.
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green_silent_for(2)
+        .build();
+    let out = run(&store, &g, &t, &passing_checks(), &opts())
+        .await
+        .unwrap();
+    assert!(out.already_live && !out.switched, "{out:?}");
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+
+    // One that never answers: unknown, so the job stops (exit 5), and no
+    // second release starts.
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green_silent_for(usize::MAX)
+        .build();
+    let err = run(&store, &g, &t, &passing_checks(), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::UNREACHABLE, "{err}");
+    assert!(
+        err.to_string().contains("not starting a second release"),
+        "{err}"
+    );
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+    let history = store.history(&app(), 10).await.unwrap();
+    assert_eq!(history.len(), 4, "nothing recorded: {history:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_switch_back_of_a_retried_release_goes_where_rollback_would() {
+    let (store, _) = released_v2().await;
+    // Blue served v1 live; since, someone put a hotfix on it by hand. The
+    // release is retried with --verify, which fails: there is no going
+    // back to a version blue never served live.
+    let deployed = Arc::new(AtomicBool::new(true));
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .blue(|r| r.version = "v9-hotfix".into())
+        .build();
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let mut o = opts();
+    o.verify = Some("./verify".into());
+    let err = run(&store, &g, &t, &failing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CtlError::Verify(v) if matches!(&v.back, SwitchBack::NotTried(why)
+            if matches!(**why, CtlError::RollbackRefused(RollbackRefused::RunsOther { .. })))),
+        "{err:?}"
+    );
+    assert_eq!(live(&store).await, (Colour::Green, 2));
+
+    // Blue back on v1: the switch back goes there.
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .build();
+    let err = run(&store, &g, &t, &failing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CtlError::Verify(v) if matches!(v.back, SwitchBack::Done(3))),
+        "{err:?}"
+    );
+    assert_eq!(live(&store).await, (Colour::Blue, 3));
 }
 
 #[tokio::test(start_paused = true)]
