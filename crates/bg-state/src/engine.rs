@@ -218,7 +218,7 @@ impl AppRecord {
             request_id: req.request_id.clone(),
             fence: req.fence,
         };
-        state.apply_switch_to_live(req.to, req.rollback);
+        state.apply_switch_to_live(req.to, req.rollback, req.leaving_version.as_deref());
         let kind = if req.rollback {
             EventKind::Rollback { from, to: req.to }
         } else {

@@ -209,18 +209,26 @@ impl State {
     /// it served; a plain switch to a colour with a verified deploy record
     /// makes that version its live one; a rollback returns to what it
     /// served before (its record may be a release that never went live)
-    /// and marks the version it leaves as rolled back. Every backend
-    /// applies this same rule.
-    pub(crate) fn apply_switch_to_live(&mut self, to: Colour, rollback: bool) {
+    /// and marks the version it leaves as rolled back. Without a verified
+    /// record, the colour left gets `leaving`, what its gates reported
+    /// running (the first switch away from a colour an init made live).
+    /// Every backend applies this same rule.
+    pub(crate) fn apply_switch_to_live(
+        &mut self,
+        to: Colour,
+        rollback: bool,
+        leaving: Option<&str>,
+    ) {
         let from = to.other();
         if self.live_version(from).is_none()
-            && let Some(d) = self
+            && let Some(version) = self
                 .deployment(from)
                 .filter(|d| d.phase == DeployPhase::Deployed)
+                .map(|d| d.version.as_str())
+                .or(leaving)
         {
-            let version = d.version.clone();
             *self.live_version_mut(from) = Some(LiveVersion {
-                version,
+                version: version.to_owned(),
                 rolled_back: false,
             });
         }

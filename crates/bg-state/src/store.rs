@@ -120,6 +120,12 @@ pub struct SwitchRequest {
     pub force: bool,
     /// Record the switch as a rollback.
     pub rollback: bool,
+    /// The version the colour left runs, as its gates report it: recorded
+    /// as the version it served live when none is recorded yet (a colour
+    /// made live by an init that knew no version), so the first release
+    /// after installation can be rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving_version: Option<String>,
 }
 
 impl SwitchRequest {
@@ -134,6 +140,7 @@ impl SwitchRequest {
             request_id: None,
             force: false,
             rollback: false,
+            leaving_version: None,
         }
     }
     /// Says why.
@@ -170,6 +177,12 @@ impl SwitchRequest {
     #[must_use]
     pub fn rollback(mut self, rollback: bool) -> Self {
         self.rollback = rollback;
+        self
+    }
+    /// The colour left runs `version` (its live version, if it has none).
+    #[must_use]
+    pub fn leaving_version(mut self, version: impl Into<String>) -> Self {
+        self.leaving_version = Some(version.into());
         self
     }
 }
@@ -516,6 +529,9 @@ impl SwitchRequest {
         check_text("actor", &self.actor, MAX_NAME_LEN)?;
         check_opt("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
         check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)?;
+        if let Some(v) = &self.leaving_version {
+            check_version(v)?;
+        }
         check_number("expect_generation", self.expect_generation)?;
         check_number("fence", self.fence)
     }

@@ -421,7 +421,16 @@ impl Deployer<'_> {
         if o.smoke.is_some() {
             self.wait_running(plan).await?;
         }
-        let req = o.switch_request(plan.idle, plan.generation, plan.fence);
+        let mut req = o.switch_request(plan.idle, plan.generation, plan.fence);
+        // What the colour left runs, as its gates said at step 2: its live
+        // version if the store has none (a colour an init made live
+        // without one), so this release can be rolled back.
+        if let Some((first, rest)) = plan.old_versions.split_first()
+            && rest.iter().all(|v| v == first)
+            && bg_state::check_version(first).is_ok()
+        {
+            req = req.leaving_version(first.clone());
+        }
         let _ = sent.set(req.clone());
         let generation = self.switch_surely(req).await?;
         self.report.step(format!(

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bg_state::{
-    BreakLease, ColourStore, EventKind, LeaseRequest, MemoryStore, Presence, SwitchRequest,
+    BreakLease, ColourStore, EventKind, InitRequest, LeaseRequest, MemoryStore, Presence,
+    SwitchRequest,
 };
 
 use super::*;
@@ -925,6 +926,26 @@ async fn a_retry_checks_again_what_the_release_asked_for() {
     assert!(
         matches!(&err, CtlError::Verify(v) if v.to == Colour::Green && v.from == Colour::Blue),
         "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_release_after_an_init_without_a_version_can_be_rolled_back() {
+    // Blue was made live by an init that knew no version; its gates run
+    // v1. The release's switch records that as what blue served live.
+    let store = MemoryStore::new();
+    store
+        .init(&app(), InitRequest::new(Colour::Blue, "ops"))
+        .await
+        .unwrap();
+    let out = release(&store, &store, &passing_checks(), &opts())
+        .await
+        .unwrap();
+    assert!(out.switched);
+    let s = store.get(&app()).await.unwrap().unwrap();
+    assert_eq!(
+        s.live_version(Colour::Blue).map(|l| l.version.as_str()),
+        Some("v1")
     );
 }
 

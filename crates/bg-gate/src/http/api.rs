@@ -176,6 +176,7 @@ async fn switch(State(gate): State<Gate>, Segment(app): Segment, req: Request) -
         request_id: b.request_id,
         force: b.force,
         rollback: b.rollback,
+        leaving_version: b.leaving_version,
     };
     let res = answer(&gate, gate.store().switch(&app, request)).await;
     gate.refresh().await;

@@ -274,6 +274,7 @@ impl ColourStore for RemoteStore {
             request_id: req.request_id,
             force: req.force,
             rollback: req.rollback,
+            leaving_version: req.leaving_version,
         };
         self.post(app, "switch", &body).await
     }

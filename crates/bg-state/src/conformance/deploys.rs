@@ -521,3 +521,73 @@ pub async fn live_version_known_at_init(store: &dyn ColourStore) {
     }
     assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
 }
+
+/// The first switch away from a colour with no live version (an init that
+/// knew none) records the version the caller says the colour runs; a
+/// verified deploy record, or a live version already known, wins over it.
+pub async fn live_version_reported_on_leaving(store: &dyn ColourStore) {
+    let live = |v: &str| LiveVersion {
+        version: v.into(),
+        rolled_back: false,
+    };
+    let app = initialised(store, "leaving", Colour::Blue).await;
+    let s = store
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Green, "ci").leaving_version("v1"),
+        )
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(s.live_version(Colour::Blue), Some(&live("v1")));
+    assert_eq!(store.get(&app).await.unwrap().unwrap(), s);
+    // Known now: a later report does not replace it.
+    store
+        .switch(&app, SwitchRequest::new(Colour::Blue, "ci"))
+        .await
+        .unwrap();
+    let s = store
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Green, "ci").leaving_version("v7"),
+        )
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(s.live_version(Colour::Blue), Some(&live("v1")));
+
+    // A verified record of the colour left is what it served.
+    let app = initialised(store, "leaving", Colour::Blue).await;
+    store
+        .record_deploy(
+            &app,
+            DeployRecord::new(Colour::Green, "v2", DeployPhase::Deployed, "ci"),
+        )
+        .await
+        .unwrap();
+    store
+        .init(&app, InitRequest::new(Colour::Green, "ops").force(true))
+        .await
+        .unwrap();
+    let s = store
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Blue, "ci").leaving_version("v9"),
+        )
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(s.live_version(Colour::Green), Some(&live("v2")));
+
+    // A version the store's rule refuses: nothing changes.
+    let before = store.get(&app).await.unwrap().unwrap();
+    let err = store
+        .switch(
+            &app,
+            SwitchRequest::new(Colour::Green, "ci").leaving_version("two words"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    assert_eq!(store.get(&app).await.unwrap().unwrap(), before);
+}

@@ -29,7 +29,7 @@ mod switching;
 pub use bookkeeping::{bad_input_changes_nothing, history_is_bounded, notifications, presence};
 pub use deploys::{
     deploy_records, lease_expiry, lease_rules, live_version_known_at_init,
-    live_version_of_the_colour_left, live_versions,
+    live_version_of_the_colour_left, live_version_reported_on_leaving, live_versions,
 };
 pub use race::compare_and_swap_race;
 pub use retries::{
@@ -98,6 +98,7 @@ pub async fn run_all(stores: &[Arc<dyn ColourStore>], cfg: &Config) {
     live_versions(store).await;
     live_version_of_the_colour_left(store).await;
     live_version_known_at_init(store).await;
+    live_version_reported_on_leaving(store).await;
     lease_rules(store, cfg).await;
     lease_expiry(store).await;
     history_is_bounded(store, cfg.history_cap).await;

@@ -59,6 +59,8 @@ pub struct SwitchBody {
     pub force: bool,
     #[serde(default)]
     pub rollback: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving_version: Option<String>,
 }
 
 /// `POST deploys`.

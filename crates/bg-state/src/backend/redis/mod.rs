@@ -324,6 +324,7 @@ impl ColourStore for RedisStore {
             opt(req.request_id.as_deref()),
             flag(req.force),
             flag(req.rollback),
+            opt(req.leaving_version.as_deref()),
         ];
         let reply = self.run_with(app, "switch", &args, true).await?;
         match reply.status.as_str() {

@@ -180,7 +180,8 @@ elseif op == 'init' then
   return reply('ok')
 
 elseif op == 'switch' then
-  -- 5 to, 6 actor, 7 reason, 8 expect, 9 fence, 10 request id, 11 force, 12 rollback
+  -- 5 to, 6 actor, 7 reason, 8 expect, 9 fence, 10 request id, 11 force, 12 rollback,
+  -- 13 the version the colour left runs ('' if not known)
   local bad = corrupt(); if bad then return bad end
   if field('generation') == nil then return reply('not_init') end
   local to, expect, fence, rid = ARGV[5], ARGV[8], ARGV[9], ARGV[10]
@@ -206,10 +207,15 @@ elseif op == 'switch' then
   -- (data from before they were kept, or a forced init) gets its verified
   -- record's version; a plain switch to a verified record makes it the live
   -- version; a rollback keeps what the colour served and marks the one it
-  -- leaves. corrupt() made sure a phase comes with a version.
+  -- leaves; without a verified record, the colour left gets the version its
+  -- gates reported. corrupt() made sure a phase comes with a version.
   local rollback = ARGV[12] == '1'
-  if field(active .. '_live') == nil and field(active .. '_phase') == 'deployed' then
-    redis.call('HSET', S, active .. '_live', field(active .. '_version'))
+  if field(active .. '_live') == nil then
+    if field(active .. '_phase') == 'deployed' then
+      redis.call('HSET', S, active .. '_live', field(active .. '_version'))
+    elseif ARGV[13] ~= '' then
+      redis.call('HSET', S, active .. '_live', ARGV[13])
+    end
   end
   if not rollback and field(to .. '_phase') == 'deployed' then
     redis.call('HSET', S, to .. '_live', field(to .. '_version'))
