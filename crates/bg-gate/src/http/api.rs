@@ -292,7 +292,11 @@ async fn presences(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
 async fn presence(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
     let (app, _caller, b) = write::<wire::PresenceBody>(&gate, &app, req, Scope::Admin).await?;
     check_generation(&gate, &app, "applied_generation", b.applied_generation).await?;
-    let report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
+    let mut report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
+    report.view_age_ms = b.view_age_ms;
+    report.websockets = b.websockets;
+    report.draining = b.draining;
+    report.lb_sources = b.lb_sources;
     bounded(
         gate.config().store_timeout,
         gate.store().report_presence(&app, report, ttl(b.ttl_ms)),

@@ -351,6 +351,10 @@ impl ColourStore for RemoteStore {
             service_version: presence.service_version,
             applied_generation: presence.applied_generation,
             ttl_ms: ms(ttl),
+            view_age_ms: presence.view_age_ms,
+            websockets: presence.websockets,
+            draining: presence.draining,
+            lb_sources: presence.lb_sources,
         };
         self.call::<_, serde_json::Value>(
             app,
