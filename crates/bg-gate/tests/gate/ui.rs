@@ -382,3 +382,34 @@ async fn a_gate_reports_its_websockets_drain_and_load_balancers() {
     );
     server.abort();
 }
+
+/// A store that does not answer: the page says so (503) instead of showing
+/// an empty app, and the data is the API's error body.
+#[tokio::test]
+async fn a_store_outage_is_said_not_shown_as_an_empty_app() {
+    use bg_state::{Error, MockColourStore};
+    let down = || Error::Unavailable {
+        backend: "redis",
+        message: "connection refused".into(),
+        retryable: true,
+    };
+    let mut mock = MockColourStore::new();
+    mock.expect_backend().return_const("redis");
+    mock.expect_get().returning(move |_| Err(down()));
+    mock.expect_presences().returning(move |_| Err(down()));
+    mock.expect_lease().returning(move |_| Err(down()));
+    mock.expect_history().returning(move |_, _| Err(down()));
+    let mock: Arc<dyn ColourStore> = Arc::new(mock);
+    let g = gate(&mock, config(Colour::Blue)).await;
+    let a = get(&g.admin_router(), "/bg/ui").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert!(
+        a.body.contains("The store did not answer") && a.body.contains("connection refused"),
+        "{}",
+        a.body
+    );
+    assert!(!a.body.contains("data-bg-live"), "{}", a.body);
+    let a = get(&g.admin_router(), "/bg/ui/data").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.json()["kind"], "unavailable");
+}
