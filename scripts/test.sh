@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need, then runs every check.
-# Run as root on Debian (it uses apt-get when redis-server, haproxy, caddy, nginx, rsync or openssl is missing).
+# Run as root on Debian (it uses apt-get when redis-server, haproxy, caddy, nginx, rsync, openssl,
+# chromium or chromium-driver is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 # gitlab-ci-local copies the project with rsync to run a job in shell mode.
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The status page's browser test drives a headless Chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then

@@ -7,6 +7,7 @@ mod failover;
 mod lb;
 mod processes;
 mod release;
+mod ui;
 
 /// Held by each heavy test for its whole run, so they never overlap.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

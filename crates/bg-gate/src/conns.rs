@@ -162,6 +162,12 @@ impl Connections {
         self.inner.arrived_draining.load(Ordering::Relaxed)
     }
 
+    /// Whether a drain is under way.
+    #[must_use]
+    pub fn draining(&self) -> bool {
+        locked(&self.inner.draining).is_some()
+    }
+
     fn sockets(&self) -> MutexGuard<'_, BTreeMap<u64, Option<oneshot::Sender<()>>>> {
         locked(&self.inner.websockets)
     }

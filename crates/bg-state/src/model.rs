@@ -447,6 +447,20 @@ pub struct Presence {
     /// took is answered as done without a second write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// How old the gate's view was when it reported: milliseconds since
+    /// the store last confirmed it. `None` from gates that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_age_ms: Option<u64>,
+    /// The websockets it held open when it reported, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websockets: Option<u64>,
+    /// Whether it was asking its websockets to move to the live colour.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+    /// The sources whose health checks it logged lately (its load
+    /// balancers, as addresses), at most [`MAX_PRESENCE_SOURCES`](crate::MAX_PRESENCE_SOURCES).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lb_sources: Vec<String>,
 }
 
 impl Presence {
@@ -466,6 +480,10 @@ impl Presence {
             seen_at_ms: 0,
             expires_at_ms: 0,
             request_id: None,
+            view_age_ms: None,
+            websockets: None,
+            draining: false,
+            lb_sources: Vec::new(),
         }
     }
 

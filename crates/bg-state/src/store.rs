@@ -23,6 +23,10 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// and encode JSON numbers with 14 significant digits). At one switch a
 /// millisecond that is three thousand years away.
 pub const MAX_GENERATION: u64 = 99_999_999_999_999;
+/// Most load-balancer sources one presence report may name.
+pub const MAX_PRESENCE_SOURCES: usize = 32;
+/// Longest accepted load-balancer source in a presence report.
+pub const MAX_SOURCE_LEN: usize = 64;
 /// History entries a store keeps per app unless configured otherwise.
 pub const DEFAULT_HISTORY_CAP: usize = 1000;
 
@@ -579,7 +583,20 @@ impl Presence {
     pub(crate) fn validate(&self) -> Result<()> {
         check_text("gate_id", &self.gate_id, MAX_NAME_LEN)?;
         check_text("service_version", &self.service_version, MAX_VERSION_LEN)?;
-        check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)
+        check_opt("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)?;
+        if self.lb_sources.len() > MAX_PRESENCE_SOURCES {
+            return Err(Error::invalid(
+                "lb_sources",
+                format!(
+                    "{} load-balancer sources; at most {MAX_PRESENCE_SOURCES} are allowed",
+                    self.lb_sources.len()
+                ),
+            ));
+        }
+        for source in &self.lb_sources {
+            check_text("lb_sources", source, MAX_SOURCE_LEN)?;
+        }
+        Ok(())
     }
 }
 

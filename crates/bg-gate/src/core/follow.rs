@@ -86,13 +86,7 @@ async fn follow(weak: Weak<Inner>) {
 
         let presence_every = cfg.presence_ttl / 3;
         if last_presence.is_none_or(|t| t.elapsed() >= presence_every) {
-            let view = gate.view();
-            let report = Presence::new(
-                cfg.gate_id.clone(),
-                cfg.colour,
-                gate.service_version(),
-                view.generation(),
-            );
+            let report = presence_report(&gate);
             match bounded(
                 cfg.store_timeout,
                 gate.inner
@@ -146,6 +140,42 @@ async fn follow(weak: Weak<Inner>) {
         }
         subscription = sub;
     }
+}
+
+/// How long after its last probe a source still counts among the load
+/// balancers a presence report names.
+const LB_SOURCE_RECENT_MS: u64 = 60_000;
+
+/// What this gate reports of itself: its colour, version and generation,
+/// how old its view is, its websockets, whether it drains, and the sources
+/// that probed it within the last minute (newest first).
+fn presence_report(gate: &Gate) -> Presence {
+    let cfg = &gate.inner.cfg;
+    let status = gate.status();
+    let mut report = Presence::new(
+        cfg.gate_id.clone(),
+        cfg.colour,
+        status.version,
+        status.generation,
+    );
+    report.view_age_ms = Some(status.stale_ms);
+    report.websockets = status.connections.websockets;
+    report.draining = gate.connections().draining();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let recent = now_ms.saturating_sub(LB_SOURCE_RECENT_MS);
+    for probe in status.probes.iter().rev().filter(|p| p.at_ms >= recent) {
+        let Some(source) = probe.source.map(|ip| ip.to_string()) else {
+            continue;
+        };
+        if report.lb_sources.len() < bg_state::MAX_PRESENCE_SOURCES
+            && !report.lb_sources.contains(&source)
+        {
+            report.lb_sources.push(source);
+        }
+    }
+    report
 }
 
 async fn initialise(gate: &Gate, colour: Colour) {

@@ -298,6 +298,10 @@ async fn presence(State(gate): State<Gate>, Segment(app): Segment, req: Request)
     check_generation(&gate, &app, "applied_generation", b.applied_generation).await?;
     let mut report = Presence::new(b.gate_id, b.colour, b.service_version, b.applied_generation);
     report.request_id = b.request_id;
+    report.view_age_ms = b.view_age_ms;
+    report.websockets = b.websockets;
+    report.draining = b.draining;
+    report.lb_sources = b.lb_sources;
     bounded(
         gate.config().store_timeout,
         gate.store().report_presence(&app, report, ttl(b.ttl_ms)),

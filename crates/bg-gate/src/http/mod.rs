@@ -7,6 +7,7 @@
 //! * `admin.rs` — `/bg/state`, the switch, the drain, `/metrics`;
 //! * `api.rs` — the store over HTTP, `/bg/api/v1`;
 //! * `changes.rs` — its change stream (the long polls and their bounds);
+//! * `ui/` — the status page, `/bg/ui`, and the data it follows;
 //! * `reply.rs` — `HttpError`, the one error answer, and the steps every
 //!   write shares (authorisation, the bounded JSON body).
 
@@ -23,6 +24,7 @@ mod api;
 mod changes;
 mod health;
 mod reply;
+mod ui;
 
 pub use api::GENERATION_MARGIN;
 pub use changes::{MAX_POLLS, MAX_POLLS_PER_SOURCE};
@@ -41,8 +43,9 @@ impl Gate {
 
     /// The routes for operators and tools: `GET /bg/state`, `POST /bg/switch`
     /// and `POST /switch` (authenticated), `POST /bg/drain` (authenticated),
-    /// `GET /metrics`, and the whole store under `/bg/api/v1` (writes
-    /// authenticated; see `docs/api.md`). Serve it on a private listener
+    /// `GET /metrics`, the whole store under `/bg/api/v1` (writes
+    /// authenticated; see `docs/api.md`), and the read-only status page
+    /// `GET /bg/ui` with its data `GET /bg/ui/data`. Serve it on a private listener
     /// where you can: anything merged into the public router is reachable
     /// by whoever reaches the load balancer.
     ///
@@ -53,6 +56,7 @@ impl Gate {
         admin::router(self)
             .merge(api::router(self))
             .merge(changes::router(self))
+            .merge(ui::router(self))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
     }
 

@@ -24,6 +24,7 @@ mod process;
 mod redis;
 mod scopes;
 mod sidecar;
+mod ui;
 mod verdict;
 mod view;
 

@@ -231,6 +231,11 @@ fn admin_routes_on_a_public_listener_need_to_be_asked_for() {
     assert_eq!(http::get(admin, "/bg/state").unwrap().status, 200);
     let public: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(http::get(public, "/bg/state").unwrap().status, 404);
+    // The status page too: on the admin listener, and nowhere else.
+    for path in ["/bg/ui", "/bg/ui/data"] {
+        assert_eq!(http::get(admin, path).unwrap().status, 200, "{path}");
+        assert_eq!(http::get(public, path).unwrap().status, 404, "{path}");
+    }
 }
 
 /// The exit code and standard error of `cmd`, killed (code `None`) if it

@@ -356,6 +356,10 @@ impl ColourStore for RemoteStore {
             applied_generation: presence.applied_generation,
             ttl_ms: ms(ttl),
             request_id: presence.request_id,
+            view_age_ms: presence.view_age_ms,
+            websockets: presence.websockets,
+            draining: presence.draining,
+            lb_sources: presence.lb_sources,
         };
         self.call::<_, serde_json::Value>(
             app,

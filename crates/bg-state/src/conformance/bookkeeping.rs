@@ -158,6 +158,63 @@ pub async fn presence(store: &dyn ColourStore) {
         (seen[0].gate_id.as_str(), seen[0].applied_generation),
         ("gate-b1", 2)
     );
+
+    // What a gate says of its connections and load balancers comes back
+    // as it was sent; an empty list and a gate that says nothing stay so.
+    let mut report = Presence::new("gate-b1", Colour::Blue, "v1", 2);
+    report.view_age_ms = Some(120);
+    report.websockets = Some(1050);
+    report.draining = true;
+    report.lb_sources = vec!["10.0.0.5".to_owned(), "::1".to_owned()];
+    store
+        .report_presence(&app, report.clone(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let seen = store.presences(&app).await.unwrap();
+    let b = &seen[0];
+    assert_eq!(
+        (
+            b.view_age_ms,
+            b.websockets,
+            b.draining,
+            b.lb_sources.clone()
+        ),
+        (Some(120), Some(1050), true, report.lb_sources),
+        "{seen:?}"
+    );
+    store
+        .report_presence(
+            &app,
+            Presence::new("gate-b1", Colour::Blue, "v1", 2),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let b = &store.presences(&app).await.unwrap()[0];
+    assert_eq!(
+        (b.view_age_ms, b.websockets, b.draining, b.lb_sources.len()),
+        (None, None, false, 0),
+        "{b:?}"
+    );
+
+    // Too many sources, or a bad one, change nothing.
+    for sources in [
+        vec!["10.0.0.1".to_owned(); crate::MAX_PRESENCE_SOURCES + 1],
+        vec!["bad\nsource".to_owned()],
+        vec!["x".repeat(crate::MAX_SOURCE_LEN + 1)],
+    ] {
+        let mut bad = Presence::new("gate-b1", Colour::Blue, "v9", 2);
+        bad.lb_sources = sources;
+        let err = store
+            .report_presence(&app, bad, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    }
+    assert_eq!(
+        store.presences(&app).await.unwrap()[0].service_version,
+        "v1"
+    );
 }
 
 /// A subscriber hears of a switch.

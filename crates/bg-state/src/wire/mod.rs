@@ -126,6 +126,14 @@ pub struct PresenceBody {
     pub ttl_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_age_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websockets: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lb_sources: Vec<String>,
 }
 
 /// `{"state": …}`.
