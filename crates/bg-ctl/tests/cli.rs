@@ -606,11 +606,11 @@ fn each_command_prints_what_it_did() {
         bg_state::LeaseRequest::new("pipeline 7", std::time::Duration::from_secs(300)),
     ))
     .unwrap();
+    // The fence is its holder's secret: no command shows a live one.
     assert_eq!(
         run(&["lease", "show"]),
         format!(
-            "held by pipeline 7 (fence {}) since {} until {}\n",
-            lease.fence,
+            "held by pipeline 7 since {} until {}\n",
             at(lease.acquired_at_ms),
             at(lease.expires_at_ms)
         )
@@ -626,11 +626,10 @@ fn each_command_prints_what_it_did() {
          last change: made by test at {} (v3 misbehaves)\n  \
          blue : deployed v3 by test at {}\n  \
          green: deployed v2 by test at {}\n  \
-         lease: held by pipeline 7 (fence {}) until {}\n",
+         lease: held by pipeline 7 until {}\n",
         at(s.last_change.at_ms),
         at(blue.at_ms),
         at(green.at_ms),
-        lease.fence,
         at(lease.expires_at_ms)
     );
     for p in block_on(store.presences(&chat())).unwrap() {
@@ -650,7 +649,7 @@ fn each_command_prints_what_it_did() {
 
     assert_eq!(
         run(&["lease", "break", "--reason", "pipeline 7 was killed"]),
-        format!("broke the lease of pipeline 7 (fence {})\n", lease.fence)
+        "broke the lease of pipeline 7\n"
     );
     assert_eq!(run(&["lease", "break"]), "no lease was held\n");
     assert_eq!(run(&["lease", "show"]), "free\n");
@@ -739,7 +738,7 @@ fn each_command_answers_json_with_its_result() {
     assert_eq!(keys(&init), state_keys);
     assert_eq!(
         keys(&init["last_change"]),
-        ["actor", "at_ms", "fence", "forced", "reason", "request_id"]
+        ["actor", "at_ms", "fenced", "forced", "reason", "request_id"]
     );
     assert_eq!(
         (&init["app"], &init["active"], &init["generation"]),
@@ -807,9 +806,9 @@ fn each_command_answers_json_with_its_result() {
         bg_state::LeaseRequest::new("pipeline 7", std::time::Duration::from_secs(300)),
     ))
     .unwrap();
+    // Without the fence, the holder's secret.
     let lease_json = json!({
         "holder": "pipeline 7",
-        "fence": lease.fence,
         "acquired_at_ms": lease.acquired_at_ms,
         "expires_at_ms": lease.expires_at_ms,
     });

@@ -58,7 +58,8 @@ async fn run(url: &str) -> Result<(), Error> {
             LeaseRequest::new("pipeline-a", Duration::from_secs(30)),
         )
         .await?;
-    println!("pipeline-a holds the lease, fence {}", lease.fence);
+    // The fence is the holder's secret: used, never printed.
+    println!("pipeline-a holds the lease until {}", lease.expires_at_ms);
     if let Err(e) = store
         .acquire_lease(
             &app,

@@ -55,7 +55,9 @@ pub enum Error {
         colour: Colour,
     },
 
-    /// Someone else holds the deploy lease.
+    /// Someone else holds the deploy lease. Its fence is its holder's
+    /// secret, so the refusal names who holds it and until when, never the
+    /// fence.
     #[error(
         "the deploy lease of app {app} is held by {holder} until {expires_at_ms} (ms since epoch)"
     )]
@@ -64,25 +66,21 @@ pub enum Error {
         app: AppName,
         /// Who holds it.
         holder: String,
-        /// Its fence.
-        fence: u64,
         /// When it lapses unless renewed.
         expires_at_ms: Millis,
     },
 
     /// The fence presented is not the one of the lease held now: the caller's
-    /// lease expired, was released or was broken.
-    #[error("stale fence {presented} for app {app}: {}", match current {
-        Some(f) => format!("the lease held now has fence {f}"),
-        None => "no lease is held now".to_owned(),
-    })]
+    /// lease expired, was released or was broken. Neither fence is in the
+    /// message, which may end up in a log.
+    #[error(
+        "stale fence for app {app}: the lease it was issued for is no longer held (it expired, was released or was broken)"
+    )]
     StaleFence {
         /// The app.
         app: AppName,
         /// The fence the caller presented.
         presented: u64,
-        /// The fence of the live lease, if any.
-        current: Option<u64>,
     },
 
     /// The input was rejected before anything was touched.

@@ -73,6 +73,7 @@ pub mod backend;
 pub mod conformance;
 mod engine;
 mod error;
+mod fence;
 pub mod model;
 mod open;
 mod store;

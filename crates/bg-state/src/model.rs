@@ -276,8 +276,11 @@ pub struct LastChange {
     pub forced: bool,
     /// The caller's idempotency key, so a retry of this change is recognised.
     pub request_id: Option<String>,
-    /// The lease fence the change was made under, if any.
-    pub fence: Option<u64>,
+    /// Whether it was made under the deploy lease. The fence itself stays
+    /// in the store (a retry under it is recognised) and is never part of
+    /// the state: the lease may still be held.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// Where a colour's deployment stands.
@@ -339,13 +342,38 @@ pub struct LiveVersion {
 pub struct Lease {
     /// Who holds it (a CI job id, a host name…).
     pub holder: String,
-    /// The fencing token: strictly greater than every fence issued before for
-    /// this app, and unchanged by renewals.
+    /// The fencing token, the holder's secret: drawn at random in
+    /// `1..=MAX_GENERATION`, never the fence of the lease before, unchanged
+    /// by renewals. `0` in a lease read by someone who may not see it: a
+    /// gate shows it only to the credential that took the lease and to
+    /// admin ones ([`Lease::without_fence`]).
+    #[serde(default, skip_serializing_if = "fence_hidden")]
     pub fence: u64,
+    /// The credential that took it through a gate, as the gate names it
+    /// (`token:<name>`, `oidc:<digest>`; never a secret): only that
+    /// credential, or an admin one, may use the fence there. `None` for a
+    /// lease taken on the store directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// When it was first acquired.
     pub acquired_at_ms: Millis,
     /// When it expires unless renewed.
     pub expires_at_ms: Millis,
+}
+
+/// serde's `skip_serializing_if` passes a reference.
+fn fence_hidden(fence: &u64) -> bool {
+    *fence == 0
+}
+
+impl Lease {
+    /// This lease as someone who may not see its fence reads it: the
+    /// holder, the owner and the times, the fence `0`.
+    #[must_use]
+    pub fn without_fence(mut self) -> Self {
+        self.fence = 0;
+        self
+    }
 }
 
 /// One entry of an app's audit trail.

@@ -263,12 +263,18 @@ impl DeployRecord {
 /// Take or extend the deploy lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRequest {
-    /// Who wants it. Acquiring again as the same holder extends the lease
-    /// and keeps its fence.
+    /// Who wants it. Acquiring again as the same holder and owner extends
+    /// the lease and keeps its fence.
     pub holder: String,
     /// How long it lasts unless renewed.
     #[serde(with = "duration_ms")]
     pub ttl: Duration,
+    /// The credential asking, recorded in the lease ([`Lease::owner`]): a
+    /// gate sets it from the caller's credential. The same holder with
+    /// another owner is refused ([`Error::LeaseHeld`]) and never gets the
+    /// fence.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl LeaseRequest {
@@ -277,7 +283,15 @@ impl LeaseRequest {
         LeaseRequest {
             holder: holder.into(),
             ttl,
+            owner: None,
         }
+    }
+
+    /// Asked by the credential `owner`.
+    #[must_use]
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
     }
 }
 
@@ -299,6 +313,9 @@ pub struct BreakLease {
 /// * While a lease is held, a switch or deploy record without its fence is
 ///   refused ([`Error::LeaseHeld`]) unless forced; one with another fence is
 ///   refused ([`Error::StaleFence`]).
+/// * A lease's fence is drawn at random and told only to the caller that
+///   acquired it: no refusal carries it, and the state records only that a
+///   change was fenced ([`crate::LastChange::fenced`]).
 /// * A failed call changes nothing.
 ///
 /// Prefer [`crate::MemoryStore`] over a mock in your own tests: it is the
@@ -356,8 +373,9 @@ pub trait ColourStore: Send + Sync + fmt::Debug {
     /// number per app; the oldest are dropped.
     async fn history(&self, app: &AppName, limit: usize) -> Result<Vec<Event>>;
 
-    /// Takes the deploy lease, or extends it if `req.holder` holds it
-    /// already (same fence). [`Error::LeaseHeld`] if someone else does.
+    /// Takes the deploy lease with a fresh fence, or extends it if
+    /// `req.holder` holds it already through the same `req.owner` (same
+    /// fence). [`Error::LeaseHeld`] if someone else does.
     async fn acquire_lease(&self, app: &AppName, req: LeaseRequest) -> Result<Lease>;
 
     /// Extends the lease with this fence by `ttl` from now.
@@ -563,6 +581,7 @@ impl LeaseRequest {
     /// [`Error::InvalidInput`] naming the field.
     pub fn validate(&self) -> Result<()> {
         check_text("holder", &self.holder, MAX_NAME_LEN)?;
+        check_opt("owner", self.owner.as_deref(), MAX_NAME_LEN)?;
         check_ttl(self.ttl)
     }
 }

@@ -8,10 +8,11 @@ use bg_state::{AppName, BreakLease, ColourStore, Lease, format_millis};
 use crate::error::CtlResult;
 use crate::output::{Render, to_json};
 
-/// What `lease show` shows.
+/// What `lease show` shows. A fence is its holder's secret, so neither
+/// command shows one, even to someone who can read it from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseShown {
-    /// The lease; `None` when it is free.
+    /// The lease, without its fence; `None` when it is free.
     pub lease: Option<Lease>,
 }
 
@@ -21,7 +22,7 @@ pub struct LeaseShown {
 /// As the store's `lease`.
 pub async fn show_lease(store: &dyn ColourStore, app: &AppName) -> CtlResult<LeaseShown> {
     Ok(LeaseShown {
-        lease: store.lease(app).await?,
+        lease: store.lease(app).await?.map(Lease::without_fence),
     })
 }
 
@@ -30,9 +31,8 @@ impl Render for LeaseShown {
         match &self.lease {
             Some(l) => writeln!(
                 out,
-                "held by {} (fence {}) since {} until {}",
+                "held by {} since {} until {}",
                 l.holder,
-                l.fence,
                 format_millis(l.acquired_at_ms),
                 format_millis(l.expires_at_ms)
             ),
@@ -49,7 +49,7 @@ impl Render for LeaseShown {
 /// What `lease break` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseBroken {
-    /// The lease it broke; `None` when none was held.
+    /// The lease it broke, without its fence; `None` when none was held.
     pub broken: Option<Lease>,
 }
 
@@ -72,13 +72,15 @@ pub async fn break_lease(
             },
         )
         .await?;
-    Ok(LeaseBroken { broken })
+    Ok(LeaseBroken {
+        broken: broken.map(Lease::without_fence),
+    })
 }
 
 impl Render for LeaseBroken {
     fn human(&self, out: &mut dyn fmt::Write) -> fmt::Result {
         match &self.broken {
-            Some(l) => writeln!(out, "broke the lease of {} (fence {})", l.holder, l.fence),
+            Some(l) => writeln!(out, "broke the lease of {}", l.holder),
             None => writeln!(out, "no lease was held"),
         }
     }

@@ -18,7 +18,7 @@ pub struct Status {
     pub app: AppName,
     /// Its state, `None` if never initialised.
     pub state: Option<State>,
-    /// The deploy lease, if held.
+    /// The deploy lease, if held, without its fence (the holder's secret).
     pub lease: Option<Lease>,
     /// Gates that reported their presence.
     pub gates: Vec<Presence>,
@@ -50,7 +50,7 @@ pub async fn status(
     urls: &BTreeMap<Colour, Vec<String>>,
 ) -> CtlResult<Status> {
     let state = store.get(app).await?;
-    let lease = store.lease(app).await?;
+    let lease = store.lease(app).await?.map(Lease::without_fence);
     let presences = store.presences(app).await?;
     let mut probed = Vec::new();
     for (colour, list) in urls {
@@ -101,7 +101,7 @@ impl Render for Status {
                 .as_deref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default(),
-            lc.fence.map(|f| format!(", fence {f}")).unwrap_or_default(),
+            if lc.fenced { ", under the lease" } else { "" },
         )?;
         for colour in Colour::ALL {
             // `Colour`'s Display ignores a width; its name takes one.
@@ -121,9 +121,8 @@ impl Render for Status {
         match &self.lease {
             Some(l) => writeln!(
                 f,
-                "  lease: held by {} (fence {}) until {}",
+                "  lease: held by {} until {}",
                 l.holder,
-                l.fence,
                 format_millis(l.expires_at_ms)
             )?,
             None => writeln!(f, "  lease: free")?,

@@ -113,8 +113,12 @@ struct Plan {
     live: Colour,
     /// The generation the switch compares against.
     generation: u64,
-    /// This run's lease fence.
+    /// This run's lease fence: a secret, never printed.
     fence: u64,
+    /// When this run's lease was taken: what its request ids carry to be
+    /// unique to the lease, since they are recorded for anyone to read
+    /// and the fence must not be.
+    lease_since: u64,
     /// What the live colour's gates run: a switch back needs it unchanged.
     old_versions: Vec<String>,
 }
@@ -206,6 +210,7 @@ impl Deployer<'_> {
                     live: state.idle(),
                     generation: state.generation,
                     fence: lease.fence,
+                    lease_since: lease.acquired_at_ms,
                     old_versions: Vec::new(),
                 };
                 self.confirm_and_verify(&plan, state.generation, sent)
@@ -222,7 +227,7 @@ impl Deployer<'_> {
             }
         }
         self.drain_takes(state.idle(), &held, false)?;
-        let plan = self.record_deploying(&state, lease.fence).await?;
+        let plan = self.record_deploying(&state, lease).await?;
         self.wait_out_of_rotation(&plan).await?;
         self.drain(&plan).await?;
         self.trigger_deploy(&plan).await?;
@@ -273,10 +278,7 @@ impl Deployer<'_> {
                 Err(e) => return Err(e.into()),
             }
         };
-        self.report.step(format!(
-            "lease taken by {} (fence {})",
-            lease.holder, lease.fence
-        ));
+        self.report.step(format!("lease taken by {}", lease.holder));
         Ok(lease)
     }
 
@@ -348,14 +350,15 @@ impl Deployer<'_> {
 
     /// Step 2: from the state read, pick the idle colour, record
     /// "deploying V" (fenced). Refused while a gate is ahead of the store.
-    async fn record_deploying(&self, state: &State, fence: u64) -> CtlResult<Plan> {
+    async fn record_deploying(&self, state: &State, lease: &Lease) -> CtlResult<Plan> {
         let o = self.opts;
         readiness::none_ahead(&self.store.presences(&o.app).await?, state.generation)?;
         let plan = Plan {
             idle: state.idle(),
             live: state.active,
             generation: state.generation,
-            fence,
+            fence: lease.fence,
+            lease_since: lease.acquired_at_ms,
             old_versions: self.versions(state.active).await,
         };
         self.record(&plan, DeployPhase::Deploying).await?;
@@ -421,7 +424,7 @@ impl Deployer<'_> {
         if o.smoke.is_some() {
             self.wait_running(plan).await?;
         }
-        let mut req = o.switch_request(plan.idle, plan.generation, plan.fence);
+        let mut req = o.switch_request(plan.idle, plan.generation, plan.fence, plan.lease_since);
         // What the colour left runs, as its gates said at step 2: its live
         // version if the store has none (a colour an init made live
         // without one), so this release can be rolled back.

@@ -133,7 +133,7 @@ impl DeployOptions {
         .fence(1)
         .validate()
         .map_err(|e| usage("--version or --actor", e))?;
-        self.switch_request(Colour::Blue, 1, 1)
+        self.switch_request(Colour::Blue, 1, 1, bg_state::MAX_GENERATION)
             .validate()
             .map_err(|e| {
                 usage(
@@ -152,10 +152,18 @@ impl DeployOptions {
     }
 
     /// The switch of step 7 to `to`: compare-and-swap on `generation`,
-    /// fenced, with an idempotency key unique to this lease (the fence) so
-    /// a retry after a lost answer is recognised.
-    pub(super) fn switch_request(&self, to: Colour, generation: u64, fence: u64) -> SwitchRequest {
-        let id: String = format!("deploy:{fence}:{}", self.version)
+    /// fenced, with an idempotency key unique to this lease (when it was
+    /// taken, `lease_since`: the key is recorded in the state for anyone to
+    /// read, so it never carries the fence) so a retry after a lost answer
+    /// is recognised.
+    pub(super) fn switch_request(
+        &self,
+        to: Colour,
+        generation: u64,
+        fence: u64,
+        lease_since: u64,
+    ) -> SwitchRequest {
+        let id: String = format!("deploy:{lease_since}:{}", self.version)
             .chars()
             .take(bg_state::MAX_REQUEST_ID_LEN)
             .collect();
@@ -192,4 +200,22 @@ impl DeployOptions {
 /// A duration in whole milliseconds, as gates report ages.
 pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request id is recorded in the state for anyone to read: it is
+    /// unique to the lease by when the lease was taken, never by its fence.
+    #[test]
+    fn the_switch_request_id_does_not_carry_the_fence() {
+        let o = DeployOptions::new(AppName::new("chat").unwrap(), "v2", "ci");
+        let fence = 48_151_623_420_042;
+        let req = o.switch_request(Colour::Green, 7, fence, 1_700_000_000_123);
+        assert_eq!(req.fence, Some(fence));
+        let id = req.request_id.unwrap();
+        assert_eq!(id, "deploy:1700000000123:v2");
+        assert!(!id.contains(&fence.to_string()), "{id}");
+    }
 }

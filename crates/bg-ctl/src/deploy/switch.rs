@@ -202,7 +202,7 @@ impl Deployer<'_> {
             .expect_generation(generation)
             .fence(plan.fence)
             .rollback(true)
-            .request_id(format!("switch-back:{}", plan.fence))
+            .request_id(format!("switch-back:{}", plan.lease_since))
             .reason(format!("verify failed for {}", o.version));
         let _ = sent.set(req.clone());
         match self.switch_surely(req).await {

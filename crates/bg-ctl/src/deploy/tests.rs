@@ -1156,7 +1156,6 @@ async fn a_release_that_would_restart_its_own_store_is_refused_first() {
         Err(StoreError::LeaseHeld {
             app: app.clone(),
             holder: "pipeline-0".into(),
-            fence: 1,
             expires_at_ms: 0,
         })
     });

@@ -110,6 +110,24 @@ pub(super) fn printable(s: &str, max: usize) -> String {
         .collect()
 }
 
+/// `oidc:` and 32 hex digits of the SHA-256 of the token's `iss`, `sub`
+/// and `pipeline_id` claims: the same for every job of one pipeline (a
+/// lease taken in one job serves the next), another for another pipeline
+/// of the same project and ref. Stable, bounded, and no secret.
+pub(super) fn credential(claims: &Map<String, Value>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for name in ["iss", "sub", "pipeline_id"] {
+        let text = claims.get(name).and_then(claim_text).unwrap_or_default();
+        // Length-prefixed, so one claim cannot run into the next.
+        h.update((text.len() as u64).to_be_bytes());
+        h.update(text.as_bytes());
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("oidc:{hex}")
+}
+
 /// `gitlab:<project_path>@<ref> job <job_id> (user <user_login>)` from the
 /// claims present, `jwt:<sub>` when the token names no project; cut to the
 /// store's limit on an actor.

@@ -240,6 +240,10 @@ pub enum Refusal {
     /// one that needs `admin` (HTTP 403).
     #[error("{}", self.message())]
     NeedsAdmin,
+    /// A `ci` credential presented the fence of a deploy lease another
+    /// credential took (HTTP 403).
+    #[error("{}", self.message())]
+    NotLeaseOwner,
 }
 
 impl Refusal {
@@ -255,6 +259,10 @@ impl Refusal {
             }
             Refusal::NeedsAdmin => {
                 "this act (init, a forced act, lease break, presence) needs a credential with the admin scope"
+            }
+            Refusal::NotLeaseOwner => {
+                "the deploy lease with this fence was taken by another credential: only that credential, \
+                 or an admin one, may renew or release it or switch and record deploys under it"
             }
         }
     }

@@ -186,7 +186,11 @@ impl Auth {
             return Err(Refusal::Missing);
         };
         if let Some(t) = tokens::matching(&tokens, presented) {
-            return Ok(Caller::new(t.name().to_owned(), t.scope()));
+            return Ok(Caller::new(
+                t.name().to_owned(),
+                t.scope(),
+                format!("token:{}", t.name()),
+            ));
         }
         match &self.oidc {
             Some(oidc) if looks_like_jwt(presented) => oidc.verify_caller(presented).await,

@@ -294,7 +294,7 @@ impl OidcVerifier {
         } else {
             Scope::Ci
         };
-        Ok(Caller::new(actor, scope))
+        Ok(Caller::new(actor, scope, claims::credential(&claims)))
     }
 
     fn current(&self) -> Arc<KeySet> {

@@ -57,8 +57,8 @@ impl FromStr for Scope {
     }
 }
 
-/// Who a request is authorised as: the actor history records, and what
-/// the credential may do.
+/// Who a request is authorised as: the actor history records, what the
+/// credential may do, and which credential it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Caller {
@@ -66,10 +66,19 @@ pub struct Caller {
     pub actor: String,
     /// What the credential may do.
     pub scope: Scope,
+    /// The credential, named stably and without its secret: `token:<name>`
+    /// for a named token, `oidc:<digest>` for an `id_token` (of its issuer,
+    /// subject and pipeline). A deploy lease records the credential that
+    /// took it, and its fence serves that credential only (and admin ones).
+    pub credential: String,
 }
 
 impl Caller {
-    pub(crate) fn new(actor: String, scope: Scope) -> Self {
-        Caller { actor, scope }
+    pub(crate) fn new(actor: String, scope: Scope, credential: String) -> Self {
+        Caller {
+            actor,
+            scope,
+            credential,
+        }
     }
 }

@@ -194,3 +194,37 @@ async fn tokens_of_any_length_compare_by_digest() {
     }
     assert_eq!(auth.check(Some(&bearer_header(GOOD))).await.unwrap(), "ci");
 }
+
+/// A credential's stable name, which a deploy lease records: a named
+/// token's name; for an `id_token`, a digest of issuer, subject and
+/// pipeline, shared by the jobs of one pipeline only.
+#[tokio::test]
+async fn credentials_are_named_stably_and_without_secrets() {
+    let auth = Auth::with_tokens(vec![NamedToken::new("ci", GOOD).unwrap()]).unwrap();
+    let caller = auth.caller(Some(&bearer_header(GOOD))).await.unwrap();
+    assert_eq!(caller.credential, "token:ci");
+
+    let claims = |pipeline: u64, job: u64| {
+        serde_json::json!({
+            "iss": "https://gitlab.example",
+            "sub": "project_path:team/chat:ref_type:branch:ref:main",
+            "pipeline_id": pipeline,
+            "job_id": job,
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    };
+    let a = claims::credential(&claims(41, 1));
+    assert_eq!(
+        a,
+        claims::credential(&claims(41, 2)),
+        "one pipeline, two jobs"
+    );
+    assert_ne!(a, claims::credential(&claims(42, 1)), "two pipelines");
+    let hex = a.strip_prefix("oidc:").unwrap();
+    assert!(
+        hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{a}"
+    );
+}

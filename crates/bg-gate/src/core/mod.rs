@@ -18,13 +18,15 @@
 //! * `on_change.rs` — the runner of `--on-change` commands;
 //! * `service.rs` — sidecar mode: the service beside a standalone gate,
 //!   checked, read and drained over HTTP;
-//! * `cache.rs` — the local cache file of the last adopted state.
+//! * `cache.rs` — the local cache file of the last adopted state;
+//! * `lease.rs` — whose the deploy lease's fence is, for the store API.
 
 mod cache;
 mod config;
 mod counters;
 mod follow;
 mod gate;
+mod lease;
 mod on_change;
 mod service;
 mod verdict;
@@ -33,6 +35,7 @@ mod view;
 pub use config::{BODY_TIMEOUT, GateConfig, StopStatus, UNKNOWN_VERSION};
 pub(crate) use gate::bounded;
 pub use gate::{Gate, GateError};
+pub(crate) use lease::may_use_fence;
 pub(crate) use service::DRAIN_LASTS_AT_MOST;
 pub use service::{SERVICE_TIMEOUT, ServiceConfig};
 pub use verdict::{LbCheck, Verdict, VerdictKind, Via};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::reply::{HttpError, Reply, Segment, authorise, json_body, method_not_allowed, require};
 use crate::auth::{Caller, Scope};
-use crate::core::{Gate, bounded};
+use crate::core::{Gate, bounded, may_use_fence};
 
 /// How far above the highest generation known (to the store, its gates'
 /// presence reports and this gate) a generation floor or a reported
@@ -124,6 +124,31 @@ async fn check_generation(
     Ok(())
 }
 
+/// Refuses (403) a caller presenting `fence` when it is the fence of the
+/// lease held now and another credential took that lease; an admin may.
+/// A fence that is not the live lease's goes on to the store, which
+/// refuses it as stale.
+async fn check_fence_owner(
+    gate: &Gate,
+    app: &AppName,
+    caller: &Caller,
+    fence: Option<u64>,
+) -> Result<(), HttpError> {
+    let Some(fence) = fence else {
+        return Ok(());
+    };
+    if caller.scope.allows(Scope::Admin) {
+        return Ok(());
+    }
+    let held = bounded(gate.config().store_timeout, gate.store().lease(app)).await?;
+    match held {
+        Some(lease) if lease.fence == fence => gate
+            .require_lease_owner(caller, &lease)
+            .map_err(HttpError::Auth),
+        _ => Ok(()),
+    }
+}
+
 fn ttl(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
@@ -167,6 +192,7 @@ async fn switch(State(gate): State<Gate>, Segment(app): Segment, req: Request) -
     if b.force {
         require(&gate, &caller, Scope::Admin)?;
     }
+    check_fence_owner(&gate, &app, &caller, b.fence).await?;
     let request = SwitchRequest {
         to: b.to,
         actor: caller.actor,
@@ -188,6 +214,7 @@ async fn deploy(State(gate): State<Gate>, Segment(app): Segment, req: Request) -
     if b.force {
         require(&gate, &caller, Scope::Admin)?;
     }
+    check_fence_owner(&gate, &app, &caller, b.fence).await?;
     let mut rec = DeployRecord::new(b.colour, b.version, b.phase, caller.actor);
     rec.fence = b.fence;
     rec.force = b.force;
@@ -224,19 +251,32 @@ async fn history(
     .await
 }
 
-async fn lease(State(gate): State<Gate>, Segment(app): Segment) -> Reply {
+/// The lease held now: its fence only to the credential that took it and
+/// to admin ones, never to an anonymous reader.
+async fn lease(State(gate): State<Gate>, Segment(app): Segment, headers: HeaderMap) -> Reply {
     let app = app_name(&gate, &app)?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let reader = gate.reader(authorization).await;
     answer(&gate, async {
-        Ok(wire::LeaseAnswer {
-            lease: gate.store().lease(&app).await?,
-        })
+        let lease = gate.store().lease(&app).await?.map(|l| {
+            if reader.as_ref().is_some_and(|r| may_use_fence(r, &l)) {
+                l
+            } else {
+                l.without_fence()
+            }
+        });
+        Ok(wire::LeaseAnswer { lease })
     })
     .await
 }
 
+/// Takes the lease for the caller's credential, which the lease records
+/// as its owner.
 async fn acquire(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::AcquireBody>(&gate, &app, req, Scope::Ci).await?;
-    let request = LeaseRequest::new(b.holder, ttl(b.ttl_ms));
+    let (app, caller, b) = write::<wire::AcquireBody>(&gate, &app, req, Scope::Ci).await?;
+    let request = LeaseRequest::new(b.holder, ttl(b.ttl_ms)).owner(caller.credential);
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
             lease: Some(gate.store().acquire_lease(&app, request).await?),
@@ -246,7 +286,8 @@ async fn acquire(State(gate): State<Gate>, Segment(app): Segment, req: Request) 
 }
 
 async fn renew(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::RenewBody>(&gate, &app, req, Scope::Ci).await?;
+    let (app, caller, b) = write::<wire::RenewBody>(&gate, &app, req, Scope::Ci).await?;
+    check_fence_owner(&gate, &app, &caller, Some(b.fence)).await?;
     answer(&gate, async {
         Ok(wire::LeaseAnswer {
             lease: Some(
@@ -260,7 +301,8 @@ async fn renew(State(gate): State<Gate>, Segment(app): Segment, req: Request) ->
 }
 
 async fn release(State(gate): State<Gate>, Segment(app): Segment, req: Request) -> Reply {
-    let (app, _actor, b) = write::<wire::ReleaseBody>(&gate, &app, req, Scope::Ci).await?;
+    let (app, caller, b) = write::<wire::ReleaseBody>(&gate, &app, req, Scope::Ci).await?;
+    check_fence_owner(&gate, &app, &caller, Some(b.fence)).await?;
     answer(&gate, async {
         Ok(wire::ReleasedAnswer {
             released: gate.store().release_lease(&app, b.fence).await?,

@@ -89,9 +89,10 @@ impl IntoResponse for HttpError {
                     Refusal::Missing | Refusal::Invalid => {
                         (StatusCode::UNAUTHORIZED, "unauthorized")
                     }
-                    Refusal::Off | Refusal::ClaimsNotAllowed | Refusal::NeedsAdmin => {
-                        (StatusCode::FORBIDDEN, "forbidden")
-                    }
+                    Refusal::Off
+                    | Refusal::ClaimsNotAllowed
+                    | Refusal::NeedsAdmin
+                    | Refusal::NotLeaseOwner => (StatusCode::FORBIDDEN, "forbidden"),
                 };
                 let mut res =
                     (status, Json(ErrorBody::new(kind, refusal.message()))).into_response();

@@ -47,6 +47,7 @@ async fn conformance_through_a_gate() {
     let cfg = Config {
         history_cap: 20,
         credential_actor: Some("ci".into()),
+        credential_owner: Some("token:ci".into()),
         ..Config::default()
     };
     run_all(&stores, &cfg).await;
@@ -66,6 +67,7 @@ async fn conformance_through_a_gate_over_redis() {
     let cfg = Config {
         history_cap: 20,
         credential_actor: Some("ci".into()),
+        credential_owner: Some("token:ci".into()),
         ..Config::default()
     };
     run_all(&stores, &cfg).await;

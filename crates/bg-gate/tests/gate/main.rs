@@ -10,6 +10,8 @@ mod example;
 mod fuzz;
 mod http;
 #[cfg(feature = "server")]
+mod lease;
+#[cfg(feature = "server")]
 mod legacy_mirror;
 #[cfg(feature = "server")]
 mod limits;

@@ -319,7 +319,8 @@ impl ColourStore for FileStore {
 
     async fn acquire_lease(&self, app: &AppName, req: LeaseRequest) -> Result<Lease> {
         let a = app.clone();
-        self.with(app, move |r, now, _| r.acquire_lease(&a, &req, now))
+        let drawn = crate::fence::draw("file")?;
+        self.with(app, move |r, now, _| r.acquire_lease(&a, &req, now, drawn))
             .await
     }
 

@@ -139,7 +139,8 @@ impl ColourStore for MemoryStore {
     }
 
     async fn acquire_lease(&self, app: &AppName, req: LeaseRequest) -> Result<Lease> {
-        self.with(app, |r, now, _| r.acquire_lease(app, &req, now))
+        let drawn = crate::fence::draw("memory")?;
+        self.with(app, |r, now, _| r.acquire_lease(app, &req, now, drawn))
     }
 
     async fn renew_lease(&self, app: &AppName, fence: u64, ttl: Duration) -> Result<Lease> {

@@ -302,6 +302,8 @@ impl ColourStore for RemoteStore {
         Ok(a.events)
     }
 
+    /// The gate records this store's credential as the lease's owner,
+    /// whatever `req.owner` says.
     async fn acquire_lease(&self, app: &AppName, req: LeaseRequest) -> Result<Lease> {
         req.validate()?;
         let body = wire::AcquireBody {
@@ -329,6 +331,8 @@ impl ColourStore for RemoteStore {
         Ok(a.released)
     }
 
+    /// The fence is `0` unless this store's credential took the lease or
+    /// is an admin one: the gate shows it to nobody else.
     async fn lease(&self, app: &AppName) -> Result<Option<Lease>> {
         Ok(self.get::<wire::LeaseAnswer>(app, "lease").await?.lease)
     }

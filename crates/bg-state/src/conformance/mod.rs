@@ -22,6 +22,7 @@ use crate::{AppName, Colour, ColourStore, InitRequest};
 
 mod bookkeeping;
 mod deploys;
+mod fences;
 mod race;
 mod retries;
 mod switching;
@@ -30,6 +31,10 @@ pub use bookkeeping::{bad_input_changes_nothing, history_is_bounded, notificatio
 pub use deploys::{
     deploy_records, lease_expiry, lease_rules, live_version_known_at_init,
     live_version_of_the_colour_left, live_version_reported_on_leaving, live_versions,
+};
+pub use fences::{
+    fences_are_unguessable, fences_stay_with_the_holder, leases_are_bound_to_their_owner,
+    shows_fence,
 };
 pub use race::compare_and_swap_race;
 pub use retries::{
@@ -56,6 +61,10 @@ pub struct Config {
     /// from the caller's credentials rather than the request (a remote
     /// store); `None` when requests name their actor.
     pub credential_actor: Option<String>,
+    /// The owner every lease is recorded with, when the store takes it
+    /// from the caller's credentials rather than the request (a remote
+    /// store); `None` when requests name their owner.
+    pub credential_owner: Option<String>,
 }
 
 impl Config {
@@ -73,6 +82,7 @@ impl Default for Config {
             race_writers: 8,
             race_rounds: 100,
             credential_actor: None,
+            credential_owner: None,
         }
     }
 }
@@ -101,6 +111,9 @@ pub async fn run_all(stores: &[Arc<dyn ColourStore>], cfg: &Config) {
     live_version_reported_on_leaving(store).await;
     lease_rules(store, cfg).await;
     lease_expiry(store).await;
+    fences_are_unguessable(store).await;
+    fences_stay_with_the_holder(store).await;
+    leases_are_bound_to_their_owner(store, cfg).await;
     history_is_bounded(store, cfg.history_cap).await;
     bad_input_changes_nothing(store).await;
     presence(store).await;

@@ -196,8 +196,6 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fence: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presented: Option<u64>,
@@ -247,22 +245,17 @@ pub fn error_body(e: &Error) -> (u16, ErrorBody) {
         }
         Error::LeaseHeld {
             holder,
-            fence,
             expires_at_ms,
             ..
         } => {
             b.kind = "lease_held".into();
             b.holder = Some(holder.clone());
-            b.fence = Some(*fence);
             b.expires_at_ms = Some(*expires_at_ms);
             409
         }
-        Error::StaleFence {
-            presented, current, ..
-        } => {
+        Error::StaleFence { presented, .. } => {
             b.kind = "stale_fence".into();
             b.presented = Some(*presented);
-            b.current = current.map(Into::into);
             409
         }
         Error::InvalidInput(i) => {
@@ -304,6 +297,7 @@ const FIELDS: &[&str] = &[
     "fence",
     "generation",
     "holder",
+    "owner",
     "ttl",
     "gate_id",
     "service_version",
@@ -348,11 +342,10 @@ pub fn error_from_body(app: &AppName, status: u16, b: ErrorBody) -> Error {
             },
             None => garbled("deploy_to_live"),
         },
-        "lease_held" => match (b.holder.clone(), b.fence, b.expires_at_ms) {
-            (Some(holder), Some(fence), Some(expires_at_ms)) => Error::LeaseHeld {
+        "lease_held" => match (b.holder.clone(), b.expires_at_ms) {
+            (Some(holder), Some(expires_at_ms)) => Error::LeaseHeld {
                 app: app.clone(),
                 holder,
-                fence,
                 expires_at_ms,
             },
             _ => garbled("lease_held"),
@@ -361,7 +354,6 @@ pub fn error_from_body(app: &AppName, status: u16, b: ErrorBody) -> Error {
             Some(presented) => Error::StaleFence {
                 app: app.clone(),
                 presented,
-                current: b.current.as_ref().and_then(serde_json::Value::as_u64),
             },
             None => garbled("stale_fence"),
         },
@@ -422,7 +414,7 @@ mod tests {
                 reason: None,
                 forced: false,
                 request_id: None,
-                fence: None,
+                fenced: false,
             },
             blue: None,
             green: None,
@@ -451,18 +443,11 @@ mod tests {
             Error::LeaseHeld {
                 app: app.clone(),
                 holder: "p".into(),
-                fence: 3,
                 expires_at_ms: 9,
             },
             Error::StaleFence {
                 app: app.clone(),
                 presented: 2,
-                current: Some(3),
-            },
-            Error::StaleFence {
-                app: app.clone(),
-                presented: 2,
-                current: None,
             },
             InvalidInput::new("version", "version must not be empty").into(),
             Error::Corrupt {

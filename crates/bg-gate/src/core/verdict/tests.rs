@@ -17,7 +17,7 @@ fn state(active: Colour, generation: u64) -> State {
             reason: None,
             forced: false,
             request_id: None,
-            fence: None,
+            fenced: false,
         },
         blue: None,
         green: None,

@@ -332,11 +332,7 @@ impl ColourStore for RedisStore {
                 state: self.state_of(app, &reply)?,
                 changed: reply.status == "ok",
             }),
-            "stale_fence" => Err(Self::stale_fence(
-                app,
-                req.fence.unwrap_or_default(),
-                &reply,
-            )),
+            "stale_fence" => Err(Self::stale_fence(app, req.fence.unwrap_or_default())),
             _ => Err(self.refusal(app, &reply)),
         }
     }
@@ -355,11 +351,7 @@ impl ColourStore for RedisStore {
         let reply = self.run(app, "deploy", &args).await?;
         match reply.status.as_str() {
             "ok" => self.state_of(app, &reply),
-            "stale_fence" => Err(Self::stale_fence(
-                app,
-                rec.fence.unwrap_or_default(),
-                &reply,
-            )),
+            "stale_fence" => Err(Self::stale_fence(app, rec.fence.unwrap_or_default())),
             _ => Err(self.refusal(app, &reply)),
         }
     }
@@ -395,7 +387,16 @@ impl ColourStore for RedisStore {
 
     async fn acquire_lease(&self, app: &AppName, req: LeaseRequest) -> Result<Lease> {
         req.validate()?;
-        let args = [req.holder.clone(), ms(req.ttl).to_string()];
+        // The fence is drawn here, from the operating system's generator:
+        // a script's `math.random` is neither secret nor, on older
+        // servers, different from one run to the next.
+        let drawn = crate::fence::draw("redis")?;
+        let args = [
+            req.holder.clone(),
+            ms(req.ttl).to_string(),
+            opt(req.owner.as_deref()),
+            drawn.to_string(),
+        ];
         let reply = self.run(app, "acquire", &args).await?;
         self.lease_reply(app, None, &reply)
     }

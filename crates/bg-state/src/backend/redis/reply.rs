@@ -123,9 +123,13 @@ pub(super) fn parse_state(app: &AppName, f: &HashMap<String, String>) -> Result<
             reason: f.get("lc_reason").cloned(),
             forced: f.get("lc_forced").is_some_and(|v| v == "1"),
             request_id: f.get("lc_request").cloned(),
-            fence: match f.get("lc_fence") {
-                Some(v) => Some(v.parse().map_err(|_| corrupt_field(app, "lc_fence"))?),
-                None => None,
+            fenced: match f.get("lc_fence") {
+                Some(v) => {
+                    v.parse::<u64>()
+                        .map_err(|_| corrupt_field(app, "lc_fence"))?;
+                    true
+                }
+                None => false,
             },
         },
         blue: deployment(Colour::Blue)?,
@@ -153,6 +157,7 @@ pub(super) fn parse_lease(
     let lease = Lease {
         holder: holder.clone(),
         fence: num("fence")?,
+        owner: get("owner").cloned(),
         acquired_at_ms: num("acquired")?,
         expires_at_ms: num("expires")?,
     };
@@ -202,7 +207,6 @@ impl super::RedisStore {
                 Ok(Some(l)) => Error::LeaseHeld {
                     app: app.clone(),
                     holder: l.holder,
-                    fence: l.fence,
                     expires_at_ms: l.expires_at_ms,
                 },
                 Ok(None) => Error::corrupt(format!("bg:{{{app}}}:state"), "lease fields vanished"),
@@ -216,11 +220,10 @@ impl super::RedisStore {
         }
     }
 
-    pub(super) fn stale_fence(app: &AppName, presented: u64, reply: &Reply) -> Error {
+    pub(super) fn stale_fence(app: &AppName, presented: u64) -> Error {
         Error::StaleFence {
             app: app.clone(),
             presented,
-            current: reply.detail.parse().ok(),
         }
     }
 
@@ -233,7 +236,7 @@ impl super::RedisStore {
         match reply.status.as_str() {
             "ok" => parse_lease(&reply.fields, "lease_", reply.now)?
                 .ok_or_else(|| Error::corrupt(format!("bg:{{{app}}}:state"), "lease not written")),
-            "stale_fence" => Err(Self::stale_fence(app, presented.unwrap_or_default(), reply)),
+            "stale_fence" => Err(Self::stale_fence(app, presented.unwrap_or_default())),
             _ => Err(self.refusal(app, reply)),
         }
     }

@@ -109,7 +109,7 @@ local function check_fence(fence, force)
   local live = live_lease()
   if fence ~= '' then
     if live ~= nil and live == fence then return nil end
-    return reply('stale_fence', live or '')
+    return reply('stale_fence')
   end
   if live ~= nil then return reply('lease_held', '') end
   return nil
@@ -250,28 +250,35 @@ elseif op == 'deploy' then
   return reply('ok')
 
 elseif op == 'acquire' then
-  -- 5 holder, 6 ttl ms
+  -- 5 holder, 6 ttl ms, 7 owner, 8 a fence drawn at random by the caller
   local bad = corrupt(); if bad then return bad end
   local live = live_lease()
   local expires = num(now + tonumber(ARGV[6]))
   if live ~= nil then
-    if field('lease_holder') ~= ARGV[5] then return reply('lease_held') end
+    -- The same holder through another credential is someone else.
+    if field('lease_holder') ~= ARGV[5] or (field('lease_owner') or '') ~= ARGV[7] then
+      return reply('lease_held')
+    end
     redis.call('HSET', S, 'lease_expires', expires)
     return reply('ok')
   end
-  -- Fences follow the clock as well as the counter, so that even after the
-  -- store lost its data a new fence is above every one issued before.
-  local seq = math.max((tonumber(field('fence_seq') or '0') or 0) + 1, now)
-  if seq > ceiling then return reply('exhausted', num(seq)) end
-  redis.call('HSET', S, 'fence_seq', num(seq), 'lease_holder', ARGV[5], 'lease_fence', num(seq),
+  -- Random, so nobody can guess it; never the fence of the lease before
+  -- (fence::next). Nothing orders fences: only equality is checked.
+  local fence = tonumber(ARGV[8])
+  if not string.match(ARGV[8], '^[1-9][0-9]*$') or fence > ceiling then
+    return redis.error_reply('bluegreen: a drawn fence must be 1 to ' .. num(ceiling))
+  end
+  if ARGV[8] == field('fence_seq') then fence = fence % ceiling + 1 end
+  redis.call('HSET', S, 'fence_seq', num(fence), 'lease_holder', ARGV[5], 'lease_fence', num(fence),
     'lease_acquired', num(now), 'lease_expires', expires)
+  set_opt('lease_owner', ARGV[7])
   return reply('ok')
 
 elseif op == 'renew' then
   -- 5 fence, 6 ttl ms
   local bad = corrupt(); if bad then return bad end
   local live = live_lease()
-  if live == nil or live ~= ARGV[5] then return reply('stale_fence', live or '') end
+  if live == nil or live ~= ARGV[5] then return reply('stale_fence') end
   redis.call('HSET', S, 'lease_expires', num(now + tonumber(ARGV[6])))
   return reply('ok')
 
@@ -280,7 +287,7 @@ elseif op == 'release' then
   local bad = corrupt(); if bad then return bad end
   local live = live_lease()
   if live == nil or live ~= ARGV[5] then return reply('not_released') end
-  redis.call('HDEL', S, 'lease_holder', 'lease_fence', 'lease_acquired', 'lease_expires')
+  redis.call('HDEL', S, 'lease_holder', 'lease_fence', 'lease_owner', 'lease_acquired', 'lease_expires')
   return reply('released')
 
 elseif op == 'break' then
@@ -290,7 +297,11 @@ elseif op == 'break' then
   if live == nil then return reply('none') end
   local broken = { 'broken_holder', field('lease_holder'), 'broken_fence', live,
     'broken_acquired', field('lease_acquired'), 'broken_expires', field('lease_expires') }
-  redis.call('HDEL', S, 'lease_holder', 'lease_fence', 'lease_acquired', 'lease_expires')
+  if field('lease_owner') ~= nil then
+    broken[#broken + 1] = 'broken_owner'
+    broken[#broken + 1] = field('lease_owner')
+  end
+  redis.call('HDEL', S, 'lease_holder', 'lease_fence', 'lease_owner', 'lease_acquired', 'lease_expires')
   event({ generation = tonumber(field('generation') or '0') or 0, at_ms = now, actor = ARGV[5],
     forced = true, reason = opt(ARGV[6]), event = 'lease_broken', holder = broken[2], fence = tonumber(live) })
   return reply('broken', '', S, broken)
