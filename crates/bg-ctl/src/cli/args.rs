@@ -21,8 +21,8 @@ const EXIT_CODES: &str = "Exit codes:\n  \
 
 const ENVIRONMENT: &str = "Environment:\n  \
     Every setting of every command can come from BG_ and its long name (BG_VERSION, BG_LB_FALL, …).\n  \
-    The acts --force, --to, --expect-generation, --active, --from-gate and --json come only from\n  \
-    the command line, which wins over the environment: --store sets BG_GATE aside, --gate BG_STORE.";
+    The acts --force, --to, --expect-generation, --active, --from-gate, --json and --check come\n  \
+    only from the command line, which wins over the environment: --store sets BG_GATE aside, --gate BG_STORE.";
 
 /// bluegreen's command line: see and change which colour is live, and run
 /// a whole blue/green release from CI.
@@ -81,6 +81,13 @@ pub(super) struct Global {
     /// Print one machine-readable JSON result on stdout.
     #[arg(long, global = true)]
     pub(super) json: bool,
+
+    /// Check the command line and its environment as the command would before it reads or
+    /// changes anything (every option, the store's URL, a deploy's trigger and settings), print
+    /// what would run and exit: 0, or 2 with the usage error. Opens no store, sends nothing,
+    /// runs nothing: a pipeline can check its bg-ctl line before it needs it.
+    #[arg(long, global = true)]
+    pub(super) check: bool,
 
     /// Bound on each request to the store or a gate.
     #[arg(long, env = "BG_TIMEOUT", global = true, default_value = "10s", value_parser = parse_duration)]
@@ -321,6 +328,7 @@ const ACTS: &[&str] = &[
     "active",
     "from-gate",
     "json",
+    "check",
 ];
 
 impl Cli {
