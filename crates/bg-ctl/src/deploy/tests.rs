@@ -467,6 +467,8 @@ async fn a_drain_that_runs_out_aborts_by_default_and_says_what_it_would_cut() {
         "3 websockets still open, which its restart would cut",
         "2 websockets opened on green after the drain began",
         "green is not out of rotation",
+        // The flag is bg-gate's, and said to be.
+        "bg-gate --lb-source",
     ] {
         assert!(msg.contains(said), "{said:?} not in: {msg}");
     }

@@ -179,7 +179,9 @@ pub struct GateArgs {
     )]
     lb_sources: Vec<crate::probes::LbSource>,
 
-    /// Close this colour's websockets by itself (paced, close code 1012) once it has been idle this long.
+    /// Close the websockets this gate serves itself (paced, close code 1012) once its colour has
+    /// been idle this long. A sidecar gate does not forward it: its service's websockets are
+    /// drained by bg-ctl deploy or POST /bg/drain only.
     #[arg(long, env = "BG_DRAIN_AFTER", value_parser = parse_duration)]
     drain_after: Option<Duration>,
 
@@ -205,6 +207,8 @@ pub struct GateArgs {
     /// Run this shell command on every change of the live colour and once at start-up, with
     /// BG_ACTIVE, BG_GENERATION, BG_APP and BG_COLOUR set: for load balancers without active
     /// health checks (open-source nginx: rewrite the upstream, reload). Failures are retried.
+    /// Its environment is minimal (PATH, HOME, LANG, LC_ALL, TZ and those four): pass what it
+    /// needs in the command itself.
     #[arg(long, env = "BG_ON_CHANGE", value_name = "CMD", hide_env_values = true)]
     on_change: Option<String>,
 
