@@ -463,3 +463,83 @@ pub fn show(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A TCP proxy to `upstream` that passes every request, but once a
+/// connection has carried a POST, drops the answer and closes it: a write
+/// that commits while its answer is lost on the way back.
+///
+/// # Panics
+/// If it cannot bind a loopback port.
+pub async fn losing_write_answers(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    losing_answers(upstream, b"POST ", usize::MAX).await.0
+}
+
+/// A TCP proxy to `upstream` that passes everything, except that the first
+/// `times` requests containing `needle` reach it but their answers are
+/// dropped and their connections closed. The counter says how many
+/// answers it really dropped. It serves for as long as the runtime runs.
+///
+/// # Panics
+/// If it cannot bind a loopback port.
+pub async fn losing_answers(
+    upstream: std::net::SocketAddr,
+    needle: &'static [u8],
+    times: usize,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let left = Arc::new(AtomicUsize::new(times));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&dropped);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let left = Arc::clone(&left);
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let posted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let p = Arc::clone(&posted);
+                let up = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                        if buf[..n].windows(needle.len()).any(|w| w == needle)
+                            && left
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+                                    l.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
+                            p.store(true, Ordering::SeqCst);
+                        }
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                        if posted.load(Ordering::SeqCst) {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            break; // the write's answer: dropped
+                        }
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+    (addr, dropped)
+}

@@ -2,10 +2,13 @@
 //! sending a text message at an interval and checking its echo, telling the
 //! closes a release asks for apart from the ones it must never cause.
 //!
-//! * A **move** is a close by the server with code 1000, 1001 or 1012
-//!   ([`MOVE_CODES`]): the client waits a random jitter and reconnects, as a
-//!   well-behaved client does when a drain asks it to go.
-//! * A **cut** is every other way a connection ends: another close code, a
+//! * A **move** is a close by the server with code 1012, service restart
+//!   ([`MOVE_CODES`]): what a drain sends. The client waits a random jitter
+//!   and reconnects, as a well-behaved client does when a drain asks it to
+//!   go.
+//! * A **cut** is every other way a connection ends: another close code
+//!   (1001, going away, is what a service shutting down sends, and 1000 is
+//!   no drain's either: the clients were cut, however politely), a
 //!   close without a code, a read or write error, the stream ending without
 //!   a close frame, or a greeting or an echo that does not arrive in time (or
 //!   an echo that is not what was sent). The client counts it and reconnects
@@ -53,9 +56,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 /// Close codes that ask a client to move on rather than report a failure:
-/// normal closure, going away, and service restart (what a draining gate
-/// sends).
-pub const MOVE_CODES: [u16; 3] = [1000, 1001, 1012];
+/// service restart, what a draining gate (or a service it forwards the
+/// drain to) sends. A service that shuts down sends 1001, going away: a
+/// cut, so a release that restarts a service before its drain ends shows.
+pub const MOVE_CODES: [u16; 1] = [1012];
 
 /// How many error texts a [`Summary`] keeps: enough to see what went wrong,
 /// bounded so ten thousand failing clients do not fill memory.
@@ -80,8 +84,8 @@ pub struct Landing<'a> {
     pub greeting: &'a str,
     /// The greeting of the client's connection before this one.
     pub previous: &'a str,
-    /// Whether the server moved the client (a close with 1000, 1001 or
-    /// 1012) rather than cut it.
+    /// Whether the server moved the client (a close with 1012) rather than
+    /// cut it.
     pub after_move: bool,
 }
 
@@ -1017,7 +1021,7 @@ mod tests {
         let load = Load::start(config);
         until(&load, "connects", |s| s.connected == 10).await;
         server.greet("hello green v2");
-        server.tell(Command::Close(Some(1001)));
+        server.tell(Command::Close(Some(1012)));
         until(&load, "green", |s| s.reconnects == 10 && s.connected == 10).await;
         assert_eq!(
             load.counts().wrong_landing,
@@ -1025,7 +1029,7 @@ mod tests {
             "moved from blue to green: where they were asked to go"
         );
         // Moved again, and back where they were moved from.
-        server.tell(Command::Close(Some(1000)));
+        server.tell(Command::Close(Some(1012)));
         until(&load, "green again", |s| {
             s.reconnects == 20 && s.connected == 10
         })
@@ -1050,6 +1054,18 @@ mod tests {
         assert_eq!((s.cuts, s.moves, s.reconnects), (10, 0, 0), "{s:#?}");
         assert!(!s.is_clean());
         assert!(s.errors.iter().all(|e| e.contains(why)), "{:#?}", s.errors);
+    }
+
+    /// A service shutting down says "going away": its clients were cut,
+    /// not drained, however they reconnect.
+    #[tokio::test]
+    async fn a_close_with_1001_is_a_cut() {
+        cut_by(Command::Close(Some(1001)), "closed with 1001").await;
+    }
+
+    #[tokio::test]
+    async fn a_close_with_1000_is_a_cut() {
+        cut_by(Command::Close(Some(1000)), "closed with 1000").await;
     }
 
     #[tokio::test]

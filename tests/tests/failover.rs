@@ -70,34 +70,66 @@ async fn a_sentinel_failover_under_running_gates_loses_no_acknowledged_switch() 
     let url = set.url();
     let gates = two_gates(&url).await;
 
-    let ctl = switch_to_green(&url, &gates, "failover-test").await;
-    let store = bg_state::open(&url).unwrap();
-    let app = AppName::new("chat").unwrap();
-    let before = read(store.as_ref(), &app).await;
-    assert_eq!((before.active, before.generation), (Colour::Green, 2));
-
-    // The master dies; until the sentinel promotes the replica, and after,
-    // both gates answer exactly as before.
+    // The master dies right after it acknowledged the switch, before
+    // anything else reads it: the switch must live on in the replica.
+    let ctl = Ctl::workspace(&url, "chat", TOKEN, "failover-test");
+    let out = run(ctl.command(&["switch", "--to", "green", "--timeout", "3s"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let old_master = set.master_port();
     set.master.kill();
+
+    // Until the sentinel promotes the replica, each gate answers from the
+    // state it holds: generation 1 (blue live) or, once it saw the switch,
+    // 2 (green live), never back, never anything else.
     let started = Instant::now();
+    let mut samples = 0;
+    let mut seen = [1, 1];
     while set.master_port() == old_master {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the sentinel promoted nobody"
         );
-        assert_eq!(
-            answers(&gates),
-            (Some(false), Some(true)),
-            "during the failover"
-        );
+        for (i, colour) in ["blue", "green"].into_iter().enumerate() {
+            let s = gate_status(addr_of(&gates, colour))
+                .unwrap_or_else(|| panic!("{colour}'s gate stopped answering during the failover"));
+            assert!(
+                s.generation >= seen[i] && s.generation <= 2,
+                "{colour} went from generation {} to {} during the failover",
+                seen[i],
+                s.generation
+            );
+            let live_colour = if s.generation == 2 { "green" } else { "blue" };
+            assert_eq!(
+                s.live,
+                colour == live_colour,
+                "{colour} during the failover: {s:?}"
+            );
+            seen[i] = s.generation;
+        }
+        samples += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("failover: promoted after {:?}", started.elapsed());
+    eprintln!(
+        "failover: promoted after {:?}, {samples} samples of both gates",
+        started.elapsed()
+    );
+    // The sentinel waits a second (down-after-milliseconds) before it acts:
+    // the gates were looked at throughout, not once or never.
+    assert!(
+        samples >= 5,
+        "only {samples} samples were taken during the failover"
+    );
     assert_eq!(set.master_port(), set.replica.port());
     // The acknowledged switch survived: the replica had confirmed it.
+    let store = bg_state::open(&url).unwrap();
+    let app = AppName::new("chat").unwrap();
     let after = read(store.as_ref(), &app).await;
     assert_eq!((after.active, after.generation), (Colour::Green, 2));
+    wait_for(
+        "both gates follow the switch on the promoted replica",
+        || answers(&gates) == (Some(false), Some(true)),
+    )
+    .await;
 
     // With no replica left, a switch cannot be confirmed: the outcome is
     // unknown (exit 5), never success.

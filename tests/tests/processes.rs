@@ -2,7 +2,8 @@
 //! process boundaries, not just between tasks of one process.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use bg_state::{AppName, Colour, InitRequest};
 use bg_testkit::RedisServer;
@@ -10,8 +11,66 @@ use bg_testkit::RedisServer;
 const WRITERS: usize = 4;
 const ROUNDS: usize = 100;
 
-/// Runs `WRITERS` writer processes at once and checks that the generations
-/// they won are unique and contiguous, and that the store agrees.
+/// One writer process and its two pipes.
+struct Writer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Writer {
+    fn start(url: &str, w: usize) -> Writer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bg-cas-writer"))
+            .args([url, "race", &ROUNDS.to_string(), &format!("writer-{w}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("writer process starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Writer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The writer's next line; its stderr if it has none.
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).unwrap_or(0);
+        if n == 0 {
+            self.stdin = None;
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("a writer stopped early: {err}");
+        }
+        line.trim_end().to_owned()
+    }
+
+    fn go(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing stdin ends a writer waiting for its signal; kill the rest.
+        self.stdin = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `WRITERS` writer processes in lock step: in each round all of them
+/// read, then all of them switch expecting the generation they read. One
+/// wins each round and every other one meets a conflict; the generations
+/// won are unique and contiguous, and the store agrees.
 async fn race(url: &str) {
     let store = bg_state::open(url).unwrap();
     let app = AppName::new("race").unwrap();
@@ -20,31 +79,53 @@ async fn race(url: &str) {
         .await
         .unwrap();
 
-    let children: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            Command::new(env!("CARGO_BIN_EXE_bg-cas-writer"))
-                .args([url, "race", &ROUNDS.to_string(), &format!("writer-{w}")])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("writer process starts")
-        })
-        .collect();
+    let mut writers: Vec<Writer> = (0..WRITERS).map(|w| Writer::start(url, w)).collect();
     let mut won = Vec::new();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
+    let mut conflicts = 0;
+    for round in 0..ROUNDS {
+        let read: Vec<u64> = writers
+            .iter_mut()
+            .map(|w| {
+                let line = w.line();
+                let g = line
+                    .strip_prefix("read ")
+                    .unwrap_or_else(|| panic!("{line}"));
+                g.parse().unwrap()
+            })
+            .collect();
         assert!(
-            out.status.success(),
-            "writer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            read.iter().all(|g| *g == read[0]),
+            "round {round}: the writers read different generations {read:?}"
         );
-        won.extend(
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .map(|l| l.parse::<u64>().unwrap()),
+        writers.iter_mut().for_each(Writer::go);
+        let mut winners = 0;
+        for w in &mut writers {
+            let line = w.line();
+            if line == "conflict" {
+                conflicts += 1;
+            } else {
+                let g: u64 = line
+                    .strip_prefix("won ")
+                    .unwrap_or_else(|| panic!("{line}"))
+                    .parse()
+                    .unwrap();
+                assert_eq!(
+                    g,
+                    read[0] + 1,
+                    "round {round}: a switch expecting generation {} committed {g}",
+                    read[0]
+                );
+                winners += 1;
+                won.push(g);
+            }
+        }
+        assert_eq!(
+            winners, 1,
+            "round {round}: {winners} of {WRITERS} processes expecting one generation won"
         );
     }
+    assert_eq!(conflicts, ROUNDS * (WRITERS - 1));
+    drop(writers);
     let unique: BTreeSet<u64> = won.iter().copied().collect();
     assert_eq!(
         unique.len(),

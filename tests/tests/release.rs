@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bg_e2e::{Ctl, Instance, Instances, Webhooks, addr_of, gate_status, instances, run, show};
+use bg_e2e::{
+    Ctl, Instance, Instances, Webhooks, addr_of, gate_status, instances, losing_answers,
+    losing_write_answers, run, show,
+};
 use bg_state::{AppName, Colour, ColourStore, SwitchRequest};
 use bg_testkit::{Process, RedisServer, workspace_binary, workspace_example};
 
@@ -195,6 +198,14 @@ async fn a_webhook_that_deploys_nothing_is_caught() {
     rig.hooks.break_colour("green");
     let out = rig.deploy("v2", &["--ready-timeout", "3s"]).await;
     assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+    // The hook was called, once, and the wait that ran out is the one for
+    // the new version, not an earlier one.
+    assert_eq!(rig.hooks.calls(), ["green"], "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("timed out: v2 running on green"),
+        "{}",
+        show(&out)
+    );
     assert_eq!(rig.live().await, (Colour::Blue, 1));
 }
 
@@ -227,13 +238,17 @@ async fn a_pipeline_killed_midway_blocks_nobody_for_long() {
     let _serial = crate::serial().await;
     let rig = Rig::start().await;
     let app = AppName::new("chat").unwrap();
-    // A deploy whose trigger hangs, killed while it holds the lease.
+    // A deploy whose trigger hangs, killed once it has recorded the deploy
+    // and started the trigger: midway, not at the lease.
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("trigger.pid");
+    let exec = format!("echo $$ > {}; exec sleep 60", pid_file.display());
     let mut cmd = rig.bg_ctl(&[
         "deploy",
         "--version",
         "v2",
         "--exec",
-        "sleep 60",
+        &exec,
         "--lease-ttl",
         "2s",
         "--poll",
@@ -243,22 +258,34 @@ async fn a_pipeline_killed_midway_blocks_nobody_for_long() {
         .env_remove("BG_WEBHOOK_GREEN");
     let doomed = Process::spawn("bg-ctl deploy (to be killed)", cmd);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let dead_fence = loop {
-        if let Some(l) = rig.store.lease(&app).await.unwrap() {
-            break l.fence;
+    let trigger_pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(&pid_file)
+            && !pid.trim().is_empty()
+        {
+            break pid.trim().to_owned();
         }
         assert!(
             Instant::now() < deadline,
-            "the doomed deploy never took the lease"
+            "the doomed deploy never started its trigger"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let state = rig.store.get(&app).await.unwrap().unwrap();
+    let recorded = state.deployment(Colour::Green).expect("a deploy record");
+    assert_eq!(
+        (recorded.version.as_str(), recorded.phase),
+        ("v2", bg_state::DeployPhase::Deploying),
+        "killed after the deploy record"
+    );
+    let dead_fence = rig.store.lease(&app).await.unwrap().expect("held").fence;
     let killed = Command::new("kill")
         .args(["-KILL", &doomed.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     drop(doomed);
+    // The trigger it started outlives a SIGKILL; the test stops it.
+    let _ = Command::new("kill").args(["-KILL", &trigger_pid]).status();
 
     // Right away: the lease is still held.
     let out = rig.deploy("v3", &[]).await;
@@ -267,6 +294,12 @@ async fn a_pipeline_killed_midway_blocks_nobody_for_long() {
     let out = rig.deploy("v3", &["--wait-lease", "10s"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(rig.live().await, (Colour::Green, 2));
+    let state = rig.store.get(&app).await.unwrap().unwrap();
+    assert_eq!(
+        state.deployment(Colour::Green).map(|d| d.version.as_str()),
+        Some("v3"),
+        "the next release's record replaced the dead one's"
+    );
     // The dead pipeline's fence is refused.
     let err = rig
         .store
@@ -490,75 +523,6 @@ async fn a_forced_switch_during_the_drain_triggers_nothing() {
     }
 }
 
-/// A TCP proxy to `upstream` that passes every request, but once a
-/// connection has carried a POST, drops the answer and closes it: a write
-/// that commits while its answer is lost on the way back.
-async fn losing_write_answers(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
-    losing_answers(upstream, b"POST ", usize::MAX).await
-}
-
-/// A TCP proxy to `upstream` that passes everything, except that the first
-/// `times` requests containing `needle` reach it but their answers are
-/// dropped and their connections closed.
-async fn losing_answers(
-    upstream: std::net::SocketAddr,
-    needle: &'static [u8],
-    times: usize,
-) -> std::net::SocketAddr {
-    use std::sync::atomic::AtomicUsize;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let left = Arc::new(AtomicUsize::new(times));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let left = Arc::clone(&left);
-            tokio::spawn(async move {
-                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let (mut from_client, mut to_client) = client.into_split();
-                let (mut from_server, mut to_server) = server.into_split();
-                let posted = Arc::new(AtomicBool::new(false));
-                let p = Arc::clone(&posted);
-                let up = async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
-                        if buf[..n].windows(needle.len()).any(|w| w == needle)
-                            && left
-                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
-                                    l.checked_sub(1)
-                                })
-                                .is_ok()
-                        {
-                            p.store(true, Ordering::SeqCst);
-                        }
-                        if to_server.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                let down = async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n @ 1..) = from_server.read(&mut buf).await {
-                        if posted.load(Ordering::SeqCst) {
-                            break; // the write's answer: dropped
-                        }
-                        if to_client.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                tokio::select! {
-                    () = up => {}
-                    () = down => {}
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollback_whose_answer_was_lost_is_not_done_twice() {
     let _serial = crate::serial().await;
@@ -612,7 +576,8 @@ async fn a_switch_back_whose_answer_was_lost_is_retried() {
     let rig = Rig::start().await;
     // CI reaches the store through blue's gate; the switch back's first
     // answer is lost.
-    let proxy = losing_answers(addr_of(&rig.gates, "blue"), b"\"rollback\":true", 1).await;
+    let (proxy, dropped) =
+        losing_answers(addr_of(&rig.gates, "blue"), b"\"rollback\":true", 1).await;
     let mut args = vec!["deploy", "--version", "v2", "--tag-param", "tag"];
     args.extend([
         "--poll",
@@ -634,4 +599,9 @@ async fn a_switch_back_whose_answer_was_lost_is_retried() {
         show(&out)
     );
     assert_eq!(rig.live().await, (Colour::Blue, 3), "switched back once");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the proxy dropped the switch back's first answer"
+    );
 }

@@ -92,14 +92,15 @@ fn signal_name(signal: i32) -> &'static str {
 }
 
 /// A gate ahead of the store: the store lost state, and only
-/// `bg-ctl init --from-gate` puts it back above what the gates know.
+/// `bg-ctl init --force --from-gate` puts it back above what the gates know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GateAhead {
     /// A gate asked over HTTP reports the generation it applied.
     #[error(
         "gate {} applied generation {applied} but the store is at {store}: the store lost state; \
-         restore it with `bg-ctl init --from-gate`",
+         restore it with `bg-ctl init --force --from-gate GATE…` (the store holds a state, so it \
+         needs --force)",
         crate::reason::shown(.url)
     )]
     Report {
@@ -112,7 +113,8 @@ pub enum GateAhead {
     },
     /// Gates' presence reports in the store.
     #[error(
-        "gates are ahead of the store (at generation {store}): {}; restore it with `bg-ctl init --from-gate`",
+        "gates are ahead of the store (at generation {store}): {}; restore it with \
+         `bg-ctl init --force --from-gate GATE…` (the store holds a state, so it needs --force)",
         list_gates(.gates)
     )]
     Presences {
@@ -217,7 +219,8 @@ impl fmt::Display for Undrained {
                 f,
                 "; {arrived} websockets opened on {colour} after the drain began: the load \
                  balancer still sends clients there, so {colour} is not out of rotation \
-                 (check its health checks, or name the load balancers with --lb-source)"
+                 (check its health checks, or start its gates naming the load balancers with \
+                 bg-gate --lb-source)"
             )
         } else if websockets.is_none() {
             write!(

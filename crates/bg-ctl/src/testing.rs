@@ -366,11 +366,13 @@ impl Override for SwitchBackLosesTheLease {
 }
 
 /// Reads of the state fail once, with a dropped connection, after the
-/// first `after` reads; every other call reaches the store.
+/// first `after` reads; every other call reaches the store. The counter
+/// ([`OneReadFails::reads`]) says how many reads were made, so a test can
+/// tell that the failure really fired.
 #[derive(Debug)]
 pub struct OneReadFails {
     after: usize,
-    reads: std::sync::atomic::AtomicUsize,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl OneReadFails {
@@ -378,8 +380,14 @@ impl OneReadFails {
     pub fn after(after: usize) -> Self {
         OneReadFails {
             after,
-            reads: std::sync::atomic::AtomicUsize::new(0),
+            reads: Arc::default(),
         }
+    }
+
+    /// The reads made so far, the failed one included; shared with the
+    /// overlay this is given to.
+    pub fn reads(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        Arc::clone(&self.reads)
     }
 }
 

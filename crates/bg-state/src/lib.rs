@@ -92,7 +92,7 @@ pub use model::{
     Actor, AppName, Change, Colour, DeployPhase, Deployment, Event, EventKind, LastChange, Lease,
     LiveVersion, Millis, Presence, State,
 };
-pub use open::{OpenOptions, open, open_with};
+pub use open::{OpenOptions, check_url, open, open_with};
 #[cfg(any(test, feature = "mock"))]
 pub use store::MockColourStore;
 pub use store::{

@@ -76,6 +76,43 @@ pub fn open(url: &str) -> Result<Arc<dyn ColourStore>> {
 /// As [`open`].
 pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
     let url = url.trim();
+    match scheme_of(url)? {
+        Scheme::Memory => Ok(Arc::new(crate::MemoryStore::with_history_cap(
+            opts.history_cap,
+        ))),
+        Scheme::File => open_file(url, opts),
+        Scheme::Redis => open_redis(url, opts),
+        Scheme::Remote => open_remote(url, opts),
+    }
+}
+
+/// Checks a store URL as [`open_with`] would, without opening anything: no
+/// file or directory is looked at, no CA file read, no connection made.
+/// Returns the backend the URL names (`memory`, `file`, `redis`, `remote`),
+/// so a command line can be checked on a machine that is not where it runs.
+///
+/// # Errors
+/// As [`open`], except for what only opening finds (a missing directory, an
+/// unreadable CA file).
+pub fn check_url(url: &str, opts: &OpenOptions) -> Result<&'static str> {
+    let url = url.trim();
+    match scheme_of(url)? {
+        Scheme::Memory => Ok("memory"),
+        Scheme::File => check_file(url).map(|_| "file"),
+        Scheme::Redis => check_redis(url, opts).map(|()| "redis"),
+        Scheme::Remote => check_remote(url).map(|()| "remote"),
+    }
+}
+
+/// The backends a URL can name.
+enum Scheme {
+    Memory,
+    File,
+    Redis,
+    Remote,
+}
+
+fn scheme_of(url: &str) -> Result<Scheme> {
     if url.is_empty() {
         return Err(Error::invalid(
             "url",
@@ -102,14 +139,12 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> 
                     ),
                 ));
             }
-            Ok(Arc::new(crate::MemoryStore::with_history_cap(
-                opts.history_cap,
-            )))
+            Ok(Scheme::Memory)
         }
-        "file" => open_file(url, opts),
+        "file" => Ok(Scheme::File),
         "redis" | "rediss" | "redis-sentinel" | "rediss-sentinel" | "redis-cluster"
-        | "rediss-cluster" => open_redis(url, opts),
-        "http" | "https" => open_remote(url, opts),
+        | "rediss-cluster" => Ok(Scheme::Redis),
+        "http" | "https" => Ok(Scheme::Remote),
         other => Err(Error::invalid(
             "url",
             format!(
@@ -120,8 +155,9 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> 
     }
 }
 
+/// The path a `file://` URL names, checked as far as the URL goes.
 #[cfg(feature = "file")]
-fn open_file(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+fn check_file(url: &str) -> Result<std::path::PathBuf> {
     let parsed = url::Url::parse(url)
         .map_err(|e| Error::invalid("url", format!("{:?} is malformed: {e}", redact_url(url))))?;
     let path = parsed.to_file_path().map_err(|()| {
@@ -142,6 +178,12 @@ fn open_file(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
             ),
         ));
     }
+    Ok(path)
+}
+
+#[cfg(feature = "file")]
+fn open_file(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+    let path = check_file(url)?;
     Ok(Arc::new(crate::FileStore::with_options(
         path,
         opts.history_cap,
@@ -150,10 +192,43 @@ fn open_file(url: &str, opts: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
 }
 
 #[cfg(not(feature = "file"))]
-fn open_file(_: &str, _: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+fn check_file(_: &str) -> Result<std::path::PathBuf> {
     Err(Error::invalid(
         "url",
         "this build has no file store (feature \"file\")",
+    ))
+}
+
+#[cfg(not(feature = "file"))]
+fn open_file(url: &str, _: &OpenOptions) -> Result<Arc<dyn ColourStore>> {
+    Err(check_file(url)
+        .err()
+        .unwrap_or_else(|| Error::invalid("url", "no file store")))
+}
+
+#[cfg(feature = "remote")]
+fn check_remote(url: &str) -> Result<()> {
+    crate::RemoteStore::check_url(url)
+}
+
+#[cfg(not(feature = "remote"))]
+fn check_remote(_: &str) -> Result<()> {
+    Err(Error::invalid(
+        "url",
+        "this build has no remote store (feature \"remote\")",
+    ))
+}
+
+#[cfg(feature = "redis")]
+fn check_redis(url: &str, opts: &OpenOptions) -> Result<()> {
+    crate::RedisStore::check_url(url, &opts.redis)
+}
+
+#[cfg(not(feature = "redis"))]
+fn check_redis(_: &str, _: &OpenOptions) -> Result<()> {
+    Err(Error::invalid(
+        "url",
+        "this build has no Redis store (feature \"redis\")",
     ))
 }
 
@@ -233,6 +308,40 @@ mod tests {
         assert!(err("file://remotehost/x.json").contains("does not name a local file"));
         assert!(err("file:///nonexistent-dir-bg/state.json").contains("does not exist"));
         assert!(err("file:///tmp/").contains("names a directory"));
+    }
+
+    #[test]
+    fn a_check_agrees_with_opening_and_touches_nothing() {
+        let opts = OpenOptions::default();
+        for (url, backend) in [
+            ("memory://", "memory"),
+            ("file:///nonexistent-dir-bg/state.json", "file"),
+            ("redis://redis:6379/0", "redis"),
+            ("rediss://redis:6379/0?ca=/nonexistent/ca.pem", "redis"),
+            ("redis-sentinel://s1:26379,s2:26379/mymaster", "redis"),
+            ("https://gate.internal:9090", "remote"),
+        ] {
+            assert_eq!(check_url(url, &opts).unwrap(), backend, "{url}");
+        }
+        for url in [
+            "",
+            "localhost:6379",
+            "postgres://db",
+            "memory://x",
+            "file://remotehost/x.json",
+            "file:///tmp/",
+            "redis://redis:6379/0#insecure",
+            "https://user:pw@gate:9090",
+        ] {
+            let e = check_url(url, &opts).unwrap_err();
+            assert!(matches!(e, Error::InvalidInput(_)), "{url}: {e:?}");
+            if url != "file:///nonexistent-dir-bg/state.json" {
+                assert!(
+                    open_with(url, &opts).is_err(),
+                    "{url} opens but fails its check"
+                );
+            }
+        }
     }
 
     #[test]

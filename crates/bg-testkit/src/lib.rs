@@ -25,6 +25,8 @@
 //!   store except the ones a test takes over.
 //! * [`names`] — the flags and environment variables that messages and
 //!   help name, checked against a `clap` tree (feature `names`).
+//! * [`doc_commands`] — the `bg-gate` and `bg-ctl` command lines of the
+//!   README and `docs/`, each run through the program's `--check`.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ use std::time::{Duration, Instant};
 
 pub mod caddy;
 mod cluster;
+pub mod doc_commands;
 pub mod haproxy;
 pub mod http;
 pub mod names;

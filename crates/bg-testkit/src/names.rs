@@ -33,7 +33,7 @@ pub const GATE_FLAGS_NAMED_BY_CTL: &[(&str, &str)] = &[
     (
         "--lb-source",
         "bg-ctl waits for the load balancers' probes; its --lb-window help and its error for \
-         a drain no load balancer confirms tell the user to start the gates with --lb-source",
+         a drain no load balancer confirms tell the user to start the gates with bg-gate --lb-source",
     ),
     (
         "--service-connections-path",
@@ -48,7 +48,7 @@ pub const CTL_FLAGS_NAMED_BY_GATE: &[(&str, &str)] = &[
     (
         "--from-gate",
         "a gate whose store lost or lowered the state tells the operator to restore it with \
-         `bg-ctl init --from-gate`",
+         `bg-ctl init --from-gate` (`--force --from-gate` when the store still holds a state)",
     ),
     (
         "--force",

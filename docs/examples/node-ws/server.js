@@ -19,6 +19,9 @@
 //   POST /drain        {"close_code":1012,"batch":N,"interval_ms":M,"timeout_ms":T}
 //                      ask websockets to reconnect, N every M ms, newcomers
 //                      too, for T ms; timeout_ms 0 stops  (--service-drain-path /drain)
+//
+// On SIGTERM it closes what is left with 1001 (going away), never the
+// drain's 1012, so a client can tell a drain from a shutdown.
 
 'use strict';
 
@@ -184,11 +187,13 @@ server.on('upgrade', (req, socket, head) => {
 });
 
 // A container runtime stops the service with SIGTERM: stop taking new
-// connections, ask the remaining websockets to reconnect, then exit.
+// connections, close the remaining websockets, then exit. The close is 1001
+// (going away), not the drain's 1012: a client still here was not drained,
+// and a load test counts it as cut.
 process.on('SIGTERM', () => {
   server.close();
   controlServer.close();
-  for (const ws of sockets) ws.close(1012, 'service restart: reconnect');
+  for (const ws of sockets) ws.close(1001, 'going away: the service is shutting down');
   setTimeout(() => process.exit(0), 200).unref();
 });
 

@@ -30,9 +30,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
     long_about = "Websocket clients through one address, each sending a text message at an \
 interval and checking its echo: the load to hold during a release.
 
-A MOVE is a close by the server with code 1000, 1001 or 1012 (what a draining gate \
+A MOVE is a close by the server with code 1012 (service restart: what a draining gate \
 sends): the client waits a random jitter (up to --jitter) and reconnects, as a \
-well-behaved client does. A CUT is every other end: another close code, a close \
+well-behaved client does. A CUT is every other end: another close code (1001, what a \
+service shutting down sends, included), a close \
 without a code, a read or write error, the connection ending without a close frame, \
 or a greeting or an echo that does not arrive within --echo-timeout. A CONNECT \
 FAILURE is a refused, failed or slow TCP connect or handshake, counted at each \

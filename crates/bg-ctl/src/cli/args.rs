@@ -21,8 +21,8 @@ const EXIT_CODES: &str = "Exit codes:\n  \
 
 const ENVIRONMENT: &str = "Environment:\n  \
     Every setting of every command can come from BG_ and its long name (BG_VERSION, BG_LB_FALL, …).\n  \
-    The acts --force, --to, --expect-generation, --active, --from-gate and --json come only from\n  \
-    the command line, which wins over the environment: --store sets BG_GATE aside, --gate BG_STORE.";
+    The acts --force, --to, --expect-generation, --active, --from-gate, --json and --check come\n  \
+    only from the command line, which wins over the environment: --store sets BG_GATE aside, --gate BG_STORE.";
 
 /// bluegreen's command line: see and change which colour is live, and run
 /// a whole blue/green release from CI.
@@ -82,6 +82,13 @@ pub(super) struct Global {
     #[arg(long, global = true)]
     pub(super) json: bool,
 
+    /// Check the command line and its environment as the command would before it reads or
+    /// changes anything (every option, the store's URL, a deploy's trigger and settings), print
+    /// what would run and exit: 0, or 2 with the usage error. Opens no store, sends nothing,
+    /// runs nothing: a pipeline can check its bg-ctl line before it needs it.
+    #[arg(long, global = true)]
+    pub(super) check: bool,
+
     /// Bound on each request to the store or a gate.
     #[arg(long, env = "BG_TIMEOUT", global = true, default_value = "10s", value_parser = parse_duration)]
     pub(super) timeout: Duration,
@@ -89,10 +96,13 @@ pub(super) struct Global {
 
 #[derive(Debug, Args, Clone, Default)]
 pub(super) struct GateUrls {
-    /// A gate of the blue colour (its admin address); repeat for replicas.
+    /// A gate of the blue colour (its admin address); repeat for replicas, or comma-separate
+    /// them (BG_GATE_BLUE=URL,URL). Without the idle colour's gates, deploy cannot see that
+    /// colour: it warns and skips the wait until it is out of rotation and the drain.
     #[arg(long = "gate-blue", env = "BG_GATE_BLUE", value_delimiter = ',')]
     pub(super) blue: Vec<String>,
-    /// A gate of the green colour (its admin address); repeat for replicas.
+    /// A gate of the green colour (its admin address); repeat for replicas, or comma-separate
+    /// them (BG_GATE_GREEN=URL,URL).
     #[arg(long = "gate-green", env = "BG_GATE_GREEN", value_delimiter = ',')]
     pub(super) green: Vec<String>,
 }
@@ -266,13 +276,15 @@ pub(super) struct DeployArgs {
     /// times in a row.
     #[arg(long, env = "BG_LB_RISE", default_value_t = 2)]
     pub(super) lb_rise: usize,
-    /// A probe source counts as a load balancer once it probed at least 3 times within this, at a steady interval, and while it probed within this of the newest probe. Keep it at least 3 times your load balancer's check interval, or start the gates with --lb-source, whose sources count from their first probe.
+    /// A probe source counts as a load balancer once it probed at least 3 times within this, at a steady interval, and while it probed within this of the newest probe. Keep it at least 3 times your load balancer's check interval, or start the gates with bg-gate --lb-source, whose sources count from their first probe.
     #[arg(long, env = "BG_LB_WINDOW", default_value = "20s", value_parser = parse_duration)]
     pub(super) lb_window: Duration,
     /// Deploy and verify only; promote later with `bg-ctl switch`.
     #[arg(long, env = "BG_NO_SWITCH", value_parser = BoolishValueParser::new())]
     pub(super) no_switch: bool,
-    /// Bound on each wait for the gates.
+    /// Bound on each wait for the gates (out of rotation, the new version, the load balancer)
+    /// and on each command bg-ctl runs (--exec, --smoke, each --verify): a deploy whose new
+    /// version is not up within it exits 4, so keep it above your slowest deploy.
     #[arg(long, env = "BG_READY_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub(super) ready_timeout: Duration,
     /// Bound on the drain of lingering websockets.
@@ -329,6 +341,7 @@ const ACTS: &[&str] = &[
     "active",
     "from-gate",
     "json",
+    "check",
 ];
 
 impl Cli {

@@ -41,9 +41,56 @@ fn default_actor() -> String {
     actor.chars().take(bg_state::MAX_NAME_LEN).collect()
 }
 
+/// Where the state is, before anything is opened.
+enum StorePlan {
+    /// A gate's store API, through any of these gates.
+    Gates(Vec<String>),
+    /// A store URL and its options.
+    Url(String, Box<OpenOptions>),
+}
+
+/// A store that cannot be opened is the command line's fault.
+fn usage(e: bg_state::Error) -> CtlError {
+    match e {
+        bg_state::Error::InvalidInput(i) => CtlError::Usage(i.to_string()),
+        other => other.into(),
+    }
+}
+
+/// Refuses the stores bg-ctl cannot use: one in this process only, or one
+/// without Redis for the legacy mirror.
+fn usable(backend: &str, mirror: bool) -> CtlResult<()> {
+    if mirror && backend != "redis" {
+        return Err(CtlError::Usage(
+            "--legacy-mirror keeps keys in Redis: it needs --store redis://… (BG_STORE)".into(),
+        ));
+    }
+    if backend == "memory" {
+        return Err(CtlError::Usage(
+            "memory:// lives in one process only; bg-ctl needs a shared store (file://, redis://) or a gate (--gate)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Cli {
     /// Runs the command; returns the exit code.
     pub async fn run(self) -> u8 {
+        if self.global.check {
+            return match self.check() {
+                Ok(summary) => {
+                    use std::io::Write as _;
+                    // A reader that closed the pipe has what it wanted.
+                    let _ = writeln!(std::io::stdout().lock(), "{summary}");
+                    exit::OK
+                }
+                Err(e) => {
+                    output::to_stderr(&format!("bg-ctl: {e}"));
+                    e.exit_code()
+                }
+            };
+        }
         let json = self.global.json;
         let report = Reporter::new();
         // A cancelled job must not leave a deploy command running: on a
@@ -89,7 +136,9 @@ impl Cli {
         }
     }
 
-    fn open_store(&self) -> CtlResult<Arc<dyn ColourStore>> {
+    /// Where the state is: the gates (`--gate`), or a store URL with the
+    /// options it is opened with.
+    fn store_plan(&self) -> CtlResult<StorePlan> {
         let g = &self.global;
         let url = match (&g.store, g.gate.as_slice()) {
             (Some(s), _) => s.clone(),
@@ -110,13 +159,7 @@ impl Cli {
                         "--legacy-mirror keeps keys in Redis: it needs --store redis://… (BG_STORE), not --gate".into(),
                     ));
                 }
-                let store = RemoteStore::with_gates(gates, g.token.clone(), g.timeout).map_err(
-                    |e| match e {
-                        bg_state::Error::InvalidInput(i) => CtlError::Usage(i.to_string()),
-                        other => other.into(),
-                    },
-                )?;
-                return Ok(Arc::new(store));
+                return Ok(StorePlan::Gates(gates.to_vec()));
             }
         };
         let mut opts = OpenOptions::default();
@@ -133,22 +176,64 @@ impl Cli {
         opts.redis.response_timeout = g.timeout;
         opts.redis.connect_timeout = g.timeout;
         opts.redis.ca_file.clone_from(&g.redis_ca);
-        let store = bg_state::open_with(&url, &opts).map_err(|e| match e {
-            bg_state::Error::InvalidInput(i) => CtlError::Usage(i.to_string()),
-            other => other.into(),
-        })?;
-        if mirror.is_some() && store.backend() != "redis" {
-            return Err(CtlError::Usage(
-                "--legacy-mirror keeps keys in Redis: it needs --store redis://… (BG_STORE)".into(),
-            ));
+        Ok(StorePlan::Url(url, Box::new(opts)))
+    }
+
+    fn open_store(&self) -> CtlResult<Arc<dyn ColourStore>> {
+        let g = &self.global;
+        match self.store_plan()? {
+            StorePlan::Gates(gates) => {
+                let store =
+                    RemoteStore::with_gates(&gates, g.token.clone(), g.timeout).map_err(usage)?;
+                Ok(Arc::new(store))
+            }
+            StorePlan::Url(url, opts) => {
+                let store = bg_state::open_with(&url, &opts).map_err(usage)?;
+                usable(store.backend(), opts.redis.mirror.is_some())?;
+                Ok(store)
+            }
         }
-        if store.backend() == "memory" {
-            return Err(CtlError::Usage(
-                "memory:// lives in one process only; bg-ctl needs a shared store (file://, redis://) or a gate (--gate)"
-                    .into(),
-            ));
-        }
-        Ok(store)
+    }
+
+    /// `--check`: the command line and its environment checked as the
+    /// command would check them before it reads or changes anything (the
+    /// options, the store's URL, a deploy's trigger and settings); nothing
+    /// is opened, sent or run.
+    fn check(&self) -> CtlResult<String> {
+        let g = &self.global;
+        let store = match self.store_plan()? {
+            StorePlan::Gates(gates) => {
+                for gate in &gates {
+                    RemoteStore::check_url(gate).map_err(usage)?;
+                }
+                format!("the store API of {}", gates.join(", "))
+            }
+            StorePlan::Url(url, opts) => {
+                let backend = bg_state::check_url(&url, &opts).map_err(usage)?;
+                usable(backend, opts.redis.mirror.is_some())?;
+                format!("{} ({backend})", bg_state::redact_url(&url))
+            }
+        };
+        let command = match &self.command {
+            Command::Status { .. } => "status",
+            Command::Init { .. } => "init",
+            Command::Switch { .. } => "switch",
+            Command::Rollback { .. } => "rollback",
+            Command::History { .. } => "history",
+            Command::Lease(LeaseCommand::Show) => "lease show",
+            Command::Lease(LeaseCommand::Break { .. }) => "lease break",
+            Command::Deploy(args) => {
+                args.trigger(g.timeout)?;
+                let actor = g.actor.clone().unwrap_or_else(default_actor);
+                args.options(&g.app, &actor, &g.gate).check()?;
+                "deploy"
+            }
+        };
+        Ok(format!(
+            "bg-ctl would run {command} for app {} on {store}\n\
+             the options are valid; nothing was opened, sent or run (--check)",
+            g.app
+        ))
     }
 
     /// Routes the command: the context it needs (the store, the gates,

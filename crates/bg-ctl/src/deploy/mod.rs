@@ -132,12 +132,7 @@ impl Deployer<'_> {
     pub async fn run(&self) -> CtlResult<DeployOutcome> {
         let o = self.opts;
         self.keeps_its_store().await?;
-        o.validate()?;
-        if o.confirm_lb && (o.urls(Colour::Blue).is_empty() || o.urls(Colour::Green).is_empty()) {
-            return Err(CtlError::Usage(
-                "--confirm-lb reads the load balancer's probes from the gates: give --gate-blue and --gate-green".into(),
-            ));
-        }
+        o.check()?;
         let lease = self.take_lease().await?;
         let sent = Sent::default();
         let result = tokio::select! {

@@ -144,6 +144,24 @@ impl DeployOptions {
         self.validate_drain()
     }
 
+    /// Everything [`validate`](Self::validate) refuses, and the options that
+    /// only make sense together: what a release refuses before it takes
+    /// the lease, and `bg-ctl --check` refuses without a store.
+    ///
+    /// # Errors
+    /// [`CtlError::Usage`] naming the option.
+    pub fn check(&self) -> CtlResult<()> {
+        self.validate()?;
+        if self.confirm_lb
+            && (self.urls(Colour::Blue).is_empty() || self.urls(Colour::Green).is_empty())
+        {
+            return Err(CtlError::Usage(
+                "--confirm-lb reads the load balancer's probes from the gates: give --gate-blue and --gate-green".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// A pace no gate would take.
     fn validate_drain(&self) -> CtlResult<()> {
         self.drain_pace

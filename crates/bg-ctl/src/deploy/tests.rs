@@ -528,6 +528,8 @@ async fn a_drain_that_runs_out_aborts_by_default_and_says_what_it_would_cut() {
         "3 websockets still open, which its restart would cut",
         "2 websockets opened on green after the drain began",
         "green is not out of rotation",
+        // The flag is bg-gate's, and said to be.
+        "bg-gate --lb-source",
     ] {
         assert!(msg.contains(said), "{said:?} not in: {msg}");
     }
@@ -1026,11 +1028,25 @@ async fn the_switch_back_of_a_retried_release_goes_where_rollback_would() {
 
 #[tokio::test(start_paused = true)]
 async fn one_transient_store_error_during_a_wait_is_retried() {
-    // Reads: step 2, then the waits' looks; each of them in turn fails once.
-    for after in 1..8 {
+    // A clean release counts the reads: step 2, then the waits' looks.
+    let clean = OneReadFails::after(usize::MAX);
+    let reads = clean.reads();
+    let real = store().await;
+    let out = release(&*overlay(&real, clean), &real, &passing_checks(), &opts()).await;
+    assert!(out.is_ok_and(|o| o.switched));
+    let reads = reads.load(Ordering::SeqCst);
+    assert!(reads >= 4, "a release reads the state {reads} times");
+    // Each read after step 2 fails once in turn, and the failure fires.
+    for after in 1..reads {
         let real = store().await;
-        let mock = overlay(&real, OneReadFails::after(after));
+        let fails = OneReadFails::after(after);
+        let made = fails.reads();
+        let mock = overlay(&real, fails);
         let out = release(&*mock, &real, &passing_checks(), &opts()).await;
+        assert!(
+            made.load(Ordering::SeqCst) > after,
+            "read {after} was never made, so no failure was injected"
+        );
         assert!(
             out.as_ref().is_ok_and(|o| o.switched),
             "read {after} failed: {out:?}"

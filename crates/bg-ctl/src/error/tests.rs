@@ -92,12 +92,12 @@ fn a_gate_ahead_says_how_to_restore_the_store() {
     assert_eq!(
         one.to_string(),
         "gate http://green applied generation 9 but the store is at 1: the store lost state; \
-         restore it with `bg-ctl init --from-gate`"
+         restore it with `bg-ctl init --force --from-gate GATE…` (the store holds a state, so it needs --force)"
     );
     assert_eq!(
         many.to_string(),
         "gates are ahead of the store (at generation 1): green-1 (generation 9), green-2 (generation 8); \
-         restore it with `bg-ctl init --from-gate`"
+         restore it with `bg-ctl init --force --from-gate GATE…` (the store holds a state, so it needs --force)"
     );
 }
 

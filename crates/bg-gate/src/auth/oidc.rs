@@ -61,7 +61,30 @@ pub struct OidcConfig {
     pub fetch_timeout: Duration,
 }
 
+/// What [`OidcVerifier::new`] refuses before it loads any key.
+fn check(issuer: &str, audience: &str, rules: &[ClaimRule]) -> Result<(), OidcError> {
+    if issuer.trim().is_empty() {
+        return Err(OidcError::EmptyIssuer);
+    }
+    if audience.trim().is_empty() {
+        return Err(OidcError::EmptyAudience);
+    }
+    if rules.is_empty() {
+        return Err(OidcError::NoClaimRule);
+    }
+    Ok(())
+}
+
 impl OidcConfig {
+    /// Checks what [`OidcVerifier::new`] checks before it loads the keys:
+    /// an issuer, an audience and at least one claim rule.
+    ///
+    /// # Errors
+    /// The [`OidcError`] the verifier would start with.
+    pub fn check(&self) -> Result<(), OidcError> {
+        check(&self.issuer, &self.audience, &self.rules)
+    }
+
     /// A configuration with the default refetch interval and timeout.
     #[must_use]
     pub fn new(
@@ -137,15 +160,7 @@ impl OidcVerifier {
             refresh_interval,
             fetch_timeout,
         } = config;
-        if issuer.trim().is_empty() {
-            return Err(OidcError::EmptyIssuer);
-        }
-        if audience.trim().is_empty() {
-            return Err(OidcError::EmptyAudience);
-        }
-        if rules.is_empty() {
-            return Err(OidcError::NoClaimRule);
-        }
+        check(&issuer, &audience, &rules)?;
         if !rules.iter().any(|r| {
             matches!(
                 r.name(),

@@ -89,7 +89,8 @@ impl View {
                         let msg = format!(
                             "the store is at generation {} ({} live) but this gate applied generation {}: \
                              keeping the last known state; if the store lost its data, restore it with \
-                             `bg-ctl init --from-gate`",
+                             `bg-ctl init --force --from-gate GATE…` (it holds a state, so the restore \
+                             must replace it)",
                             state.generation, state.active, known.generation
                         );
                         raised = next.raise(msg);

@@ -9,14 +9,14 @@ use std::time::Duration;
 use bg_state::{AppName, Colour};
 use tokio::net::TcpListener;
 
-use super::conn::Limits;
 use super::error::ServerError;
 use super::run::GateServer;
 use crate::cli::parse_duration;
-use crate::{
-    Auth, ClaimRule, Gate, GateConfig, JwksSource, NamedToken, OidcConfig, OidcVerifier,
-    ServiceConfig, StopStatus,
-};
+use crate::{Auth, ClaimRule, Gate, JwksSource, OidcVerifier, StopStatus};
+
+mod check;
+
+use check::open_store;
 
 /// The gate's options, as flags and environment variables. Flatten it into
 /// a service's own `clap` parser to give it the same options as `bg-gate`.
@@ -179,7 +179,9 @@ pub struct GateArgs {
     )]
     lb_sources: Vec<crate::probes::LbSource>,
 
-    /// Close this colour's websockets by itself (paced, close code 1012) once it has been idle this long.
+    /// Close the websockets this gate serves itself (paced, close code 1012) once its colour has
+    /// been idle this long. A sidecar gate does not forward it: its service's websockets are
+    /// drained by bg-ctl deploy or POST /bg/drain only.
     #[arg(long, env = "BG_DRAIN_AFTER", value_parser = parse_duration)]
     drain_after: Option<Duration>,
 
@@ -205,6 +207,8 @@ pub struct GateArgs {
     /// Run this shell command on every change of the live colour and once at start-up, with
     /// BG_ACTIVE, BG_GENERATION, BG_APP and BG_COLOUR set: for load balancers without active
     /// health checks (open-source nginx: rewrite the upstream, reload). Failures are retried.
+    /// Its environment is minimal (PATH, HOME, LANG, LC_ALL, TZ and those four): pass what it
+    /// needs in the command itself.
     #[arg(long, env = "BG_ON_CHANGE", value_name = "CMD", hide_env_values = true)]
     on_change: Option<String>,
 
@@ -300,87 +304,6 @@ pub struct GateArgs {
     service_connections_path: Option<String>,
 }
 
-/// Shows the options with their secrets left out: the token, the store
-/// URL's credentials, and the on-change command (it may carry a load
-/// balancer's API key).
-impl std::fmt::Debug for GateArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let set = |v: bool| if v { "<set>" } else { "<unset>" };
-        f.debug_struct("GateArgs")
-            .field("colour", &self.colour)
-            .field("store", &bg_state::redact_url(&self.store))
-            .field("redis_ca", &self.redis_ca)
-            .field("app", &self.app)
-            .field("listen", &self.listen)
-            .field("admin_listen", &self.admin_listen)
-            .field("admin_on_public", &self.admin_on_public)
-            .field("service_version", &self.service_version)
-            .field("token_file", &self.token_file)
-            .field("token", &set(self.token.is_some()))
-            .field("oidc_issuer", &self.oidc_issuer)
-            .field("oidc_audience", &self.oidc_audience)
-            .field("oidc_jwks", &self.oidc_jwks)
-            .field("oidc_claims", &self.oidc_claims)
-            .field("oidc_admin_claims", &self.oidc_admin_claims)
-            .field("init", &self.init)
-            .field("stop_status", &self.stop_status)
-            .field("seed_body", &self.seed_body)
-            .field("poll_interval", &self.poll_interval)
-            .field("handover", &self.handover)
-            .field("cache_file", &self.cache_file)
-            .field("agent_listen", &self.agent_listen)
-            .field("strict", &self.strict)
-            .field("header_timeout", &self.header_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("max_connections", &self.max_connections)
-            .field("store_timeout", &self.store_timeout)
-            .field("gate_id", &self.gate_id)
-            .field("drain_after", &self.drain_after)
-            .field("drain_window", &self.drain_window)
-            .field("drain_max_rate", &self.drain_max_rate)
-            .field("on_change", &set(self.on_change.is_some()))
-            .field("legacy_mirror", &self.legacy_mirror)
-            .field(
-                "service_url",
-                &self.service_url.as_deref().map(bg_state::redact_url),
-            )
-            .field("service_health", &self.service_health)
-            .field("service_interval", &self.service_interval)
-            .field("service_fall", &self.service_fall)
-            .field("service_rise", &self.service_rise)
-            .field("service_version_path", &self.service_version_path)
-            .field("service_drain_path", &self.service_drain_path)
-            .field("service_connections_path", &self.service_connections_path)
-            .finish()
-    }
-}
-
-/// The store the options name, with the legacy mirror if one is asked for.
-fn open_store(args: &GateArgs) -> Result<Arc<dyn bg_state::ColourStore>, ServerError> {
-    let mut opts = bg_state::OpenOptions::default();
-    opts.redis.ca_file.clone_from(&args.redis_ca);
-    if let Some(ids) = &args.legacy_mirror {
-        let Some((blue, green)) = ids.split_once(',') else {
-            return Err(ServerError::LegacyMirrorIds { given: ids.clone() });
-        };
-        let mirror = bg_state::LegacyMirror::new(args.app.clone(), blue.trim(), green.trim())
-            .map_err(ServerError::LegacyMirror)?;
-        opts.redis.mirror = Some(mirror);
-    }
-    let store = bg_state::open_with(&args.store, &opts).map_err(ServerError::Store)?;
-    if let Some(mirror) = &opts.redis.mirror {
-        if store.backend() != "redis" {
-            return Err(ServerError::LegacyMirrorNeedsRedis);
-        }
-        tracing::info!(
-            blue = mirror.key(Colour::Blue),
-            green = mirror.key(Colour::Green),
-            "keeping the hand-made design's keys in step with every change made through this gate"
-        );
-    }
-    Ok(store)
-}
-
 fn parse_colour(s: &str) -> Result<Colour, String> {
     s.parse().map_err(|e: bg_state::Error| e.to_string())
 }
@@ -399,20 +322,10 @@ fn parse_claim(s: &str) -> Result<ClaimRule, String> {
 
 /// The id_token verifier the OIDC options ask for, if any.
 async fn oidc(args: &GateArgs) -> Result<Option<OidcVerifier>, ServerError> {
-    let (issuer, audience, jwks) = match (&args.oidc_issuer, &args.oidc_audience, &args.oidc_jwks) {
-        (None, None, None) if args.oidc_claims.is_empty() && args.oidc_admin_claims.is_empty() => {
-            return Ok(None);
-        }
-        (Some(i), Some(a), Some(j)) => (i, a, j),
-        _ => return Err(ServerError::OidcOptions),
+    let Some(cfg) = args.oidc_config()? else {
+        return Ok(None);
     };
-    let mut cfg = OidcConfig::new(
-        issuer.as_str(),
-        audience.as_str(),
-        jwks.clone(),
-        args.oidc_claims.clone(),
-    );
-    cfg.admin_rules.clone_from(&args.oidc_admin_claims);
+    let jwks = cfg.jwks.clone();
     let verifier = OidcVerifier::new(cfg).await.map_err(ServerError::Oidc)?;
     tracing::info!(
         issuer = verifier.issuer(),
@@ -445,58 +358,12 @@ impl GateArgs {
     /// bound.
     pub async fn start(self) -> Result<GateServer, ServerError> {
         let args = self;
-        if args.admin_listen.is_none() && !args.listen.ip().is_loopback() && !args.admin_on_public {
-            return Err(ServerError::AdminOnPublic {
-                listen: args.listen,
-            });
-        }
-        for (name, d) in [
-            ("--header-timeout", args.header_timeout),
-            ("--idle-timeout", args.idle_timeout),
-        ] {
-            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-                return Err(ServerError::Limit {
-                    option: name,
-                    reason: "must be between 100ms and 1h",
-                });
-            }
-        }
-        if args.max_connections == Some(0) {
-            return Err(ServerError::Limit {
-                option: "--max-connections",
-                reason: "must be at least 1",
-            });
-        }
-        // An environment left from an earlier release must not stop the
-        // gate from starting; it is said once, and ignored.
-        for (option, given) in [
-            ("--drain-batch (BG_DRAIN_BATCH)", &args.drain_batch),
-            ("--drain-interval (BG_DRAIN_INTERVAL)", &args.drain_interval),
-        ] {
-            if given.is_some() {
-                tracing::warn!(
-                    "{option} is ignored: a drain is paced by time now; set --drain-window (how long asking every websocket takes) and, to cap it, --drain-max-rate"
-                );
-            }
-        }
-        let drain_pace = bg_state::wire::DrainPace {
-            window: args.drain_window,
-            max_rate: args.drain_max_rate,
-        };
-        drain_pace.check().map_err(|reason| ServerError::Limit {
-            option: "--drain-window or --drain-max-rate",
-            reason,
-        })?;
+        let drain_pace = args.checked_limits()?;
+        args.warn_of_ignored_options();
         // A gate holding thousands of websockets needs more descriptors
         // than the usual soft limit of 1,024, whatever its cap.
         let files = super::conn::raise_open_file_limit();
-        let limits = Limits {
-            header_timeout: args.header_timeout,
-            idle_timeout: args.idle_timeout,
-            max_connections: args
-                .max_connections
-                .unwrap_or_else(super::conn::default_max_connections),
-        };
+        let limits = args.limits();
         if let Some(files) = files
             && limits.max_connections as u64 > files
         {
@@ -523,9 +390,7 @@ impl GateArgs {
         if let Some(verifier) = oidc(&args).await? {
             auth = auth.with_oidc(verifier);
         }
-        if let Some(secret) = &args.token {
-            let token =
-                NamedToken::new("bg-token", secret.as_str()).map_err(ServerError::BgToken)?;
+        if let Some(token) = args.bg_token()? {
             auth.add(token).map_err(ServerError::Tokens)?;
         }
         if !auth.is_configured() {
@@ -534,33 +399,7 @@ impl GateArgs {
             );
         }
 
-        let mut cfg = GateConfig::new(args.app, args.colour, args.service_version);
-        if let Some(id) = args.gate_id {
-            cfg.gate_id = id;
-        }
-        cfg.stop_status = args.stop_status;
-        cfg.seed_body = args.seed_body;
-        cfg.poll_interval = args.poll_interval;
-        cfg.handover = args.handover;
-        cfg.cache_file = args.cache_file;
-        cfg.strict = args.strict;
-        cfg.init = args.init;
-        cfg.store_timeout = args.store_timeout;
-        cfg.drain_after = args.drain_after;
-        cfg.drain_pace = drain_pace;
-        cfg.lb_sources = args.lb_sources;
-        cfg.on_change = args.on_change;
-        cfg.service = args.service_url.map(|url| {
-            let mut s = ServiceConfig::new(url);
-            s.health_path = args.service_health;
-            s.interval = args.service_interval;
-            s.fall = args.service_fall;
-            s.rise = args.service_rise;
-            s.version_path = args.service_version_path;
-            s.drain_path = args.service_drain_path;
-            s.connections_path = args.service_connections_path;
-            s
-        });
+        let cfg = args.gate_config(drain_pace);
         let gate = Gate::new(Arc::clone(&store), cfg, auth).map_err(ServerError::Gate)?;
         let follower = gate.start();
 

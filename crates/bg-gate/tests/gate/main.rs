@@ -3,6 +3,8 @@
 
 mod api;
 mod changes;
+#[cfg(feature = "server")]
+mod docs;
 // The runner, the binary and the example need the `server` feature.
 mod errors;
 #[cfg(feature = "server")]

@@ -35,6 +35,13 @@ const FOREIGN_FLAGS: &[(&str, &str)] = &[(
     "cargo's: ws_echo's doc shows how to run it with `cargo run -p bg-gate --example ws_echo`",
 )];
 
+/// The `bg-gate` binary's own flags, beside `GateArgs`.
+const BINARY_FLAGS: &[(&str, &str)] = &[(
+    "--check",
+    "bg-gate's (src/bin/bg-gate.rs): checks the options with GateArgs::check and exits; a \
+     service embedding GateArgs decides for itself whether to offer it",
+)];
+
 /// The tree `bg-gate` and `ws_echo` parse: `GateArgs`, with the binary's
 /// `--version`.
 fn command() -> clap::Command {
@@ -64,6 +71,7 @@ fn known() -> Known {
         .allowing(CTL_FLAGS_NAMED_BY_GATE)
         .allowing(ENVIRONMENT)
         .allowing(FOREIGN_FLAGS)
+        .allowing(BINARY_FLAGS)
 }
 
 #[test]
@@ -122,6 +130,7 @@ fn every_allowed_name_is_still_needed() {
         &[
             (ENVIRONMENT, "ENVIRONMENT"),
             (FOREIGN_FLAGS, "FOREIGN_FLAGS"),
+            (BINARY_FLAGS, "BINARY_FLAGS"),
             (
                 CTL_FLAGS_NAMED_BY_GATE,
                 "bg_testkit::names::CTL_FLAGS_NAMED_BY_GATE",

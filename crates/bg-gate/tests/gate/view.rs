@@ -175,7 +175,11 @@ async fn a_lower_or_vanished_state_is_an_alarm_and_the_last_known_stands() {
     assert!(m.contains("bg_gate_alarm 1"), "{m}");
     let v = status(&router(&g)).await;
     assert!(
-        v.alarm.as_deref().unwrap().contains("init --from-gate"),
+        // The store holds a state: a restore must replace it.
+        v.alarm
+            .as_deref()
+            .unwrap()
+            .contains("bg-ctl init --force --from-gate"),
         "{v:?}"
     );
 

@@ -70,6 +70,14 @@ impl RemoteStore {
         Self::with_gates([base], token, timeout)
     }
 
+    /// Checks a gate URL as [`new`](Self::new) does, without building a client.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn check_url(base: &str) -> Result<()> {
+        gate_base(base).map(|_| ())
+    }
+
     /// A store behind any of the gates at `bases`, all in front of the same
     /// store: each request goes to the gate that answered last, and to the
     /// next one when it cannot connect.

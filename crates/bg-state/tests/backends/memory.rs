@@ -1,6 +1,9 @@
-use bg_state::conformance::run_all;
+use std::sync::{Arc, Mutex};
+
+use bg_state::conformance::{compare_and_swap_race, run_all};
 use bg_state::{
-    AppName, Colour, ColourStore, Error, InitRequest, MemoryStore, MockColourStore, SwitchRequest,
+    AppName, Colour, ColourStore, Error, InitRequest, MemoryStore, MockColourStore, SwitchOutcome,
+    SwitchRequest,
 };
 
 use super::{HISTORY_CAP, config, shared};
@@ -65,4 +68,46 @@ async fn mock_injects_an_outage() {
     let store: &dyn ColourStore = &mock;
     let err = store.get(&AppName::new("chat").unwrap()).await.unwrap_err();
     assert!(err.is_retryable());
+}
+
+/// The race can fail: a store that commits every switch, whatever generation
+/// the writer expected, lets several writers of one round win. Run on one
+/// thread, where the writers would otherwise take turns and never meet.
+#[tokio::test]
+#[should_panic(expected = "compare-and-swap was not applied")]
+async fn the_race_catches_a_store_that_ignores_compare_and_swap() {
+    let template = MemoryStore::new()
+        .init(
+            &AppName::new("template").unwrap(),
+            InitRequest::new(Colour::Blue, "t"),
+        )
+        .await
+        .unwrap();
+    let held = Arc::new(Mutex::new(None));
+    let mut mock = MockColourStore::new();
+    let h = Arc::clone(&held);
+    mock.expect_init().returning(move |app, req| {
+        let mut s = template.clone();
+        s.app = app.clone();
+        s.active = req.active;
+        *h.lock().unwrap() = Some(s.clone());
+        Ok(s)
+    });
+    let h = Arc::clone(&held);
+    mock.expect_get()
+        .returning(move |_| Ok(h.lock().unwrap().clone()));
+    let h = Arc::clone(&held);
+    mock.expect_switch()
+        .returning(move |_, req: SwitchRequest| {
+            let mut guard = h.lock().unwrap();
+            let s = guard.as_mut().expect("initialised");
+            s.active = req.to;
+            s.generation += 1;
+            Ok(SwitchOutcome {
+                state: s.clone(),
+                changed: true,
+            })
+        });
+    let store: Arc<dyn ColourStore> = Arc::new(mock);
+    compare_and_swap_race(&[store], 4, 5).await;
 }

@@ -144,7 +144,7 @@ impl RedisStore {
     /// As [`RedisStore::open`].
     pub fn with_options(url: &str, opts: RedisOptions) -> Result<Self> {
         let shown = crate::text::redact_url(url);
-        let mut target = Target::parse(url, &shown)?;
+        let mut target = Self::checked_target(url, &opts, &shown)?;
         if target.tls {
             // rustls needs a process-wide crypto provider; ring builds quickly
             // and needs no C toolchain beyond cc. Another one installed first wins.
@@ -152,13 +152,6 @@ impl RedisStore {
             if target.ca.is_none() {
                 target.ca.clone_from(&opts.ca_file);
             }
-        }
-        if opts.mirror.is_some() && target.topology == Topology::Cluster {
-            return Err(Error::invalid(
-                "mirror",
-                "the legacy mirror cannot run on a Redis Cluster: the hand-made design's \
-                 lb-status keys cannot share the app's hash slot; use one node or Sentinel",
-            ));
         }
         let certs = match &target.ca {
             Some(path) => Some(TlsCertificates {
@@ -180,6 +173,27 @@ impl RedisStore {
                 shown,
             }),
         })
+    }
+
+    /// Checks `url` and `opts` as [`with_options`](Self::with_options) does,
+    /// without reading the CA file or building a client.
+    ///
+    /// # Errors
+    /// As [`with_options`](Self::with_options), but for an unreadable CA file.
+    pub fn check_url(url: &str, opts: &RedisOptions) -> Result<()> {
+        Self::checked_target(url, opts, &crate::text::redact_url(url)).map(|_| ())
+    }
+
+    fn checked_target(url: &str, opts: &RedisOptions, shown: &str) -> Result<Target> {
+        let target = Target::parse(url, shown)?;
+        if opts.mirror.is_some() && target.topology == Topology::Cluster {
+            return Err(Error::invalid(
+                "mirror",
+                "the legacy mirror cannot run on a Redis Cluster: the hand-made design's \
+                 lb-status keys cannot share the app's hash slot; use one node or Sentinel",
+            ));
+        }
+        Ok(target)
     }
 
     fn deadline(&self) -> Duration {
