@@ -407,7 +407,7 @@ async fn a_store_restarted_empty_is_restored_from_the_gates() {
     let out = run(rig.bg_ctl(&["switch", "--to", "blue"])).await;
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("init --from-gate"),
+        String::from_utf8_lossy(&out.stderr).contains("init --force --from-gate"),
         "{}",
         show(&out)
     );
