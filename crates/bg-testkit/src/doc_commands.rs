@@ -322,6 +322,44 @@ impl Scan {
 }
 
 /// Runs `cmd` under `sh` with `set -u`, its program replaced by
+/// Runs every command line of `name` (`bg-gate` or `bg-ctl`) in the docs
+/// under `root` through `binary --check` with `vars` as the placeholders'
+/// values, and fails, naming each, on those refused; and on finding fewer
+/// than `at_least`, so the check cannot pass by finding nothing.
+///
+/// # Panics
+/// As described: when a command line is refused or too few are found.
+pub fn assert_accepted(
+    root: &Path,
+    name: &str,
+    binary: &Path,
+    vars: &[(&str, &str)],
+    at_least: usize,
+) {
+    let found: Vec<_> = workspace_commands(root)
+        .into_iter()
+        .filter(|c| c.program == name)
+        .collect();
+    assert!(
+        found.len() >= at_least,
+        "only {} {name} command lines found: {found:?}",
+        found.len()
+    );
+    let refused: Vec<String> = found
+        .iter()
+        .filter_map(|c| {
+            check(c, binary, vars)
+                .err()
+                .map(|e| format!("{}: {}\n  -> {e}", c.place, c.shell))
+        })
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "doc examples {name} refuses:\n{}",
+        refused.join("\n")
+    );
+}
+
 /// `program --check`, in an environment of `vars` and the block's own
 /// variables only. `Ok` with the output if it exits 0; `Err` with what it
 /// said otherwise.

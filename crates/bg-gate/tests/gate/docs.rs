@@ -17,27 +17,6 @@ const PLACEHOLDERS: &[(&str, &str)] = &[
 #[test]
 fn every_bg_gate_command_line_in_the_docs_is_accepted() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let found: Vec<_> = doc_commands::workspace_commands(&root)
-        .into_iter()
-        .filter(|c| c.program == "bg-gate")
-        .collect();
-    assert!(
-        found.len() >= 5,
-        "only {} bg-gate command lines found: {found:?}",
-        found.len()
-    );
-    let program = Path::new(env!("CARGO_BIN_EXE_bg-gate"));
-    let refused: Vec<String> = found
-        .iter()
-        .filter_map(|c| {
-            doc_commands::check(c, program, PLACEHOLDERS)
-                .err()
-                .map(|e| format!("{}: {}\n  -> {e}", c.place, c.shell))
-        })
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "doc examples bg-gate refuses:\n{}",
-        refused.join("\n")
-    );
+    let binary = Path::new(env!("CARGO_BIN_EXE_bg-gate"));
+    doc_commands::assert_accepted(&root, "bg-gate", binary, PLACEHOLDERS, 5);
 }

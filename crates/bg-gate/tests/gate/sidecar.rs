@@ -348,17 +348,32 @@ async fn bad_service_settings_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_count_the_gate_cannot_read_is_unknown_not_zero() {
+/// A service holding `websockets`, healthy, beside a started gate of blue
+/// while green is live; returned once the gate has seen it up.
+async fn idle_blue_beside(
+    websockets: u64,
+) -> (
+    Arc<Service>,
+    std::net::SocketAddr,
+    Arc<dyn bg_state::ColourStore>,
+    Gate,
+    tokio::task::JoinHandle<()>,
+) {
     let svc = Arc::new(Service::default());
     svc.healthy.store(true, Ordering::SeqCst);
-    svc.connections.store(5, Ordering::SeqCst);
+    svc.connections.store(websockets, Ordering::SeqCst);
     let addr = service(Arc::clone(&svc)).await;
     let store = memory_with(Colour::Green).await;
     let g = gate(&store, sidecar_config(Colour::Blue, addr)).await;
-    let r = router(&g);
-    let _follower = g.start();
+    let follower = g.start();
     wait_for(|| g.service_up()).await;
+    (svc, addr, store, g, follower)
+}
+
+#[tokio::test]
+async fn a_count_the_gate_cannot_read_is_unknown_not_zero() {
+    let (svc, _, store, g, _follower) = idle_blue_beside(5).await;
+    let r = router(&g);
     let websockets = |r: &Router| {
         let r = r.clone();
         async move { get(&r, "/bg/state").await.json()["connections"]["websockets"].clone() }
@@ -400,15 +415,8 @@ async fn a_count_the_gate_cannot_read_is_unknown_not_zero() {
 
 #[tokio::test]
 async fn a_stop_the_service_refuses_is_sent_again_until_it_is_taken() {
-    let svc = Arc::new(Service::default());
-    svc.healthy.store(true, Ordering::SeqCst);
-    svc.connections.store(3, Ordering::SeqCst);
-    let addr = service(Arc::clone(&svc)).await;
-    let store = memory_with(Colour::Green).await;
-    let g = gate(&store, sidecar_config(Colour::Blue, addr)).await;
+    let (svc, _, store, g, _follower) = idle_blue_beside(3).await;
     let r = router(&g);
-    let _follower = g.start();
-    wait_for(|| g.service_up()).await;
     let a = call(
         &r,
         Method::POST,
@@ -438,15 +446,8 @@ async fn a_stop_the_service_refuses_is_sent_again_until_it_is_taken() {
 
 #[tokio::test]
 async fn a_restarted_gate_stops_a_drain_it_forwarded_before() {
-    let svc = Arc::new(Service::default());
-    svc.healthy.store(true, Ordering::SeqCst);
-    svc.connections.store(3, Ordering::SeqCst);
-    let addr = service(Arc::clone(&svc)).await;
-    let store = memory_with(Colour::Green).await;
+    let (svc, addr, store, g, follower) = idle_blue_beside(3).await;
     {
-        let g = gate(&store, sidecar_config(Colour::Blue, addr)).await;
-        let _follower = g.start();
-        wait_for(|| g.service_up()).await;
         let a = call(
             &router(&g),
             Method::POST,
@@ -457,6 +458,7 @@ async fn a_restarted_gate_stops_a_drain_it_forwarded_before() {
         .await;
         assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
         // The gate stops here: it restarts, and the service drains on.
+        drop((g, follower));
     }
     assert_eq!(svc.drains.lock().unwrap().len(), 1);
     store
