@@ -372,7 +372,7 @@ async fn idle_blue_beside(
 
 #[tokio::test]
 async fn a_count_the_gate_cannot_read_is_unknown_not_zero() {
-    let (svc, _, store, g, _follower) = idle_blue_beside(5).await;
+    let (svc, _, _, g, _follower) = idle_blue_beside(5).await;
     let r = router(&g);
     let websockets = |r: &Router| {
         let r = r.clone();
