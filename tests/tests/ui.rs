@@ -196,7 +196,7 @@ async fn the_status_page_follows_a_switch_made_through_another_gate() {
     let _serial = super::serial().await;
     let redis = RedisServer::start();
     let seed = RedisStore::open(&redis.url()).unwrap();
-    seed.init(&app(), InitRequest::new(Colour::Blue, "ops"))
+    seed.init(&app(), InitRequest::new(Colour::Blue, "ops").version("v1"))
         .await
         .unwrap();
     for phase in [DeployPhase::Deploying, DeployPhase::Deployed] {
@@ -324,6 +324,9 @@ async fn the_status_page_follows_a_switch_made_through_another_gate() {
     assert_eq!(row[1], "2", "{row:?}");
     assert_eq!(row[3], "release-ci", "{row:?}");
     assert_eq!(row[4], REASON, "{row:?}");
+    // Each colour's last live version: blue's from the init, green's now.
+    assert_eq!(text(&page, "[data-bg-last-live=\"blue\"]").await, "v1");
+    assert_eq!(text(&page, "[data-bg-last-live=\"green\"]").await, "v2");
     // Colour is not the only carrier of meaning: the word beside it.
     let live = text(&page, ".live").await;
     assert!(live.to_lowercase().contains("green live"), "{live}");

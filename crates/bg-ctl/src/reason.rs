@@ -150,7 +150,8 @@ impl fmt::Display for NotYet {
             ),
             NotYet::Uncounted { url } => write!(
                 f,
-                "gate {url} cannot count its websockets (its service's connections route fails or is slow): unknown is not zero"
+                "gate {} cannot count its websockets (its service's connections route fails or is slow): unknown is not zero",
+                shown(url)
             ),
             NotYet::LbUnseen {
                 source,
@@ -201,6 +202,7 @@ mod tests {
                 url: url.clone(),
                 version: "v1".into(),
             },
+            NotYet::Uncounted { url: url.clone() },
         ] {
             let text = why.to_string();
             assert!(

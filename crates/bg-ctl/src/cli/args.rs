@@ -132,7 +132,7 @@ pub(super) enum Command {
     },
     /// Create the state (generation 1), or restore it from the gates after the store lost it.
     #[command(
-        after_help = "Examples:\n  bg-ctl --app chat init --active blue --version v1.4.2\n  \
+        after_help = "Examples:\n  bg-ctl --app chat init --active blue --live-version v1.4.2\n  \
         bg-ctl --app chat init --from-gate http://blue:9090 --from-gate http://green:9090   # after Redis restarted empty"
     )]
     Init {
@@ -148,9 +148,9 @@ pub(super) enum Command {
         /// The version the colour made live runs (image tag, commit): recorded as its live
         /// version, so `bg-ctl rollback` can return to it after the first release. With
         /// --from-gate it is what the live colour's gates report, when they agree (this is
-        /// not read).
-        #[arg(long, env = "BG_VERSION", value_name = "VERSION")]
-        version: Option<String>,
+        /// not read). Not BG_VERSION, which a pipeline sets to the version it releases.
+        #[arg(long, env = "BG_LIVE_VERSION", value_name = "VERSION")]
+        live_version: Option<String>,
         /// Keep the hand-made design's keys `lb-status-<BLUE_ID>` and
         /// `lb-status-<GREEN_ID>` in step with the live colour, whoever makes
         /// the change: the ids are recorded in the app's state (Redis store

@@ -258,11 +258,11 @@ impl Cli {
                 active: Some(active),
                 force,
                 reason,
-                version,
+                live_version,
                 ..
-            } => {
-                Box::new(commands::init(store, app, active, &actor, force, reason, version).await?)
-            }
+            } => Box::new(
+                commands::init(store, app, active, &actor, force, reason, live_version).await?,
+            ),
             Command::Init {
                 active: None,
                 from_gate,

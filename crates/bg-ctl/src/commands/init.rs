@@ -35,7 +35,7 @@ pub async fn init(
     req.reason = reason;
     req.version = version;
     Ok(Initialised {
-        state: store.init(app, req).await?,
+        state: super::surely(|| store.init(app, req.clone())).await?,
     })
 }
 
@@ -99,12 +99,12 @@ pub async fn init_from_gates(
         .map(|(_, r)| r.version.as_str());
     if let Some(first) = running.next()
         && running.all(|v| v == first)
-        && bg_state::check_version(first).is_ok()
+        && bg_state::wire::is_known_version(first)
     {
         req = req.version(first);
     }
     Ok(Initialised {
-        state: store.init(app, req).await?,
+        state: super::surely(|| store.init(app, req.clone())).await?,
     })
 }
 

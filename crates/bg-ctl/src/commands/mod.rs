@@ -26,5 +26,32 @@ pub(crate) fn request_id(what: &str) -> String {
     format!("bg-ctl:{what}:{}:{nanos}", std::process::id())
 }
 
+/// How often a write whose outcome the store could not tell is sent again
+/// with the same request (and request id), 0.2 s, 0.4 s and 0.8 s apart.
+const WRITE_RETRIES: u32 = 3;
+
+/// Makes the write `write` sends, and sends the same request again while
+/// the store says its outcome is unknown (a retryable error: a dropped
+/// connection, a failover, replicas that did not confirm): its request id
+/// makes a write that did happen its own success the second time, not
+/// "already initialised" or a conflict.
+pub(crate) async fn surely<T, F, Fut>(mut write: F) -> Result<T, bg_state::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, bg_state::Error>>,
+{
+    let mut pause = std::time::Duration::from_millis(200);
+    for _ in 0..WRITE_RETRIES {
+        match write().await {
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            done => return done,
+        }
+    }
+    write().await
+}
+
 #[cfg(test)]
 mod tests;

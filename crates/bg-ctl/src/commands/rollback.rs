@@ -76,7 +76,9 @@ pub async fn rollback(
         .rollback(true)
         .request_id(super::request_id("rollback"));
     req.reason = Some(reason.unwrap_or_else(|| format!("rollback to {want}")));
-    Ok(store.switch(app, req).await?.into())
+    Ok(super::surely(|| store.switch(app, req.clone()))
+        .await?
+        .into())
 }
 
 /// What `rollback` checks before it makes `colour` live again, and the

@@ -51,7 +51,9 @@ pub async fn switch(
         .request_id(super::request_id("switch"));
     req.expect_generation = Some(expect.unwrap_or(state.generation));
     req.reason = reason;
-    Ok(store.switch(app, req).await?.into())
+    Ok(super::surely(|| store.switch(app, req.clone()))
+        .await?
+        .into())
 }
 
 impl Render for Switched {

@@ -249,3 +249,36 @@ async fn init_from_the_gates_shows_the_state_it_restored() {
         Some("v4")
     );
 }
+
+/// A switch whose answer was lost is sent again with the same request id:
+/// the store recognises it as done, and the command succeeds once, instead
+/// of failing (exit 5) and leaving a rerun to meet a conflict.
+#[tokio::test(start_paused = true)]
+async fn a_switch_whose_answer_was_lost_is_sent_again_and_recognised() {
+    let real = crate::testing::store().await;
+    let store = crate::testing::overlay(&real, crate::testing::FirstAnswerLost::of_a_switch());
+    let switched = super::switch(
+        &*store,
+        &app(),
+        Some(Colour::Green),
+        None,
+        "ops",
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        switched.json()["state"]["generation"],
+        2,
+        "{}",
+        switched.json()
+    );
+    let s = real.get(&app()).await.unwrap().unwrap();
+    assert_eq!((s.active, s.generation), (Colour::Green, 2));
+    assert_eq!(
+        real.history(&app(), 10).await.unwrap().len(),
+        2,
+        "init and one switch"
+    );
+}

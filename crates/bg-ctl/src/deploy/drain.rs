@@ -79,10 +79,10 @@ impl Deployer<'_> {
         }
         let open: u64 = held.iter().filter_map(|(_, c)| c.websockets).sum();
         let busy: u64 = held.iter().map(|(_, c)| c.requests).sum();
-        let uncounted: Vec<&str> = held
+        let uncounted: Vec<_> = held
             .iter()
             .filter(|(_, c)| c.websockets.is_none())
-            .map(|(url, _)| url.as_str())
+            .map(|(url, _)| crate::reason::shown(url))
             .collect();
         if open == 0 && busy == 0 && uncounted.is_empty() {
             return Ok(());

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use bg_state::{
     Colour, ColourStore, DeployPhase, DeployRecord, Error as StoreError, Lease, LeaseRequest,
-    State, SwitchRequest,
+    State, SwitchRequest, wire::UNKNOWN_VERSION,
 };
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
@@ -99,8 +99,8 @@ pub struct Deployer<'a> {
 struct Sent {
     /// The switch.
     switch: OnceLock<SwitchRequest>,
-    /// Why `--verify` failed, once it has.
-    verify_failed: OnceLock<String>,
+    /// The colour `--verify` failed on, and why, once it has.
+    verify_failed: OnceLock<(Colour, String)>,
     /// The switch back after it failed.
     back: OnceLock<SwitchRequest>,
 }
@@ -142,8 +142,8 @@ impl Deployer<'_> {
         let result = match (result, sent.switch.get(), sent.verify_failed.get()) {
             // The lease went during the switch back after a failed verify:
             // said as what happened, switched back or not, read back.
-            (Err(e @ CtlError::LeaseLost(_)), Some(req), Some(failure)) => Err(self
-                .lost_in_switch_back(req.to, failure, sent.back.get(), e)
+            (Err(e @ CtlError::LeaseLost(_)), _, Some((to, failure))) => Err(self
+                .lost_in_switch_back(*to, failure, sent.back.get(), e)
                 .await),
             // The lease went while the switch's answer was awaited: what
             // the store did is read back, never guessed.
@@ -306,6 +306,11 @@ impl Deployer<'_> {
             let mut silent = None;
             for url in o.urls(state.active) {
                 match self.gates.report(url).await {
+                    // A sidecar whose service has not said its version
+                    // does not know what runs: unknown, like a silence.
+                    Ok(r) if r.version == UNKNOWN_VERSION => {
+                        silent = Some((url, CtlError::Failed("its version is unknown".into())));
+                    }
                     Ok(r) if r.version != o.version => return Ok(None),
                     Ok(_) => {}
                     Err(e) => silent = Some((url, e)),
@@ -425,7 +430,7 @@ impl Deployer<'_> {
         // without one), so this release can be rolled back.
         if let Some((first, rest)) = plan.old_versions.split_first()
             && rest.iter().all(|v| v == first)
-            && bg_state::check_version(first).is_ok()
+            && bg_state::wire::is_known_version(first)
         {
             req = req.leaving_version(first.clone());
         }
@@ -572,7 +577,9 @@ impl Deployer<'_> {
     /// is recognised, not made twice.
     async fn record(&self, plan: &Plan, phase: DeployPhase) -> CtlResult<()> {
         let o = self.opts;
-        let id: String = format!("deploy:{}:{phase}:{}", plan.fence, o.version)
+        // From when the lease was taken, never its fence: the id is kept
+        // in the state, which anyone may read.
+        let id: String = format!("deploy:{}:{phase}:{}", plan.lease_since, o.version)
             .chars()
             .take(bg_state::MAX_REQUEST_ID_LEN)
             .collect();

@@ -108,7 +108,7 @@ impl Deployer<'_> {
                 .run(cmd, o.check_env(new, &url), o.ready_timeout)
                 .await
             {
-                let _ = sent.verify_failed.set(e.to_string());
+                let _ = sent.verify_failed.set((plan.idle, e.to_string()));
                 return Err(self.switch_back(plan, generation, e, &sent.back).await);
             }
             if Instant::now() >= until {

@@ -9,9 +9,7 @@ use bg_state::{AppName, Colour};
 /// routes, unless the gate's configuration says otherwise.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The version a gate reports when it is told none (`--service-version`'s
-/// default): never recorded as a version a colour serves.
-pub const UNKNOWN_VERSION: &str = "unknown";
+pub use bg_state::wire::UNKNOWN_VERSION;
 
 /// What an idle colour answers to the health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

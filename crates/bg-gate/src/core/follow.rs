@@ -185,10 +185,7 @@ async fn initialise(gate: &Gate, colour: Colour) {
     // gate's colour and the version is known: what a rollback after the
     // first release returns to.
     let version = gate.service_version();
-    if colour == cfg.colour
-        && version != super::UNKNOWN_VERSION
-        && bg_state::check_version(&version).is_ok()
-    {
+    if colour == cfg.colour && bg_state::wire::is_known_version(&version) {
         req = req.version(version);
     }
     match bounded(cfg.store_timeout, gate.inner.store.init(&cfg.app, req)).await {

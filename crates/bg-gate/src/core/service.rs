@@ -143,6 +143,8 @@ pub(super) struct ServiceState {
     pub(super) cfg: ServiceConfig,
     client: reqwest::Client,
     up: AtomicBool,
+    /// Whether a check has run to its end since the gate started.
+    checked: AtomicBool,
     version: ArcSwapOption<String>,
     /// `u64::MAX` until read.
     websockets: AtomicU64,
@@ -175,6 +177,7 @@ impl ServiceState {
             // Down until its first `rise` good checks: a gate started
             // beside a service that is not up yet sends it nobody.
             up: AtomicBool::new(false),
+            checked: AtomicBool::new(false),
             version: ArcSwapOption::empty(),
             websockets: AtomicU64::new(u64::MAX),
             error: Mutex::new(None),
@@ -200,15 +203,21 @@ impl ServiceState {
         }
     }
 
-    /// The websockets the service holds, as far as the gate can tell:
-    /// none when it has no connections route (the gate cannot see them) or
-    /// is down (a crashed service holds none); `None`, unknown, when it is
-    /// up but its count could not be read.
+    /// The websockets the service holds, as far as the gate can tell: the
+    /// count it last read; none when it has no connections route (the gate
+    /// cannot see them) or its checks took it down (a crashed service holds
+    /// none); `None`, unknown, before the first check has run (a gate
+    /// restarted beside a busy service) and while it is up but its count
+    /// could not be read.
     pub(super) fn open_websockets(&self) -> Option<u64> {
-        if self.cfg.connections_path.is_none() || !self.is_up() {
+        if self.cfg.connections_path.is_none() {
             return Some(0);
         }
-        self.websockets()
+        if let Some(n) = self.websockets() {
+            return Some(n);
+        }
+        let checked = self.checked.load(Ordering::Relaxed);
+        (checked && !self.is_up()).then_some(0)
     }
 
     pub(super) fn health(&self) -> ServiceHealth {
@@ -417,11 +426,21 @@ async fn stop_drain_when_live(weak: Weak<Inner>) {
         let Some(path) = svc.cfg.drain_path.as_deref().filter(|_| live) else {
             continue;
         };
+        let asked_until = svc
+            .stop_owed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .until;
         match svc.drain(path, 1, Duration::ZERO, Duration::ZERO).await {
             Ok(_) => {
-                *svc.stop_owed.lock().unwrap_or_else(PoisonError::into_inner) = StopOwed::default();
-                tracing::info!(refused, "this colour is live: the service's drain stopped");
-                return;
+                let mut owed = svc.stop_owed.lock().unwrap_or_else(PoisonError::into_inner);
+                // A drain forwarded while the stop was on its way is owed
+                // a stop of its own.
+                if owed.until == asked_until {
+                    *owed = StopOwed::default();
+                    tracing::info!(refused, "this colour is live: the service's drain stopped");
+                    return;
+                }
             }
             Err(e) => {
                 if refused == 0 {
@@ -444,6 +463,7 @@ pub(super) async fn watch_service(weak: Weak<Inner>) {
             return;
         };
         let result = svc.check().await;
+        svc.checked.store(true, Ordering::Relaxed);
         let (rise, fall, interval) = (svc.cfg.rise, svc.cfg.fall, svc.cfg.interval);
         match result {
             Ok(()) => {

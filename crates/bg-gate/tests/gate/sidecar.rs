@@ -365,6 +365,9 @@ async fn idle_blue_beside(
     let addr = service(Arc::clone(&svc)).await;
     let store = memory_with(Colour::Green).await;
     let g = gate(&store, sidecar_config(Colour::Blue, addr)).await;
+    // Before its first check (a gate restarted beside a busy service) the
+    // gate has counted nothing: unknown.
+    assert_eq!(g.status().connections.websockets, None);
     let follower = g.start();
     wait_for(|| g.service_up()).await;
     (svc, addr, store, g, follower)

@@ -101,6 +101,19 @@ pub struct GateStatus {
     pub service: Option<ServiceHealth>,
 }
 
+/// The version a gate reports when it was told none (bg-gate's
+/// `--service-version` default, or a sidecar whose service has not said):
+/// not a version anything runs, so never recorded as one, and never taken
+/// to mean a gate runs something else.
+pub const UNKNOWN_VERSION: &str = "unknown";
+
+/// Whether `version`, as a gate reports it, is one a colour can be said to
+/// run: not [`UNKNOWN_VERSION`], and by the store's rule for versions.
+#[must_use]
+pub fn is_known_version(version: &str) -> bool {
+    version != UNKNOWN_VERSION && crate::check_version(version).is_ok()
+}
+
 /// The service a sidecar gate stands beside, as its last checks found it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceHealth {

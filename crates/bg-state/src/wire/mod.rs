@@ -18,7 +18,10 @@ pub use drain::{
     DEFAULT_DRAIN_WINDOW, DRAIN_FLOOR_RATE, DRAIN_TICK, DrainBody, DrainPace, MAX_DRAIN_BATCH,
     MAX_DRAIN_WINDOW,
 };
-pub use gate::{ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, ServiceHealth, StoreHealth};
+pub use gate::{
+    ConnectionCounts, GateAnswer, GateStatus, ProbeRecord, ServiceHealth, StoreHealth,
+    UNKNOWN_VERSION, is_known_version,
+};
 
 /// The most events one `history` request returns.
 pub const MAX_HISTORY_LIMIT: usize = 10_000;

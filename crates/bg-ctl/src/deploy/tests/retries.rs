@@ -309,3 +309,115 @@ async fn a_lease_lost_during_the_switch_back_is_reported_as_what_happened() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_lost_during_the_switch_back_of_a_retried_release_is_reported_too() {
+    // The retried job finds v2 live and verified, and its --verify fails;
+    // the lease goes while the switch back is sent.
+    let (real, _) = released_v2().await;
+    let deployed = Arc::new(AtomicBool::new(true));
+    let g = FakeGates::following(&real).deployed_when(&deployed).build();
+    let mock = overlay(&real, SwitchBackLosesTheLease::commits(true));
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let mut o = opts();
+    o.verify = Some("./verify".into());
+    o.ready_timeout = Duration::from_secs(5);
+    let err = run(&*mock, &g, &t, &failing_checks(), &o)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CtlError::Verify(v) if v.to == Colour::Green
+            && matches!(v.back, SwitchBack::Done(3))),
+        "{err:?}"
+    );
+    assert_eq!(live(&real).await, (Colour::Blue, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_gate_that_does_not_know_its_version_is_not_running_something_else() {
+    // A sidecar of green whose service has not said its version yet
+    // reports "unknown": asked again, not a reason for a second release.
+    let (store, _) = released_v2().await;
+    let deployed = Arc::new(AtomicBool::new(true));
+    let reads = Arc::new(AtomicU64::new(0));
+    let r2 = Arc::clone(&reads);
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .green(move |r| {
+            if r2.fetch_add(1, Ordering::SeqCst) < 2 {
+                r.version = bg_state::wire::UNKNOWN_VERSION.into();
+            }
+        })
+        .build();
+    let mut t = MockTrigger::new();
+    t.expect_deploy().never();
+    let out = run(&store, &g, &t, &passing_checks(), &opts())
+        .await
+        .unwrap();
+    assert!(out.already_live, "{out:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_version_is_never_recorded_as_served_live() {
+    let store = MemoryStore::new();
+    store
+        .init(&app(), InitRequest::new(Colour::Blue, "ops"))
+        .await
+        .unwrap();
+    let deployed = Arc::new(AtomicBool::new(false));
+    let g = FakeGates::following(&store)
+        .deployed_when(&deployed)
+        .blue(|r| r.version = bg_state::wire::UNKNOWN_VERSION.into())
+        .build();
+    let out = run(
+        &store,
+        &g,
+        &trigger_that_deploys(&deployed),
+        &passing_checks(),
+        &opts(),
+    )
+    .await
+    .unwrap();
+    assert!(out.switched);
+    let s = store.get(&app()).await.unwrap().unwrap();
+    assert_eq!(s.live_version(Colour::Blue), None);
+}
+
+/// Records every deploy record's fence and request id, then passes it on.
+#[derive(Debug, Default)]
+struct SeesRecords(std::sync::Mutex<Vec<(Option<u64>, Option<String>)>>);
+
+#[async_trait::async_trait]
+impl bg_testkit::store::Override for SeesRecords {
+    async fn record_deploy(
+        &self,
+        inner: &dyn ColourStore,
+        app: &bg_state::AppName,
+        rec: bg_state::DeployRecord,
+    ) -> bg_state::Result<bg_state::State> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((rec.fence, rec.request_id.clone()));
+        inner.record_deploy(app, rec).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_request_id_carries_the_fence() {
+    // Request ids are kept in the state, which anyone may read.
+    let real = store().await;
+    let mock = bg_testkit::store::Overlay::new(Arc::new(real.clone()), SeesRecords::default());
+    release(&mock, &real, &passing_checks(), &opts())
+        .await
+        .unwrap();
+    let seen = mock.over().0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for (fence, id) in seen.iter() {
+        let (fence, id) = (fence.unwrap().to_string(), id.clone().unwrap());
+        assert!(!id.contains(&fence), "{id} carries the fence {fence}");
+    }
+    let state = serde_json::to_string(&real.get(&app()).await.unwrap()).unwrap();
+    assert!(!state.contains(&seen[0].0.unwrap().to_string()), "{state}");
+}
