@@ -644,6 +644,7 @@ fn each_command_prints_what_it_did() {
     }
     let probed = result_of(&state, &["status", "--gate-blue", nowhere]);
     let why = probed["probed"][0]["error"].as_str().unwrap();
+    assert!(!why.starts_with("unreachable"), "said twice: {why}");
     want += &format!("  {nowhere}/ (blue): unreachable: {why}\n");
     assert_eq!(run(&["status", "--gate-blue", nowhere]), want);
 

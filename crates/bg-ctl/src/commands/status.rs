@@ -7,7 +7,7 @@ use std::fmt;
 use bg_state::{AppName, Colour, ColourStore, Lease, Presence, State, format_millis};
 use serde::Serialize;
 
-use crate::error::CtlResult;
+use crate::error::{CtlError, CtlResult};
 use crate::gates::{GateStatus, Gates};
 use crate::output::{Render, to_json};
 
@@ -57,6 +57,8 @@ pub async fn status(
         for url in list {
             let (report, error) = match gates.report(url).await {
                 Ok(r) => (Some(r), None),
+                // Shown after "unreachable:" already.
+                Err(CtlError::Unreachable(why)) => (None, Some(why)),
                 Err(e) => (None, Some(e.to_string())),
             };
             probed.push(ProbedGate {
