@@ -48,27 +48,9 @@ impl Deployer<'_> {
         lost: CtlError,
     ) -> CtlResult<DeployOutcome> {
         let o = self.opts;
-        let deadline = Instant::now() + o.ready_timeout;
-        let state = loop {
-            match self.store.get(&o.app).await {
-                Ok(s) => break s,
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    tokio::time::sleep(o.poll.max(Duration::from_millis(100))).await;
-                }
-                Err(source) => {
-                    return Err(CtlError::SwitchUnconfirmed { to: req.to, source });
-                }
-            }
-        };
-        let committed = state.filter(|s| {
-            s.active == req.to
-                && req.request_id.is_some()
-                && s.last_change.request_id == req.request_id
-        });
-        let Some(state) = committed else {
+        let Some(generation) = self.committed(req).await? else {
             return Err(lost);
         };
-        let generation = state.generation;
         if o.confirm_lb || o.verify.is_some() {
             return Err(CtlError::LeaseLost(LeaseLost::AfterSwitch {
                 to: req.to,
@@ -227,34 +209,14 @@ impl Deployer<'_> {
         back: Option<&SwitchRequest>,
         lost: CtlError,
     ) -> CtlError {
-        let o = self.opts;
         let from = to.other();
         let back = match back {
             None => SwitchBack::NotTried(Box::new(lost)),
-            Some(req) => {
-                let deadline = Instant::now() + o.ready_timeout;
-                loop {
-                    match self.store.get(&o.app).await {
-                        Ok(Some(s))
-                            if s.active == from
-                                && req.request_id.is_some()
-                                && s.last_change.request_id == req.request_id =>
-                        {
-                            break SwitchBack::Done(s.generation);
-                        }
-                        Ok(_) => break SwitchBack::Failed(Box::new(lost)),
-                        Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                            tokio::time::sleep(o.poll.max(Duration::from_millis(100))).await;
-                        }
-                        Err(source) => {
-                            break SwitchBack::Failed(Box::new(CtlError::SwitchUnconfirmed {
-                                to: from,
-                                source,
-                            }));
-                        }
-                    }
-                }
-            }
+            Some(req) => match self.committed(req).await {
+                Ok(Some(generation)) => SwitchBack::Done(generation),
+                Ok(None) => SwitchBack::Failed(Box::new(lost)),
+                Err(unconfirmed) => SwitchBack::Failed(Box::new(unconfirmed)),
+            },
         };
         if let SwitchBack::Done(generation) = back {
             self.report.step(format!(
@@ -267,6 +229,31 @@ impl Deployer<'_> {
             from,
             back,
         }))
+    }
+
+    /// Whether the switch `req` committed, read back from the store: the
+    /// generation it made if its request id is the last change's and its
+    /// colour is live, `None` if not. Store outages are waited out until
+    /// `--ready-timeout`; after that the switch is unconfirmed.
+    async fn committed(&self, req: &SwitchRequest) -> CtlResult<Option<u64>> {
+        let app = &self.opts.app;
+        let state = self
+            .retrying(
+                &format!("reading back the switch to {}", req.to),
+                || async { Ok(self.store.get(app).await?) },
+            )
+            .await
+            .map_err(|e| match e {
+                CtlError::Store(source) => CtlError::SwitchUnconfirmed { to: req.to, source },
+                other => other,
+            })?;
+        Ok(state
+            .filter(|s| {
+                s.active == req.to
+                    && req.request_id.is_some()
+                    && s.last_change.request_id == req.request_id
+            })
+            .map(|s| s.generation))
     }
 
     /// The versions a colour's gates report now (what a switch back needs).

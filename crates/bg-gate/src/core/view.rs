@@ -157,4 +157,4 @@ impl View {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

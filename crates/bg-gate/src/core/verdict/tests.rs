@@ -1,30 +1,12 @@
 use std::time::Duration;
 
-use bg_state::{AppName, LastChange, State};
+use bg_state::State;
+
+use crate::core::view::tests::state;
 
 use super::*;
 use Colour::{Blue, Green};
 use VerdictKind::{Down, Handover, Ok, Stop};
-
-fn state(active: Colour, generation: u64) -> State {
-    State {
-        app: AppName::new("chat").unwrap(),
-        active,
-        generation,
-        last_change: LastChange {
-            actor: "test".into(),
-            at_ms: 0,
-            reason: None,
-            forced: false,
-            request_id: None,
-            fenced: false,
-        },
-        blue: None,
-        green: None,
-        blue_live: None,
-        green_live: None,
-    }
-}
 
 fn view(state: Option<State>, handover: Option<(Colour, Instant)>) -> View {
     View {

@@ -6,7 +6,9 @@ fn app() -> AppName {
     AppName::new("chat").unwrap()
 }
 
-fn state(active: Colour, generation: u64) -> State {
+/// A state of `chat` with `active` live at `generation` and nothing else
+/// recorded: what the core's unit tests answer from.
+pub(in crate::core) fn state(active: Colour, generation: u64) -> State {
     State {
         app: app(),
         active,
